@@ -1,0 +1,32 @@
+//! Well-known labels, annotations and finalizers, as KubeVirt defines them in
+//! `staging/src/kubevirt.io/api/core/v1/types.go`.
+
+/// `kubevirt.io`: on virt-launcher pods its value is [`VIRT_LAUNCHER`] (`AppLabel`).
+pub const APP_LABEL: &str = "kubevirt.io";
+/// Value of [`APP_LABEL`] on every virt-launcher pod.
+pub const VIRT_LAUNCHER: &str = "virt-launcher";
+/// Label on virt-launcher pods: the UID of the VMI the pod was created for (`CreatedByLabel`).
+pub const CREATED_BY_LABEL: &str = "kubevirt.io/created-by";
+/// Label on VMIs and virt-launcher pods: the node the VMI runs on (`NodeNameLabel`).
+pub const NODE_NAME_LABEL: &str = "kubevirt.io/nodeName";
+/// Annotation on virt-launcher pods: the name of the VMI (`DomainAnnotation`).
+pub const DOMAIN_ANNOTATION: &str = "kubevirt.io/domain";
+/// Label on migrations: the name of the migrated VMI (`MigrationSelectorLabel`).
+pub const MIGRATION_SELECTOR_LABEL: &str = "kubevirt.io/vmi-name";
+/// Label on migration target pods: the UID of the migration (`MigrationJobLabel`).
+pub const MIGRATION_JOB_LABEL: &str = "kubevirt.io/migrationJobUID";
+/// Annotation on migration target pods: the migration's name (`MigrationJobNameAnnotation`).
+pub const MIGRATION_JOB_NAME_ANNOTATION: &str = "kubevirt.io/migrationJobName";
+/// Finalizer that KubeVirt's mutating webhook adds to every migration (`VirtualMachineInstanceMigrationFinalizer`).
+pub const MIGRATION_FINALIZER: &str = "kubevirt.io/migrationJobFinalize";
+/// Finalizer KubeVirt puts on VMIs (`VirtualMachineInstanceFinalizer`).
+pub const VMI_FINALIZER: &str = "foregroundDeleteVirtualMachine";
+/// `generateName` of the migrations created by KubeVirt's evacuation controller
+/// (`pkg/virt-controller/watch/drain/evacuation/evacuation.go`).
+pub const EVACUATION_MIGRATION_NAME_PREFIX: &str = "kubevirt-evacuation-";
+/// The namespace a default KubeVirt install lives in.
+pub const KUBEVIRT_NAMESPACE: &str = "kubevirt";
+/// The name of the KubeVirt CR of a default install.
+pub const KUBEVIRT_NAME: &str = "kubevirt";
+/// Taint KubeVirt uses by default to find nodes to drain (`NodeDrainTaintDefaultKey`).
+pub const NODE_DRAIN_TAINT_DEFAULT_KEY: &str = "kubevirt.io/drain";
