@@ -1,0 +1,377 @@
+//! Configuration: a TOML file overridden by `VACATE_`-prefixed environment variables.
+//!
+//! Every key has a default, so an empty file is a valid configuration. Loading validates
+//! everything before vacate talks to the cluster: an unknown key, a malformed duration or
+//! a bad label selector is reported with the key's full dotted name.
+
+mod duration;
+mod selector;
+
+use std::path::Path;
+
+use serde::Deserialize;
+
+pub use duration::ConfigDuration;
+pub use selector::LabelSelector;
+
+/// Prefix of environment variables that override file settings.
+/// `VACATE_MIGRATION__BATCH_SIZE=4` sets `migration.batch_size`.
+pub const ENV_PREFIX: &str = "VACATE";
+const ENV_SEPARATOR: &str = "__";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read configuration file {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+    #[error("invalid configuration: key `{key}`: {message}")]
+    Key { key: String, message: String },
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub node: NodeConfig,
+    pub drain: DrainConfig,
+    pub migration: MigrationConfig,
+    pub non_migratable: NonMigratableConfig,
+    pub pods: PodConfig,
+    pub server: ServerConfig,
+    pub log: LogConfig,
+}
+
+/// Which nodes vacate handles and the labels and annotation it speaks through.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct NodeConfig {
+    /// Label whose presence requests a drain; removing it ends the maintenance.
+    pub request_label: String,
+    /// Label vacate sets to `true` once a node is drained.
+    pub drained_label: String,
+    /// Annotation holding vacate's versioned JSON state for the node.
+    pub state_annotation: String,
+    /// Only nodes matching this label selector are handled (empty: all nodes).
+    pub selector: LabelSelector,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        Self {
+            request_label: "vacate.io/maintenance".into(),
+            drained_label: "vacate.io/drained".into(),
+            state_annotation: "vacate.io/state".into(),
+            selector: LabelSelector::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DrainConfig {
+    /// A drain not finished after this long ends in phase Failed.
+    pub timeout: ConfigDuration,
+    /// Uncordon a failed node if vacate cordoned it (default: keep it cordoned).
+    pub uncordon_on_failure: bool,
+}
+
+impl Default for DrainConfig {
+    fn default() -> Self {
+        Self {
+            timeout: ConfigDuration::from_secs(3600),
+            uncordon_on_failure: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct MigrationConfig {
+    /// Migrations started together in one batch.
+    pub batch_size: u32,
+    /// Minimum time between two batches on one node.
+    pub batch_interval: ConfigDuration,
+    /// Unfinished migrations allowed from one node (also capped by the KubeVirt CR).
+    pub max_in_flight_per_node: u32,
+    /// Unfinished migrations allowed in the cluster (also capped by the KubeVirt CR).
+    pub max_in_flight_cluster: u32,
+    /// Attempts per VMI before the non-migratable policy takes over.
+    pub max_attempts: u32,
+    /// Wait before the first retry of a failed migration; doubles per attempt.
+    pub retry_backoff: ConfigDuration,
+    /// Upper bound of the retry wait.
+    pub retry_backoff_max: ConfigDuration,
+}
+
+impl Default for MigrationConfig {
+    fn default() -> Self {
+        Self {
+            batch_size: 2,
+            batch_interval: ConfigDuration::from_secs(5),
+            max_in_flight_per_node: 2,
+            max_in_flight_cluster: 5,
+            max_attempts: 3,
+            retry_backoff: ConfigDuration::from_secs(10),
+            retry_backoff_max: ConfigDuration::from_secs(300),
+        }
+    }
+}
+
+/// What happens to a VMI that cannot live-migrate.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum NonMigratablePolicy {
+    /// Evict the virt-launcher pod through the Eviction API.
+    Evict,
+    /// Stop the VMI so its VirtualMachine starts it again on another node.
+    Restart,
+    /// Wait, and say why, until someone moves the VM.
+    Block,
+}
+
+/// What happens when KubeVirt refuses to evict a virt-launcher pod.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum EvictionRefusedPolicy {
+    Restart,
+    Fail,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct NonMigratableConfig {
+    pub policy: NonMigratablePolicy,
+    pub on_eviction_refused: EvictionRefusedPolicy,
+}
+
+impl Default for NonMigratableConfig {
+    fn default() -> Self {
+        Self {
+            policy: NonMigratablePolicy::Evict,
+            on_eviction_refused: EvictionRefusedPolicy::Restart,
+        }
+    }
+}
+
+/// Whether a class of pods is evicted or blocks the drain.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum PodPolicy {
+    Evict,
+    Block,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct PodConfig {
+    /// Pods with emptyDir volumes lose that data when evicted (kubectl's --delete-emptydir-data).
+    pub emptydir: PodPolicy,
+    /// Pods without a controller are not recreated when evicted (kubectl's --force).
+    pub unmanaged: PodPolicy,
+    /// Wait before retrying an eviction refused by a PodDisruptionBudget; doubles per retry.
+    pub eviction_backoff: ConfigDuration,
+    /// Upper bound of the eviction retry wait.
+    pub eviction_backoff_max: ConfigDuration,
+}
+
+impl Default for PodConfig {
+    fn default() -> Self {
+        Self {
+            emptydir: PodPolicy::Block,
+            unmanaged: PodPolicy::Block,
+            eviction_backoff: ConfigDuration::from_secs(5),
+            eviction_backoff_max: ConfigDuration::from_secs(120),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Address of the HTTP server for /metrics, /healthz and /readyz.
+    pub listen: String,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: "0.0.0.0:9464".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Human,
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    /// A tracing filter, e.g. `info` or `vacate=debug,kube=info`.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Human,
+            level: "info".into(),
+        }
+    }
+}
+
+impl Config {
+    /// Loads the file (when given) and the environment, then validates the result.
+    pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+        let mut builder = config::Config::builder();
+        if let Some(path) = path {
+            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                path: path.display().to_string(),
+                source,
+            })?;
+            builder = builder.add_source(config::File::from_str(&text, config::FileFormat::Toml));
+        }
+        Self::from_builder(builder, std::env::vars())
+    }
+
+    /// Parses a TOML document with the given environment; used by `load` and by tests.
+    pub fn from_toml_and_env(
+        toml: &str,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let builder = config::Config::builder()
+            .add_source(config::File::from_str(toml, config::FileFormat::Toml));
+        Self::from_builder(builder, env)
+    }
+
+    fn from_builder(
+        builder: config::ConfigBuilder<config::builder::DefaultState>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let env: config::Map<String, String> = env
+            .into_iter()
+            .filter(|(k, _)| k.starts_with(&format!("{ENV_PREFIX}_")))
+            .collect();
+        let merged = builder
+            .add_source(
+                config::Environment::with_prefix(ENV_PREFIX)
+                    .prefix_separator("_")
+                    .separator(ENV_SEPARATOR)
+                    .try_parsing(true)
+                    .source(Some(env)),
+            )
+            .build()
+            .map_err(describe_error)?;
+        let config: Config = serde_path_to_error::deserialize(merged).map_err(|e| {
+            let key = e.path().to_string();
+            let message = e.into_inner().to_string();
+            if key.is_empty() || key == "." {
+                ConfigError::Invalid(message)
+            } else {
+                ConfigError::Key { key, message }
+            }
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks the rules that types alone cannot express.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        fn key(key: &str, message: impl Into<String>) -> ConfigError {
+            ConfigError::Key {
+                key: key.into(),
+                message: message.into(),
+            }
+        }
+        for (name, value) in [
+            ("node.request_label", &self.node.request_label),
+            ("node.drained_label", &self.node.drained_label),
+            ("node.state_annotation", &self.node.state_annotation),
+        ] {
+            selector::validate_qualified_name(value).map_err(|m| key(name, m))?;
+        }
+        if self.node.request_label == self.node.drained_label {
+            return Err(key(
+                "node.drained_label",
+                "must differ from node.request_label",
+            ));
+        }
+        let m = &self.migration;
+        for (name, value) in [
+            ("migration.batch_size", m.batch_size),
+            ("migration.max_in_flight_per_node", m.max_in_flight_per_node),
+            ("migration.max_in_flight_cluster", m.max_in_flight_cluster),
+            ("migration.max_attempts", m.max_attempts),
+        ] {
+            if value == 0 {
+                return Err(key(name, "must be at least 1"));
+            }
+        }
+        if m.retry_backoff_max < m.retry_backoff {
+            return Err(key(
+                "migration.retry_backoff_max",
+                "must not be shorter than migration.retry_backoff",
+            ));
+        }
+        if self.pods.eviction_backoff_max < self.pods.eviction_backoff {
+            return Err(key(
+                "pods.eviction_backoff_max",
+                "must not be shorter than pods.eviction_backoff",
+            ));
+        }
+        if self.drain.timeout.is_zero() {
+            return Err(key("drain.timeout", "must be longer than zero"));
+        }
+        if self.server.listen.parse::<std::net::SocketAddr>().is_err() {
+            return Err(key(
+                "server.listen",
+                format!(
+                    "`{}` is not an address such as 0.0.0.0:9464",
+                    self.server.listen
+                ),
+            ));
+        }
+        if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
+            return Err(key(
+                "log.level",
+                format!("`{}` is not a log filter such as `info`", self.log.level),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Turns the config crate's errors into messages that name the key.
+fn describe_error(error: config::ConfigError) -> ConfigError {
+    match error {
+        config::ConfigError::At {
+            error,
+            key: Some(k),
+            ..
+        } => ConfigError::Key {
+            key: k,
+            message: error.to_string(),
+        },
+        config::ConfigError::Type {
+            key: Some(k),
+            unexpected,
+            expected,
+            ..
+        } => ConfigError::Key {
+            key: k,
+            message: format!("expected {expected}, found {unexpected}"),
+        },
+        other => ConfigError::Invalid(other.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,150 @@
+//! What the planner asks the shell to do, and what the shell reports back.
+
+use std::time::Duration;
+
+use super::state::{BlockReason, DrainState, Phase};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventType {
+    Normal,
+    Warning,
+}
+
+/// One change to the cluster. The shell carries them out in order and stops at the first
+/// error, so every action must be safe to repeat.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    Cordon,
+    Uncordon,
+    SetDrainedLabel(bool),
+    CreateMigration {
+        namespace: String,
+        name: String,
+        vmi: String,
+    },
+    /// Deleting an unfinished migration makes KubeVirt abort it.
+    CancelMigration {
+        namespace: String,
+        name: String,
+    },
+    /// Evict a pod through the Eviction API; `vmi` names the VMI when it is a virt-launcher pod.
+    EvictPod {
+        namespace: String,
+        name: String,
+        vmi: Option<String>,
+    },
+    /// Stop a VMI gracefully; its VirtualMachine starts it again elsewhere.
+    RestartVmi {
+        namespace: String,
+        name: String,
+    },
+    Event {
+        event_type: EventType,
+        reason: &'static str,
+        message: String,
+    },
+}
+
+impl Action {
+    pub fn event(reason: &'static str, message: impl Into<String>) -> Self {
+        Action::Event {
+            event_type: EventType::Normal,
+            reason,
+            message: message.into(),
+        }
+    }
+
+    pub fn warning(reason: &'static str, message: impl Into<String>) -> Self {
+        Action::Event {
+            event_type: EventType::Warning,
+            reason,
+            message: message.into(),
+        }
+    }
+}
+
+/// How the state annotation changes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NextState {
+    Unchanged,
+    Write(Box<DrainState>),
+    /// Remove the annotation: the node is back to Idle.
+    Clear,
+}
+
+/// Facts for metrics, reported once, at the transition that produces them.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Observation {
+    MigrationFinished {
+        result: MigrationResult,
+        duration: Option<Duration>,
+    },
+    DrainFinished {
+        result: DrainResult,
+        duration: Duration,
+    },
+    InvalidState {
+        message: String,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MigrationResult {
+    Succeeded,
+    Failed,
+    Cancelled,
+}
+
+impl MigrationResult {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MigrationResult::Succeeded => "succeeded",
+            MigrationResult::Failed => "failed",
+            MigrationResult::Cancelled => "cancelled",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DrainResult {
+    Drained,
+    Failed,
+    Aborted,
+}
+
+impl DrainResult {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DrainResult::Drained => "drained",
+            DrainResult::Failed => "failed",
+            DrainResult::Aborted => "aborted",
+        }
+    }
+}
+
+/// The planner's answer for one node.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Plan {
+    pub actions: Vec<Action>,
+    pub state: NextState,
+    /// Run the planner again after this long even if nothing changes (retries, batches, timeout).
+    pub requeue_after: Option<Duration>,
+    pub observations: Vec<Observation>,
+    /// The node's phase after this plan (Idle when the state is cleared).
+    pub phase: Phase,
+    pub blocked: Option<BlockReason>,
+}
+
+/// How an action went, as the shell saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ActionResult {
+    Done,
+    /// The API answered 429 Too Many Requests (a PodDisruptionBudget, or KubeVirt's webhook).
+    Refused(String),
+    /// The object is already gone.
+    Gone,
+    /// The object already exists (a repeated create).
+    AlreadyExists,
+    /// The API rejected the request for good (4xx other than 404/409/429).
+    Rejected(String),
+}

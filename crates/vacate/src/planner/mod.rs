@@ -1,0 +1,931 @@
+//! The rules of a drain, as a pure function.
+//!
+//! [`plan`] takes a [`Snapshot`] of one node and the configuration and returns the next
+//! [`Action`]s and the node's next [`DrainState`]. It performs no I/O and reads no clock:
+//! the shell supplies `now`, carries out the actions and feeds their results back through
+//! [`record_outcome`]. Every rule of the node lifecycle lives in this module.
+
+pub mod actions;
+pub mod model;
+pub mod pod_filters;
+pub mod state;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::BTreeSet;
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+
+use crate::config::{Config, EvictionRefusedPolicy, NonMigratablePolicy};
+
+pub use actions::{
+    Action, ActionResult, DrainResult, EventType, MigrationResult, NextState, Observation, Plan,
+};
+pub use model::{
+    ClusterView, EvictionStrategy, Migratability, MigrationPhase, MigrationView, NodeView, PodView,
+    Snapshot, VmiView,
+};
+pub use pod_filters::{PodVerdict, classify};
+pub use state::{
+    BlockReason, Blocker, DrainState, Phase, PodOutcome, PodRecord, StateAnnotation, VmiOutcome,
+    VmiRecord,
+};
+
+/// Name of the migration vacate creates for a VMI: recognisably vacate's, unique per drain
+/// and attempt, and the same every time it is computed, so a restarted vacate that repeats
+/// a create gets `AlreadyExists` instead of a second migration.
+pub fn migration_name(state: &DrainState, vmi: &str, attempt: u32) -> String {
+    let drain = state.started_at.timestamp();
+    let suffix = format!("-{drain:x}-{attempt}");
+    let max_vmi = 253 - "vacate-".len() - suffix.len();
+    let vmi = if vmi.len() > max_vmi {
+        &vmi[..max_vmi]
+    } else {
+        vmi
+    };
+    format!("vacate-{}{suffix}", vmi.trim_end_matches(['-', '.']))
+}
+
+/// Decides the next step for one node.
+pub fn plan(s: &Snapshot, config: &Config) -> Plan {
+    let mut p = Planner::new(s, config);
+    p.run();
+    p.finish()
+}
+
+struct Planner<'a> {
+    s: &'a Snapshot,
+    config: &'a Config,
+    original: Option<DrainState>,
+    state: Option<DrainState>,
+    clear: bool,
+    actions: Vec<Action>,
+    observations: Vec<Observation>,
+    wake: Option<DateTime<Utc>>,
+    blocked: Option<Blocker>,
+    waiting_for: Option<String>,
+}
+
+impl<'a> Planner<'a> {
+    fn new(s: &'a Snapshot, config: &'a Config) -> Self {
+        Self {
+            s,
+            config,
+            original: s.node.state.valid().cloned(),
+            state: None,
+            clear: false,
+            actions: Vec::new(),
+            observations: Vec::new(),
+            wake: None,
+            blocked: None,
+            waiting_for: None,
+        }
+    }
+
+    fn run(&mut self) {
+        let node = &self.s.node;
+        let current = match &node.state {
+            StateAnnotation::NewerVersion(version) => {
+                self.block(
+                    BlockReason::NewerStateVersion,
+                    format!(
+                        "the state annotation has version {version}, written by a newer vacate; this one leaves the node alone"
+                    ),
+                );
+                return;
+            }
+            StateAnnotation::Invalid(message) => {
+                self.observations.push(Observation::InvalidState {
+                    message: message.clone(),
+                });
+                self.actions.push(Action::warning(
+                    "InvalidState",
+                    format!(
+                        "ignoring an unreadable vacate state annotation ({message}); a cordon found on the node is treated as someone else's"
+                    ),
+                ));
+                self.clear = true;
+                None
+            }
+            StateAnnotation::Valid(state) => Some((**state).clone()),
+            StateAnnotation::Absent => None,
+        };
+        match (&node.request_value, current) {
+            (None, None) => {}
+            (Some(_), None) => self.start(1, false),
+            (Some(value), Some(state)) => match state.phase {
+                Phase::Idle | Phase::Pending => self.start(state.attempt, false),
+                Phase::Cordoned | Phase::Migrating | Phase::Evicting | Phase::Aborting => {
+                    self.drain(state, false)
+                }
+                Phase::Drained | Phase::Uncordoning => self.hold_drained(state),
+                Phase::Failed if &state.request_value != value => {
+                    // Re-applying the request (a new label value) retries a failed drain.
+                    let cordoned_by_vacate = state.cordoned_by_vacate;
+                    self.start(state.attempt + 1, cordoned_by_vacate)
+                }
+                Phase::Failed => self.state = Some(state),
+            },
+            (None, Some(state)) => match state.phase {
+                Phase::Idle | Phase::Pending => self.clear = true,
+                Phase::Cordoned | Phase::Migrating | Phase::Evicting | Phase::Aborting => {
+                    self.abort(state)
+                }
+                Phase::Drained | Phase::Uncordoning | Phase::Failed => self.end(state),
+            },
+        }
+    }
+
+    /// A request is seen: wait for the start gate, then cordon and begin.
+    fn start(&mut self, attempt: u32, cordoned_by_vacate_before: bool) {
+        let s = self.s;
+        let now = s.now;
+        if let Err(why) = &s.start_gate {
+            let mut state = self
+                .original
+                .clone()
+                .filter(|st| st.phase == Phase::Pending)
+                .unwrap_or_else(|| DrainState::new(now, false, attempt));
+            state.set_phase(Phase::Pending, now);
+            state.request_value = s.node.request_value.clone().unwrap_or_default();
+            self.state = Some(state);
+            self.block(BlockReason::NotAllowedYet, why.clone());
+            return;
+        }
+        let cordoned_by_vacate = cordoned_by_vacate_before || !s.node.unschedulable;
+        let mut state = DrainState::new(now, cordoned_by_vacate, attempt);
+        state.request_value = s.node.request_value.clone().unwrap_or_default();
+        if s.node.unschedulable {
+            let note = if cordoned_by_vacate_before {
+                "drain started; the node is still cordoned from the previous attempt"
+            } else {
+                "drain started; the node was already cordoned, so vacate will leave it cordoned afterwards"
+            };
+            self.actions.push(Action::event("DrainStarted", note));
+        } else {
+            self.actions.push(Action::Cordon);
+            self.actions.push(Action::event(
+                "Cordoned",
+                "cordoned for maintenance; draining",
+            ));
+        }
+        self.clear = false;
+        self.drain(state, true);
+    }
+
+    fn drain(&mut self, mut state: DrainState, just_cordoned: bool) {
+        let s = self.s;
+        let now = s.now;
+        if !s.node.unschedulable && !just_cordoned {
+            self.actions.push(Action::Cordon);
+            self.actions.push(Action::warning(
+                "Cordoned",
+                "the node was uncordoned during the drain; cordoned it again",
+            ));
+            state.cordoned_by_vacate = true;
+        }
+        let deadline = state.started_at + chrono_duration(self.config.drain.timeout.get());
+        self.follow_migrations(&mut state);
+        let vmis_left = self.handle_vmis(&mut state);
+        if self.state_failed(&state) {
+            return;
+        }
+        if vmis_left > 0 {
+            state.set_phase(Phase::Migrating, now);
+        } else {
+            let pods_left = self.handle_pods(&mut state);
+            if pods_left > 0 {
+                state.set_phase(Phase::Evicting, now);
+            } else {
+                self.finish_drain(state);
+                return;
+            }
+        }
+        if now >= deadline {
+            let why = match (&self.blocked, &self.waiting_for) {
+                (Some(b), _) => b.message.clone(),
+                (None, Some(w)) => w.clone(),
+                (None, None) => "work still in progress".into(),
+            };
+            let message = format!(
+                "drain did not finish within {} ({}): {why}",
+                self.config.drain.timeout,
+                progress(&state),
+            );
+            self.fail(state, message);
+            return;
+        }
+        self.wake_at(deadline);
+        self.state = Some(state);
+    }
+
+    fn state_failed(&self, state: &DrainState) -> bool {
+        state.phase == Phase::Failed
+            || self
+                .state
+                .as_ref()
+                .is_some_and(|s| s.phase == Phase::Failed)
+    }
+
+    /// Notes what became of vacate's own migrations since the last look.
+    fn follow_migrations(&mut self, state: &mut DrainState) {
+        let s = self.s;
+        let max_attempts = self.config.migration.max_attempts;
+        for m in s.migrations.iter().filter(|m| m.ours) {
+            let key = m.vmi_key();
+            let Some(record) = state.vmis.get(&key) else {
+                continue;
+            };
+            if record.attempts == 0
+                || m.name != migration_name(state, &m.vmi_name, record.attempts)
+                || record.outcome != VmiOutcome::Migrating
+            {
+                continue;
+            }
+            let duration = match (m.created_at, m.finished_at) {
+                (Some(a), Some(b)) => (b - a).to_std().ok(),
+                _ => None,
+            };
+            let record = state.vmis.get_mut(&key).expect("checked above");
+            match m.phase {
+                MigrationPhase::Unfinished => {}
+                MigrationPhase::Succeeded => {
+                    record.outcome = VmiOutcome::Migrated;
+                    self.observations.push(Observation::MigrationFinished {
+                        result: MigrationResult::Succeeded,
+                        duration,
+                    });
+                    self.actions.push(Action::event(
+                        "MigrationSucceeded",
+                        format!("VMI {key} live-migrated ({})", m.name),
+                    ));
+                }
+                MigrationPhase::Failed => {
+                    self.observations.push(Observation::MigrationFinished {
+                        result: MigrationResult::Failed,
+                        duration,
+                    });
+                    let attempts = record.attempts;
+                    if attempts < max_attempts {
+                        let retry_at = s.now
+                            + chrono_duration(backoff(
+                                self.config.migration.retry_backoff.get(),
+                                self.config.migration.retry_backoff_max.get(),
+                                attempts,
+                                &key,
+                            ));
+                        record.outcome = VmiOutcome::RetryWaiting;
+                        record.retry_at = Some(retry_at);
+                        self.actions.push(Action::warning(
+                            "MigrationFailed",
+                            format!(
+                                "migration {} of VMI {key} failed (attempt {attempts} of {max_attempts}); retrying at {}",
+                                m.name,
+                                retry_at.format("%H:%M:%S")
+                            ),
+                        ));
+                    } else {
+                        record.outcome = VmiOutcome::Waiting;
+                        self.actions.push(Action::warning(
+                            "MigrationFailed",
+                            format!(
+                                "migration {} of VMI {key} failed; all {max_attempts} attempts used, applying the non-migratable policy",
+                                m.name
+                            ),
+                        ));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Moves every VMI off the node; returns how many are still on it.
+    fn handle_vmis(&mut self, state: &mut DrainState) -> usize {
+        let s = self.s;
+        let now = s.now;
+        let mut active: Vec<&VmiView> = s.vmis.iter().filter(|v| !v.finished).collect();
+        active.sort_by_key(|v| v.key());
+        let active_keys: BTreeSet<String> = active.iter().map(|v| v.key()).collect();
+
+        // VMIs that have left the node are done, whichever way they went.
+        for (key, record) in state.vmis.iter_mut() {
+            if active_keys.contains(key) || record.outcome.is_done() {
+                continue;
+            }
+            record.outcome = match record.outcome {
+                VmiOutcome::Migrating => VmiOutcome::Migrated,
+                VmiOutcome::Evicting => VmiOutcome::Evicted,
+                VmiOutcome::Restarting => VmiOutcome::Restarted,
+                _ => VmiOutcome::Left,
+            };
+            record.retry_at = None;
+        }
+
+        let unfinished = |vmi: &VmiView| {
+            s.migrations.iter().any(|m| {
+                m.phase == MigrationPhase::Unfinished
+                    && m.namespace == vmi.namespace
+                    && m.vmi_name == vmi.name
+            })
+        };
+        let node_in_flight = active.iter().filter(|v| unfinished(v)).count() as u32;
+
+        let mut candidates: Vec<(&VmiView, bool)> = Vec::new();
+        for vmi in &active {
+            let key = vmi.key();
+            let record = state.vmis.entry(key.clone()).or_default();
+            if unfinished(vmi) {
+                // Ours or someone else's (KubeVirt's evacuation): either way, wait for it.
+                record.outcome = VmiOutcome::Migrating;
+                continue;
+            }
+            match record.outcome {
+                VmiOutcome::Evicting | VmiOutcome::Restarting => continue,
+                VmiOutcome::Migrated | VmiOutcome::Evicted | VmiOutcome::Restarted => {
+                    // Finished, but the VMI has not been seen leaving yet.
+                    continue;
+                }
+                VmiOutcome::RetryWaiting => match record.retry_at {
+                    Some(at) if at > now => {
+                        self.wake_at(at);
+                        self.waiting_for
+                            .get_or_insert_with(|| format!("retry of VMI {key}'s migration"));
+                        continue;
+                    }
+                    _ => {
+                        record.outcome = VmiOutcome::Waiting;
+                        record.retry_at = None;
+                    }
+                },
+                VmiOutcome::Migrating => {
+                    // State says a migration was created, yet none is running: either it is
+                    // not in the watch cache yet, or a create was interrupted. Repeating the
+                    // create under the same name is safe either way.
+                    candidates.push((vmi, true));
+                    continue;
+                }
+                VmiOutcome::Waiting | VmiOutcome::Blocked | VmiOutcome::Left => {}
+            }
+            let exhausted = record.attempts >= self.config.migration.max_attempts;
+            let strategy_allows = vmi.eviction_strategy != EvictionStrategy::None;
+            match (&vmi.migratability, strategy_allows, exhausted) {
+                (Migratability::Migratable, true, false) => candidates.push((vmi, false)),
+                (Migratability::Unknown, true, false) => {
+                    self.waiting_for.get_or_insert_with(|| {
+                        format!("KubeVirt to report whether VMI {key} can live-migrate")
+                    });
+                }
+                (migratability, _, _) => {
+                    let why = if exhausted {
+                        format!("{} migration attempts failed", record.attempts)
+                    } else if !strategy_allows {
+                        "its evictionStrategy is None".to_string()
+                    } else if let Migratability::NotMigratable { reason, message } = migratability {
+                        format!("{reason}: {message}")
+                    } else {
+                        "it cannot live-migrate".to_string()
+                    };
+                    self.fallback(state, vmi, why);
+                    if self.state_failed(state) {
+                        return active.len();
+                    }
+                }
+            }
+        }
+        self.start_migrations(state, candidates, node_in_flight);
+        active.len()
+    }
+
+    /// Creates the next batch of migrations, within every limit.
+    fn start_migrations(
+        &mut self,
+        state: &mut DrainState,
+        candidates: Vec<(&VmiView, bool)>,
+        node_in_flight: u32,
+    ) {
+        if candidates.is_empty() {
+            return;
+        }
+        let s = self.s;
+        let m = &self.config.migration;
+        // Repeats of interrupted creates are not a new batch and need no new slot.
+        let (repeats, fresh): (Vec<_>, Vec<_>) = candidates.into_iter().partition(|(_, r)| *r);
+        for (vmi, _) in repeats {
+            let record = &state.vmis[&vmi.key()];
+            let name = migration_name(state, &vmi.name, record.attempts);
+            self.actions.push(Action::CreateMigration {
+                namespace: vmi.namespace.clone(),
+                name,
+                vmi: vmi.name.clone(),
+            });
+        }
+        if fresh.is_empty() {
+            return;
+        }
+        let node_cap = m.max_in_flight_per_node.min(s.cluster.kubevirt_per_node);
+        let cluster_cap = m.max_in_flight_cluster.min(s.cluster.kubevirt_per_cluster);
+        let node_free = node_cap.saturating_sub(node_in_flight);
+        let cluster_free = cluster_cap.saturating_sub(s.cluster.migrations_in_flight);
+        if let Some(last) = state.last_batch_at {
+            let next = last + chrono_duration(m.batch_interval.get());
+            if next > s.now {
+                self.wake_at(next);
+                self.waiting_for = Some(format!(
+                    "the next migration batch ({} VMIs to go)",
+                    fresh.len()
+                ));
+                return;
+            }
+        }
+        let slots = m.batch_size.min(node_free).min(cluster_free) as usize;
+        if slots == 0 {
+            self.waiting_for = Some(if node_free == 0 {
+                format!(
+                    "a migration slot on the node ({node_in_flight} of {node_cap} in flight; {} VMIs to go)",
+                    fresh.len()
+                )
+            } else {
+                format!(
+                    "a migration slot in the cluster ({} of {cluster_cap} in flight; {} VMIs to go)",
+                    s.cluster.migrations_in_flight,
+                    fresh.len()
+                )
+            });
+            return;
+        }
+        for (vmi, _) in fresh.into_iter().take(slots) {
+            let key = vmi.key();
+            let attempt = state.vmis[&key].attempts + 1;
+            let name = migration_name(state, &vmi.name, attempt);
+            let record = state.vmis.get_mut(&key).expect("entry created above");
+            record.attempts = attempt;
+            record.outcome = VmiOutcome::Migrating;
+            record.retry_at = None;
+            self.actions.push(Action::CreateMigration {
+                namespace: vmi.namespace.clone(),
+                name: name.clone(),
+                vmi: vmi.name.clone(),
+            });
+            self.actions.push(Action::event(
+                "MigrationStarted",
+                format!("live-migrating VMI {key} (attempt {attempt}, migration {name})"),
+            ));
+        }
+        state.last_batch_at = Some(s.now);
+    }
+
+    /// Applies the non-migratable policy to one VMI.
+    fn fallback(&mut self, state: &mut DrainState, vmi: &VmiView, why: String) {
+        let key = vmi.key();
+        let policy = &self.config.non_migratable;
+        let record = state.vmis.get(&key).cloned().unwrap_or_default();
+        match policy.policy {
+            NonMigratablePolicy::Block => {
+                state.vmis.entry(key.clone()).or_default().outcome = VmiOutcome::Blocked;
+                self.block(
+                    BlockReason::NonMigratableVmi,
+                    format!(
+                        "VMI {key} cannot live-migrate ({why}) and non_migratable.policy is \"block\""
+                    ),
+                );
+            }
+            NonMigratablePolicy::Restart => self.restart(state, vmi, &why),
+            NonMigratablePolicy::Evict if record.eviction_refused => {
+                match policy.on_eviction_refused {
+                    EvictionRefusedPolicy::Restart => self.restart(state, vmi, &why),
+                    EvictionRefusedPolicy::Fail => {
+                        let message = format!(
+                            "KubeVirt refused to evict VMI {key}, which cannot live-migrate ({why}), and non_migratable.on_eviction_refused is \"fail\""
+                        );
+                        self.fail(state.clone(), message);
+                    }
+                }
+            }
+            NonMigratablePolicy::Evict => {
+                let Some(pod) = &vmi.launcher_pod else {
+                    self.waiting_for
+                        .get_or_insert_with(|| format!("VMI {key}'s virt-launcher pod"));
+                    return;
+                };
+                state.vmis.entry(key.clone()).or_default().outcome = VmiOutcome::Evicting;
+                self.actions.push(Action::EvictPod {
+                    namespace: vmi.namespace.clone(),
+                    name: pod.clone(),
+                    vmi: Some(vmi.name.clone()),
+                });
+                self.actions.push(Action::event(
+                    "VmiEvicted",
+                    format!("evicting VMI {key} (virt-launcher pod {pod}): {why}"),
+                ));
+            }
+        }
+    }
+
+    fn restart(&mut self, state: &mut DrainState, vmi: &VmiView, why: &str) {
+        let key = vmi.key();
+        let record = state.vmis.entry(key.clone()).or_default();
+        if !vmi.restartable {
+            record.outcome = VmiOutcome::Blocked;
+            self.block(
+                BlockReason::EvictionRefused,
+                format!(
+                    "VMI {key} cannot live-migrate ({why}) and has no VirtualMachine that would start it again; move or stop it by hand"
+                ),
+            );
+            return;
+        }
+        record.outcome = VmiOutcome::Restarting;
+        if vmi.deleting {
+            return;
+        }
+        self.actions.push(Action::RestartVmi {
+            namespace: vmi.namespace.clone(),
+            name: vmi.name.clone(),
+        });
+        self.actions.push(Action::event(
+            "VmiRestarted",
+            format!(
+                "stopping VMI {key} so that its VirtualMachine starts it on another node: {why}"
+            ),
+        ));
+    }
+
+    /// Evicts the remaining pods; returns how many still hold up the drain.
+    fn handle_pods(&mut self, state: &mut DrainState) -> usize {
+        let s = self.s;
+        let now = s.now;
+        let mut pods: Vec<&PodView> = s.pods.iter().collect();
+        pods.sort_by_key(|p| p.key());
+        let present: BTreeSet<(String, String)> =
+            pods.iter().map(|p| (p.key(), p.uid.clone())).collect();
+        // Pods that are gone (or replaced by a new pod of the same name) were evicted.
+        for (key, record) in state.pods.iter_mut() {
+            if record.outcome != PodOutcome::Evicted
+                && !present.contains(&(key.clone(), record.uid.clone()))
+            {
+                record.outcome = PodOutcome::Evicted;
+                record.retry_at = None;
+            }
+        }
+        let mut left = 0;
+        for pod in pods {
+            let key = pod.key();
+            match classify(pod, &self.config.pods) {
+                PodVerdict::Skip(_) => {}
+                PodVerdict::Block(reason, message) => {
+                    left += 1;
+                    let record = state.pods.entry(key).or_default();
+                    record.uid = pod.uid.clone();
+                    record.outcome = PodOutcome::Blocked;
+                    self.block(reason, message);
+                }
+                PodVerdict::Evict => {
+                    left += 1;
+                    let record = state.pods.entry(key.clone()).or_default();
+                    if record.uid != pod.uid {
+                        *record = PodRecord {
+                            uid: pod.uid.clone(),
+                            ..PodRecord::default()
+                        };
+                    }
+                    if pod.deleting {
+                        record.outcome = PodOutcome::Evicting;
+                        record.retry_at = None;
+                        continue;
+                    }
+                    match (record.outcome, record.retry_at) {
+                        (PodOutcome::RetryWaiting, Some(at)) if at > now => {
+                            let message = record.last_refusal.clone().unwrap_or_default();
+                            self.wake_at(at);
+                            self.block(
+                                BlockReason::PodDisruptionBudget,
+                                format!(
+                                    "eviction of pod {key} refused {} times, retrying at {}: {message}",
+                                    record.retries,
+                                    at.format("%H:%M:%S")
+                                ),
+                            );
+                        }
+                        (PodOutcome::Evicting, _) => {
+                            // Accepted; the deletion has not reached the watch cache yet.
+                        }
+                        _ => {
+                            record.outcome = PodOutcome::Evicting;
+                            record.retry_at = None;
+                            self.actions.push(Action::EvictPod {
+                                namespace: pod.namespace.clone(),
+                                name: pod.name.clone(),
+                                vmi: None,
+                            });
+                        }
+                    }
+                }
+            }
+        }
+        left
+    }
+
+    fn finish_drain(&mut self, mut state: DrainState) {
+        let now = self.s.now;
+        state.set_phase(Phase::Drained, now);
+        state.drained_at = Some(now);
+        let took = (now - state.started_at).to_std().unwrap_or_default();
+        self.actions.push(Action::SetDrainedLabel(true));
+        self.actions.push(Action::event(
+            "Drained",
+            format!(
+                "node drained in {}: {}",
+                humantime::format_duration(Duration::from_secs(took.as_secs())),
+                summary(&state)
+            ),
+        ));
+        self.observations.push(Observation::DrainFinished {
+            result: DrainResult::Drained,
+            duration: took,
+        });
+        self.blocked = None;
+        self.waiting_for = None;
+        self.state = Some(state);
+    }
+
+    fn fail(&mut self, mut state: DrainState, reason: String) {
+        let s = self.s;
+        let now = s.now;
+        self.cancel_own_migrations();
+        state.set_phase(Phase::Failed, now);
+        state.failure = Some(reason.clone());
+        self.actions
+            .push(Action::warning("DrainFailed", reason.clone()));
+        if self.config.drain.uncordon_on_failure && state.cordoned_by_vacate && s.node.unschedulable
+        {
+            self.actions.push(Action::Uncordon);
+            self.actions.push(Action::event(
+                "Uncordoned",
+                "uncordoned after the failed drain (drain.uncordon_on_failure)",
+            ));
+        }
+        self.observations.push(Observation::DrainFinished {
+            result: DrainResult::Failed,
+            duration: (now - state.started_at).to_std().unwrap_or_default(),
+        });
+        self.blocked = None;
+        self.waiting_for = None;
+        self.state = Some(state);
+    }
+
+    /// The request was removed before the drain finished.
+    fn abort(&mut self, state: DrainState) {
+        let s = self.s;
+        let cancelled = self.cancel_own_migrations();
+        let mut message = format!(
+            "maintenance request removed during the drain; cancelled {cancelled} migration(s)"
+        );
+        self.release_node(&state, &mut message);
+        self.actions.push(Action::event("DrainAborted", message));
+        self.observations.push(Observation::DrainFinished {
+            result: DrainResult::Aborted,
+            duration: (s.now - state.started_at).to_std().unwrap_or_default(),
+        });
+        self.clear = true;
+    }
+
+    /// The request was removed after the drain finished (or failed).
+    fn end(&mut self, mut state: DrainState) {
+        let s = self.s;
+        if state.phase != Phase::Failed && state.cordoned_by_vacate && !s.node.ready {
+            state.set_phase(Phase::Uncordoning, s.now);
+            self.block(
+                BlockReason::NodeNotReady,
+                "maintenance is over; waiting for the node to become Ready before uncordoning",
+            );
+            self.state = Some(state);
+            return;
+        }
+        self.cancel_own_migrations();
+        let mut message = "maintenance is over".to_string();
+        self.release_node(&state, &mut message);
+        self.actions
+            .push(Action::event("MaintenanceEnded", message));
+        self.clear = true;
+    }
+
+    fn hold_drained(&mut self, mut state: DrainState) {
+        if !self.s.node.drained_label {
+            self.actions.push(Action::SetDrainedLabel(true));
+        }
+        state.set_phase(Phase::Drained, self.s.now);
+        self.state = Some(state);
+    }
+
+    fn release_node(&mut self, state: &DrainState, message: &mut String) {
+        let node = &self.s.node;
+        if state.cordoned_by_vacate && node.unschedulable {
+            self.actions.push(Action::Uncordon);
+            self.actions
+                .push(Action::event("Uncordoned", "uncordoned by vacate"));
+            message.push_str("; uncordoned");
+        } else if node.unschedulable {
+            message.push_str("; left cordoned, as it was cordoned before vacate began");
+        }
+        if node.drained_label {
+            self.actions.push(Action::SetDrainedLabel(false));
+        }
+    }
+
+    fn cancel_own_migrations(&mut self) -> usize {
+        let mut cancelled = 0;
+        for m in self
+            .s
+            .migrations
+            .iter()
+            .filter(|m| m.ours && m.phase == MigrationPhase::Unfinished && !m.deleting)
+        {
+            cancelled += 1;
+            self.actions.push(Action::CancelMigration {
+                namespace: m.namespace.clone(),
+                name: m.name.clone(),
+            });
+            self.observations.push(Observation::MigrationFinished {
+                result: MigrationResult::Cancelled,
+                duration: None,
+            });
+        }
+        cancelled
+    }
+
+    fn block(&mut self, reason: BlockReason, message: impl Into<String>) {
+        // The first blocker found is the one reported; the rest show up once it is gone.
+        if self.blocked.is_none() {
+            self.blocked = Some(Blocker {
+                reason,
+                message: message.into(),
+            });
+        }
+    }
+
+    fn wake_at(&mut self, at: DateTime<Utc>) {
+        self.wake = Some(self.wake.map_or(at, |w| w.min(at)));
+    }
+
+    fn finish(self) -> Plan {
+        let now = self.s.now;
+        let requeue_after = self
+            .wake
+            .map(|w| (w - now).to_std().unwrap_or(Duration::ZERO));
+        let (next, phase) = match self.state {
+            Some(mut state) => {
+                if !matches!(state.phase, Phase::Drained | Phase::Failed) {
+                    state.blocked = self.blocked.clone();
+                    state.waiting_for = if self.blocked.is_some() {
+                        None
+                    } else {
+                        self.waiting_for.clone()
+                    };
+                }
+                let phase = state.phase;
+                let next = if Some(&state) == self.original.as_ref() {
+                    NextState::Unchanged
+                } else {
+                    NextState::Write(Box::new(state))
+                };
+                (next, phase)
+            }
+            None if self.clear => (NextState::Clear, Phase::Idle),
+            None => (NextState::Unchanged, Phase::Idle),
+        };
+        Plan {
+            actions: self.actions,
+            state: next,
+            requeue_after,
+            observations: self.observations,
+            phase,
+            blocked: self.blocked.map(|b| b.reason),
+        }
+    }
+}
+
+/// Folds the result of one action into the state written after the actions ran.
+pub fn record_outcome(
+    state: &mut DrainState,
+    action: &Action,
+    result: &ActionResult,
+    now: DateTime<Utc>,
+    config: &Config,
+) {
+    match (action, result) {
+        (
+            Action::EvictPod {
+                namespace,
+                vmi: Some(vmi),
+                ..
+            },
+            ActionResult::Refused(_) | ActionResult::Rejected(_),
+        ) => {
+            let record = state.vmis.entry(format!("{namespace}/{vmi}")).or_default();
+            record.eviction_refused = true;
+            record.outcome = VmiOutcome::Waiting;
+        }
+        (
+            Action::EvictPod {
+                namespace,
+                name,
+                vmi: None,
+            },
+            ActionResult::Refused(message) | ActionResult::Rejected(message),
+        ) => {
+            let key = format!("{namespace}/{name}");
+            let record = state.pods.entry(key.clone()).or_default();
+            record.retries += 1;
+            let wait = backoff(
+                config.pods.eviction_backoff.get(),
+                config.pods.eviction_backoff_max.get(),
+                record.retries,
+                &key,
+            );
+            record.outcome = PodOutcome::RetryWaiting;
+            record.retry_at = Some(now + chrono_duration(wait));
+            record.last_refusal = Some(message.clone());
+            if state.blocked.is_none() {
+                state.blocked = Some(Blocker {
+                    reason: BlockReason::PodDisruptionBudget,
+                    message: format!("eviction of pod {key} refused: {message}"),
+                });
+            }
+        }
+        (
+            Action::EvictPod {
+                namespace,
+                name,
+                vmi: None,
+            },
+            ActionResult::Gone,
+        ) => {
+            if let Some(record) = state.pods.get_mut(&format!("{namespace}/{name}")) {
+                record.outcome = PodOutcome::Evicted;
+            }
+        }
+        (
+            Action::CreateMigration { namespace, vmi, .. },
+            ActionResult::Refused(_) | ActionResult::Rejected(_),
+        ) => {
+            // KubeVirt's admission refused the migration (e.g. another one is running, or
+            // the VMI stopped being migratable): count it as a failed attempt.
+            let key = format!("{namespace}/{vmi}");
+            let record = state.vmis.entry(key.clone()).or_default();
+            record.outcome = VmiOutcome::RetryWaiting;
+            record.retry_at = Some(
+                now + chrono_duration(backoff(
+                    config.migration.retry_backoff.get(),
+                    config.migration.retry_backoff_max.get(),
+                    record.attempts,
+                    &key,
+                )),
+            );
+        }
+        _ => {}
+    }
+}
+
+/// Exponential backoff with up to 50 % jitter. The jitter is derived from the object and
+/// the attempt, so the planner stays deterministic while retries of different pods spread out.
+pub fn backoff(base: Duration, max: Duration, attempt: u32, key: &str) -> Duration {
+    let exponent = attempt.saturating_sub(1).min(20);
+    let raw = base.saturating_mul(1u32 << exponent).min(max);
+    let mut hasher = DefaultHasher::new();
+    (key, attempt).hash(&mut hasher);
+    let jitter = (hasher.finish() % 1000) as f64 / 2000.0;
+    raw.mul_f64(1.0 + jitter).min(max.max(base))
+}
+
+fn chrono_duration(d: Duration) -> chrono::Duration {
+    chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)
+}
+
+/// "8/8 VMIs (6 migrated, 1 evicted, 1 restarted), 5/5 pods evicted".
+pub fn summary(state: &DrainState) -> String {
+    let count = |o: VmiOutcome| state.vmis.values().filter(|r| r.outcome == o).count();
+    format!(
+        "{}/{} VMIs done ({} migrated, {} evicted, {} restarted, {} left on their own), {}/{} pods evicted",
+        state.vmis_done(),
+        state.vmis.len(),
+        count(VmiOutcome::Migrated),
+        count(VmiOutcome::Evicted),
+        count(VmiOutcome::Restarted),
+        count(VmiOutcome::Left),
+        state.pods_done(),
+        state.pods.len(),
+    )
+}
+
+fn progress(state: &DrainState) -> String {
+    format!(
+        "{}/{} VMIs, {}/{} pods",
+        state.vmis_done(),
+        state.vmis.len(),
+        state.pods_done(),
+        state.pods.len()
+    )
+}

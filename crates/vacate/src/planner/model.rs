@@ -1,0 +1,146 @@
+//! The planner's view of one node and what runs on it.
+//!
+//! The shell builds a [`Snapshot`] from its watch caches; the planner never sees an API
+//! object, only these plain values, so its rules can be tested without a cluster.
+
+use chrono::{DateTime, Utc};
+
+use super::state::StateAnnotation;
+
+/// Everything the planner knows when it decides the next step for one node.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    pub now: DateTime<Utc>,
+    pub node: NodeView,
+    /// VMIs whose `status.nodeName` is this node.
+    pub vmis: Vec<VmiView>,
+    /// Migrations of VMIs on this node, and every migration vacate created for this node.
+    pub migrations: Vec<MigrationView>,
+    /// Pods whose `spec.nodeName` is this node.
+    pub pods: Vec<PodView>,
+    pub cluster: ClusterView,
+    /// Whether a new drain may start now; `Err` says why not (a closed window, a busy fleet).
+    pub start_gate: Result<(), String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct NodeView {
+    pub name: String,
+    pub unschedulable: bool,
+    pub ready: bool,
+    /// Value of the request label; `None` when the label is absent.
+    pub request_value: Option<String>,
+    /// The drained label is present.
+    pub drained_label: bool,
+    pub state: StateAnnotation,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EvictionStrategy {
+    None,
+    LiveMigrate,
+    LiveMigrateIfPossible,
+    External,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Migratability {
+    Migratable,
+    NotMigratable {
+        reason: String,
+        message: String,
+    },
+    /// KubeVirt has not computed the condition yet.
+    Unknown,
+}
+
+#[derive(Debug, Clone)]
+pub struct VmiView {
+    pub namespace: String,
+    pub name: String,
+    /// The VMI is Succeeded or Failed: it no longer runs and needs nothing.
+    pub finished: bool,
+    pub migratability: Migratability,
+    /// The VMI's own strategy, or the cluster default when it sets none.
+    pub eviction_strategy: EvictionStrategy,
+    /// The running virt-launcher pod on this node, if any.
+    pub launcher_pod: Option<String>,
+    /// The VMI is controlled by a VirtualMachine that starts it again when it stops.
+    pub restartable: bool,
+    pub deleting: bool,
+}
+
+impl VmiView {
+    pub fn key(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MigrationPhase {
+    /// Created, not yet finished (Pending through Running).
+    Unfinished,
+    Succeeded,
+    Failed,
+}
+
+#[derive(Debug, Clone)]
+pub struct MigrationView {
+    pub namespace: String,
+    pub name: String,
+    pub vmi_name: String,
+    pub phase: MigrationPhase,
+    /// Created by vacate for this node.
+    pub ours: bool,
+    pub created_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub deleting: bool,
+}
+
+impl MigrationView {
+    pub fn vmi_key(&self) -> String {
+        format!("{}/{}", self.namespace, self.vmi_name)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct PodView {
+    pub namespace: String,
+    pub name: String,
+    pub uid: String,
+    /// Kind of the controlling owner (`ReplicaSet`, `DaemonSet`, ...), if any.
+    pub controller_kind: Option<String>,
+    pub mirror: bool,
+    pub finished: bool,
+    pub has_emptydir: bool,
+    pub virt_launcher: bool,
+    pub deleting: bool,
+}
+
+impl PodView {
+    pub fn key(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
+}
+
+/// Cluster-wide facts that bound what one node may do.
+#[derive(Debug, Clone)]
+pub struct ClusterView {
+    /// Unfinished migrations in the whole cluster, including ones just created.
+    pub migrations_in_flight: u32,
+    /// `parallelOutboundMigrationsPerNode` of the KubeVirt CR.
+    pub kubevirt_per_node: u32,
+    /// `parallelMigrationsPerCluster` of the KubeVirt CR.
+    pub kubevirt_per_cluster: u32,
+}
+
+impl Default for ClusterView {
+    fn default() -> Self {
+        // KubeVirt's own defaults when the CR does not set them.
+        Self {
+            migrations_in_flight: 0,
+            kubevirt_per_node: 2,
+            kubevirt_per_cluster: 5,
+        }
+    }
+}

@@ -1,0 +1,332 @@
+//! The drain state vacate keeps on each node as a versioned JSON annotation.
+//!
+//! It is the only memory vacate has: a restarted or newly elected daemon reads it back and
+//! carries on. Unknown fields are ignored so that a patch release can add some; a higher
+//! `version` means a newer vacate owns the node and this one leaves it alone.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+/// The annotation format written by this version of vacate.
+pub const STATE_VERSION: u32 = 1;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, PartialOrd, Ord, Hash)]
+pub enum Phase {
+    Idle,
+    Pending,
+    Cordoned,
+    Migrating,
+    Evicting,
+    Drained,
+    Uncordoning,
+    Aborting,
+    Failed,
+}
+
+impl Phase {
+    pub const ALL: [Phase; 9] = [
+        Phase::Idle,
+        Phase::Pending,
+        Phase::Cordoned,
+        Phase::Migrating,
+        Phase::Evicting,
+        Phase::Drained,
+        Phase::Uncordoning,
+        Phase::Aborting,
+        Phase::Failed,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Idle => "Idle",
+            Phase::Pending => "Pending",
+            Phase::Cordoned => "Cordoned",
+            Phase::Migrating => "Migrating",
+            Phase::Evicting => "Evicting",
+            Phase::Drained => "Drained",
+            Phase::Uncordoning => "Uncordoning",
+            Phase::Aborting => "Aborting",
+            Phase::Failed => "Failed",
+        }
+    }
+
+    /// A drain is under way: the node is (being) emptied.
+    pub fn is_draining(self) -> bool {
+        matches!(self, Phase::Cordoned | Phase::Migrating | Phase::Evicting)
+    }
+}
+
+impl fmt::Display for Phase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Why a drain cannot make progress; also the `reason` label of `vacate_nodes_blocked`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Hash, PartialOrd, Ord)]
+pub enum BlockReason {
+    /// The start gate is closed (maintenance window, fleet concurrency).
+    NotAllowedYet,
+    /// A PodDisruptionBudget refuses an eviction.
+    PodDisruptionBudget,
+    /// A VMI cannot live-migrate and the policy is `block`.
+    NonMigratableVmi,
+    /// KubeVirt refuses to evict a VMI and nothing else may be done with it.
+    EvictionRefused,
+    /// A pod without a controller and `pods.unmanaged = "block"`.
+    UnmanagedPod,
+    /// A pod with emptyDir data and `pods.emptydir = "block"`.
+    EmptyDirPod,
+    /// Waiting for the node to become Ready before uncordoning.
+    NodeNotReady,
+    /// The state annotation was written by a newer vacate.
+    NewerStateVersion,
+}
+
+impl BlockReason {
+    pub const ALL: [BlockReason; 8] = [
+        BlockReason::NotAllowedYet,
+        BlockReason::PodDisruptionBudget,
+        BlockReason::NonMigratableVmi,
+        BlockReason::EvictionRefused,
+        BlockReason::UnmanagedPod,
+        BlockReason::EmptyDirPod,
+        BlockReason::NodeNotReady,
+        BlockReason::NewerStateVersion,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BlockReason::NotAllowedYet => "NotAllowedYet",
+            BlockReason::PodDisruptionBudget => "PodDisruptionBudget",
+            BlockReason::NonMigratableVmi => "NonMigratableVmi",
+            BlockReason::EvictionRefused => "EvictionRefused",
+            BlockReason::UnmanagedPod => "UnmanagedPod",
+            BlockReason::EmptyDirPod => "EmptyDirPod",
+            BlockReason::NodeNotReady => "NodeNotReady",
+            BlockReason::NewerStateVersion => "NewerStateVersion",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Blocker {
+    pub reason: BlockReason,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub enum VmiOutcome {
+    /// Not handled yet.
+    #[default]
+    Waiting,
+    /// A migration of vacate's runs (or another one, e.g. KubeVirt's evacuation).
+    Migrating,
+    /// The last migration failed; the next attempt waits for `retry_at`.
+    RetryWaiting,
+    /// The virt-launcher pod was evicted; waiting for the VMI to leave.
+    Evicting,
+    /// The VMI was stopped so that its VirtualMachine starts it elsewhere.
+    Restarting,
+    /// Held back by policy or refusal; see the node's blocker.
+    Blocked,
+    Migrated,
+    Evicted,
+    Restarted,
+    /// Left the node without vacate's doing (moved or stopped by someone else).
+    Left,
+}
+
+impl VmiOutcome {
+    pub fn is_done(self) -> bool {
+        matches!(
+            self,
+            VmiOutcome::Migrated | VmiOutcome::Evicted | VmiOutcome::Restarted | VmiOutcome::Left
+        )
+    }
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct VmiRecord {
+    pub outcome: VmiOutcome,
+    /// Migrations vacate has created for this VMI during this drain.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub attempts: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_at: Option<DateTime<Utc>>,
+    /// KubeVirt answered 429 to the eviction of the virt-launcher pod.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub eviction_refused: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub enum PodOutcome {
+    #[default]
+    Waiting,
+    /// The eviction was accepted; waiting for the pod to go.
+    Evicting,
+    /// Refused for now (PodDisruptionBudget); retried at `retry_at`.
+    RetryWaiting,
+    Blocked,
+    Evicted,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct PodRecord {
+    pub outcome: PodOutcome,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub uid: String,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub retries: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_at: Option<DateTime<Utc>>,
+    /// Why the last eviction was refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_refusal: Option<String>,
+}
+
+/// What asked for the drain.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub enum Request {
+    #[default]
+    Maintenance,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DrainState {
+    pub version: u32,
+    pub phase: Phase,
+    #[serde(default)]
+    pub request: Request,
+    /// Value of the request label when this drain began; a new value retries a failed drain.
+    #[serde(default)]
+    pub request_value: String,
+    /// vacate cordoned the node (it was schedulable when the drain began); only then
+    /// does vacate uncordon it.
+    pub cordoned_by_vacate: bool,
+    pub started_at: DateTime<Utc>,
+    pub phase_since: DateTime<Utc>,
+    /// Drains of this node so far, counting this one.
+    #[serde(default = "one")]
+    pub attempt: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blocked: Option<Blocker>,
+    /// What the drain waits for when nothing blocks it (a migration slot, a retry).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting_for: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drained_at: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_batch_at: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub vmis: BTreeMap<String, VmiRecord>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub pods: BTreeMap<String, PodRecord>,
+}
+
+fn one() -> u32 {
+    1
+}
+
+impl DrainState {
+    pub fn new(now: DateTime<Utc>, cordoned_by_vacate: bool, attempt: u32) -> Self {
+        Self {
+            version: STATE_VERSION,
+            phase: Phase::Cordoned,
+            request: Request::Maintenance,
+            request_value: String::new(),
+            cordoned_by_vacate,
+            started_at: now,
+            phase_since: now,
+            attempt,
+            blocked: None,
+            waiting_for: None,
+            failure: None,
+            drained_at: None,
+            last_batch_at: None,
+            vmis: BTreeMap::new(),
+            pods: BTreeMap::new(),
+        }
+    }
+
+    pub fn set_phase(&mut self, phase: Phase, now: DateTime<Utc>) {
+        if self.phase != phase {
+            self.phase = phase;
+            self.phase_since = now;
+        }
+    }
+
+    pub fn vmis_done(&self) -> usize {
+        self.vmis.values().filter(|r| r.outcome.is_done()).count()
+    }
+
+    pub fn pods_done(&self) -> usize {
+        self.pods
+            .values()
+            .filter(|r| r.outcome == PodOutcome::Evicted)
+            .count()
+    }
+
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("drain state always serialises")
+    }
+}
+
+/// The state annotation as found on a node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StateAnnotation {
+    Absent,
+    Valid(Box<DrainState>),
+    /// Not JSON, or not a drain state; the text says what is wrong.
+    Invalid(String),
+    /// Written by a newer vacate.
+    NewerVersion(u32),
+}
+
+impl StateAnnotation {
+    pub fn parse(text: Option<&str>) -> Self {
+        let Some(text) = text else {
+            return StateAnnotation::Absent;
+        };
+        #[derive(Deserialize)]
+        struct Versioned {
+            version: u32,
+        }
+        match serde_json::from_str::<Versioned>(text) {
+            Ok(v) if v.version > STATE_VERSION => return StateAnnotation::NewerVersion(v.version),
+            Ok(v) if v.version == 0 => {
+                return StateAnnotation::Invalid("version 0 is not a vacate state".into());
+            }
+            Ok(_) => {}
+            Err(e) => return StateAnnotation::Invalid(e.to_string()),
+        }
+        match serde_json::from_str::<DrainState>(text) {
+            Ok(state) => StateAnnotation::Valid(Box::new(state)),
+            Err(e) => StateAnnotation::Invalid(e.to_string()),
+        }
+    }
+
+    pub fn valid(&self) -> Option<&DrainState> {
+        match self {
+            StateAnnotation::Valid(s) => Some(s),
+            _ => None,
+        }
+    }
+}

@@ -1,0 +1,917 @@
+//! Unit tests of the drain rules: one scenario a test, built from plain values.
+
+use chrono::TimeZone;
+
+use super::*;
+use crate::config::{Config, PodPolicy};
+
+fn t(secs: i64) -> DateTime<Utc> {
+    Utc.timestamp_opt(1_700_000_000 + secs, 0).unwrap()
+}
+
+fn node(request: Option<&str>, unschedulable: bool) -> NodeView {
+    NodeView {
+        name: "worker-1".into(),
+        unschedulable,
+        ready: true,
+        request_value: request.map(String::from),
+        drained_label: false,
+        state: StateAnnotation::Absent,
+    }
+}
+
+fn vmi(name: &str) -> VmiView {
+    VmiView {
+        namespace: "vms".into(),
+        name: name.into(),
+        finished: false,
+        migratability: Migratability::Migratable,
+        eviction_strategy: EvictionStrategy::LiveMigrate,
+        launcher_pod: Some(format!("virt-launcher-{name}-abcde")),
+        restartable: true,
+        deleting: false,
+    }
+}
+
+fn not_migratable(name: &str) -> VmiView {
+    VmiView {
+        migratability: Migratability::NotMigratable {
+            reason: "DisksNotLiveMigratable".into(),
+            message: "PVC disk is ReadWriteOnce".into(),
+        },
+        ..vmi(name)
+    }
+}
+
+fn pod(name: &str, controller: Option<&str>) -> PodView {
+    PodView {
+        namespace: "apps".into(),
+        name: name.into(),
+        uid: format!("uid-{name}"),
+        controller_kind: controller.map(String::from),
+        mirror: false,
+        finished: false,
+        has_emptydir: false,
+        virt_launcher: false,
+        deleting: false,
+    }
+}
+
+fn migration(state: &DrainState, vmi: &str, attempt: u32, phase: MigrationPhase) -> MigrationView {
+    MigrationView {
+        namespace: "vms".into(),
+        name: migration_name(state, vmi, attempt),
+        vmi_name: vmi.into(),
+        phase,
+        ours: true,
+        created_at: Some(t(0)),
+        finished_at: (phase != MigrationPhase::Unfinished).then(|| t(30)),
+        deleting: false,
+    }
+}
+
+fn snapshot(node: NodeView) -> Snapshot {
+    Snapshot {
+        now: t(0),
+        node,
+        vmis: vec![],
+        migrations: vec![],
+        pods: vec![],
+        cluster: ClusterView::default(),
+        start_gate: Ok(()),
+    }
+}
+
+fn written(plan: &Plan) -> DrainState {
+    match &plan.state {
+        NextState::Write(s) => (**s).clone(),
+        other => panic!("expected a state write, got {other:?}"),
+    }
+}
+
+fn with_state(mut s: Snapshot, state: &DrainState) -> Snapshot {
+    s.node.state = StateAnnotation::Valid(Box::new(state.clone()));
+    s
+}
+
+fn migrations_created(plan: &Plan) -> Vec<String> {
+    plan.actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::CreateMigration { vmi, .. } => Some(vmi.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn evicted(plan: &Plan) -> Vec<String> {
+    plan.actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::EvictPod { name, .. } => Some(name.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn has_event(plan: &Plan, reason: &str) -> bool {
+    plan.actions
+        .iter()
+        .any(|a| matches!(a, Action::Event { reason: r, .. } if *r == reason))
+}
+
+/// Runs the planner repeatedly on a drained-in-progress state, as the shell would.
+fn step(s: &Snapshot, state: &DrainState, config: &Config) -> (Plan, DrainState) {
+    let plan = plan(&with_state(s.clone(), state), config);
+    let next = match &plan.state {
+        NextState::Write(st) => (**st).clone(),
+        NextState::Unchanged => state.clone(),
+        NextState::Clear => panic!("state cleared unexpectedly"),
+    };
+    (plan, next)
+}
+
+#[test]
+fn idle_node_without_request_needs_nothing() {
+    let plan = plan(&snapshot(node(None, false)), &Config::default());
+    assert!(plan.actions.is_empty());
+    assert_eq!(plan.state, NextState::Unchanged);
+    assert_eq!(plan.phase, Phase::Idle);
+}
+
+#[test]
+fn request_cordons_and_remembers_vacate_did_it() {
+    let plan = plan(&snapshot(node(Some("true"), false)), &Config::default());
+    assert_eq!(plan.actions[0], Action::Cordon);
+    assert!(has_event(&plan, "Cordoned"));
+    let state = written(&plan);
+    assert!(state.cordoned_by_vacate);
+    assert_eq!(state.request_value, "true");
+    // An empty node is drained at once.
+    assert_eq!(state.phase, Phase::Drained);
+    assert!(plan.actions.contains(&Action::SetDrainedLabel(true)));
+}
+
+#[test]
+fn admin_cordoned_node_is_not_claimed() {
+    let plan = plan(&snapshot(node(Some("true"), true)), &Config::default());
+    assert!(!plan.actions.contains(&Action::Cordon));
+    assert!(!written(&plan).cordoned_by_vacate);
+}
+
+#[test]
+fn admin_cordoned_node_stays_cordoned_after_maintenance() {
+    let mut state = DrainState::new(t(0), false, 1);
+    state.phase = Phase::Drained;
+    let mut n = node(None, true);
+    n.drained_label = true;
+    let plan = plan(&with_state(snapshot(n), &state), &Config::default());
+    assert!(!plan.actions.contains(&Action::Uncordon));
+    assert!(plan.actions.contains(&Action::SetDrainedLabel(false)));
+    assert_eq!(plan.state, NextState::Clear);
+}
+
+#[test]
+fn maintenance_end_uncordons_what_vacate_cordoned() {
+    let mut state = DrainState::new(t(0), true, 1);
+    state.phase = Phase::Drained;
+    let mut n = node(None, true);
+    n.drained_label = true;
+    let plan = plan(&with_state(snapshot(n), &state), &Config::default());
+    assert!(plan.actions.contains(&Action::Uncordon));
+    assert!(has_event(&plan, "Uncordoned"));
+    assert_eq!(plan.state, NextState::Clear);
+    assert_eq!(plan.phase, Phase::Idle);
+}
+
+#[test]
+fn uncordon_waits_for_ready_node() {
+    let mut state = DrainState::new(t(0), true, 1);
+    state.phase = Phase::Drained;
+    let mut n = node(None, true);
+    n.ready = false;
+    let plan = plan(&with_state(snapshot(n), &state), &Config::default());
+    assert!(!plan.actions.contains(&Action::Uncordon));
+    assert_eq!(plan.phase, Phase::Uncordoning);
+    assert_eq!(plan.blocked, Some(BlockReason::NodeNotReady));
+}
+
+#[test]
+fn migrations_respect_batch_and_node_limits() {
+    let mut s = snapshot(node(Some("true"), false));
+    s.vmis = (0..8).map(|i| vmi(&format!("vm-{i}"))).collect();
+    let config = Config::default(); // batch 2, 2 per node
+    let plan = plan(&s, &config);
+    assert_eq!(migrations_created(&plan), vec!["vm-0", "vm-1"]);
+    let state = written(&plan);
+    assert_eq!(state.phase, Phase::Migrating);
+    assert_eq!(state.last_batch_at, Some(t(0)));
+
+    // Both in flight: no new migration even after the batch interval.
+    let mut s2 = s.clone();
+    s2.now = t(60);
+    s2.migrations = vec![
+        migration(&state, "vm-0", 1, MigrationPhase::Unfinished),
+        migration(&state, "vm-1", 1, MigrationPhase::Unfinished),
+    ];
+    let (plan2, _) = step(&s2, &state, &config);
+    assert!(migrations_created(&plan2).is_empty());
+    assert!(
+        written(&plan2)
+            .waiting_for
+            .unwrap()
+            .contains("slot on the node")
+    );
+}
+
+#[test]
+fn kubevirt_limits_cap_configured_limits() {
+    let mut s = snapshot(node(Some("true"), false));
+    s.vmis = (0..8).map(|i| vmi(&format!("vm-{i}"))).collect();
+    s.cluster.kubevirt_per_node = 1;
+    let mut config = Config::default();
+    config.migration.batch_size = 5;
+    config.migration.max_in_flight_per_node = 4;
+    assert_eq!(migrations_created(&plan(&s, &config)).len(), 1);
+}
+
+#[test]
+fn cluster_limit_is_respected() {
+    let mut s = snapshot(node(Some("true"), false));
+    s.vmis = (0..8).map(|i| vmi(&format!("vm-{i}"))).collect();
+    s.cluster.migrations_in_flight = 4;
+    let mut config = Config::default();
+    config.migration.batch_size = 5;
+    config.migration.max_in_flight_per_node = 5;
+    s.cluster.kubevirt_per_node = 5;
+    assert_eq!(migrations_created(&plan(&s, &config)).len(), 1);
+    s.cluster.migrations_in_flight = 5;
+    let p = plan(&s, &config);
+    assert!(migrations_created(&p).is_empty());
+    assert!(written(&p).waiting_for.unwrap().contains("in the cluster"));
+}
+
+#[test]
+fn batch_interval_spaces_batches() {
+    let mut s = snapshot(node(Some("true"), false));
+    s.vmis = (0..4).map(|i| vmi(&format!("vm-{i}"))).collect();
+    let mut config = Config::default();
+    config.migration.max_in_flight_per_node = 10;
+    s.cluster.kubevirt_per_node = 10;
+    let state = written(&plan(&s, &config));
+    let mut s2 = s.clone();
+    s2.now = t(2);
+    s2.migrations = vec![
+        migration(&state, "vm-0", 1, MigrationPhase::Unfinished),
+        migration(&state, "vm-1", 1, MigrationPhase::Unfinished),
+    ];
+    let (p, _) = step(&s2, &state, &config);
+    assert!(migrations_created(&p).is_empty());
+    assert_eq!(p.requeue_after, Some(Duration::from_secs(3)));
+    s2.now = t(5);
+    let (p, _) = step(&s2, &state, &config);
+    assert_eq!(migrations_created(&p), vec!["vm-2", "vm-3"]);
+}
+
+#[test]
+fn someone_elses_migration_is_awaited_not_duplicated() {
+    let mut s = snapshot(node(Some("true"), false));
+    s.vmis = vec![vmi("vm-0")];
+    s.migrations = vec![MigrationView {
+        namespace: "vms".into(),
+        name: "kubevirt-evacuation-xyz".into(),
+        vmi_name: "vm-0".into(),
+        phase: MigrationPhase::Unfinished,
+        ours: false,
+        created_at: None,
+        finished_at: None,
+        deleting: false,
+    }];
+    let p = plan(&s, &Config::default());
+    assert!(migrations_created(&p).is_empty());
+    assert_eq!(written(&p).vmis["vms/vm-0"].outcome, VmiOutcome::Migrating);
+}
+
+#[test]
+fn successful_migration_completes_the_vmi() {
+    let mut s = snapshot(node(Some("true"), false));
+    s.vmis = vec![vmi("vm-0")];
+    let config = Config::default();
+    let state = written(&plan(&s, &config));
+    let mut s2 = s.clone();
+    s2.now = t(30);
+    s2.vmis.clear(); // the VMI now runs elsewhere
+    s2.migrations = vec![migration(&state, "vm-0", 1, MigrationPhase::Succeeded)];
+    let (p, next) = step(&s2, &state, &config);
+    assert_eq!(next.vmis["vms/vm-0"].outcome, VmiOutcome::Migrated);
+    assert_eq!(next.phase, Phase::Drained);
+    assert!(p.observations.contains(&Observation::MigrationFinished {
+        result: MigrationResult::Succeeded,
+        duration: Some(Duration::from_secs(30)),
+    }));
+    assert!(has_event(&p, "Drained"));
+}
+
+#[test]
+fn failed_migration_is_retried_with_backoff_then_falls_back() {
+    let mut s = snapshot(node(Some("true"), false));
+    s.vmis = vec![vmi("vm-0")];
+    let mut config = Config::default();
+    config.migration.max_attempts = 2;
+    let state = written(&plan(&s, &config));
+    assert_eq!(state.vmis["vms/vm-0"].attempts, 1);
+
+    let mut s2 = s.clone();
+    s2.now = t(20);
+    s2.migrations = vec![migration(&state, "vm-0", 1, MigrationPhase::Failed)];
+    let (p, state) = step(&s2, &state, &config);
+    assert!(has_event(&p, "MigrationFailed"));
+    let record = &state.vmis["vms/vm-0"];
+    assert_eq!(record.outcome, VmiOutcome::RetryWaiting);
+    let retry_at = record.retry_at.unwrap();
+    assert!(retry_at >= t(30) && retry_at <= t(35), "{retry_at}");
+    assert!(migrations_created(&p).is_empty());
+
+    // Still waiting before retry_at.
+    let (p, state) = step(&s2, &state, &config);
+    assert!(migrations_created(&p).is_empty());
+
+    // After the backoff, attempt 2 gets a new name.
+    s2.now = t(40);
+    let (p, state) = step(&s2, &state, &config);
+    assert_eq!(migrations_created(&p), vec!["vm-0"]);
+    assert_eq!(state.vmis["vms/vm-0"].attempts, 2);
+    let name2 = migration_name(&state, "vm-0", 2);
+    assert!(
+        p.actions
+            .iter()
+            .any(|a| matches!(a, Action::CreateMigration { name, .. } if *name == name2))
+    );
+
+    // Attempt 2 fails too: attempts exhausted, the launcher pod is evicted (policy evict).
+    s2.now = t(60);
+    s2.migrations
+        .push(migration(&state, "vm-0", 2, MigrationPhase::Failed));
+    let (p, state) = step(&s2, &state, &config);
+    assert_eq!(evicted(&p), vec!["virt-launcher-vm-0-abcde"]);
+    assert_eq!(state.vmis["vms/vm-0"].outcome, VmiOutcome::Evicting);
+}
+
+#[test]
+fn interrupted_create_is_repeated_under_the_same_name() {
+    let mut s = snapshot(node(Some("true"), false));
+    s.vmis = vec![vmi("vm-0")];
+    let config = Config::default();
+    let plan1 = plan(&s, &config);
+    let state = written(&plan1);
+    // vacate died after writing the state, before the create: the migration is missing.
+    let mut s2 = s.clone();
+    s2.now = t(1);
+    let (p, next) = step(&s2, &state, &config);
+    let first = migration_name(&state, "vm-0", 1);
+    assert!(
+        p.actions
+            .iter()
+            .any(|a| matches!(a, Action::CreateMigration { name, .. } if *name == first))
+    );
+    assert_eq!(next.vmis["vms/vm-0"].attempts, 1);
+}
+
+#[test]
+fn restart_after_crash_does_not_duplicate_running_migration() {
+    let mut s = snapshot(node(Some("true"), false));
+    s.vmis = vec![vmi("vm-0"), vmi("vm-1")];
+    let config = Config::default();
+    let state = written(&plan(&s, &config));
+    let mut s2 = s.clone();
+    s2.now = t(100);
+    s2.migrations = vec![
+        migration(&state, "vm-0", 1, MigrationPhase::Unfinished),
+        migration(&state, "vm-1", 1, MigrationPhase::Unfinished),
+    ];
+    let (p, _) = step(&s2, &state, &config);
+    assert!(migrations_created(&p).is_empty());
+}
+
+#[test]
+fn non_migratable_policy_block_waits_and_says_why() {
+    let mut s = snapshot(node(Some("true"), false));
+    s.vmis = vec![not_migratable("db")];
+    let mut config = Config::default();
+    config.non_migratable.policy = NonMigratablePolicy::Block;
+    let p = plan(&s, &config);
+    assert!(evicted(&p).is_empty());
+    assert_eq!(p.blocked, Some(BlockReason::NonMigratableVmi));
+    let state = written(&p);
+    assert!(
+        state
+            .blocked
+            .unwrap()
+            .message
+            .contains("DisksNotLiveMigratable")
+    );
+    assert_eq!(state.phase, Phase::Migrating);
+}
+
+#[test]
+fn non_migratable_policy_evict_evicts_launcher_pod() {
+    let mut s = snapshot(node(Some("true"), false));
+    s.vmis = vec![not_migratable("db")];
+    let p = plan(&s, &Config::default());
+    assert_eq!(evicted(&p), vec!["virt-launcher-db-abcde"]);
+    assert!(migrations_created(&p).is_empty());
+}
+
+#[test]
+fn eviction_strategy_none_is_not_migrated() {
+    let mut s = snapshot(node(Some("true"), false));
+    s.vmis = vec![VmiView {
+        eviction_strategy: EvictionStrategy::None,
+        ..vmi("scratch")
+    }];
+    let p = plan(&s, &Config::default());
+    assert!(migrations_created(&p).is_empty());
+    assert_eq!(evicted(&p), vec!["virt-launcher-scratch-abcde"]);
+}
+
+#[test]
+fn refused_eviction_escalates_to_restart() {
+    let mut s = snapshot(node(Some("true"), false));
+    s.vmis = vec![not_migratable("db")];
+    let config = Config::default();
+    let p = plan(&s, &config);
+    let mut state = written(&p);
+    let evict = p
+        .actions
+        .iter()
+        .find(|a| matches!(a, Action::EvictPod { .. }))
+        .unwrap();
+    record_outcome(
+        &mut state,
+        evict,
+        &ActionResult::Refused(
+            "VMI db is configured with an eviction strategy but is not live-migratable".into(),
+        ),
+        t(0),
+        &config,
+    );
+    s.now = t(1);
+    let (p, state) = step(&s, &state, &config);
+    assert!(p.actions.contains(&Action::RestartVmi {
+        namespace: "vms".into(),
+        name: "db".into()
+    }));
+    assert_eq!(state.vmis["vms/db"].outcome, VmiOutcome::Restarting);
+    // Once the VMI has gone, it counts as restarted.
+    s.vmis.clear();
+    let (_, state) = step(&s, &state, &config);
+    assert_eq!(state.vmis["vms/db"].outcome, VmiOutcome::Restarted);
+    assert_eq!(state.phase, Phase::Drained);
+}
+
+#[test]
+fn refused_eviction_can_fail_the_drain() {
+    let mut s = snapshot(node(Some("true"), false));
+    s.vmis = vec![not_migratable("db")];
+    let mut config = Config::default();
+    config.non_migratable.on_eviction_refused = EvictionRefusedPolicy::Fail;
+    let p = plan(&s, &config);
+    let mut state = written(&p);
+    let evict = p
+        .actions
+        .iter()
+        .find(|a| matches!(a, Action::EvictPod { .. }))
+        .unwrap();
+    record_outcome(
+        &mut state,
+        evict,
+        &ActionResult::Refused("no".into()),
+        t(0),
+        &config,
+    );
+    let (p, state) = step(&s, &state, &config);
+    assert_eq!(state.phase, Phase::Failed);
+    assert!(
+        state
+            .failure
+            .unwrap()
+            .contains("refused to evict VMI vms/db")
+    );
+    assert!(has_event(&p, "DrainFailed"));
+}
+
+#[test]
+fn restart_policy_needs_a_virtual_machine() {
+    let mut s = snapshot(node(Some("true"), false));
+    s.vmis = vec![VmiView {
+        restartable: false,
+        ..not_migratable("standalone")
+    }];
+    let mut config = Config::default();
+    config.non_migratable.policy = NonMigratablePolicy::Restart;
+    let p = plan(&s, &config);
+    assert!(
+        !p.actions
+            .iter()
+            .any(|a| matches!(a, Action::RestartVmi { .. }))
+    );
+    assert_eq!(p.blocked, Some(BlockReason::EvictionRefused));
+}
+
+#[test]
+fn unknown_migratability_waits() {
+    let mut s = snapshot(node(Some("true"), false));
+    s.vmis = vec![VmiView {
+        migratability: Migratability::Unknown,
+        ..vmi("new")
+    }];
+    let p = plan(&s, &Config::default());
+    assert!(
+        p.actions
+            .iter()
+            .all(|a| !matches!(a, Action::CreateMigration { .. } | Action::EvictPod { .. }))
+    );
+    assert!(
+        written(&p)
+            .waiting_for
+            .unwrap()
+            .contains("can live-migrate")
+    );
+}
+
+#[test]
+fn pods_follow_kubectl_drain_rules() {
+    let mut s = snapshot(node(Some("true"), false));
+    s.pods = vec![
+        pod("web-1", Some("ReplicaSet")),
+        pod("logs-x", Some("DaemonSet")),
+        PodView {
+            mirror: true,
+            ..pod("static", None)
+        },
+        PodView {
+            finished: true,
+            ..pod("job-done", Some("Job"))
+        },
+        PodView {
+            virt_launcher: true,
+            ..pod("virt-launcher-a", Some("VirtualMachineInstance"))
+        },
+    ];
+    let p = plan(&s, &Config::default());
+    assert_eq!(evicted(&p), vec!["web-1"]);
+    assert_eq!(written(&p).phase, Phase::Evicting);
+}
+
+#[test]
+fn pods_wait_for_vmis_first() {
+    let mut s = snapshot(node(Some("true"), false));
+    s.vmis = vec![vmi("vm-0")];
+    s.pods = vec![pod("web-1", Some("ReplicaSet"))];
+    let p = plan(&s, &Config::default());
+    assert!(evicted(&p).is_empty());
+}
+
+#[test]
+fn unmanaged_and_emptydir_pods_block_by_default() {
+    let mut s = snapshot(node(Some("true"), false));
+    s.pods = vec![pod("bare", None)];
+    let p = plan(&s, &Config::default());
+    assert!(evicted(&p).is_empty());
+    assert_eq!(p.blocked, Some(BlockReason::UnmanagedPod));
+
+    s.pods = vec![PodView {
+        has_emptydir: true,
+        ..pod("cache", Some("ReplicaSet"))
+    }];
+    let p = plan(&s, &Config::default());
+    assert_eq!(p.blocked, Some(BlockReason::EmptyDirPod));
+
+    let mut config = Config::default();
+    config.pods.emptydir = PodPolicy::Evict;
+    config.pods.unmanaged = PodPolicy::Evict;
+    s.pods.push(pod("bare", None));
+    assert_eq!(evicted(&plan(&s, &config)), vec!["bare", "cache"]);
+}
+
+#[test]
+fn pdb_refusal_backs_off_and_reports_blocker() {
+    let mut s = snapshot(node(Some("true"), false));
+    s.pods = vec![pod("web-1", Some("ReplicaSet"))];
+    let config = Config::default();
+    let p = plan(&s, &config);
+    let mut state = written(&p);
+    let evict = p
+        .actions
+        .iter()
+        .find(|a| matches!(a, Action::EvictPod { .. }))
+        .unwrap()
+        .clone();
+    record_outcome(
+        &mut state,
+        &evict,
+        &ActionResult::Refused(
+            "Cannot evict pod as it would violate the pod's disruption budget.".into(),
+        ),
+        t(0),
+        &config,
+    );
+    let record = &state.pods["apps/web-1"];
+    assert_eq!(record.outcome, PodOutcome::RetryWaiting);
+    assert!(record.retry_at.unwrap() >= t(5));
+
+    // Before the retry time: no hot loop, blocker shown.
+    s.now = t(1);
+    let (p, state) = step(&s, &state, &config);
+    assert!(evicted(&p).is_empty());
+    assert_eq!(p.blocked, Some(BlockReason::PodDisruptionBudget));
+    assert!(state.blocked.as_ref().unwrap().message.contains("disruption budget"));
+    assert!(p.requeue_after.unwrap() >= Duration::from_secs(4));
+
+    // Second refusal doubles the wait.
+    let mut st = written(&plan(
+        &with_state(s.clone(), &{
+            let mut x = DrainState::new(t(0), true, 1);
+            x.pods.insert(
+                "apps/web-1".into(),
+                PodRecord {
+                    uid: "uid-web-1".into(),
+                    ..Default::default()
+                },
+            );
+            x
+        }),
+        &config,
+    ));
+    record_outcome(
+        &mut st,
+        &evict,
+        &ActionResult::Refused("budget".into()),
+        t(10),
+        &config,
+    );
+    record_outcome(
+        &mut st,
+        &evict,
+        &ActionResult::Refused("budget".into()),
+        t(10),
+        &config,
+    );
+    assert!(st.pods["apps/web-1"].retry_at.unwrap() >= t(20));
+
+    // After the retry time the eviction is tried again, and once the pod is gone the node is drained.
+    s.now = t(60);
+    let (p, state) = step(
+        &s,
+        &{
+            let mut x = state.clone();
+            x.pods.get_mut("apps/web-1").unwrap().retry_at = Some(t(30));
+            x
+        },
+        &config,
+    );
+    assert_eq!(evicted(&p), vec!["web-1"]);
+    s.pods.clear();
+    let (_, state) = step(&s, &state, &config);
+    assert_eq!(state.phase, Phase::Drained);
+    assert_eq!(state.pods["apps/web-1"].outcome, PodOutcome::Evicted);
+}
+
+#[test]
+fn pod_recreated_under_same_name_is_a_new_pod() {
+    let mut s = snapshot(node(Some("true"), false));
+    s.pods = vec![pod("db-0", Some("StatefulSet"))];
+    let config = Config::default();
+    let (_, state) = step(&s, &written(&plan(&s, &config)), &config);
+    // The old pod left; a pod of the same name elsewhere is not on this node's list.
+    s.pods.clear();
+    let (_, state) = step(&s, &state, &config);
+    assert_eq!(state.phase, Phase::Drained);
+}
+
+#[test]
+fn deleting_pod_is_awaited_not_evicted_again() {
+    let mut s = snapshot(node(Some("true"), false));
+    s.pods = vec![PodView {
+        deleting: true,
+        ..pod("web-1", Some("ReplicaSet"))
+    }];
+    let p = plan(&s, &Config::default());
+    assert!(evicted(&p).is_empty());
+    assert_eq!(written(&p).phase, Phase::Evicting);
+}
+
+#[test]
+fn abort_cancels_own_unfinished_migrations_and_uncordons() {
+    let mut s = snapshot(node(Some("true"), false));
+    s.vmis = vec![vmi("vm-0"), vmi("vm-1"), vmi("vm-2")];
+    let config = Config::default();
+    let state = written(&plan(&s, &config));
+    let mut s2 = snapshot(node(None, true));
+    s2.vmis = s.vmis.clone();
+    s2.migrations = vec![
+        migration(&state, "vm-0", 1, MigrationPhase::Unfinished),
+        migration(&state, "vm-1", 1, MigrationPhase::Succeeded),
+        MigrationView {
+            ours: false,
+            name: "someone-elses".into(),
+            ..migration(&state, "vm-2", 1, MigrationPhase::Unfinished)
+        },
+    ];
+    let p = plan(&with_state(s2, &state), &config);
+    let cancelled: Vec<_> = p
+        .actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::CancelMigration { name, .. } => Some(name.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(cancelled, vec![migration_name(&state, "vm-0", 1)]);
+    assert!(p.actions.contains(&Action::Uncordon));
+    assert!(has_event(&p, "DrainAborted"));
+    assert_eq!(p.state, NextState::Clear);
+    assert!(p.observations.iter().any(|o| matches!(
+        o,
+        Observation::DrainFinished {
+            result: DrainResult::Aborted,
+            ..
+        }
+    )));
+}
+
+#[test]
+fn abort_leaves_admin_cordon() {
+    let state = DrainState::new(t(0), false, 1);
+    let p = plan(
+        &with_state(snapshot(node(None, true)), &state),
+        &Config::default(),
+    );
+    assert!(!p.actions.contains(&Action::Uncordon));
+    assert_eq!(p.state, NextState::Clear);
+}
+
+#[test]
+fn timeout_fails_the_drain_with_the_blocker_as_reason() {
+    let mut s = snapshot(node(Some("true"), false));
+    s.vmis = vec![not_migratable("db")];
+    let mut config = Config::default();
+    config.non_migratable.policy = NonMigratablePolicy::Block;
+    let state = written(&plan(&s, &config));
+    s.now = t(3600);
+    s.node.unschedulable = true;
+    let (p, state) = step(&s, &state, &config);
+    assert_eq!(state.phase, Phase::Failed);
+    let failure = state.failure.unwrap();
+    assert!(failure.contains("did not finish within 1h"), "{failure}");
+    assert!(failure.contains("DisksNotLiveMigratable"), "{failure}");
+    assert!(has_event(&p, "DrainFailed"));
+    assert!(!p.actions.contains(&Action::Uncordon));
+}
+
+#[test]
+fn timeout_can_uncordon_and_cancels_migrations() {
+    let mut s = snapshot(node(Some("true"), false));
+    s.vmis = vec![vmi("vm-0")];
+    let mut config = Config::default();
+    config.drain.uncordon_on_failure = true;
+    let state = written(&plan(&s, &config));
+    s.now = t(7200);
+    s.node.unschedulable = true;
+    s.migrations = vec![migration(&state, "vm-0", 1, MigrationPhase::Unfinished)];
+    let (p, state) = step(&s, &state, &config);
+    assert_eq!(state.phase, Phase::Failed);
+    assert!(p.actions.contains(&Action::Uncordon));
+    assert!(
+        p.actions
+            .iter()
+            .any(|a| matches!(a, Action::CancelMigration { .. }))
+    );
+}
+
+#[test]
+fn failed_drain_stays_until_request_reapplied() {
+    let mut state = DrainState::new(t(0), true, 1);
+    state.phase = Phase::Failed;
+    state.request_value = "true".into();
+    let s = snapshot(node(Some("true"), true));
+    let p = plan(&with_state(s.clone(), &state), &Config::default());
+    assert!(p.actions.is_empty());
+    assert_eq!(p.phase, Phase::Failed);
+
+    let mut s2 = s.clone();
+    s2.node.request_value = Some("retry-1".into());
+    let p = plan(&with_state(s2, &state), &Config::default());
+    let next = written(&p);
+    assert_eq!(next.attempt, 2);
+    assert!(
+        next.cordoned_by_vacate,
+        "the earlier cordon is still vacate's"
+    );
+    assert_eq!(next.phase, Phase::Drained);
+}
+
+#[test]
+fn node_uncordoned_mid_drain_is_cordoned_again() {
+    let mut s = snapshot(node(Some("true"), false));
+    s.vmis = vec![vmi("vm-0")];
+    let config = Config::default();
+    let state = written(&plan(&s, &config));
+    let (p, _) = step(&s, &state, &config);
+    assert!(p.actions.contains(&Action::Cordon));
+}
+
+#[test]
+fn newer_state_version_is_left_alone() {
+    let mut s = snapshot(node(Some("true"), false));
+    s.node.state = StateAnnotation::parse(Some(r#"{"version": 7, "phase": "Teleporting"}"#));
+    let p = plan(&s, &Config::default());
+    assert!(p.actions.is_empty());
+    assert_eq!(p.state, NextState::Unchanged);
+    assert_eq!(p.blocked, Some(BlockReason::NewerStateVersion));
+}
+
+#[test]
+fn garbage_state_is_reported_and_replaced() {
+    let mut s = snapshot(node(Some("true"), true));
+    s.node.state = StateAnnotation::parse(Some("{not json"));
+    let p = plan(&s, &Config::default());
+    assert!(has_event(&p, "InvalidState"));
+    let state = written(&p);
+    assert!(
+        !state.cordoned_by_vacate,
+        "an unknown cordon is not claimed"
+    );
+
+    let mut s = snapshot(node(None, false));
+    s.node.state = StateAnnotation::parse(Some(r#"{"version": 1, "phase": 3}"#));
+    let p = plan(&s, &Config::default());
+    assert_eq!(p.state, NextState::Clear);
+}
+
+#[test]
+fn start_gate_holds_drain_in_pending() {
+    let mut s = snapshot(node(Some("true"), false));
+    s.start_gate = Err("maintenance window \"weekend\" is closed".into());
+    let p = plan(&s, &Config::default());
+    assert!(!p.actions.contains(&Action::Cordon));
+    assert_eq!(p.phase, Phase::Pending);
+    assert_eq!(p.blocked, Some(BlockReason::NotAllowedYet));
+}
+
+#[test]
+fn state_round_trips_and_tolerates_unknown_fields() {
+    let mut state = DrainState::new(t(0), true, 1);
+    state.vmis.insert(
+        "vms/a".into(),
+        VmiRecord {
+            attempts: 2,
+            ..Default::default()
+        },
+    );
+    let json = state.to_json();
+    assert_eq!(
+        StateAnnotation::parse(Some(&json)),
+        StateAnnotation::Valid(Box::new(state.clone()))
+    );
+    let mut value: serde_json::Value = serde_json::from_str(&json).unwrap();
+    value["addedLater"] = serde_json::json!(true);
+    assert!(
+        StateAnnotation::parse(Some(&value.to_string()))
+            .valid()
+            .is_some()
+    );
+}
+
+#[test]
+fn backoff_grows_and_is_capped() {
+    let base = Duration::from_secs(5);
+    let max = Duration::from_secs(60);
+    let first = backoff(base, max, 1, "a");
+    assert!(first >= base && first < base.mul_f64(1.5));
+    let third = backoff(base, max, 3, "a");
+    assert!(third >= Duration::from_secs(20));
+    assert!(backoff(base, max, 30, "a") <= max);
+    // Jitter spreads different pods apart.
+    let spread: BTreeSet<_> = (0..20)
+        .map(|i| backoff(base, max, 1, &format!("pod-{i}")))
+        .collect();
+    assert!(spread.len() > 10);
+}
+
+#[test]
+fn migration_names_are_valid_and_unique_per_attempt() {
+    let state = DrainState::new(t(0), true, 1);
+    let long = "v".repeat(300);
+    let name = migration_name(&state, &long, 1);
+    assert!(name.len() <= 253);
+    assert_ne!(
+        migration_name(&state, "a", 1),
+        migration_name(&state, "a", 2)
+    );
+    let later = DrainState::new(t(10), true, 1);
+    assert_ne!(
+        migration_name(&state, "a", 1),
+        migration_name(&later, "a", 1)
+    );
+}
