@@ -1,0 +1,425 @@
+//! Starting the control plane: etcd, kube-apiserver, kube-controller-manager,
+//! kube-scheduler, kwok and (optionally) the KubeVirt simulator, on loopback ports chosen
+//! at start, with certificates generated at start.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow, bail};
+use k8s_openapi::api::core::v1::ServiceAccount;
+use kube::Api;
+
+use crate::kubeconfig;
+use crate::paths;
+use crate::pki::Pki;
+use crate::process::Components;
+
+/// The Kubernetes version the upstream binaries are stamped with (see tests/testbed/build.sh).
+pub const KUBE_VERSION: &str = "v1.37.2";
+
+/// The kwok stages (node and pod lifecycle) the testbed runs.
+const KWOK_STAGES: &str = include_str!("../kwok/stages.yaml");
+
+/// How to start a control plane.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Folder for certificates, kubeconfigs, logs and etcd's data.
+    pub state_dir: PathBuf,
+    /// Start the KubeVirt simulator (`kubevirt-sim`).
+    pub kubevirt: bool,
+    /// How long to wait for everything to become ready.
+    pub ready_timeout: Duration,
+}
+
+impl Options {
+    pub fn new(state_dir: impl Into<PathBuf>) -> Options {
+        Options {
+            state_dir: state_dir.into(),
+            kubevirt: true,
+            ready_timeout: Duration::from_secs(180),
+        }
+    }
+}
+
+/// Files of a testbed's state folder.
+#[derive(Clone, Debug)]
+pub struct Layout {
+    pub root: PathBuf,
+}
+
+impl Layout {
+    pub fn new(root: impl Into<PathBuf>) -> Layout {
+        Layout { root: root.into() }
+    }
+    /// The admin kubeconfig `testbed up` publishes once the cluster is ready.
+    pub fn kubeconfig(&self) -> PathBuf {
+        self.root.join("kubeconfig")
+    }
+    /// The admin kubeconfig the components use (exists from the start).
+    pub fn admin_kubeconfig(&self) -> PathBuf {
+        self.config().join("admin.kubeconfig")
+    }
+    /// Marks a folder as a testbed state folder (so `down` may delete it).
+    pub fn marker(&self) -> PathBuf {
+        self.root.join(".testbed-state")
+    }
+    pub fn pid_file(&self) -> PathBuf {
+        self.root.join("supervisor.pid")
+    }
+    pub fn supervisor_log(&self) -> PathBuf {
+        self.root.join("supervisor.log")
+    }
+    pub fn logs(&self) -> PathBuf {
+        self.root.join("logs")
+    }
+    pub fn log(&self, component: &str) -> PathBuf {
+        self.logs().join(format!("{component}.log"))
+    }
+    pub fn pki(&self) -> PathBuf {
+        self.root.join("pki")
+    }
+    pub fn etcd_data(&self) -> PathBuf {
+        self.root.join("etcd")
+    }
+    pub fn config(&self) -> PathBuf {
+        self.root.join("config")
+    }
+    pub fn kubevirt_sim(&self) -> PathBuf {
+        self.root.join("kubevirt-sim")
+    }
+    /// Written when startup failed, with the reason (read by `testbed up`).
+    pub fn failure(&self) -> PathBuf {
+        self.root.join("failed")
+    }
+    /// Ports and addresses, for people and tools.
+    pub fn endpoints(&self) -> PathBuf {
+        self.root.join("endpoints.json")
+    }
+}
+
+/// The addresses a running control plane listens on.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct Endpoints {
+    pub apiserver: String,
+    pub etcd: String,
+    pub kubevirt_sim: Option<String>,
+    pub kubernetes_version: String,
+}
+
+/// A running control plane. It stops when the last handle to its [`Components`] is
+/// dropped, on [`ControlPlane::stop`], or when this process ends.
+pub struct ControlPlane {
+    pub layout: Layout,
+    pub endpoints: Endpoints,
+    pub components: Components,
+    /// Admin kubeconfig (client certificate in group system:masters).
+    pub kubeconfig: PathBuf,
+    pub kubevirt: bool,
+    pub started_in: Duration,
+}
+
+impl ControlPlane {
+    /// Starts every component and waits until the cluster is usable: the API server's
+    /// /readyz answers, the `default` service account exists in `default`, and the
+    /// simulator (if started) answers its /readyz. Then writes the admin kubeconfig.
+    pub async fn start(opts: &Options) -> Result<ControlPlane> {
+        let started = Instant::now();
+        let layout = Layout::new(&opts.state_dir);
+        for dir in [layout.logs(), layout.config(), layout.etcd_data()] {
+            std::fs::create_dir_all(&dir)
+                .with_context(|| format!("creating {}", dir.display()))?;
+        }
+        std::fs::write(layout.marker(), "vacate testbed state folder\n")?;
+        let bin = paths::upstream_bin_dir()?;
+        let sim = if opts.kubevirt {
+            Some(paths::kubevirt_sim()?)
+        } else {
+            None
+        };
+
+        let pki = Pki::generate(&layout.pki())?;
+        let components = Components::new()?;
+        let result = start_components(opts, &layout, &bin, sim.as_deref(), &pki, &components)
+            .await
+            .map_err(|e| match components.failed() {
+                Some(exit) => anyhow!("{e:#}\n{exit}"),
+                None => e,
+            });
+        match result {
+            Ok(endpoints) => Ok(ControlPlane {
+                kubeconfig: layout.admin_kubeconfig(),
+                layout,
+                endpoints,
+                components,
+                kubevirt: sim.is_some(),
+                started_in: started.elapsed(),
+            }),
+            Err(e) => {
+                components.shutdown();
+                Err(e)
+            }
+        }
+    }
+
+    /// Stops every component.
+    pub fn stop(&self) {
+        self.components.shutdown();
+    }
+
+    /// Copies the admin kubeconfig to `<state>/kubeconfig`, which tells `testbed up` and
+    /// tools that the cluster is ready.
+    pub fn publish_kubeconfig(&self) -> Result<PathBuf> {
+        let text = std::fs::read_to_string(&self.kubeconfig)
+            .with_context(|| format!("reading {}", self.kubeconfig.display()))?;
+        let path = self.layout.kubeconfig();
+        kubeconfig::write_atomic(&path, &text)?;
+        Ok(path)
+    }
+}
+
+async fn start_components(
+    opts: &Options,
+    layout: &Layout,
+    bin: &Path,
+    sim: Option<&Path>,
+    pki: &Pki,
+    components: &Components,
+) -> Result<Endpoints> {
+    let deadline = Instant::now() + opts.ready_timeout;
+    let etcd_port = free_port()?;
+    let etcd_peer_port = free_port()?;
+    let apiserver_port = free_port()?;
+    let etcd_url = format!("http://127.0.0.1:{etcd_port}");
+    let peer_url = format!("http://127.0.0.1:{etcd_peer_port}");
+    let server = format!("https://127.0.0.1:{apiserver_port}");
+
+    // Internal kubeconfig files for the components (the admin one is written at the end).
+    let admin_kc = layout.admin_kubeconfig();
+    let kcm_kc = layout.config().join("controller-manager.kubeconfig");
+    let sched_kc = layout.config().join("scheduler.kubeconfig");
+    kubeconfig::write_atomic(
+        &admin_kc,
+        &kubeconfig::render(&server, &pki.ca.cert_pem, &pki.admin, "admin"),
+    )?;
+    kubeconfig::write_atomic(
+        &kcm_kc,
+        &kubeconfig::render(
+            &server,
+            &pki.ca.cert_pem,
+            &pki.controller_manager,
+            "controller-manager",
+        ),
+    )?;
+    kubeconfig::write_atomic(
+        &sched_kc,
+        &kubeconfig::render(&server, &pki.ca.cert_pem, &pki.scheduler, "scheduler"),
+    )?;
+    let stages = layout.config().join("kwok-stages.yaml");
+    std::fs::write(&stages, KWOK_STAGES)
+        .with_context(|| format!("writing {}", stages.display()))?;
+
+    // etcd: single member, no fsync (a test cluster's data is disposable).
+    let mut etcd = Command::new(bin.join("etcd"));
+    etcd.arg("--name=testbed")
+        .arg(format!("--data-dir={}", layout.etcd_data().display()))
+        .arg(format!("--listen-client-urls={etcd_url}"))
+        .arg(format!("--advertise-client-urls={etcd_url}"))
+        .arg(format!("--listen-peer-urls={peer_url}"))
+        .arg(format!("--initial-advertise-peer-urls={peer_url}"))
+        .arg(format!("--initial-cluster=testbed={peer_url}"))
+        .arg("--unsafe-no-fsync=true")
+        .arg("--quota-backend-bytes=8589934592")
+        .arg("--log-level=warn");
+    components.spawn("etcd", etcd, &layout.log("etcd"))?;
+
+    let sa_key = pki.service_account_key_path.display().to_string();
+    let mut apiserver = Command::new(bin.join("kube-apiserver"));
+    apiserver
+        .arg(format!("--etcd-servers={etcd_url}"))
+        .arg("--bind-address=127.0.0.1")
+        .arg("--advertise-address=127.0.0.1")
+        .arg(format!("--secure-port={apiserver_port}"))
+        .arg(format!("--tls-cert-file={}", pki.apiserver.cert_path.display()))
+        .arg(format!(
+            "--tls-private-key-file={}",
+            pki.apiserver.key_path.display()
+        ))
+        .arg(format!("--client-ca-file={}", pki.ca.cert_path.display()))
+        .arg("--authorization-mode=Node,RBAC")
+        .arg(format!("--service-account-key-file={sa_key}"))
+        .arg(format!("--service-account-signing-key-file={sa_key}"))
+        .arg("--service-account-issuer=https://kubernetes.default.svc.cluster.local")
+        .arg("--service-cluster-ip-range=10.96.0.0/16")
+        .arg("--allow-privileged=true")
+        // Hundreds of kwok nodes and a seeding client are bursty; the defaults (400/200)
+        // throttle them.
+        .arg("--max-requests-inflight=2000")
+        .arg("--max-mutating-requests-inflight=1000")
+        .arg("--profiling=false")
+        .arg("--v=1");
+    components.spawn("kube-apiserver", apiserver, &layout.log("kube-apiserver"))?;
+
+    let client = wait_for_apiserver(&admin_kc, components, deadline).await?;
+
+    let mut kcm = Command::new(bin.join("kube-controller-manager"));
+    kcm.arg(format!("--kubeconfig={}", kcm_kc.display()))
+        .arg(format!("--authentication-kubeconfig={}", kcm_kc.display()))
+        .arg(format!("--authorization-kubeconfig={}", kcm_kc.display()))
+        .arg("--bind-address=127.0.0.1")
+        .arg("--secure-port=0")
+        .arg(format!("--service-account-private-key-file={sa_key}"))
+        .arg(format!("--root-ca-file={}", pki.ca.cert_path.display()))
+        .arg(format!(
+            "--cluster-signing-cert-file={}",
+            pki.ca.cert_path.display()
+        ))
+        .arg(format!("--cluster-signing-key-file={}", pki.ca.key_path.display()))
+        .arg("--use-service-account-credentials=true")
+        .arg("--leader-elect=false")
+        .arg("--kube-api-qps=200")
+        .arg("--kube-api-burst=400")
+        .arg("--v=1");
+    components.spawn(
+        "kube-controller-manager",
+        kcm,
+        &layout.log("kube-controller-manager"),
+    )?;
+
+    let mut scheduler = Command::new(bin.join("kube-scheduler"));
+    scheduler
+        .arg(format!("--kubeconfig={}", sched_kc.display()))
+        .arg(format!("--authentication-kubeconfig={}", sched_kc.display()))
+        .arg(format!("--authorization-kubeconfig={}", sched_kc.display()))
+        .arg("--bind-address=127.0.0.1")
+        .arg("--secure-port=0")
+        .arg("--leader-elect=false")
+        .arg("--kube-api-qps=200")
+        .arg("--kube-api-burst=400")
+        .arg("--v=1");
+    components.spawn("kube-scheduler", scheduler, &layout.log("kube-scheduler"))?;
+
+    // kwok plays the kubelet of every node in the cluster.
+    let mut kwok = Command::new(bin.join("kwok"));
+    kwok.arg(format!("--kubeconfig={}", admin_kc.display()))
+        .arg(format!("--config={}", stages.display()))
+        .arg("--manage-all-nodes=true")
+        .arg("--node-lease-duration-seconds=40")
+        .arg("--cidr=10.128.0.1/9")
+        .arg("--node-ip=10.0.0.1")
+        .env("HOME", layout.config());
+    components.spawn("kwok", kwok, &layout.log("kwok"))?;
+
+    wait_for_default_service_account(&client, components, deadline).await?;
+
+    let mut sim_endpoint = None;
+    if let Some(sim) = sim {
+        let port = free_port()?;
+        let listen = format!("127.0.0.1:{port}");
+        std::fs::create_dir_all(layout.kubevirt_sim())?;
+        let mut cmd = Command::new(sim);
+        cmd.arg("--kubeconfig")
+            .arg(&admin_kc)
+            .arg("--listen")
+            .arg(&listen)
+            .arg("--state-dir")
+            .arg(layout.kubevirt_sim());
+        components.spawn("kubevirt-sim", cmd, &layout.log("kubevirt-sim"))?;
+        wait_for_simulator(&listen, components, deadline, &layout.log("kubevirt-sim")).await?;
+        sim_endpoint = Some(format!("https://{listen}"));
+    }
+
+    let endpoints = Endpoints {
+        apiserver: server.clone(),
+        etcd: etcd_url,
+        kubevirt_sim: sim_endpoint,
+        kubernetes_version: KUBE_VERSION.to_string(),
+    };
+    std::fs::write(
+        layout.endpoints(),
+        serde_json::to_string_pretty(&endpoints)?,
+    )?;
+    Ok(endpoints)
+}
+
+/// A loopback port that was free a moment ago.
+fn free_port() -> Result<u16> {
+    let l = TcpListener::bind("127.0.0.1:0").context("finding a free loopback port")?;
+    Ok(l.local_addr()?.port())
+}
+
+fn check_alive(components: &Components) -> Result<()> {
+    match components.failed() {
+        Some(exit) => Err(anyhow!("{exit}")),
+        None => Ok(()),
+    }
+}
+
+async fn wait_for_apiserver(
+    kubeconfig_path: &Path,
+    components: &Components,
+    deadline: Instant,
+) -> Result<kube::Client> {
+    let client = kubeconfig::client_from(kubeconfig_path).await?;
+    let mut last: String;
+    loop {
+        check_alive(components)?;
+        let req = http::Request::get("/readyz").body(Vec::new())?;
+        match client.request_text(req).await {
+            Ok(body) if body.trim() == "ok" => return Ok(client),
+            Ok(body) => last = body,
+            Err(e) => last = e.to_string(),
+        }
+        if Instant::now() >= deadline {
+            bail!("kube-apiserver did not become ready in time: /readyz said: {last}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn wait_for_default_service_account(
+    client: &kube::Client,
+    components: &Components,
+    deadline: Instant,
+) -> Result<()> {
+    let api: Api<ServiceAccount> = Api::namespaced(client.clone(), "default");
+    loop {
+        check_alive(components)?;
+        if api.get_opt("default").await?.is_some() {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            bail!(
+                "the service account default/default was not created in time \
+                 (kube-controller-manager's service-account controller makes it)"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn wait_for_simulator(
+    listen: &str,
+    components: &Components,
+    deadline: Instant,
+    log: &Path,
+) -> Result<()> {
+    let mut last: String;
+    loop {
+        check_alive(components)?;
+        match crate::https::get_insecure(listen, "/readyz").await {
+            Ok((200, _)) => return Ok(()),
+            Ok((status, body)) => last = format!("HTTP {status}: {}", body.trim()),
+            Err(e) => last = format!("{e:#}"),
+        }
+        if Instant::now() >= deadline {
+            bail!(
+                "kubevirt-sim did not answer GET https://{listen}/readyz with 200 in time \
+                 (last: {last}); see {}",
+                log.display()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
