@@ -128,8 +128,7 @@ impl ControlPlane {
         let started = Instant::now();
         let layout = Layout::new(&opts.state_dir);
         for dir in [layout.logs(), layout.config(), layout.etcd_data()] {
-            std::fs::create_dir_all(&dir)
-                .with_context(|| format!("creating {}", dir.display()))?;
+            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         }
         std::fs::write(layout.marker(), "vacate testbed state folder\n")?;
         let bin = paths::upstream_bin_dir()?;
@@ -240,15 +239,24 @@ async fn start_components(
         .arg(format!("--etcd-servers={etcd_url}"))
         .arg("--bind-address=127.0.0.1")
         .arg("--advertise-address=127.0.0.1")
+        // Endpoint reconcilers refuse a loopback address for the `kubernetes` Service, and
+        // nothing here reaches the API server through it (kwok pods run no processes).
+        .arg("--endpoint-reconciler-type=none")
         .arg(format!("--secure-port={apiserver_port}"))
-        .arg(format!("--tls-cert-file={}", pki.apiserver.cert_path.display()))
+        .arg(format!(
+            "--tls-cert-file={}",
+            pki.apiserver.cert_path.display()
+        ))
         .arg(format!(
             "--tls-private-key-file={}",
             pki.apiserver.key_path.display()
         ))
         .arg(format!("--client-ca-file={}", pki.ca.cert_path.display()))
         .arg("--authorization-mode=Node,RBAC")
-        .arg(format!("--service-account-key-file={sa_key}"))
+        .arg(format!(
+            "--service-account-key-file={}",
+            pki.service_account_pub_path.display()
+        ))
         .arg(format!("--service-account-signing-key-file={sa_key}"))
         .arg("--service-account-issuer=https://kubernetes.default.svc.cluster.local")
         .arg("--service-cluster-ip-range=10.96.0.0/16")
@@ -258,7 +266,7 @@ async fn start_components(
         .arg("--max-requests-inflight=2000")
         .arg("--max-mutating-requests-inflight=1000")
         .arg("--profiling=false")
-        .arg("--v=1");
+        .arg("--v=0");
     components.spawn("kube-apiserver", apiserver, &layout.log("kube-apiserver"))?;
 
     let client = wait_for_apiserver(&admin_kc, components, deadline).await?;
@@ -275,12 +283,15 @@ async fn start_components(
             "--cluster-signing-cert-file={}",
             pki.ca.cert_path.display()
         ))
-        .arg(format!("--cluster-signing-key-file={}", pki.ca.key_path.display()))
+        .arg(format!(
+            "--cluster-signing-key-file={}",
+            pki.ca.key_path.display()
+        ))
         .arg("--use-service-account-credentials=true")
         .arg("--leader-elect=false")
         .arg("--kube-api-qps=200")
         .arg("--kube-api-burst=400")
-        .arg("--v=1");
+        .arg("--v=0");
     components.spawn(
         "kube-controller-manager",
         kcm,
@@ -290,14 +301,17 @@ async fn start_components(
     let mut scheduler = Command::new(bin.join("kube-scheduler"));
     scheduler
         .arg(format!("--kubeconfig={}", sched_kc.display()))
-        .arg(format!("--authentication-kubeconfig={}", sched_kc.display()))
+        .arg(format!(
+            "--authentication-kubeconfig={}",
+            sched_kc.display()
+        ))
         .arg(format!("--authorization-kubeconfig={}", sched_kc.display()))
         .arg("--bind-address=127.0.0.1")
         .arg("--secure-port=0")
         .arg("--leader-elect=false")
         .arg("--kube-api-qps=200")
         .arg("--kube-api-burst=400")
-        .arg("--v=1");
+        .arg("--v=0");
     components.spawn("kube-scheduler", scheduler, &layout.log("kube-scheduler"))?;
 
     // kwok plays the kubelet of every node in the cluster.
@@ -307,7 +321,6 @@ async fn start_components(
         .arg("--manage-all-nodes=true")
         .arg("--node-lease-duration-seconds=40")
         .arg("--cidr=10.128.0.1/9")
-        .arg("--node-ip=10.0.0.1")
         .env("HOME", layout.config());
     components.spawn("kwok", kwok, &layout.log("kwok"))?;
 

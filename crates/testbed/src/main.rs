@@ -12,7 +12,10 @@ use testbed::nodes::{self, NodeTemplate};
 use testbed::{Scenario, SeedOptions, paths, process, seed};
 
 #[derive(Parser)]
-#[command(name = "testbed", about = "A local Kubernetes control plane with kwok nodes and a KubeVirt simulator")]
+#[command(
+    name = "testbed",
+    about = "A local Kubernetes control plane with kwok nodes and a KubeVirt simulator"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Cmd,
@@ -27,7 +30,10 @@ struct StateArgs {
 
 impl StateArgs {
     fn dir(&self) -> Result<PathBuf> {
-        let dir = self.state_dir.clone().unwrap_or_else(paths::default_state_dir);
+        let dir = self
+            .state_dir
+            .clone()
+            .unwrap_or_else(paths::default_state_dir);
         absolute(&dir)
     }
 }
@@ -114,7 +120,9 @@ fn main() {
             state,
             no_kubevirt,
             timeout,
-        } => state.dir().and_then(|d| up(&d, nodes, no_kubevirt, timeout)),
+        } => state
+            .dir()
+            .and_then(|d| up(&d, nodes, no_kubevirt, timeout)),
         Cmd::Down { state } => state.dir().and_then(|d| down(&d)),
         Cmd::Status { state } => state.dir().and_then(|d| status(&d)),
         Cmd::Seed {

@@ -86,6 +86,10 @@ impl NodeTemplate {
                 "taints": self.taints,
             },
             "status": {
+                "addresses": [
+                    {"type": "InternalIP", "address": node_ip(name)},
+                    {"type": "Hostname", "address": name},
+                ],
                 "capacity": capacity,
                 "allocatable": capacity,
                 "nodeInfo": {
@@ -104,6 +108,20 @@ impl NodeTemplate {
         });
         serde_json::from_value(node).with_context(|| format!("building node {name}"))
     }
+}
+
+/// A stable made-up address in 10.64.0.0/10 for a node name (nothing listens there).
+fn node_ip(name: &str) -> String {
+    // FNV-1a: stable across runs and platforms.
+    let h = name.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    });
+    format!(
+        "10.{}.{}.{}",
+        64 + (h % 64),
+        (h >> 8) % 256,
+        1 + (h >> 16) % 254
+    )
 }
 
 /// Creates nodes (status included, which kwok keeps), `concurrency` at a time.

@@ -29,6 +29,8 @@ pub struct Pki {
     pub scheduler: CertPair,
     /// PKCS#8 PEM of the ECDSA key that signs service-account tokens.
     pub service_account_key_path: PathBuf,
+    /// Its public key (PEM), which verifies them.
+    pub service_account_pub_path: PathBuf,
 }
 
 /// The client identities the testbed issues certificates for: (file stem, CN, O).
@@ -112,6 +114,9 @@ impl Pki {
         let sa_key = KeyPair::generate().context("generating the service-account key")?;
         let service_account_key_path = dir.join("service-account.key");
         write_private(&service_account_key_path, &sa_key.serialize_pem())?;
+        let service_account_pub_path = dir.join("service-account.pub");
+        std::fs::write(&service_account_pub_path, sa_key.public_key_pem())
+            .with_context(|| format!("writing {}", service_account_pub_path.display()))?;
 
         Ok(Pki {
             ca,
@@ -120,6 +125,7 @@ impl Pki {
             controller_manager,
             scheduler,
             service_account_key_path,
+            service_account_pub_path,
         })
     }
 }

@@ -689,7 +689,9 @@ fn check_int_or_percent(v: &IntOrPercent) -> Result<(), String> {
             if ok {
                 Ok(())
             } else {
-                Err(format!("{s:?} is neither a count nor a percentage like \"50%\""))
+                Err(format!(
+                    "{s:?} is neither a count nor a percentage like \"50%\""
+                ))
             }
         }
     }
@@ -729,9 +731,12 @@ fn check_quantity(q: &str) -> Result<(), String> {
         && number.chars().filter(|c| *c == '.').count() <= 1
         && number.chars().any(|c| c.is_ascii_digit());
     let suffix_ok = SUFFIXES.contains(&suffix)
-        || suffix
-            .strip_prefix(['e', 'E'])
-            .is_some_and(|e| !e.is_empty() && e.trim_start_matches('-').bytes().all(|b| b.is_ascii_digit()));
+        || suffix.strip_prefix(['e', 'E']).is_some_and(|e| {
+            !e.is_empty()
+                && e.trim_start_matches('-')
+                    .bytes()
+                    .all(|b| b.is_ascii_digit())
+        });
     if number_ok && suffix_ok {
         Ok(())
     } else {
@@ -769,12 +774,9 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("vms[0].memory"), "{e}");
-        let e = Scenario::from_yaml(
-            "vms:\n- namePrefix: a\n  volumes:\n  - name: d\n",
-            "t.yaml",
-        )
-        .unwrap_err()
-        .to_string();
+        let e = Scenario::from_yaml("vms:\n- namePrefix: a\n  volumes:\n  - name: d\n", "t.yaml")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("vms[0].volumes[0]"), "{e}");
         let e = Scenario::from_yaml(
             "deployments:\n- name: web\n  replicas: 2\n  pdb: {}\n",
@@ -803,6 +805,10 @@ mod tests {
                 n += 1;
             }
         }
-        assert!(n >= 3, "expected the shipped scenarios in {}", dir.display());
+        assert!(
+            n >= 3,
+            "expected the shipped scenarios in {}",
+            dir.display()
+        );
     }
 }

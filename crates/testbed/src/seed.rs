@@ -225,7 +225,7 @@ pub async fn seed(
                 }
             }
         }))?;
-        creates.push(Create::Deployment(ns.clone(), dep));
+        creates.push(Create::Deployment(ns.clone(), Box::new(dep)));
         if let Some(pdb) = &d.pdb {
             let mut spec = json!({"selector": {"matchLabels": {"app": d.name}}});
             if let Some(v) = &pdb.min_available {
@@ -257,7 +257,7 @@ pub async fn seed(
                 }
             }
         }))?;
-        creates.push(Create::DaemonSet(ns, ds));
+        creates.push(Create::DaemonSet(ns, Box::new(ds)));
     }
     for p in &scenario.pods {
         let ns = naming.namespace(p.namespace.as_deref());
@@ -269,7 +269,7 @@ pub async fn seed(
                 "metadata": {"name": name, "namespace": ns, "labels": labels},
                 "spec": pod_spec(&p.pod, &naming, node.as_deref()),
             }))?;
-            creates.push(Create::Pod(ns.clone(), pod));
+            creates.push(Create::Pod(ns.clone(), Box::new(pod)));
         }
     }
     report.objects += creates.len();
@@ -288,31 +288,31 @@ pub async fn seed(
 }
 
 enum Create {
-    Pvc(String, PersistentVolumeClaim),
-    Pv(PersistentVolume),
+    Pvc(String, Box<PersistentVolumeClaim>),
+    Pv(Box<PersistentVolume>),
     Vm(String, VmKind, Value),
-    Deployment(String, Deployment),
-    Pdb(String, PodDisruptionBudget),
-    DaemonSet(String, DaemonSet),
-    Pod(String, Pod),
+    Deployment(String, Box<Deployment>),
+    Pdb(String, Box<PodDisruptionBudget>),
+    DaemonSet(String, Box<DaemonSet>),
+    Pod(String, Box<Pod>),
 }
 
 impl Create {
     async fn run(self, client: kube::Client) -> Result<()> {
         let pp = PostParams::default();
         match self {
-            Create::Pvc(ns, o) => create(Api::namespaced(client, &ns), &pp, o, "PVC").await,
-            Create::Pv(o) => create(Api::all(client), &pp, o, "PersistentVolume").await,
+            Create::Pvc(ns, o) => create(Api::namespaced(client, &ns), &pp, *o, "PVC").await,
+            Create::Pv(o) => create(Api::all(client), &pp, *o, "PersistentVolume").await,
             Create::Deployment(ns, o) => {
-                create(Api::namespaced(client, &ns), &pp, o, "Deployment").await
+                create(Api::namespaced(client, &ns), &pp, *o, "Deployment").await
             }
             Create::Pdb(ns, o) => {
-                create(Api::namespaced(client, &ns), &pp, o, "PodDisruptionBudget").await
+                create(Api::namespaced(client, &ns), &pp, *o, "PodDisruptionBudget").await
             }
             Create::DaemonSet(ns, o) => {
-                create(Api::namespaced(client, &ns), &pp, o, "DaemonSet").await
+                create(Api::namespaced(client, &ns), &pp, *o, "DaemonSet").await
             }
-            Create::Pod(ns, o) => create(Api::namespaced(client, &ns), &pp, o, "Pod").await,
+            Create::Pod(ns, o) => create(Api::namespaced(client, &ns), &pp, *o, "Pod").await,
             Create::Vm(ns, kind, value) => {
                 let kind = match kind {
                     VmKind::VirtualMachine => "VirtualMachine",
@@ -570,18 +570,17 @@ async fn wait_seeded(
         let api: Api<Deployment> = Api::namespaced(client.clone(), &ns);
         let want = d.replicas;
         wait::wait_for(
-            &format!("Deployment {ns}/{} to have {want} available replicas", d.name),
+            &format!(
+                "Deployment {ns}/{} to have {want} available replicas",
+                d.name
+            ),
             left(),
             || {
                 let api = api.clone();
                 let name = d.name.clone();
                 async move {
                     let dep = api.get(&name).await?;
-                    Ok(dep
-                        .status
-                        .and_then(|s| s.available_replicas)
-                        .unwrap_or(0)
-                        >= want)
+                    Ok(dep.status.and_then(|s| s.available_replicas).unwrap_or(0) >= want)
                 }
             },
         )

@@ -65,13 +65,21 @@ fn up_seed_down_and_no_process_outlives_the_supervisor() -> Result<()> {
     // A second `up` on the same state refuses.
     let again = testbed(&["up", "--no-kubevirt"], &state);
     assert!(
-        again.as_ref().is_err_and(|e| e.to_string().contains("already runs")),
+        again
+            .as_ref()
+            .is_err_and(|e| e.to_string().contains("already runs")),
         "{again:?}"
     );
 
-    let scenario = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/scenarios/control-plane.yaml");
+    let scenario =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/scenarios/control-plane.yaml");
     let out = testbed(
-        &["seed", scenario.to_str().context("path")?, "--prefix", "cli"],
+        &[
+            "seed",
+            scenario.to_str().context("path")?,
+            "--prefix",
+            "cli",
+        ],
         &state,
     )?;
     assert!(out.contains("seeded"), "{out}");

@@ -90,7 +90,10 @@ async fn node_sets_become_ready_with_their_kubelet_version() -> Result<()> {
         let node = api.get(name).await?;
         assert!(nodes::is_ready(&node), "{name} is not Ready");
         let status = node.status.context("node status")?;
-        assert_eq!(status.node_info.context("nodeInfo")?.kubelet_version, "v1.36.3");
+        assert_eq!(
+            status.node_info.context("nodeInfo")?.kubelet_version,
+            "v1.36.3"
+        );
         let cap = status.capacity.context("capacity")?;
         assert_eq!(cap["cpu"].0, "32");
         assert_eq!(cap["memory"].0, "256Gi");
@@ -104,15 +107,16 @@ async fn node_sets_become_ready_with_their_kubelet_version() -> Result<()> {
     tokio::time::sleep(Duration::from_secs(3)).await;
     let node = api.get(first).await?;
     assert_eq!(
-        node.status.and_then(|s| s.node_info).map(|i| i.kubelet_version),
+        node.status
+            .and_then(|s| s.node_info)
+            .map(|i| i.kubelet_version),
         Some(testbed::KUBE_VERSION.to_string())
     );
     Ok(())
 }
 
 #[tokio::test]
-async fn deployment_pods_run_on_kwok_nodes_and_deletion_waits_for_the_grace_period()
--> Result<()> {
+async fn deployment_pods_run_on_kwok_nodes_and_deletion_waits_for_the_grace_period() -> Result<()> {
     let cluster = TestCluster::shared().await?;
     let client = cluster.client();
     let ns = cluster.namespace("deploy").await?;
@@ -173,10 +177,16 @@ async fn node_sets_keep_parallel_tests_apart() -> Result<()> {
     assert!(a.names().iter().all(|n| !b.names().contains(n)));
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), ns.name());
     deployments
-        .create(&PostParams::default(), &deployment("a", 4, &a.node_selector()))
+        .create(
+            &PostParams::default(),
+            &deployment("a", 4, &a.node_selector()),
+        )
         .await?;
     deployments
-        .create(&PostParams::default(), &deployment("b", 4, &b.node_selector()))
+        .create(
+            &PostParams::default(),
+            &deployment("b", 4, &b.node_selector()),
+        )
         .await?;
     let pods: Api<Pod> = Api::namespaced(client.clone(), ns.name());
     for (app, set) in [("a", &a), ("b", &b)] {
@@ -217,7 +227,11 @@ async fn seeding_plain_workloads_keeps_them_on_the_scenario_nodes() -> Result<()
     // 4 + 2 Deployment replicas, 3 DaemonSet pods (one per scenario node), 3 bare pods.
     assert_eq!(all.items.iter().filter(|p| pod_running(p)).count(), 12);
     for p in &all.items {
-        let node = p.spec.as_ref().and_then(|s| s.node_name.clone()).unwrap_or_default();
+        let node = p
+            .spec
+            .as_ref()
+            .and_then(|s| s.node_name.clone())
+            .unwrap_or_default();
         assert!(
             seeded.nodes.names().contains(&node),
             "{} runs on {node}, outside the scenario",
