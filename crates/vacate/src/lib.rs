@@ -6,5 +6,10 @@
 //! - [`metrics`] and [`server`]: what vacate shows to Prometheus and probes;
 //! - [`commands`]: the command-line subcommands.
 
+pub mod cluster;
+pub mod commands;
 pub mod config;
+pub mod error;
+pub mod metrics;
 pub mod planner;
+pub mod server;

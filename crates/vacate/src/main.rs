@@ -1,1 +1,95 @@
-fn main() {}
+//! The `vacate` binary: parses the command line and hands over to a subcommand.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use vacate::commands::{self, drain, run, status};
+
+#[derive(Parser)]
+#[command(
+    name = "vacate",
+    version,
+    about = "Drains Kubernetes nodes that run KubeVirt VMs: cordon, live-migrate, evict, uncordon"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the daemon: watch nodes for maintenance requests and drain them.
+    Run {
+        /// Configuration file (TOML); VACATE_* environment variables override it.
+        #[arg(long, short, env = "VACATE_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// Show the nodes vacate is handling.
+    Status {
+        /// Follow progress live.
+        #[arg(long, short)]
+        watch: bool,
+        #[arg(long, short, env = "VACATE_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// Drain one node in the foreground; exits 0 when drained.
+    Drain {
+        node: String,
+        /// Print what would be migrated, evicted or skipped, and change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Give up after this long (overrides drain.timeout), e.g. 30m.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        timeout: Option<Duration>,
+        #[arg(long, short, env = "VACATE_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// End the maintenance of a node and uncordon it.
+    Uncordon {
+        node: String,
+        #[arg(long, short, env = "VACATE_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// Validate a configuration file; exits 2 naming the first bad key.
+    CheckConfig { file: PathBuf },
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config_path = match &cli.command {
+        Command::CheckConfig { file } => return commands::check_config(file),
+        Command::Run { config }
+        | Command::Status { config, .. }
+        | Command::Drain { config, .. }
+        | Command::Uncordon { config, .. } => config.clone(),
+    };
+    let config = match commands::load_config(config_path.as_deref()) {
+        Ok(config) => config,
+        Err(code) => return code,
+    };
+    commands::init_logging(&config);
+    let result = match cli.command {
+        Command::Run { .. } => run::run(config).await.map(|()| ExitCode::SUCCESS),
+        Command::Status { watch, .. } => status::status(config, watch)
+            .await
+            .map(|()| ExitCode::SUCCESS),
+        Command::Drain {
+            node,
+            dry_run: true,
+            ..
+        } => drain::dry_run(config, &node).await,
+        Command::Drain { node, timeout, .. } => drain::drain(config, &node, timeout).await,
+        Command::Uncordon { node, .. } => drain::uncordon(config, &node).await,
+        Command::CheckConfig { .. } => unreachable!("handled before loading the configuration"),
+    };
+    match result {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("vacate: {error:#}");
+            ExitCode::from(1)
+        }
+    }
+}

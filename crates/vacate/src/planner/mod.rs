@@ -6,6 +6,7 @@
 //! [`record_outcome`]. Every rule of the node lifecycle lives in this module.
 
 pub mod actions;
+pub mod explain;
 pub mod model;
 pub mod pod_filters;
 pub mod state;
@@ -24,6 +25,7 @@ use crate::config::{Config, EvictionRefusedPolicy, NonMigratablePolicy};
 pub use actions::{
     Action, ActionResult, DrainResult, EventType, MigrationResult, NextState, Observation, Plan,
 };
+pub use explain::{PlanLine, explain};
 pub use model::{
     ClusterView, EvictionStrategy, Migratability, MigrationPhase, MigrationView, NodeView, PodView,
     Snapshot, VmiView,

@@ -625,7 +625,14 @@ fn pdb_refusal_backs_off_and_reports_blocker() {
     let (p, state) = step(&s, &state, &config);
     assert!(evicted(&p).is_empty());
     assert_eq!(p.blocked, Some(BlockReason::PodDisruptionBudget));
-    assert!(state.blocked.as_ref().unwrap().message.contains("disruption budget"));
+    assert!(
+        state
+            .blocked
+            .as_ref()
+            .unwrap()
+            .message
+            .contains("disruption budget")
+    );
     assert!(p.requeue_after.unwrap() >= Duration::from_secs(4));
 
     // Second refusal doubles the wait.

@@ -1,0 +1,249 @@
+//! Carries out the planner's actions against the API server.
+
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::api::{DeleteParams, EvictParams, Patch, PatchParams, PostParams};
+use kube::runtime::events::{Event, EventType as KubeEventType, Recorder};
+use kube::{Api, Client, Resource, ResourceExt};
+use kubevirt_api::{
+    VirtualMachineInstance, VirtualMachineInstanceMigration, VirtualMachineInstanceMigrationSpec,
+};
+use serde_json::json;
+
+use super::snapshot::{
+    MANAGED_BY_LABEL, MANAGED_BY_VALUE, MIGRATION_NODE_ANNOTATION, MIGRATION_NODE_LABEL,
+    node_label_value,
+};
+use crate::config::Config;
+use crate::error::{Error, Result, status_code, status_message};
+use crate::metrics::Metrics;
+use crate::planner::{Action, ActionResult, EventType};
+
+pub struct Executor<'a> {
+    pub client: &'a Client,
+    pub config: &'a Config,
+    pub metrics: &'a Metrics,
+    pub recorder: &'a Recorder,
+    pub node: &'a Node,
+}
+
+/// Sorts an API error into a result the planner understands, or a real error.
+fn classify(error: kube::Error, doing: &str) -> Result<ActionResult> {
+    match status_code(&error) {
+        Some(404) => Ok(ActionResult::Gone),
+        Some(409) => Ok(ActionResult::AlreadyExists),
+        Some(429) => Ok(ActionResult::Refused(status_message(&error))),
+        Some(code) if (400..500).contains(&code) && code != 401 => {
+            Ok(ActionResult::Rejected(status_message(&error)))
+        }
+        _ => Err(Error::Kube {
+            doing: doing.to_string(),
+            source: error,
+        }),
+    }
+}
+
+fn done<T>(result: Result<T, kube::Error>, doing: &str) -> Result<ActionResult> {
+    match result {
+        Ok(_) => Ok(ActionResult::Done),
+        Err(error) => classify(error, doing),
+    }
+}
+
+impl Executor<'_> {
+    fn node_name(&self) -> String {
+        self.node.name_any()
+    }
+
+    pub async fn run(&self, action: &Action) -> Result<ActionResult> {
+        let node = self.node_name();
+        let nodes: Api<Node> = Api::all(self.client.clone());
+        match action {
+            Action::Cordon | Action::Uncordon => {
+                let unschedulable = matches!(action, Action::Cordon);
+                let patch = json!({"spec": {"unschedulable": unschedulable}});
+                let doing = if unschedulable {
+                    "cordoning"
+                } else {
+                    "uncordoning"
+                };
+                let result = nodes
+                    .patch(&node, &PatchParams::default(), &Patch::Merge(&patch))
+                    .await;
+                match done(result, &format!("{doing} node {node}"))? {
+                    ActionResult::Done => Ok(ActionResult::Done),
+                    other => Err(Error::NodeNotFound(format!("{node} ({other:?})"))),
+                }
+            }
+            Action::SetDrainedLabel(set) => {
+                let value = set.then_some("true");
+                let patch =
+                    json!({"metadata": {"labels": {&self.config.node.drained_label: value}}});
+                let result = nodes
+                    .patch(&node, &PatchParams::default(), &Patch::Merge(&patch))
+                    .await;
+                done(result, &format!("labelling node {node}"))
+            }
+            Action::CreateMigration {
+                namespace,
+                name,
+                vmi,
+            } => {
+                let api: Api<VirtualMachineInstanceMigration> =
+                    Api::namespaced(self.client.clone(), namespace);
+                let mut migration = VirtualMachineInstanceMigration::new(
+                    name,
+                    VirtualMachineInstanceMigrationSpec {
+                        vmi_name: vmi.clone(),
+                        ..Default::default()
+                    },
+                );
+                migration.labels_mut().extend([
+                    (MANAGED_BY_LABEL.to_string(), MANAGED_BY_VALUE.to_string()),
+                    (MIGRATION_NODE_LABEL.to_string(), node_label_value(&node)),
+                ]);
+                migration
+                    .annotations_mut()
+                    .insert(MIGRATION_NODE_ANNOTATION.to_string(), node.clone());
+                let result = api.create(&PostParams::default(), &migration).await;
+                let outcome = done(result, &format!("creating migration {namespace}/{name}"))?;
+                match &outcome {
+                    ActionResult::Done => self.metrics.migrations_started.inc(),
+                    ActionResult::Refused(m) | ActionResult::Rejected(m) => {
+                        self.publish(
+                            EventType::Warning,
+                            "MigrationRefused",
+                            format!("KubeVirt refused a migration of VMI {namespace}/{vmi}: {m}"),
+                        )
+                        .await;
+                    }
+                    _ => {}
+                }
+                Ok(outcome)
+            }
+            Action::CancelMigration { namespace, name } => {
+                let api: Api<VirtualMachineInstanceMigration> =
+                    Api::namespaced(self.client.clone(), namespace);
+                let result = api.delete(name, &DeleteParams::default()).await;
+                done(result, &format!("cancelling migration {namespace}/{name}"))
+            }
+            Action::EvictPod {
+                namespace,
+                name,
+                vmi,
+            } => {
+                let api: Api<Pod> = Api::namespaced(self.client.clone(), namespace);
+                let result = api.evict(name, &EvictParams::default()).await;
+                let outcome = done(result, &format!("evicting pod {namespace}/{name}"))?;
+                let kind = if vmi.is_some() { "vmi" } else { "pod" };
+                let label = match &outcome {
+                    ActionResult::Done => "evicted",
+                    ActionResult::Refused(_) => "refused",
+                    ActionResult::Gone => "gone",
+                    ActionResult::AlreadyExists | ActionResult::Rejected(_) => "rejected",
+                };
+                self.metrics
+                    .evictions
+                    .with_label_values(&[kind, label])
+                    .inc();
+                match &outcome {
+                    ActionResult::Done => {
+                        self.publish(
+                            EventType::Normal,
+                            "PodEvicted",
+                            format!("evicted pod {namespace}/{name}"),
+                        )
+                        .await;
+                    }
+                    ActionResult::Refused(message) => {
+                        let refuser = if vmi.is_some() { "kubevirt" } else { "pdb" };
+                        self.metrics
+                            .eviction_retries
+                            .with_label_values(&[refuser])
+                            .inc();
+                        tracing::info!(pod = %name, %namespace, %message, "eviction refused");
+                    }
+                    ActionResult::Rejected(message) => {
+                        self.publish(
+                            EventType::Warning,
+                            "EvictionRejected",
+                            format!("eviction of pod {namespace}/{name} rejected: {message}"),
+                        )
+                        .await;
+                    }
+                    _ => {}
+                }
+                Ok(outcome)
+            }
+            Action::RestartVmi { namespace, name } => {
+                let api: Api<VirtualMachineInstance> =
+                    Api::namespaced(self.client.clone(), namespace);
+                let result = api.delete(name, &DeleteParams::default()).await;
+                let outcome = done(result, &format!("stopping VMI {namespace}/{name}"))?;
+                if outcome == ActionResult::Done {
+                    self.metrics.vmi_restarts.inc();
+                }
+                Ok(outcome)
+            }
+            Action::Event {
+                event_type,
+                reason,
+                message,
+            } => {
+                self.publish(*event_type, reason, message.clone()).await;
+                Ok(ActionResult::Done)
+            }
+        }
+    }
+
+    /// Writes (or removes) the state annotation. With `resource_version`, the write only
+    /// succeeds if the node has not changed since the snapshot was taken.
+    pub async fn write_state(
+        &self,
+        json: Option<String>,
+        resource_version: Option<&str>,
+    ) -> Result<()> {
+        let node = self.node_name();
+        let nodes: Api<Node> = Api::all(self.client.clone());
+        let mut metadata = json!({"annotations": {&self.config.node.state_annotation: json}});
+        if let Some(rv) = resource_version {
+            metadata["resourceVersion"] = json!(rv);
+        }
+        nodes
+            .patch(
+                &node,
+                &PatchParams::default(),
+                &Patch::Merge(&json!({ "metadata": metadata })),
+            )
+            .await
+            .map_err(Error::kube(format!("writing the state of node {node}")))?;
+        Ok(())
+    }
+
+    pub async fn publish(&self, event_type: EventType, reason: &str, message: String) {
+        let event = Event {
+            type_: match event_type {
+                EventType::Normal => KubeEventType::Normal,
+                EventType::Warning => KubeEventType::Warning,
+            },
+            reason: reason.to_string(),
+            note: Some(truncate(message, 1000)),
+            action: reason.to_string(),
+            secondary: None,
+        };
+        let reference = self.node.object_ref(&());
+        if let Err(error) = self.recorder.publish(&event, &reference).await {
+            tracing::warn!(%error, reason, "publishing an event failed");
+        }
+    }
+}
+
+fn truncate(mut text: String, max: usize) -> String {
+    if text.len() > max {
+        let mut cut = max;
+        while !text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        text.truncate(cut);
+    }
+    text
+}

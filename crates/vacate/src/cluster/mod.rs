@@ -1,0 +1,482 @@
+//! The imperative shell: watches the cluster, builds a snapshot per node, asks the planner,
+//! and carries out the plan. Reconciliations run one node at a time, so the cluster-wide
+//! migration count seen by one node's plan includes what the previous plan created.
+
+pub mod execute;
+pub mod snapshot;
+pub mod watch;
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use k8s_openapi::api::core::v1::Node;
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::ObjectRef;
+use kube::{Client, ResourceExt};
+use tokio::sync::{mpsc, watch as tokio_watch};
+use tracing::Instrument;
+
+use crate::config::Config;
+use crate::error::{Error, Result, status_code};
+use crate::metrics::Metrics;
+use crate::planner::{
+    self, ActionResult, BlockReason, DrainState, MigrationPhase, MigrationView, NextState, Phase,
+    Snapshot, StateAnnotation,
+};
+use execute::Executor;
+use watch::{NodeFilter, PodWatches, Stores, Trigger};
+
+/// How often a node in a drain is looked at even when nothing changes.
+const RESYNC_DRAINING: Duration = Duration::from_secs(30);
+/// Wait after a failed reconciliation before the next attempt.
+const ERROR_BACKOFF: Duration = Duration::from_secs(5);
+/// How long a just-created migration counts as in flight before the watch cache shows it.
+const LEDGER_TTL: Duration = Duration::from_secs(120);
+
+/// What one reconciliation left behind, for metrics, `vacate drain` and tests.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeReport {
+    pub phase: Phase,
+    pub blocked: Option<BlockReason>,
+    pub state: Option<DrainState>,
+}
+
+/// Migrations created but not yet seen by the watch cache.
+#[derive(Default)]
+struct Ledger {
+    created: HashMap<(String, String), (String, String, Instant)>,
+}
+
+pub struct Context {
+    pub client: Client,
+    pub config: Arc<Config>,
+    pub metrics: Metrics,
+    pub recorder: Recorder,
+    pub stores: Stores,
+    pub pods: PodWatches,
+    trigger: Trigger,
+    ledger: Mutex<Ledger>,
+    reports: Mutex<HashMap<String, NodeReport>>,
+    report_tx: tokio_watch::Sender<HashMap<String, NodeReport>>,
+    wakes: Mutex<HashMap<String, Instant>>,
+}
+
+/// A running shell: its context and the receiver of node triggers.
+pub struct Shell {
+    pub ctx: Arc<Context>,
+    rx: mpsc::UnboundedReceiver<String>,
+    _tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Shell {
+    /// Starts the watches. Call [`Shell::run`] to start acting.
+    pub fn start(
+        client: Client,
+        config: Arc<Config>,
+        metrics: Metrics,
+        filter: NodeFilter,
+    ) -> Self {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (stores, tasks) = watch::start(&client, &filter, tx.clone());
+        let reporter = Reporter {
+            controller: "vacate".into(),
+            instance: std::env::var("POD_NAME")
+                .ok()
+                .or_else(|| std::env::var("HOSTNAME").ok()),
+        };
+        let recorder = Recorder::new(client.clone(), reporter);
+        let (report_tx, _) = tokio_watch::channel(HashMap::new());
+        let ctx = Arc::new(Context {
+            client,
+            config,
+            metrics,
+            recorder,
+            stores,
+            pods: PodWatches::default(),
+            trigger: tx,
+            ledger: Mutex::new(Ledger::default()),
+            reports: Mutex::new(HashMap::new()),
+            report_tx,
+            wakes: Mutex::new(HashMap::new()),
+        });
+        Self {
+            ctx,
+            rx,
+            _tasks: tasks,
+        }
+    }
+
+    /// Reports of every node after each reconciliation.
+    pub fn reports(&self) -> tokio_watch::Receiver<HashMap<String, NodeReport>> {
+        self.ctx.report_tx.subscribe()
+    }
+
+    /// Reconciles nodes as triggers arrive, until `stop` turns true.
+    pub async fn run(mut self, mut stop: tokio_watch::Receiver<bool>) {
+        let ctx = self.ctx.clone();
+        for node in ctx.stores.nodes.state() {
+            let _ = ctx.trigger.send(node.name_any());
+        }
+        loop {
+            let first = tokio::select! {
+                next = self.rx.recv() => match next {
+                    Some(node) => node,
+                    None => return,
+                },
+                _ = stop.changed() => return,
+            };
+            if *stop.borrow() {
+                return;
+            }
+            let mut batch = BTreeSet::from([first]);
+            while let Ok(node) = self.rx.try_recv() {
+                batch.insert(node);
+            }
+            for node in batch {
+                if *stop.borrow() {
+                    return;
+                }
+                let started = Instant::now();
+                let span = tracing::info_span!("node", node = %node);
+                let next = match ctx.reconcile(&node).instrument(span).await {
+                    Ok(next) => next,
+                    Err(error) => {
+                        ctx.metrics
+                            .reconcile_errors
+                            .with_label_values(&[error.metric_label()])
+                            .inc();
+                        tracing::warn!(node = %node, %error, "reconciliation failed; retrying");
+                        Some(ERROR_BACKOFF)
+                    }
+                };
+                tracing::trace!(node = %node, took = ?started.elapsed(), "reconciled");
+                if let Some(after) = next {
+                    ctx.wake_later(&node, after);
+                }
+            }
+        }
+    }
+}
+
+impl Context {
+    fn wake_later(self: &Arc<Self>, node: &str, after: Duration) {
+        let at = Instant::now() + after;
+        {
+            let mut wakes = self.wakes.lock().expect("wake map lock");
+            match wakes.get(node) {
+                Some(existing) if *existing <= at && *existing > Instant::now() => return,
+                _ => {
+                    wakes.insert(node.to_string(), at);
+                }
+            }
+        }
+        let ctx = Arc::clone(self);
+        let node = node.to_string();
+        tokio::spawn(async move {
+            tokio::time::sleep_until(at.into()).await;
+            let mut wakes = ctx.wakes.lock().expect("wake map lock");
+            if wakes.get(&node) == Some(&at) {
+                wakes.remove(&node);
+            }
+            drop(wakes);
+            let _ = ctx.trigger.send(node);
+        });
+    }
+
+    fn set_report(&self, node: &str, report: Option<NodeReport>) {
+        let mut reports = self.reports.lock().expect("report map lock");
+        match report {
+            Some(r) => {
+                reports.insert(node.to_string(), r);
+            }
+            None => {
+                reports.remove(node);
+            }
+        }
+        let mut phases: HashMap<Phase, i64> = HashMap::new();
+        let mut blocked: HashMap<BlockReason, i64> = HashMap::new();
+        for r in reports.values() {
+            *phases.entry(r.phase).or_default() += 1;
+            if let Some(b) = r.blocked {
+                *blocked.entry(b).or_default() += 1;
+            }
+        }
+        for phase in Phase::ALL {
+            let count = if phase == Phase::Idle {
+                0
+            } else {
+                phases.get(&phase).copied().unwrap_or(0)
+            };
+            self.metrics
+                .nodes
+                .with_label_values(&[phase.as_str()])
+                .set(count);
+        }
+        for reason in BlockReason::ALL {
+            self.metrics
+                .nodes_blocked
+                .with_label_values(&[reason.as_str()])
+                .set(blocked.get(&reason).copied().unwrap_or(0));
+        }
+        self.report_tx.send_replace(reports.clone());
+    }
+
+    /// Unfinished migrations cluster-wide and the views of a node's migrations, including
+    /// migrations created moments ago that the watch cache has not delivered yet.
+    fn migrations_for(
+        &self,
+        node: &str,
+        vmi_keys: &BTreeSet<(String, String)>,
+    ) -> (u32, Vec<MigrationView>) {
+        let all = self.stores.migrations.state();
+        let mut ledger = self.ledger.lock().expect("ledger lock");
+        ledger.created.retain(|(ns, name), (_, _, at)| {
+            at.elapsed() < LEDGER_TTL
+                && self
+                    .stores
+                    .migrations
+                    .get(&ObjectRef::new(name).within(ns))
+                    .is_none()
+        });
+        let mut in_flight = all.iter().filter(|m| m.is_unfinished()).count() as u32;
+        in_flight += ledger.created.len() as u32;
+        let ours_in_flight = all
+            .iter()
+            .filter(|m| m.is_unfinished() && snapshot::is_ours(m))
+            .count()
+            + ledger.created.len();
+        self.metrics.migrations_in_flight.set(ours_in_flight as i64);
+        let mut views: Vec<MigrationView> = all
+            .iter()
+            .filter(|m| {
+                snapshot::is_ours_for(m, node)
+                    || vmi_keys
+                        .contains(&(m.namespace().unwrap_or_default(), m.spec.vmi_name.clone()))
+            })
+            .map(|m| snapshot::migration_view(m, node))
+            .collect();
+        for ((namespace, name), (for_node, vmi, at)) in &ledger.created {
+            if for_node == node {
+                views.push(MigrationView {
+                    namespace: namespace.clone(),
+                    name: name.clone(),
+                    vmi_name: vmi.clone(),
+                    phase: MigrationPhase::Unfinished,
+                    ours: true,
+                    created_at: None,
+                    finished_at: None,
+                    deleting: false,
+                });
+                tracing::trace!(migration = %name, age = ?at.elapsed(), "counting a migration not yet in the cache");
+            }
+        }
+        (in_flight, views)
+    }
+
+    /// Builds the planner's snapshot of a node from the watch caches; `None` when the node
+    /// is gone, outside the selector, or not involved in any drain.
+    pub async fn snapshot(
+        self: &Arc<Self>,
+        name: &str,
+        include_idle: bool,
+    ) -> Result<Option<(Arc<Node>, Snapshot)>> {
+        let config = &self.config;
+        let Some(node) = self.stores.nodes.get(&ObjectRef::new(name)) else {
+            // Deleted, or outside the node filter.
+            self.pods.stop(name);
+            self.metrics.forget_node(name);
+            self.set_report(name, None);
+            return Ok(None);
+        };
+        if !config.node.selector.matches(node.labels()) {
+            return Ok(None);
+        }
+        let view = snapshot::node_view(&node, &config.node);
+        let involved = view.request_value.is_some() || view.state != StateAnnotation::Absent;
+        if !involved && !include_idle {
+            self.pods.stop(name);
+            self.metrics.forget_node(name);
+            self.set_report(name, None);
+            return Ok(None);
+        }
+        let pods = self.pods.pods(&self.client, name, &self.trigger).await?;
+        let kubevirt = self.stores.kubevirt.state().first().cloned();
+        let default_strategy = kubevirt.as_ref().and_then(|kv| kv.eviction_strategy());
+        let vmis: Vec<_> = self
+            .stores
+            .vmis
+            .state()
+            .into_iter()
+            .filter(|v| v.node_name() == Some(name))
+            .collect();
+        let vmi_keys: BTreeSet<(String, String)> = vmis
+            .iter()
+            .map(|v| (v.namespace().unwrap_or_default(), v.name_any()))
+            .collect();
+        let (in_flight, migrations) = self.migrations_for(name, &vmi_keys);
+        let cluster = snapshot::cluster_view(kubevirt.as_deref(), in_flight);
+        self.metrics
+            .migration_limit
+            .with_label_values(&["node"])
+            .set(
+                config
+                    .migration
+                    .max_in_flight_per_node
+                    .min(cluster.kubevirt_per_node) as i64,
+            );
+        self.metrics
+            .migration_limit
+            .with_label_values(&["cluster"])
+            .set(
+                config
+                    .migration
+                    .max_in_flight_cluster
+                    .min(cluster.kubevirt_per_cluster) as i64,
+            );
+        let now = Utc::now();
+        let snap = Snapshot {
+            now,
+            vmis: vmis
+                .iter()
+                .map(|v| snapshot::vmi_view(v, default_strategy, &pods))
+                .collect(),
+            migrations,
+            pods: pods.iter().map(snapshot::pod_view).collect(),
+            cluster,
+            start_gate: Ok(()),
+            node: view,
+        };
+        Ok(Some((node, snap)))
+    }
+
+    /// Looks at one node and takes the next step. Returns when to look again.
+    pub async fn reconcile(self: &Arc<Self>, name: &str) -> Result<Option<Duration>> {
+        let config = &self.config;
+        let Some((node, snap)) = self.snapshot(name, false).await? else {
+            return Ok(None);
+        };
+        let plan = planner::plan(&snap, config);
+        let executor = Executor {
+            client: &self.client,
+            config,
+            metrics: &self.metrics,
+            recorder: &self.recorder,
+            node: &node,
+        };
+
+        // Write the intent first: a vacate that dies after an action and before recording
+        // it finds the intent on restart and repeats the (idempotent) action.
+        let mut state = match &plan.state {
+            NextState::Write(s) => {
+                let rv = node.resource_version();
+                if let Err(error) = executor.write_state(Some(s.to_json()), rv.as_deref()).await {
+                    if let Error::Kube { source, .. } = &error
+                        && status_code(source) == Some(409)
+                    {
+                        // Someone changed the node since the snapshot: plan again with fresh data.
+                        return Ok(Some(Duration::from_millis(200)));
+                    }
+                    return Err(error);
+                }
+                Some((**s).clone())
+            }
+            NextState::Unchanged => snap.node.state.valid().cloned(),
+            NextState::Clear => None,
+        };
+        let written = state.clone();
+        let mut refused = false;
+        for action in &plan.actions {
+            let result = executor.run(action).await?;
+            if let planner::Action::CreateMigration {
+                namespace,
+                name: m,
+                vmi,
+            } = action
+                && result == ActionResult::Done
+            {
+                self.ledger.lock().expect("ledger lock").created.insert(
+                    (namespace.clone(), m.clone()),
+                    (name.to_string(), vmi.clone(), Instant::now()),
+                );
+            }
+            refused |= matches!(result, ActionResult::Refused(_) | ActionResult::Rejected(_));
+            if let Some(s) = state.as_mut() {
+                planner::record_outcome(s, action, &result, Utc::now(), config);
+            }
+        }
+        match (&plan.state, &state) {
+            (NextState::Clear, _) => executor.write_state(None, None).await?,
+            (_, Some(s)) if state != written => {
+                executor.write_state(Some(s.to_json()), None).await?
+            }
+            _ => {}
+        }
+        for observation in &plan.observations {
+            self.metrics.observe(observation);
+            if let planner::Observation::InvalidState { message } = observation {
+                tracing::warn!(%message, "replaced an unreadable state annotation");
+            }
+        }
+        self.update_node_metrics(name, state.as_ref());
+        let report = NodeReport {
+            phase: plan.phase,
+            blocked: plan.blocked,
+            state: state.clone(),
+        };
+        let phase = report.phase;
+        self.set_report(name, Some(report));
+        if phase == Phase::Idle && snap.node.request_value.is_none() {
+            self.pods.stop(name);
+        }
+        if let Some(blocked) = &state.as_ref().and_then(|s| s.blocked.clone()) {
+            tracing::info!(phase = %phase, reason = blocked.reason.as_str(), message = %blocked.message, "drain blocked");
+        } else {
+            tracing::debug!(phase = %phase, actions = plan.actions.len(), "reconciled");
+        }
+
+        let mut next = plan.requeue_after;
+        if refused {
+            // A refusal changed the state: plan again soon with it.
+            next = Some(next.map_or(Duration::from_secs(1), |n| n.min(Duration::from_secs(1))));
+        }
+        if phase.is_draining() || phase == Phase::Uncordoning || phase == Phase::Pending {
+            next = Some(next.map_or(RESYNC_DRAINING, |n| n.min(RESYNC_DRAINING)));
+        }
+        Ok(next)
+    }
+
+    fn update_node_metrics(&self, node: &str, state: Option<&DrainState>) {
+        let Some(state) = state else {
+            self.metrics.forget_node(node);
+            return;
+        };
+        let m = &self.metrics;
+        m.node_vmis
+            .with_label_values(&[node, "total"])
+            .set(state.vmis.len() as i64);
+        m.node_vmis
+            .with_label_values(&[node, "done"])
+            .set(state.vmis_done() as i64);
+        m.node_pods
+            .with_label_values(&[node, "total"])
+            .set(state.pods.len() as i64);
+        m.node_pods
+            .with_label_values(&[node, "done"])
+            .set(state.pods_done() as i64);
+        m.node_drain_started
+            .with_label_values(&[node])
+            .set(state.started_at.timestamp() as f64);
+    }
+}
+
+/// Looks up a node, for commands that act on one.
+pub async fn get_node(client: &Client, name: &str) -> Result<Node> {
+    let nodes: kube::Api<Node> = kube::Api::all(client.clone());
+    nodes
+        .get_opt(name)
+        .await
+        .map_err(Error::kube(format!("reading node {name}")))?
+        .ok_or_else(|| Error::NodeNotFound(name.to_string()))
+}

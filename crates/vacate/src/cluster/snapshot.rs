@@ -1,0 +1,237 @@
+//! Turns API objects into the planner's plain views.
+
+use chrono::{DateTime, Utc};
+use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::ResourceExt;
+use kubevirt_api::{
+    KubeVirt, VirtualMachineInstance, VirtualMachineInstanceMigration, labels as kv_labels,
+};
+
+use crate::config::NodeConfig;
+use crate::planner::{
+    ClusterView, EvictionStrategy, Migratability, MigrationPhase, MigrationView, NodeView, PodView,
+    StateAnnotation, VmiView,
+};
+
+/// Label on every migration vacate creates, naming the node it drains (see [`node_label_value`]).
+pub const MIGRATION_NODE_LABEL: &str = "vacate.io/node";
+/// Annotation on every migration vacate creates, with the node's full name.
+pub const MIGRATION_NODE_ANNOTATION: &str = "vacate.io/node";
+pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
+pub const MANAGED_BY_VALUE: &str = "vacate";
+
+/// A label value naming a node. Node names may be longer than the 63 characters a label value
+/// allows; those are shortened and made unique with a hash.
+pub fn node_label_value(node: &str) -> String {
+    if node.len() <= 63 {
+        return node.to_string();
+    }
+    // FNV-1a: stable across releases, unlike the standard library's hasher.
+    let hash = node.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    let head = node[..46].trim_end_matches(['-', '.', '_']);
+    format!("{head}-{hash:016x}")
+}
+
+pub fn to_chrono(time: &Time) -> DateTime<Utc> {
+    DateTime::from_timestamp(time.0.as_second(), time.0.subsec_nanosecond().max(0) as u32)
+        .unwrap_or_default()
+}
+
+pub fn node_ready(node: &Node) -> bool {
+    node.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+pub fn node_view(node: &Node, config: &NodeConfig) -> NodeView {
+    let labels = node.labels();
+    NodeView {
+        name: node.name_any(),
+        unschedulable: node
+            .spec
+            .as_ref()
+            .and_then(|s| s.unschedulable)
+            .unwrap_or(false),
+        ready: node_ready(node),
+        request_value: labels.get(&config.request_label).cloned(),
+        drained_label: labels.contains_key(&config.drained_label),
+        state: StateAnnotation::parse(
+            node.annotations()
+                .get(&config.state_annotation)
+                .map(String::as_str),
+        ),
+    }
+}
+
+fn eviction_strategy(s: kubevirt_api::EvictionStrategy) -> EvictionStrategy {
+    match s {
+        kubevirt_api::EvictionStrategy::None => EvictionStrategy::None,
+        kubevirt_api::EvictionStrategy::LiveMigrate => EvictionStrategy::LiveMigrate,
+        kubevirt_api::EvictionStrategy::LiveMigrateIfPossible => {
+            EvictionStrategy::LiveMigrateIfPossible
+        }
+        kubevirt_api::EvictionStrategy::External => EvictionStrategy::External,
+    }
+}
+
+pub fn vmi_view(
+    vmi: &VirtualMachineInstance,
+    cluster_default: Option<kubevirt_api::EvictionStrategy>,
+    pods: &[Pod],
+) -> VmiView {
+    let migratability = match vmi.live_migratable() {
+        Some(m) if m.migratable => Migratability::Migratable,
+        Some(m) => Migratability::NotMigratable {
+            reason: m.reason,
+            message: m.message,
+        },
+        None => Migratability::Unknown,
+    };
+    // KubeVirt's own default when neither the VMI nor the cluster sets one.
+    let strategy = vmi
+        .effective_eviction_strategy(cluster_default)
+        .unwrap_or(kubevirt_api::EvictionStrategy::None);
+    let uid = vmi.uid().unwrap_or_default();
+    let launcher_pod = pods
+        .iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none() && !pod_finished(p))
+        .find(|p| p.labels().get(kv_labels::CREATED_BY_LABEL) == Some(&uid))
+        .map(|p| p.name_any());
+    VmiView {
+        namespace: vmi.namespace().unwrap_or_default(),
+        name: vmi.name_any(),
+        finished: vmi.is_final(),
+        migratability,
+        eviction_strategy: eviction_strategy(strategy),
+        launcher_pod,
+        restartable: vmi
+            .owner_references()
+            .iter()
+            .any(|o| o.kind == "VirtualMachine" && o.controller == Some(true)),
+        deleting: vmi.metadata.deletion_timestamp.is_some(),
+    }
+}
+
+pub fn migration_view(m: &VirtualMachineInstanceMigration, node: &str) -> MigrationView {
+    use kubevirt_api::MigrationPhase as P;
+    let phase = match m.phase() {
+        Some(P::Succeeded) => MigrationPhase::Succeeded,
+        Some(P::Failed) => MigrationPhase::Failed,
+        _ => MigrationPhase::Unfinished,
+    };
+    let finished_at = m
+        .phase_entered_at(P::Succeeded)
+        .or_else(|| m.phase_entered_at(P::Failed))
+        .or_else(|| m.migration_state().and_then(|s| s.end_timestamp.as_ref()))
+        .map(to_chrono);
+    MigrationView {
+        namespace: m.namespace().unwrap_or_default(),
+        name: m.name_any(),
+        vmi_name: m.spec.vmi_name.clone(),
+        phase,
+        ours: is_ours_for(m, node),
+        created_at: m.metadata.creation_timestamp.as_ref().map(to_chrono),
+        finished_at,
+        deleting: m.metadata.deletion_timestamp.is_some(),
+    }
+}
+
+/// The migration was created by vacate to drain `node`.
+pub fn is_ours_for(m: &VirtualMachineInstanceMigration, node: &str) -> bool {
+    m.labels().get(MIGRATION_NODE_LABEL) == Some(&node_label_value(node))
+        && m.labels().get(MANAGED_BY_LABEL).map(String::as_str) == Some(MANAGED_BY_VALUE)
+}
+
+/// The migration was created by vacate (for any node).
+pub fn is_ours(m: &VirtualMachineInstanceMigration) -> bool {
+    m.labels().get(MANAGED_BY_LABEL).map(String::as_str) == Some(MANAGED_BY_VALUE)
+        && m.labels().contains_key(MIGRATION_NODE_LABEL)
+}
+
+fn pod_finished(pod: &Pod) -> bool {
+    matches!(
+        pod.status.as_ref().and_then(|s| s.phase.as_deref()),
+        Some("Succeeded" | "Failed")
+    )
+}
+
+pub fn pod_view(pod: &Pod) -> PodView {
+    let spec = pod.spec.as_ref();
+    PodView {
+        namespace: pod.namespace().unwrap_or_default(),
+        name: pod.name_any(),
+        uid: pod.uid().unwrap_or_default(),
+        controller_kind: pod
+            .owner_references()
+            .iter()
+            .find(|o| o.controller == Some(true))
+            .map(|o| o.kind.clone()),
+        mirror: pod
+            .annotations()
+            .contains_key("kubernetes.io/config.mirror"),
+        finished: pod_finished(pod),
+        has_emptydir: spec
+            .and_then(|s| s.volumes.as_ref())
+            .is_some_and(|vs| vs.iter().any(|v| v.empty_dir.is_some())),
+        virt_launcher: pod.labels().get(kv_labels::APP_LABEL).map(String::as_str)
+            == Some(kv_labels::VIRT_LAUNCHER),
+        deleting: pod.metadata.deletion_timestamp.is_some(),
+    }
+}
+
+pub fn cluster_view(kubevirt: Option<&KubeVirt>, migrations_in_flight: u32) -> ClusterView {
+    let defaults = ClusterView::default();
+    let Some(kv) = kubevirt else {
+        return ClusterView {
+            migrations_in_flight,
+            ..defaults
+        };
+    };
+    let m = kv.migration_configuration();
+    ClusterView {
+        migrations_in_flight,
+        kubevirt_per_node: m.parallel_outbound_migrations_per_node(),
+        kubevirt_per_cluster: m.parallel_migrations_per_cluster(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_node_names_make_valid_unique_label_values() {
+        let a = format!("{}-a", "n".repeat(80));
+        let b = format!("{}-b", "n".repeat(80));
+        assert!(node_label_value(&a).len() <= 63);
+        assert_ne!(node_label_value(&a), node_label_value(&b));
+        assert_eq!(node_label_value("worker-1"), "worker-1");
+    }
+
+    #[test]
+    fn pods_are_classified_from_their_objects() {
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {
+                "name": "virt-launcher-vm-abcde", "namespace": "vms", "uid": "u1",
+                "labels": {"kubevirt.io": "virt-launcher"},
+                "ownerReferences": [{"apiVersion": "kubevirt.io/v1", "kind": "VirtualMachineInstance",
+                                     "name": "vm", "uid": "v1", "controller": true}]
+            },
+            "spec": {"containers": [], "volumes": [{"name": "scratch", "emptyDir": {}}]},
+            "status": {"phase": "Running"}
+        }))
+        .unwrap();
+        let view = pod_view(&pod);
+        assert!(view.virt_launcher);
+        assert!(view.has_emptydir);
+        assert_eq!(
+            view.controller_kind.as_deref(),
+            Some("VirtualMachineInstance")
+        );
+        assert!(!view.finished && !view.mirror && !view.deleting);
+    }
+}

@@ -1,0 +1,239 @@
+//! Watch caches: cluster-wide reflectors for nodes, VMIs, migrations and the KubeVirt CR,
+//! and per-node pod reflectors that exist only while a node is being drained, so memory
+//! does not grow with the number of pods in the cluster.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client, Resource, ResourceExt};
+use kubevirt_api::{KubeVirt, VirtualMachineInstance, VirtualMachineInstanceMigration};
+use tokio::sync::mpsc::UnboundedSender;
+use tokio::task::JoinHandle;
+
+use super::snapshot::MIGRATION_NODE_ANNOTATION;
+use crate::error::{Error, Result};
+
+/// Sends the names of nodes that need another look.
+pub type Trigger = UnboundedSender<String>;
+
+#[derive(Clone)]
+pub struct Stores {
+    pub nodes: Store<Node>,
+    pub vmis: Store<VirtualMachineInstance>,
+    pub migrations: Store<VirtualMachineInstanceMigration>,
+    pub kubevirt: Store<KubeVirt>,
+}
+
+impl Stores {
+    pub async fn wait_until_ready(&self, timeout: Duration) -> Result<()> {
+        let all = async {
+            let _ = self.nodes.wait_until_ready().await;
+            let _ = self.vmis.wait_until_ready().await;
+            let _ = self.migrations.wait_until_ready().await;
+            let _ = self.kubevirt.wait_until_ready().await;
+        };
+        tokio::time::timeout(timeout, all)
+            .await
+            .map_err(|_| Error::CacheTimeout(timeout))
+    }
+
+    /// The node a VMI runs on, as far as the cache knows.
+    pub fn vmi_node(&self, namespace: &str, name: &str) -> Option<String> {
+        self.vmis
+            .get(&ObjectRef::new(name).within(namespace))
+            .and_then(|v| v.node_name().map(String::from))
+    }
+}
+
+/// Which nodes to watch: all, one by name, or those matching a label selector.
+#[derive(Clone, Debug, Default)]
+pub struct NodeFilter {
+    pub name: Option<String>,
+    pub label_selector: Option<String>,
+}
+
+/// Starts the cluster-wide reflectors; every change is turned into node triggers.
+pub fn start(
+    client: &Client,
+    filter: &NodeFilter,
+    trigger: Trigger,
+) -> (Stores, Vec<JoinHandle<()>>) {
+    let mut tasks = Vec::new();
+
+    let mut node_config = watcher::Config::default();
+    if let Some(name) = &filter.name {
+        node_config = node_config.fields(&format!("metadata.name={name}"));
+    }
+    if let Some(selector) = &filter.label_selector {
+        node_config = node_config.labels(selector);
+    }
+    let (nodes, task) = reflect(
+        Api::<Node>::all(client.clone()),
+        node_config,
+        trigger.clone(),
+        |node: &Node| vec![node.name_any()],
+        "nodes",
+    );
+    tasks.push(task);
+
+    let (vmis, task) = reflect(
+        Api::<VirtualMachineInstance>::all(client.clone()),
+        watcher::Config::default(),
+        trigger.clone(),
+        |vmi: &VirtualMachineInstance| {
+            let mut nodes: Vec<String> = vmi.node_name().map(String::from).into_iter().collect();
+            if let Some(state) = vmi.migration_state() {
+                nodes.extend(state.source_node.clone());
+                nodes.extend(state.target_node.clone());
+            }
+            nodes
+        },
+        "virtualmachineinstances",
+    );
+    tasks.push(task);
+
+    let vmi_store = vmis.clone();
+    let (migrations, task) = reflect(
+        Api::<VirtualMachineInstanceMigration>::all(client.clone()),
+        watcher::Config::default(),
+        trigger.clone(),
+        move |m: &VirtualMachineInstanceMigration| {
+            let mut nodes: Vec<String> = m
+                .annotations()
+                .get(MIGRATION_NODE_ANNOTATION)
+                .cloned()
+                .into_iter()
+                .collect();
+            nodes.extend(m.source_node().map(String::from));
+            let vmi = ObjectRef::new(&m.spec.vmi_name).within(&m.namespace().unwrap_or_default());
+            nodes.extend(
+                vmi_store
+                    .get(&vmi)
+                    .and_then(|v| v.node_name().map(String::from)),
+            );
+            nodes
+        },
+        "virtualmachineinstancemigrations",
+    );
+    tasks.push(task);
+
+    let (kubevirt, task) = reflect(
+        Api::<KubeVirt>::all(client.clone()),
+        watcher::Config::default(),
+        trigger,
+        |_: &KubeVirt| Vec::new(),
+        "kubevirts",
+    );
+    tasks.push(task);
+
+    (
+        Stores {
+            nodes,
+            vmis,
+            migrations,
+            kubevirt,
+        },
+        tasks,
+    )
+}
+
+fn reflect<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    trigger: Trigger,
+    nodes_of: impl Fn(&K) -> Vec<String> + Send + 'static,
+    what: &'static str,
+) -> (Store<K>, JoinHandle<()>)
+where
+    K: Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
+{
+    let (reader, writer) = reflector::store();
+    let stream = reflector::reflector(writer, watcher(api, config))
+        .default_backoff()
+        .touched_objects();
+    let task = tokio::spawn(async move {
+        futures::pin_mut!(stream);
+        while let Some(item) = stream.next().await {
+            match item {
+                Ok(object) => {
+                    for node in nodes_of(&object) {
+                        let _ = trigger.send(node);
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "watching {what} failed; retrying with backoff");
+                }
+            }
+        }
+    });
+    (reader, task)
+}
+
+struct PodWatch {
+    store: Store<Pod>,
+    task: JoinHandle<()>,
+}
+
+/// Pod caches for the nodes being drained, one field-selected watch per node.
+#[derive(Default)]
+pub struct PodWatches {
+    watches: Mutex<HashMap<String, PodWatch>>,
+}
+
+impl PodWatches {
+    /// The pods of `node`, starting a watch if there is none yet.
+    pub async fn pods(&self, client: &Client, node: &str, trigger: &Trigger) -> Result<Vec<Pod>> {
+        let store = {
+            let mut watches = self.watches.lock().expect("pod watch map lock");
+            match watches.get(node) {
+                Some(w) => w.store.clone(),
+                None => {
+                    let name = node.to_string();
+                    let (store, task) = reflect(
+                        Api::<Pod>::all(client.clone()),
+                        watcher::Config::default().fields(&format!("spec.nodeName={node}")),
+                        trigger.clone(),
+                        move |_: &Pod| vec![name.clone()],
+                        "pods",
+                    );
+                    watches.insert(
+                        node.to_string(),
+                        PodWatch {
+                            store: store.clone(),
+                            task,
+                        },
+                    );
+                    store
+                }
+            }
+        };
+        let timeout = Duration::from_secs(30);
+        tokio::time::timeout(timeout, store.wait_until_ready())
+            .await
+            .map_err(|_| Error::CacheTimeout(timeout))?
+            .map_err(|_| Error::CacheTimeout(timeout))?;
+        Ok(store.state().iter().map(|p| (**p).clone()).collect())
+    }
+
+    /// Stops the pod watch of a node that no longer needs one.
+    pub fn stop(&self, node: &str) {
+        if let Some(w) = self
+            .watches
+            .lock()
+            .expect("pod watch map lock")
+            .remove(node)
+        {
+            w.task.abort();
+        }
+    }
+
+    pub fn watched_nodes(&self) -> usize {
+        self.watches.lock().expect("pod watch map lock").len()
+    }
+}

@@ -1,0 +1,245 @@
+//! `vacate drain NODE` and `vacate uncordon NODE`: the daemon's engine for one node, in
+//! the foreground. They write the same request label and state annotation as the daemon,
+//! so a running daemon and these commands cooperate instead of competing.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Node;
+use kube::api::{Patch, PatchParams};
+use kube::{Api, Client};
+use serde_json::json;
+use tokio::sync::watch;
+
+use crate::cluster::watch::NodeFilter;
+use crate::cluster::{NodeReport, Shell, get_node};
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::planner::{self, Phase};
+
+/// The request label value `vacate drain` sets when the label is absent.
+const CLI_REQUEST_VALUE: &str = "cli";
+
+fn start_shell(client: &Client, config: &Arc<Config>, node: &str) -> Shell {
+    let filter = NodeFilter {
+        name: Some(node.to_string()),
+        label_selector: None,
+    };
+    Shell::start(client.clone(), config.clone(), Metrics::new(), filter)
+}
+
+pub async fn dry_run(config: Config, node: &str) -> anyhow::Result<ExitCode> {
+    let config = Arc::new(config);
+    let client = super::client().await?;
+    get_node(&client, node).await?;
+    let shell = start_shell(&client, &config, node);
+    shell
+        .ctx
+        .stores
+        .wait_until_ready(Duration::from_secs(60))
+        .await?;
+    let Some((_, snapshot)) = shell.ctx.snapshot(node, true).await? else {
+        anyhow::bail!(
+            "node {node} does not match node.selector `{}`",
+            config.node.selector
+        );
+    };
+    let lines = planner::explain(&snapshot, &config);
+    println!(
+        "Dry run: draining node {node} would{} cordon it and:",
+        if snapshot.node.unschedulable {
+            " keep it cordoned (already cordoned) and"
+        } else {
+            ""
+        }
+    );
+    let width = lines.iter().map(|l| l.name.len()).max().unwrap_or(4).max(4);
+    println!("{:<4} {:<width$} {:<8} REASON", "KIND", "NAME", "ACTION");
+    for line in &lines {
+        println!(
+            "{:<4} {:<width$} {:<8} {}",
+            line.kind, line.name, line.verdict, line.reason
+        );
+    }
+    let count = |v: &str| lines.iter().filter(|l| l.verdict == v).count();
+    println!(
+        "\n{} to migrate, {} to evict, {} to restart, {} blocking, {} skipped. Nothing was changed.",
+        count("migrate"),
+        count("evict"),
+        count("restart"),
+        count("block"),
+        count("skip")
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn drain(
+    config: Config,
+    node: &str,
+    timeout: Option<Duration>,
+) -> anyhow::Result<ExitCode> {
+    let mut config = config;
+    if let Some(timeout) = timeout {
+        config.drain.timeout = timeout.into();
+    }
+    let config = Arc::new(config);
+    let client = super::client().await?;
+    let current = get_node(&client, node).await?;
+    let label = &config.node.request_label;
+    let has_request = current
+        .metadata
+        .labels
+        .as_ref()
+        .is_some_and(|l| l.contains_key(label));
+    if !has_request {
+        set_request(&client, node, label, Some(CLI_REQUEST_VALUE)).await?;
+        println!("requested maintenance on node {node} ({label}={CLI_REQUEST_VALUE})");
+    }
+    let shell = start_shell(&client, &config, node);
+    shell
+        .ctx
+        .stores
+        .wait_until_ready(Duration::from_secs(60))
+        .await?;
+    let mut reports = shell.reports();
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let engine = tokio::spawn(shell.run(stop_rx));
+    let mut last_line = String::new();
+    let outcome = loop {
+        tokio::select! {
+            changed = reports.changed() => {
+                if changed.is_err() {
+                    break Err(anyhow::anyhow!("the drain engine stopped unexpectedly"));
+                }
+            }
+            _ = tokio::signal::ctrl_c() => {
+                println!("\ninterrupted: node {node} stays requested; `vacate uncordon {node}` ends the maintenance");
+                break Ok(ExitCode::from(130));
+            }
+        }
+        let report = reports.borrow_and_update().get(node).cloned();
+        let Some(report) = report else { continue };
+        let line = progress_line(&report);
+        if line != last_line {
+            println!("{line}");
+            last_line = line;
+        }
+        match report.phase {
+            Phase::Drained => {
+                let summary = report
+                    .state
+                    .as_ref()
+                    .map(planner::summary)
+                    .unwrap_or_default();
+                println!("node {node} drained: {summary}");
+                break Ok(ExitCode::SUCCESS);
+            }
+            Phase::Failed => {
+                let reason = report
+                    .state
+                    .as_ref()
+                    .and_then(|s| s.failure.clone())
+                    .unwrap_or_else(|| "unknown reason".into());
+                eprintln!("node {node} was not drained: {reason}");
+                break Ok(ExitCode::from(1));
+            }
+            _ => {}
+        }
+    };
+    let _ = stop_tx.send(true);
+    let _ = engine.await;
+    outcome
+}
+
+pub async fn uncordon(config: Config, node: &str) -> anyhow::Result<ExitCode> {
+    let config = Arc::new(config);
+    let client = super::client().await?;
+    get_node(&client, node).await?;
+    set_request(&client, node, &config.node.request_label, None).await?;
+    let shell = start_shell(&client, &config, node);
+    shell
+        .ctx
+        .stores
+        .wait_until_ready(Duration::from_secs(60))
+        .await?;
+    // One reconciliation ends the maintenance (cancelling an unfinished drain).
+    let mut tries = 0;
+    loop {
+        let next = shell.ctx.reconcile(node).await?;
+        let state =
+            crate::cluster::snapshot::node_view(&get_node(&client, node).await?, &config.node)
+                .state;
+        if state == planner::StateAnnotation::Absent {
+            break;
+        }
+        tries += 1;
+        if tries > 120 {
+            anyhow::bail!(
+                "node {node} did not leave maintenance; see `kubectl describe node {node}`"
+            );
+        }
+        tokio::time::sleep(
+            next.unwrap_or(Duration::from_secs(1))
+                .min(Duration::from_secs(1)),
+        )
+        .await;
+    }
+    let after = get_node(&client, node).await?;
+    if after
+        .spec
+        .as_ref()
+        .and_then(|s| s.unschedulable)
+        .unwrap_or(false)
+    {
+        // The person asked for it by name: uncordon even a cordon vacate did not make.
+        let nodes: Api<Node> = Api::all(client.clone());
+        nodes
+            .patch(
+                node,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"spec": {"unschedulable": false}})),
+            )
+            .await?;
+    }
+    println!("node {node} uncordoned; maintenance ended");
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn set_request(
+    client: &Client,
+    node: &str,
+    label: &str,
+    value: Option<&str>,
+) -> anyhow::Result<()> {
+    let nodes: Api<Node> = Api::all(client.clone());
+    nodes
+        .patch(
+            node,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": {label: value}}})),
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("setting label {label} on node {node}: {e}"))?;
+    Ok(())
+}
+
+fn progress_line(report: &NodeReport) -> String {
+    let Some(state) = &report.state else {
+        return format!("{}", report.phase);
+    };
+    let mut line = format!(
+        "{:<10} VMIs {}/{}  pods {}/{}",
+        report.phase.as_str(),
+        state.vmis_done(),
+        state.vmis.len(),
+        state.pods_done(),
+        state.pods.len()
+    );
+    if let Some(b) = &state.blocked {
+        line.push_str(&format!("  blocked: {}", b.message));
+    } else if let Some(w) = &state.waiting_for {
+        line.push_str(&format!("  waiting for {w}"));
+    }
+    line
+}

@@ -1,0 +1,52 @@
+//! The subcommands of the `vacate` binary.
+
+pub mod drain;
+pub mod run;
+pub mod status;
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use crate::config::{Config, LogFormat};
+
+/// Exit status for configuration errors, distinct from a failed drain (1).
+pub const EXIT_CONFIG: u8 = 2;
+
+/// Loads the configuration or explains what is wrong with it.
+pub fn load_config(path: Option<&Path>) -> Result<Config, ExitCode> {
+    Config::load(path).map_err(|error| {
+        eprintln!("vacate: {error}");
+        ExitCode::from(EXIT_CONFIG)
+    })
+}
+
+/// `vacate check-config FILE`.
+pub fn check_config(path: &Path) -> ExitCode {
+    match load_config(Some(path)) {
+        Ok(_) => {
+            println!("{}: configuration is valid", path.display());
+            ExitCode::SUCCESS
+        }
+        Err(code) => code,
+    }
+}
+
+pub fn init_logging(config: &Config) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("VACATE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.log.level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match config.log.format {
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+        LogFormat::Human => builder.try_init(),
+    };
+}
+
+pub async fn client() -> anyhow::Result<kube::Client> {
+    kube::Client::try_default().await.map_err(|e| {
+        anyhow::anyhow!(
+            "cannot connect to the cluster ({e}); set KUBECONFIG or run inside a pod with a service account"
+        )
+    })
+}

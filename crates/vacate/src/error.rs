@@ -1,0 +1,57 @@
+//! The errors of vacate's Kubernetes shell.
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Kubernetes API request failed while {doing}: {source}")]
+    Kube {
+        doing: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("the watch caches did not fill within {0:?}; is the API server reachable?")]
+    CacheTimeout(std::time::Duration),
+    #[error("node {0} not found")]
+    NodeNotFound(String),
+    #[error("{0}")]
+    Config(#[from] crate::config::ConfigError),
+}
+
+impl Error {
+    pub fn kube(doing: impl Into<String>) -> impl FnOnce(kube::Error) -> Error {
+        let doing = doing.into();
+        move |source| Error::Kube { doing, source }
+    }
+
+    /// A short, stable label for `vacate_reconcile_errors_total`.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Error::Kube { source, .. } => match source {
+                kube::Error::Api(status) if status.code == 409 => "conflict",
+                kube::Error::Api(status) if status.code >= 500 => "api_server_error",
+                kube::Error::Api(_) => "api_rejected",
+                _ => "api_unreachable",
+            },
+            Error::CacheTimeout(_) => "cache_timeout",
+            Error::NodeNotFound(_) => "node_not_found",
+            Error::Config(_) => "config",
+        }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The HTTP status code of an API error, if the API server answered.
+pub fn status_code(error: &kube::Error) -> Option<u16> {
+    match error {
+        kube::Error::Api(status) => Some(status.code),
+        _ => None,
+    }
+}
+
+/// The API server's message, or the error's text.
+pub fn status_message(error: &kube::Error) -> String {
+    match error {
+        kube::Error::Api(status) if !status.message.is_empty() => status.message.clone(),
+        other => other.to_string(),
+    }
+}

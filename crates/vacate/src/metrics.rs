@@ -1,0 +1,276 @@
+//! Every Prometheus metric vacate exports. Names and labels are public interface: they are
+//! documented in the README and used by the dashboard and alert rules.
+
+use prometheus::{
+    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+use crate::planner::{BlockReason, DrainResult, MigrationResult, Observation, Phase};
+
+/// Buckets for drains: from a minute to a few hours.
+const DRAIN_BUCKETS: &[f64] = &[
+    30.0, 60.0, 120.0, 300.0, 600.0, 900.0, 1800.0, 3600.0, 7200.0, 14400.0,
+];
+/// Buckets for migrations: seconds to half an hour.
+const MIGRATION_BUCKETS: &[f64] = &[
+    1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0,
+];
+
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    pub nodes: IntGaugeVec,
+    pub nodes_blocked: IntGaugeVec,
+    pub drains: IntCounterVec,
+    pub drain_duration: HistogramVec,
+    pub migrations_started: IntCounter,
+    pub migrations: IntCounterVec,
+    pub migrations_in_flight: IntGauge,
+    pub migration_limit: IntGaugeVec,
+    pub migration_duration: HistogramVec,
+    pub evictions: IntCounterVec,
+    pub eviction_retries: IntCounterVec,
+    pub vmi_restarts: IntCounter,
+    pub node_vmis: IntGaugeVec,
+    pub node_pods: IntGaugeVec,
+    pub node_drain_started: GaugeVec,
+    pub reconcile_errors: IntCounterVec,
+    pub invalid_states: IntCounter,
+    pub leader: IntGauge,
+    pub build_info: IntGaugeVec,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let m = Self {
+            nodes: IntGaugeVec::new(
+                Opts::new("vacate_nodes", "Nodes handled by vacate, by drain phase."),
+                &["phase"],
+            )
+            .unwrap(),
+            nodes_blocked: IntGaugeVec::new(
+                Opts::new(
+                    "vacate_nodes_blocked",
+                    "Nodes whose drain cannot make progress, by reason.",
+                ),
+                &["reason"],
+            )
+            .unwrap(),
+            drains: IntCounterVec::new(
+                Opts::new(
+                    "vacate_drains_total",
+                    "Finished drains, by result (drained, failed, aborted).",
+                ),
+                &["result"],
+            )
+            .unwrap(),
+            drain_duration: HistogramVec::new(
+                HistogramOpts::new(
+                    "vacate_drain_duration_seconds",
+                    "Time from the start of a drain to its end, by result.",
+                )
+                .buckets(DRAIN_BUCKETS.to_vec()),
+                &["result"],
+            )
+            .unwrap(),
+            migrations_started: IntCounter::new(
+                "vacate_migrations_started_total",
+                "VirtualMachineInstanceMigrations created by vacate.",
+            )
+            .unwrap(),
+            migrations: IntCounterVec::new(
+                Opts::new(
+                    "vacate_migrations_total",
+                    "Finished migrations created by vacate, by result (succeeded, failed, cancelled).",
+                ),
+                &["result"],
+            )
+            .unwrap(),
+            migrations_in_flight: IntGauge::new(
+                "vacate_migrations_in_flight",
+                "Unfinished migrations created by vacate.",
+            )
+            .unwrap(),
+            migration_limit: IntGaugeVec::new(
+                Opts::new(
+                    "vacate_migration_limit",
+                    "Effective limit of unfinished migrations (configuration capped by the KubeVirt CR), by scope (node, cluster).",
+                ),
+                &["scope"],
+            )
+            .unwrap(),
+            migration_duration: HistogramVec::new(
+                HistogramOpts::new(
+                    "vacate_migration_duration_seconds",
+                    "Time from creation to the end of migrations created by vacate, by result.",
+                )
+                .buckets(MIGRATION_BUCKETS.to_vec()),
+                &["result"],
+            )
+            .unwrap(),
+            evictions: IntCounterVec::new(
+                Opts::new(
+                    "vacate_evictions_total",
+                    "Eviction requests, by kind (pod, vmi) and result (evicted, refused, gone, rejected).",
+                ),
+                &["kind", "result"],
+            )
+            .unwrap(),
+            eviction_retries: IntCounterVec::new(
+                Opts::new(
+                    "vacate_eviction_retries_total",
+                    "Evictions refused with 429 and retried later, by refuser (pdb, kubevirt).",
+                ),
+                &["reason"],
+            )
+            .unwrap(),
+            vmi_restarts: IntCounter::new(
+                "vacate_vmi_restarts_total",
+                "VMIs stopped so that their VirtualMachine starts them on another node.",
+            )
+            .unwrap(),
+            node_vmis: IntGaugeVec::new(
+                Opts::new(
+                    "vacate_node_vmis",
+                    "VMIs of a node being drained, by state (total, done).",
+                ),
+                &["node", "state"],
+            )
+            .unwrap(),
+            node_pods: IntGaugeVec::new(
+                Opts::new(
+                    "vacate_node_pods",
+                    "Pods to evict from a node being drained, by state (total, done).",
+                ),
+                &["node", "state"],
+            )
+            .unwrap(),
+            node_drain_started: GaugeVec::new(
+                Opts::new(
+                    "vacate_node_drain_started_timestamp_seconds",
+                    "Unix time at which the current drain of a node started.",
+                ),
+                &["node"],
+            )
+            .unwrap(),
+            reconcile_errors: IntCounterVec::new(
+                Opts::new(
+                    "vacate_reconcile_errors_total",
+                    "Node reconciliations that ended in an error, by error kind.",
+                ),
+                &["error"],
+            )
+            .unwrap(),
+            invalid_states: IntCounter::new(
+                "vacate_invalid_state_annotations_total",
+                "Unreadable state annotations found on nodes and replaced.",
+            )
+            .unwrap(),
+            leader: IntGauge::new(
+                "vacate_leader",
+                "1 when this replica is the one acting on the cluster.",
+            )
+            .unwrap(),
+            build_info: IntGaugeVec::new(
+                Opts::new("vacate_build_info", "Always 1; labels carry the version."),
+                &["version"],
+            )
+            .unwrap(),
+            registry,
+        };
+        m.register_all();
+        m.build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+        for phase in Phase::ALL {
+            m.nodes.with_label_values(&[phase.as_str()]).set(0);
+        }
+        for reason in BlockReason::ALL {
+            m.nodes_blocked.with_label_values(&[reason.as_str()]).set(0);
+        }
+        for result in ["drained", "failed", "aborted"] {
+            m.drains.with_label_values(&[result]);
+        }
+        for result in ["succeeded", "failed", "cancelled"] {
+            m.migrations.with_label_values(&[result]);
+        }
+        m
+    }
+
+    fn register_all(&self) {
+        let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
+            Box::new(self.nodes.clone()),
+            Box::new(self.nodes_blocked.clone()),
+            Box::new(self.drains.clone()),
+            Box::new(self.drain_duration.clone()),
+            Box::new(self.migrations_started.clone()),
+            Box::new(self.migrations.clone()),
+            Box::new(self.migrations_in_flight.clone()),
+            Box::new(self.migration_limit.clone()),
+            Box::new(self.migration_duration.clone()),
+            Box::new(self.evictions.clone()),
+            Box::new(self.eviction_retries.clone()),
+            Box::new(self.vmi_restarts.clone()),
+            Box::new(self.node_vmis.clone()),
+            Box::new(self.node_pods.clone()),
+            Box::new(self.node_drain_started.clone()),
+            Box::new(self.reconcile_errors.clone()),
+            Box::new(self.invalid_states.clone()),
+            Box::new(self.leader.clone()),
+            Box::new(self.build_info.clone()),
+        ];
+        for c in collectors {
+            self.registry.register(c).expect("metric names are unique");
+        }
+    }
+
+    pub fn observe(&self, observation: &Observation) {
+        match observation {
+            Observation::MigrationFinished { result, duration } => {
+                self.migrations.with_label_values(&[result.as_str()]).inc();
+                if let (Some(d), false) = (duration, *result == MigrationResult::Cancelled) {
+                    self.migration_duration
+                        .with_label_values(&[result.as_str()])
+                        .observe(d.as_secs_f64());
+                }
+            }
+            Observation::DrainFinished { result, duration } => {
+                self.drains.with_label_values(&[result.as_str()]).inc();
+                if *result != DrainResult::Aborted {
+                    self.drain_duration
+                        .with_label_values(&[result.as_str()])
+                        .observe(duration.as_secs_f64());
+                }
+            }
+            Observation::InvalidState { .. } => {
+                self.invalid_states.inc();
+            }
+        }
+    }
+
+    /// Removes the per-node series of a node that is no longer being drained.
+    pub fn forget_node(&self, node: &str) {
+        for state in ["total", "done"] {
+            let _ = self.node_vmis.remove_label_values(&[node, state]);
+            let _ = self.node_pods.remove_label_values(&[node, state]);
+        }
+        let _ = self.node_drain_started.remove_label_values(&[node]);
+    }
+
+    /// The text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut buffer = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut buffer)
+            .expect("text encoding of gathered metrics cannot fail");
+        String::from_utf8(buffer).expect("the text format is UTF-8")
+    }
+}
