@@ -17,6 +17,11 @@ pub const MIGRATION_SELECTOR_LABEL: &str = "kubevirt.io/vmi-name";
 pub const MIGRATION_JOB_LABEL: &str = "kubevirt.io/migrationJobUID";
 /// Annotation on migration target pods: the migration's name (`MigrationJobNameAnnotation`).
 pub const MIGRATION_JOB_NAME_ANNOTATION: &str = "kubevirt.io/migrationJobName";
+/// Label on a VMI during a migration: the target node (`MigrationTargetNodeNameLabel`).
+pub const MIGRATION_TARGET_NODE_NAME_LABEL: &str = "kubevirt.io/migrationTargetNodeName";
+/// Annotation on migrations created by the evacuation controller: the node being evacuated
+/// (`EvacuationMigrationAnnotation`).
+pub const EVACUATION_MIGRATION_ANNOTATION: &str = "kubevirt.io/evacuationMigration";
 /// Finalizer that KubeVirt's mutating webhook adds to every migration (`VirtualMachineInstanceMigrationFinalizer`).
 pub const MIGRATION_FINALIZER: &str = "kubevirt.io/migrationJobFinalize";
 /// Finalizer KubeVirt puts on VMIs (`VirtualMachineInstanceFinalizer`).

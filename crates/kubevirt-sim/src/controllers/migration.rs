@@ -1,0 +1,669 @@
+//! Live migrations, after virt-controller's migration controller
+//! (`pkg/virt-controller/watch/migration/migration.go`) and the parts virt-handler plays on the
+//! source and target nodes.
+//!
+//! Phases, as `processMigrationPhase` moves them:
+//! * (unset) → `Pending` (or `Failed` when another unfinished migration owns the VMI,
+//!   `canMigrateVMI`);
+//! * `Pending` → `Scheduling` once the target pod is created, which only happens while fewer
+//!   than `parallelMigrationsPerCluster` migrations run in the cluster and fewer than
+//!   `parallelOutboundMigrationsPerNode` leave the VMI's node; otherwise the migration waits
+//!   in Pending and is looked at again (KubeVirt re-enqueues after 5 s);
+//! * `Scheduling` → `Scheduled` when the real scheduler has placed the target pod (with its
+//!   anti-affinity to the VMI's pods, so cordoned nodes and the source node are avoided) and
+//!   it runs; a target pod left unschedulable for 5 minutes (15 for any other reason) fails
+//!   the migration (`defaultUnschedulablePendingTimeoutSeconds`, scaled);
+//! * `Scheduled` → `PreparingTarget` when the migration is handed off: the VMI's
+//!   `status.migrationState` names source and target;
+//! * `PreparingTarget` → `TargetReady` when the target "domain" is prepared;
+//! * `TargetReady` → `Running` when the source starts sending memory (`startTimestamp`);
+//! * `Running` → `Succeeded` after guest memory / bandwidth (scaled); the VMI's node, label
+//!   and `migrationState` move to the target and the source pod goes away.
+//!
+//! Deleting an unfinished migration aborts it (`migrationAbortRequested`; after hand-off
+//! `abortStatus: Succeeded`), removes the target pod and leaves the VMI on the source; the
+//! finalizer is removed once the migration is final so the deletion completes. At most five
+//! finished migrations are kept per VMI (`garbageCollectFinalizedMigrations`).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::watcher;
+use kubevirt_api::common::{Condition, PhaseTransitionTimestamp, condition_type, now, set_condition};
+use kubevirt_api::labels::{
+    APP_LABEL, MIGRATION_FINALIZER, MIGRATION_JOB_LABEL, MIGRATION_JOB_NAME_ANNOTATION, MIGRATION_SELECTOR_LABEL,
+    MIGRATION_TARGET_NODE_NAME_LABEL, NODE_NAME_LABEL, VIRT_LAUNCHER,
+};
+use kubevirt_api::{
+    ConditionStatus, MigrationAbortStatus, MigrationPhase, VirtualMachineInstance, VirtualMachineInstanceMigration,
+    VirtualMachineInstanceMigrationState, VirtualMachineInstanceMigrationStatus,
+};
+use serde_json::json;
+
+use super::{Context, age, key_of, pod_is_down, pod_is_ready, pod_node, pod_unschedulable, retry_after_error, since};
+use crate::error::{Error, Result, kube_not_found};
+use crate::faults::FaultKnobs;
+use crate::launcher;
+use crate::settings::{
+    CATCH_ALL_PENDING_TIMEOUT, ClusterConfig, DEFAULT_GUEST_MEMORY, EFFECTIVE_BANDWIDTH_ANNOTATION,
+    FINALIZED_MIGRATIONS_KEPT, TARGET_PREPARATION, UNSCHEDULABLE_PENDING_TIMEOUT,
+};
+
+pub async fn run(ctx: Arc<Context>) {
+    let client = ctx.client.clone();
+    let vmi_ctx = ctx.clone();
+    Controller::new(Api::<VirtualMachineInstanceMigration>::all(client.clone()), watcher::Config::default())
+        // Target pods name their migration.
+        .watches(
+            Api::<Pod>::all(client.clone()),
+            watcher::Config::default().labels(&format!("{APP_LABEL}={VIRT_LAUNCHER},{MIGRATION_JOB_LABEL}")),
+            |pod: Pod| {
+                let ns = pod.metadata.namespace.clone().unwrap_or_default();
+                pod.metadata
+                    .annotations
+                    .as_ref()
+                    .and_then(|a| a.get(MIGRATION_JOB_NAME_ANNOTATION))
+                    .map(|name| ObjectRef::new(name).within(&ns))
+            },
+        )
+        // VMI changes (phase, migration state) concern its unfinished migrations.
+        .watches(Api::<VirtualMachineInstance>::all(client), watcher::Config::default(), move |vmi: VirtualMachineInstance| {
+            let ns = vmi.metadata.namespace.clone().unwrap_or_default();
+            let name = vmi.metadata.name.clone().unwrap_or_default();
+            vmi_ctx
+                .migrations_of_vmi(&ns, &name)
+                .into_iter()
+                .filter(|m| !m.is_final() || m.metadata.finalizers.iter().flatten().any(|f| f == MIGRATION_FINALIZER))
+                .map(|m| ObjectRef::from_obj(m.as_ref()))
+                .collect::<Vec<_>>()
+        })
+        .run(reconcile, retry_after_error, ctx)
+        .for_each(|_| async {})
+        .await;
+}
+
+/// Everything one reconcile needs about a migration.
+struct Job<'a> {
+    ctx: &'a Context,
+    cfg: ClusterConfig,
+    migration: &'a VirtualMachineInstanceMigration,
+    namespace: String,
+    name: String,
+    uid: String,
+    key: String,
+}
+
+async fn reconcile(migration: Arc<VirtualMachineInstanceMigration>, ctx: Arc<Context>) -> Result<Action> {
+    let job = Job {
+        ctx: &ctx,
+        cfg: ctx.config(),
+        migration: &migration,
+        namespace: migration.metadata.namespace.clone().ok_or(Error::MissingField("metadata.namespace"))?,
+        name: migration.metadata.name.clone().ok_or(Error::MissingField("metadata.name"))?,
+        uid: migration.metadata.uid.clone().ok_or(Error::MissingField("metadata.uid"))?,
+        key: key_of(migration.as_ref()),
+    };
+    job.ensure_selector_label().await?;
+
+    let Some(vmi) = ctx.vmi(&job.namespace, &migration.spec.vmi_name) else {
+        // migration.go deletes migrations of VMIs that are gone.
+        job.forget_slot().await;
+        if migration.metadata.deletion_timestamp.is_none() {
+            job.api().delete(&job.name, &DeleteParams::default()).await.map(|_| ()).or_else(ignore_not_found)?;
+        }
+        if !migration.is_final() {
+            let mut status = migration.status.clone().unwrap_or_default();
+            job.enter(&mut status, MigrationPhase::Failed, "Migration failed because vmi does not exist.");
+            job.write_status(&status).await?;
+        }
+        job.remove_finalizer().await?;
+        return Ok(Action::await_change());
+    };
+
+    if migration.is_final() {
+        return job.finalized(&vmi).await;
+    }
+
+    let old = migration.status.clone().unwrap_or_default();
+    let mut status = old.clone();
+    let action = job.step(&vmi, &mut status).await?;
+    job.write_status(&status).await?;
+    if status.phase.is_some_and(MigrationPhase::is_final) {
+        job.forget_slot().await;
+        return Ok(Action::requeue(Duration::ZERO));
+    }
+    Ok(action)
+}
+
+fn ignore_not_found<T: Default>(e: kube::Error) -> Result<T> {
+    if kube_not_found(&e) { Ok(T::default()) } else { Err(e.into()) }
+}
+
+impl Job<'_> {
+    fn api(&self) -> Api<VirtualMachineInstanceMigration> {
+        Api::namespaced(self.ctx.client.clone(), &self.namespace)
+    }
+
+    fn pods(&self) -> Api<Pod> {
+        Api::namespaced(self.ctx.client.clone(), &self.namespace)
+    }
+
+    /// migration.go's `ensureSelectorLabelPresent` (the mutating webhook normally did it).
+    async fn ensure_selector_label(&self) -> Result<()> {
+        let has = self.migration.metadata.labels.as_ref().and_then(|l| l.get(MIGRATION_SELECTOR_LABEL))
+            == Some(&self.migration.spec.vmi_name);
+        if !has {
+            let patch = json!({"metadata": {"labels": {MIGRATION_SELECTOR_LABEL: self.migration.spec.vmi_name}}});
+            self.api().patch(&self.name, &PatchParams::default(), &Patch::Merge(&patch)).await?;
+        }
+        Ok(())
+    }
+
+    /// Moves the status to a phase and stamps the transition.
+    fn enter(&self, status: &mut VirtualMachineInstanceMigrationStatus, phase: MigrationPhase, why: &str) {
+        if status.phase == Some(phase) {
+            return;
+        }
+        tracing::info!(migration = %self.key, vmi = %self.migration.spec.vmi_name, from = ?status.phase, to = %phase, why, "migration phase");
+        status.phase = Some(phase);
+        status.phase_transition_timestamps.push(PhaseTransitionTimestamp {
+            phase: Some(phase),
+            phase_transition_timestamp: Some(now()),
+        });
+    }
+
+    async fn write_status(&self, status: &VirtualMachineInstanceMigrationStatus) -> Result<()> {
+        if Some(status) == self.migration.status.as_ref() {
+            return Ok(());
+        }
+        // Conditional on the version read: a reconcile on a stale cache must not roll the
+        // phase back.
+        let patch = json!({
+            "metadata": {"resourceVersion": self.migration.metadata.resource_version},
+            "status": status,
+        });
+        self.api().patch_status(&self.name, &PatchParams::default(), &Patch::Merge(&patch)).await?;
+        Ok(())
+    }
+
+    async fn remove_finalizer(&self) -> Result<()> {
+        let finalizers = self.migration.metadata.finalizers.clone().unwrap_or_default();
+        if !finalizers.iter().any(|f| f == MIGRATION_FINALIZER) {
+            return Ok(());
+        }
+        let kept: Vec<_> = finalizers.into_iter().filter(|f| f != MIGRATION_FINALIZER).collect();
+        let patch = json!({"metadata": {"finalizers": kept, "resourceVersion": self.migration.metadata.resource_version}});
+        self.api().patch(&self.name, &PatchParams::default(), &Patch::Merge(&patch)).await.map(|_| ()).or_else(ignore_not_found)
+    }
+
+    async fn forget_slot(&self) {
+        self.ctx.started_migrations.lock().await.remove(&self.uid);
+    }
+
+    fn target_pods(&self) -> Vec<Arc<Pod>> {
+        self.ctx
+            .launcher_pods
+            .state()
+            .into_iter()
+            .filter(|p| {
+                p.metadata.namespace.as_deref() == Some(self.namespace.as_str())
+                    && p.metadata.labels.as_ref().and_then(|l| l.get(MIGRATION_JOB_LABEL)) == Some(&self.uid)
+            })
+            .collect()
+    }
+
+    /// A finished migration: keep the VMI's final migration state, drop the finalizer, and
+    /// garbage-collect old finished migrations of the VMI.
+    async fn finalized(&self, vmi: &VirtualMachineInstance) -> Result<Action> {
+        self.forget_slot().await;
+        let mut status = self.migration.status.clone().unwrap_or_default();
+        if let Some(state) = vmi.migration_state()
+            && state.migration_uid.as_deref() == Some(self.uid.as_str())
+            && status.migration_state.as_ref() != Some(state)
+        {
+            status.migration_state = Some(state.clone());
+            self.write_status(&status).await?;
+            return Ok(Action::requeue(Duration::ZERO));
+        }
+        self.remove_finalizer().await?;
+        self.garbage_collect(vmi).await?;
+        Ok(Action::await_change())
+    }
+
+    async fn garbage_collect(&self, vmi: &VirtualMachineInstance) -> Result<()> {
+        let name = vmi.metadata.name.as_deref().unwrap_or_default();
+        let mut finished: Vec<_> =
+            self.ctx.migrations_of_vmi(&self.namespace, name).into_iter().filter(|m| m.is_final()).collect();
+        if finished.len() <= FINALIZED_MIGRATIONS_KEPT {
+            return Ok(());
+        }
+        finished.sort_by_key(|m| m.metadata.creation_timestamp.as_ref().map(|t| t.0));
+        for old in &finished[..finished.len() - FINALIZED_MIGRATIONS_KEPT] {
+            if let Some(n) = old.metadata.name.as_deref() {
+                self.api().delete(n, &DeleteParams::default()).await.map(|_| ()).or_else(ignore_not_found)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// One step of the state machine; returns when to look again.
+    async fn step(&self, vmi: &VirtualMachineInstance, status: &mut VirtualMachineInstanceMigrationStatus) -> Result<Action> {
+        let targets = self.target_pods();
+        let target = targets.first().map(|p| p.as_ref());
+        if target.is_some() {
+            self.ctx.pod_expectations.observed(&self.key);
+        }
+        let phase = status.phase;
+        let owns_vmi_state = vmi.migration_state().and_then(|s| s.migration_uid.as_deref()) == Some(self.uid.as_str());
+        let handed_off = owns_vmi_state && phase.is_some_and(|p| p >= MigrationPhase::PreparingTarget);
+        let target_created = phase.is_some_and(|p| p >= MigrationPhase::Scheduling);
+
+        if vmi.is_final() {
+            self.fail(vmi, status, &targets, handed_off, "Migration failed vmi shutdown during migration.", false).await?;
+            return Ok(Action::await_change());
+        }
+        if self.migration.metadata.deletion_timestamp.is_some() {
+            set_condition(
+                &mut status.conditions,
+                Condition::new(condition_type::MIGRATION_ABORT_REQUESTED, ConditionStatus::True, "", ""),
+            );
+            self.fail(vmi, status, &targets, handed_off, "Migration failed due to being canceled", true).await?;
+            return Ok(Action::await_change());
+        }
+        if let Some(pod) = target
+            && pod_is_down(pod)
+        {
+            self.fail(vmi, status, &targets, handed_off, "Migration failed because target pod shutdown during migration", false)
+                .await?;
+            return Ok(Action::await_change());
+        }
+        if target_created && target.is_none() && !self.ctx.pod_expectations.pending(&self.key) {
+            self.fail(vmi, status, &targets, handed_off, "Migration target pod was removed during active migration.", false)
+                .await?;
+            return Ok(Action::await_change());
+        }
+        if handed_off && vmi.migration_state().is_some_and(|s| s.failed) {
+            self.fail(vmi, status, &targets, handed_off, "source node reported migration failed", false).await?;
+            return Ok(Action::await_change());
+        }
+
+        match phase {
+            None | Some(MigrationPhase::Unknown) => {
+                if self.another_migration_owns(vmi) {
+                    self.enter(status, MigrationPhase::Failed, "VMI is not eligible for migration because another migration job is in progress.");
+                } else {
+                    self.enter(status, MigrationPhase::Pending, "accepted");
+                }
+                Ok(Action::requeue(Duration::ZERO))
+            }
+            Some(MigrationPhase::Pending) => self.start_if_allowed(vmi, status, target).await,
+            Some(MigrationPhase::Scheduling) => {
+                let Some(pod) = target else { return Ok(Action::requeue(Duration::from_secs(1))) };
+                if let (Some(node), true) = (pod_node(pod), pod_is_ready(pod)) {
+                    let state = status.migration_state.get_or_insert_with(Default::default);
+                    state.target_node = Some(node.to_string());
+                    state.target_pod = pod.metadata.name.clone();
+                    self.enter(status, MigrationPhase::Scheduled, "target pod is running");
+                    return Ok(Action::requeue(Duration::ZERO));
+                }
+                let pending_for = age(&pod.metadata);
+                let unschedulable = pod_unschedulable(pod);
+                let timeout = if unschedulable.is_some() {
+                    self.cfg.real(UNSCHEDULABLE_PENDING_TIMEOUT)
+                } else {
+                    self.cfg.real(CATCH_ALL_PENDING_TIMEOUT)
+                };
+                if pending_for >= timeout {
+                    let why = match unschedulable {
+                        Some(msg) => format!("Migration target pod was unschedulable for longer than the timeout: {msg}"),
+                        None => "Migration target pod was pending for longer than the timeout".to_string(),
+                    };
+                    self.fail(vmi, status, &targets, false, &why, false).await?;
+                    return Ok(Action::await_change());
+                }
+                Ok(Action::requeue((timeout - pending_for).min(Duration::from_secs(5))))
+            }
+            Some(MigrationPhase::Scheduled) => {
+                self.hand_off(vmi, status).await?;
+                Ok(Action::requeue(self.cfg.real(TARGET_PREPARATION)))
+            }
+            Some(MigrationPhase::PreparingTarget) => {
+                let waited = self
+                    .migration
+                    .phase_entered_at(MigrationPhase::PreparingTarget)
+                    .map(|t| since(&t.0))
+                    .unwrap_or_default();
+                let needed = self.cfg.real(TARGET_PREPARATION);
+                if waited < needed {
+                    return Ok(Action::requeue(needed - waited));
+                }
+                let state = self
+                    .patch_vmi_state(vmi, |s| {
+                        s.target_node_address = Some("10.0.0.1".into());
+                        s.target_node_domain_detected = Some(true);
+                    })
+                    .await?;
+                status.migration_state = Some(state);
+                self.enter(status, MigrationPhase::TargetReady, "target domain prepared");
+                Ok(Action::requeue(Duration::ZERO))
+            }
+            Some(MigrationPhase::TargetReady) => {
+                let state = self
+                    .patch_vmi_state(vmi, |s| {
+                        if s.start_timestamp.is_none() {
+                            s.start_timestamp = Some(now());
+                        }
+                        s.mode = Some("PreCopy".into());
+                    })
+                    .await?;
+                status.migration_state = Some(state);
+                self.enter(status, MigrationPhase::Running, "source started sending memory");
+                Ok(Action::requeue(Duration::ZERO))
+            }
+            Some(MigrationPhase::Running) => self.progress(vmi, status, &targets).await,
+            Some(MigrationPhase::Succeeded | MigrationPhase::Failed) => Ok(Action::await_change()),
+        }
+    }
+
+    /// `canMigrateVMI`: the VMI's migration state belongs to another migration that is not final.
+    fn another_migration_owns(&self, vmi: &VirtualMachineInstance) -> bool {
+        let Some(other) = vmi.migration_state().and_then(|s| s.migration_uid.clone()) else { return false };
+        if other == self.uid || other.is_empty() {
+            return false;
+        }
+        self.ctx
+            .migrations
+            .state()
+            .iter()
+            .any(|m| m.metadata.uid.as_deref() == Some(other.as_str()) && !m.is_final())
+    }
+
+    /// The Pending phase of `sync`: create the target pod when the limits allow.
+    async fn start_if_allowed(
+        &self,
+        vmi: &VirtualMachineInstance,
+        status: &mut VirtualMachineInstanceMigrationStatus,
+        target: Option<&Pod>,
+    ) -> Result<Action> {
+        let recheck = Action::requeue(self.cfg.recheck());
+        if !vmi.is_running() {
+            return Ok(recheck);
+        }
+        // "Waiting until all the previous migrations target pods are cleaned up".
+        if vmi.status.as_ref().is_some_and(|s| s.active_pods.len() > 1) {
+            return Ok(recheck);
+        }
+        let Some(source_node) = vmi.node_name().map(str::to_string) else { return Ok(recheck) };
+
+        let mut started = self.ctx.started_migrations.lock().await;
+        if target.is_none() && !started.contains_key(&self.uid) && !self.ctx.pod_expectations.pending(&self.key) {
+            // Count running migrations: those the cache shows past Pending, plus those this
+            // process started and the cache does not show yet.
+            let store = self.ctx.migrations.state();
+            started.retain(|uid, _| {
+                store
+                    .iter()
+                    .find(|m| m.metadata.uid.as_deref() == Some(uid.as_str()))
+                    .is_none_or(|m| !m.is_final())
+            });
+            let mut running: HashMap<String, String> = started.clone();
+            for m in store.iter().filter(|m| m.is_running()) {
+                let uid = m.metadata.uid.clone().unwrap_or_default();
+                let node = m
+                    .source_node()
+                    .map(str::to_string)
+                    .or_else(|| {
+                        self.ctx
+                            .vmi(m.metadata.namespace.as_deref().unwrap_or_default(), &m.spec.vmi_name)
+                            .and_then(|v| v.node_name().map(str::to_string))
+                    })
+                    .unwrap_or_default();
+                running.entry(uid).or_insert(node);
+            }
+            running.remove(&self.uid);
+            let cluster_limit = self.cfg.migrations.parallel_migrations_per_cluster() as usize;
+            let node_limit = self.cfg.migrations.parallel_outbound_migrations_per_node() as usize;
+            if running.len() >= cluster_limit {
+                tracing::debug!(migration = %self.key, running = running.len(), "waiting: cluster-wide migration limit reached");
+                return Ok(recheck);
+            }
+            let outbound = running.values().filter(|n| **n == source_node).count();
+            if outbound >= node_limit {
+                tracing::debug!(migration = %self.key, node = %source_node, outbound, "waiting: outbound migration limit of the node reached");
+                return Ok(recheck);
+            }
+            let knobs = FaultKnobs::from_annotations(vmi.metadata.annotations.as_ref(), &self.cfg.faults);
+            let pod = launcher::render_target_pod(vmi, self.migration, knobs.target_unschedulable)?;
+            let created = self.pods().create(&PostParams::default(), &pod).await?;
+            self.ctx.pod_expectations.expect(&self.key);
+            started.insert(self.uid.clone(), source_node.clone());
+            let state = status.migration_state.get_or_insert_with(Default::default);
+            state.migration_uid = Some(self.uid.clone());
+            state.source_node = Some(source_node.clone());
+            state.source_pod = self.source_pod(vmi).and_then(|p| p.metadata.name.clone());
+            state.target_pod = created.metadata.name.clone();
+            tracing::info!(migration = %self.key, source = %source_node, target_pod = created.metadata.name.as_deref().unwrap_or(""), "created target pod");
+        }
+        drop(started);
+        self.enter(status, MigrationPhase::Scheduling, "target pod created");
+        Ok(Action::requeue(Duration::from_secs(1)))
+    }
+
+    /// The VMI's current (source) pod.
+    fn source_pod(&self, vmi: &VirtualMachineInstance) -> Option<Arc<Pod>> {
+        let status = vmi.status.as_ref()?;
+        let node = status.node_name.as_deref()?;
+        self.ctx.pods_of_vmi(vmi.metadata.uid.as_deref().unwrap_or_default()).into_iter().find(|p| {
+            pod_node(p) == Some(node) && status.active_pods.contains_key(p.metadata.uid.as_deref().unwrap_or_default())
+        })
+    }
+
+    /// virt-controller hands the migration to virt-handler: the VMI's migration state names
+    /// source and target, the target pod joins `activePods`.
+    async fn hand_off(&self, vmi: &VirtualMachineInstance, status: &mut VirtualMachineInstanceMigrationStatus) -> Result<()> {
+        let planned = status.migration_state.clone().unwrap_or_default();
+        let target_node = planned.target_node.clone().unwrap_or_default();
+        let target_uid = self.target_pods().first().and_then(|p| p.metadata.uid.clone()).unwrap_or_default();
+        let state = VirtualMachineInstanceMigrationState {
+            migration_uid: Some(self.uid.clone()),
+            source_node: planned.source_node.clone().or_else(|| vmi.node_name().map(str::to_string)),
+            source_pod: planned.source_pod.clone(),
+            target_node: Some(target_node.clone()),
+            target_pod: planned.target_pod.clone(),
+            ..Default::default()
+        };
+        let patch = json!({
+            "metadata": {"labels": {MIGRATION_TARGET_NODE_NAME_LABEL: target_node}},
+            "status": {
+                "migrationState": state,
+                "activePods": {target_uid: target_node},
+            },
+        });
+        self.ctx
+            .patch_vmi(&self.namespace, &self.migration.spec.vmi_name, vmi.metadata.resource_version.as_deref(), patch)
+            .await?;
+        status.migration_state = Some(state);
+        self.enter(status, MigrationPhase::PreparingTarget, "handed off to the target node");
+        Ok(())
+    }
+
+    /// Changes the VMI's migration state (conditional on the VMI version read) and returns it.
+    async fn patch_vmi_state(
+        &self,
+        vmi: &VirtualMachineInstance,
+        change: impl FnOnce(&mut VirtualMachineInstanceMigrationState),
+    ) -> Result<VirtualMachineInstanceMigrationState> {
+        let mut state = vmi.migration_state().cloned().unwrap_or_default();
+        if state.migration_uid.as_deref() != Some(self.uid.as_str()) {
+            return Err(Error::Config(format!(
+                "the migration state of VMI {} belongs to another migration",
+                self.migration.spec.vmi_name
+            )));
+        }
+        change(&mut state);
+        let patch = json!({"status": {"migrationState": state}});
+        self.ctx
+            .patch_vmi(&self.namespace, &self.migration.spec.vmi_name, vmi.metadata.resource_version.as_deref(), patch)
+            .await?;
+        Ok(state)
+    }
+
+    /// The Running phase: memory is copied at the migration bandwidth.
+    async fn progress(
+        &self,
+        vmi: &VirtualMachineInstance,
+        status: &mut VirtualMachineInstanceMigrationStatus,
+        targets: &[Arc<Pod>],
+    ) -> Result<Action> {
+        let Some(state) = vmi.migration_state().filter(|s| s.migration_uid.as_deref() == Some(self.uid.as_str())) else {
+            self.fail(vmi, status, targets, false, "VMI's migration state was taken over by another migration job during active migration.", false)
+                .await?;
+            return Ok(Action::await_change());
+        };
+        if state.completed && !state.failed {
+            // Completed by an earlier reconcile whose status write did not land.
+            status.migration_state = Some(state.clone());
+            self.enter(status, MigrationPhase::Succeeded, "Source node reported migration succeeded");
+            return Ok(Action::requeue(Duration::ZERO));
+        }
+        let knobs = FaultKnobs::from_annotations(vmi.metadata.annotations.as_ref(), &self.cfg.faults);
+        if knobs.migration_stall {
+            // Stays Running until the migration is deleted (aborted).
+            return Ok(Action::await_change());
+        }
+        let elapsed = state.start_timestamp.as_ref().map(|t| since(&t.0)).unwrap_or_default();
+        let memory = vmi.guest_memory_bytes().unwrap_or(DEFAULT_GUEST_MEMORY);
+        let bandwidth = vmi
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(EFFECTIVE_BANDWIDTH_ANNOTATION))
+            .and_then(|q| kubevirt_api::quantity::parse_quantity(q))
+            .filter(|b| *b > 0.0);
+        let duration = self.cfg.migration_duration(memory, bandwidth);
+        if knobs.migration_fails(&self.uid) {
+            let fail_at = duration / 2;
+            if elapsed >= fail_at {
+                self.fail(vmi, status, targets, true, "Live migration failed: simulated failure (simulator.vacate.io/migration-failure-rate)", false)
+                    .await?;
+                return Ok(Action::await_change());
+            }
+            return Ok(Action::requeue(fail_at - elapsed));
+        }
+        let timeout = self.cfg.completion_timeout(memory);
+        if elapsed >= timeout && elapsed < duration {
+            self.fail(vmi, status, targets, true, "Live migration is not completing after completionTimeoutPerGiB and has been aborted", false)
+                .await?;
+            return Ok(Action::await_change());
+        }
+        if elapsed < duration {
+            return Ok(Action::requeue((duration - elapsed).min(timeout.saturating_sub(elapsed).max(Duration::from_millis(10)))));
+        }
+        self.complete(vmi, status, state.clone()).await?;
+        Ok(Action::requeue(Duration::ZERO))
+    }
+
+    /// The guest runs on the target: the VMI moves there, the source pod goes away.
+    async fn complete(
+        &self,
+        vmi: &VirtualMachineInstance,
+        status: &mut VirtualMachineInstanceMigrationStatus,
+        mut state: VirtualMachineInstanceMigrationState,
+    ) -> Result<()> {
+        let target_node = state.target_node.clone().ok_or(Error::MissingField("migrationState.targetNode"))?;
+        let source_node = state.source_node.clone().unwrap_or_default();
+        let vmi_status = vmi.status.clone().unwrap_or_default();
+        let stamp = now();
+        state.completed = true;
+        state.end_timestamp = Some(stamp.clone());
+        state.target_node_domain_ready_timestamp = Some(stamp);
+        let mut active: BTreeMap<String, serde_json::Value> = BTreeMap::new();
+        for (pod_uid, node) in &vmi_status.active_pods {
+            // Only the target pod stays active.
+            active.insert(pod_uid.clone(), if *node == target_node { json!(node) } else { serde_json::Value::Null });
+        }
+        let mut status_patch = json!({
+            "nodeName": target_node,
+            "migrationState": state,
+            "activePods": active,
+        });
+        // virt-handler clears the eviction mark once the VMI has left the evacuated node.
+        if vmi_status.evacuation_node_name.as_deref().is_some_and(|n| n != target_node) {
+            status_patch["evacuationNodeName"] = serde_json::Value::Null;
+        }
+        let patch = json!({
+            "metadata": {"labels": {NODE_NAME_LABEL: target_node, MIGRATION_TARGET_NODE_NAME_LABEL: null}},
+            "status": status_patch,
+        });
+        self.ctx
+            .patch_vmi(&self.namespace, &self.migration.spec.vmi_name, vmi.metadata.resource_version.as_deref(), patch)
+            .await?;
+        // The source virt-launcher exits once the guest has moved.
+        if let Some(source_pod) = state.source_pod.as_deref() {
+            self.pods()
+                .delete(source_pod, &DeleteParams::default().grace_period(0))
+                .await
+                .map(|_| ())
+                .or_else(ignore_not_found)?;
+        }
+        tracing::info!(migration = %self.key, from = %source_node, to = %target_node, "migration completed");
+        status.migration_state = Some(state);
+        self.enter(status, MigrationPhase::Succeeded, "Source node reported migration succeeded");
+        Ok(())
+    }
+
+    /// Fails the migration: the VMI stays on the source. After hand-off the VMI's migration
+    /// state records the failure (and, when the migration was aborted, `abortStatus`); the
+    /// target pod is removed.
+    async fn fail(
+        &self,
+        vmi: &VirtualMachineInstance,
+        status: &mut VirtualMachineInstanceMigrationStatus,
+        targets: &[Arc<Pod>],
+        handed_off: bool,
+        why: &str,
+        aborted: bool,
+    ) -> Result<()> {
+        let owns = vmi.migration_state().and_then(|s| s.migration_uid.as_deref()) == Some(self.uid.as_str());
+        if handed_off && owns && !vmi.is_final() {
+            let mut state = vmi.migration_state().cloned().unwrap_or_default();
+            if !(state.completed && state.failed) {
+                let target_uids: Vec<String> = targets.iter().filter_map(|p| p.metadata.uid.clone()).collect();
+                state.completed = true;
+                state.failed = true;
+                state.end_timestamp = Some(now());
+                if state.start_timestamp.is_none() {
+                    state.start_timestamp = state.end_timestamp.clone();
+                }
+                if aborted {
+                    state.abort_requested = true;
+                    state.abort_status = Some(MigrationAbortStatus::Succeeded);
+                }
+                state.failure_reason = Some(why.to_string());
+                let active: BTreeMap<String, serde_json::Value> =
+                    target_uids.into_iter().map(|u| (u, serde_json::Value::Null)).collect();
+                let patch = json!({
+                    "metadata": {"labels": {MIGRATION_TARGET_NODE_NAME_LABEL: null}},
+                    "status": {"migrationState": state, "activePods": active},
+                });
+                self.ctx
+                    .patch_vmi(&self.namespace, &self.migration.spec.vmi_name, vmi.metadata.resource_version.as_deref(), patch)
+                    .await?;
+            }
+            status.migration_state = Some(state);
+        }
+        for pod in targets {
+            if let Some(name) = pod.metadata.name.as_deref() {
+                self.pods().delete(name, &DeleteParams::default().grace_period(0)).await.map(|_| ()).or_else(ignore_not_found)?;
+            }
+        }
+        self.enter(status, MigrationPhase::Failed, why);
+        Ok(())
+    }
+}

@@ -1,0 +1,259 @@
+//! The controllers, driven by watches of the API server through kube-runtime, and the
+//! informer caches (reflector stores) they share, as virt-controller shares its informers.
+
+pub mod evacuation;
+pub mod migration;
+pub mod vm;
+pub mod vmi;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Client, Resource};
+use kubevirt_api::labels::{APP_LABEL, CREATED_BY_LABEL, KUBEVIRT_NAME, KUBEVIRT_NAMESPACE, VIRT_LAUNCHER};
+use kubevirt_api::{KubeVirt, VirtualMachineInstance, VirtualMachineInstanceMigration};
+use serde::de::DeserializeOwned;
+
+use crate::error::{Error, Result};
+use crate::settings::ClusterConfig;
+
+/// Shared state of all controllers and webhooks.
+pub struct Context {
+    pub client: Client,
+    cli_time_scale: f64,
+    pub vmis: Store<VirtualMachineInstance>,
+    /// Pods labelled `kubevirt.io=virt-launcher`.
+    pub launcher_pods: Store<Pod>,
+    pub migrations: Store<VirtualMachineInstanceMigration>,
+    pub kubevirt: Store<KubeVirt>,
+    pub pvcs: Store<PersistentVolumeClaim>,
+    /// Pods created but maybe not yet in the cache, by owner key (KubeVirt's expectations).
+    pub pod_expectations: Expectations,
+    /// Migrations created by the evacuation controller and maybe not yet in the cache, by VMI key.
+    pub migration_expectations: Expectations,
+    /// Migrations this simulator moved past Pending and has not yet seen finish, with their
+    /// source node: counts against the limits even before the cache shows the new phase.
+    pub started_migrations: tokio::sync::Mutex<HashMap<String, String>>,
+}
+
+/// Things created recently whose creation the cache may not show yet.
+#[derive(Default)]
+pub struct Expectations(Mutex<HashMap<String, Instant>>);
+
+impl Expectations {
+    /// How long an unobserved creation is waited for before it is assumed lost.
+    const TTL: Duration = Duration::from_secs(30);
+
+    pub fn expect(&self, key: &str) {
+        if let Ok(mut map) = self.0.lock() {
+            map.insert(key.to_string(), Instant::now());
+        }
+    }
+
+    pub fn observed(&self, key: &str) {
+        if let Ok(mut map) = self.0.lock() {
+            map.remove(key);
+        }
+    }
+
+    /// Whether a creation for `key` is still expected to show up.
+    pub fn pending(&self, key: &str) -> bool {
+        let Ok(mut map) = self.0.lock() else { return false };
+        match map.get(key) {
+            Some(at) if at.elapsed() < Self::TTL => true,
+            Some(_) => {
+                map.remove(key);
+                false
+            }
+            None => false,
+        }
+    }
+}
+
+fn spawn_reflector<K>(api: Api<K>, config: watcher::Config) -> Store<K>
+where
+    K: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
+{
+    let (reader, writer) = reflector::store();
+    let stream = reflector::reflector(writer, watcher(api, config)).default_backoff().touched_objects();
+    tokio::spawn(async move {
+        stream
+            .for_each(|event| async move {
+                if let Err(e) = event {
+                    tracing::debug!("watch error (retrying): {e}");
+                }
+            })
+            .await;
+    });
+    reader
+}
+
+impl Context {
+    /// Starts the shared caches and waits until they have listed everything once.
+    pub async fn start(client: Client, cli_time_scale: f64) -> Result<Context> {
+        let launcher_selector = format!("{APP_LABEL}={VIRT_LAUNCHER}");
+        let ctx = Context {
+            vmis: spawn_reflector(Api::all(client.clone()), watcher::Config::default()),
+            launcher_pods: spawn_reflector(Api::all(client.clone()), watcher::Config::default().labels(&launcher_selector)),
+            migrations: spawn_reflector(Api::all(client.clone()), watcher::Config::default()),
+            kubevirt: spawn_reflector(Api::all(client.clone()), watcher::Config::default()),
+            pvcs: spawn_reflector(Api::all(client.clone()), watcher::Config::default()),
+            client,
+            cli_time_scale,
+            pod_expectations: Expectations::default(),
+            migration_expectations: Expectations::default(),
+            started_migrations: tokio::sync::Mutex::new(HashMap::new()),
+        };
+        let ready = async {
+            ctx.vmis.wait_until_ready().await?;
+            ctx.launcher_pods.wait_until_ready().await?;
+            ctx.migrations.wait_until_ready().await?;
+            ctx.kubevirt.wait_until_ready().await?;
+            ctx.pvcs.wait_until_ready().await
+        };
+        tokio::time::timeout(Duration::from_secs(60), ready)
+            .await
+            .map_err(|_| Error::Timeout("the informer caches".into()))?
+            .map_err(|e| Error::Task(e.to_string()))?;
+        Ok(ctx)
+    }
+
+    /// The cluster configuration as of now (KubeVirt CR `kubevirt/kubevirt`, else any).
+    pub fn config(&self) -> ClusterConfig {
+        let all = self.kubevirt.state();
+        let kv = all
+            .iter()
+            .find(|kv| {
+                kv.metadata.name.as_deref() == Some(KUBEVIRT_NAME)
+                    && kv.metadata.namespace.as_deref() == Some(KUBEVIRT_NAMESPACE)
+            })
+            .or_else(|| all.first());
+        ClusterConfig::from_kubevirt(kv.map(|k| k.as_ref()), self.cli_time_scale)
+    }
+
+    pub fn vmi(&self, namespace: &str, name: &str) -> Option<Arc<VirtualMachineInstance>> {
+        self.vmis.get(&ObjectRef::new(name).within(namespace))
+    }
+
+    pub fn pvc(&self, namespace: &str, name: &str) -> Option<PersistentVolumeClaim> {
+        self.pvcs.get(&ObjectRef::new(name).within(namespace)).map(|p| (*p).clone())
+    }
+
+    /// Every virt-launcher pod of the VMI with this UID (source and target pods).
+    pub fn pods_of_vmi(&self, vmi_uid: &str) -> Vec<Arc<Pod>> {
+        self.launcher_pods
+            .state()
+            .into_iter()
+            .filter(|p| p.metadata.labels.as_ref().and_then(|l| l.get(CREATED_BY_LABEL)).map(String::as_str) == Some(vmi_uid))
+            .collect()
+    }
+
+    /// Migrations of a VMI (by namespace and VMI name).
+    pub fn migrations_of_vmi(&self, namespace: &str, vmi_name: &str) -> Vec<Arc<VirtualMachineInstanceMigration>> {
+        self.migrations
+            .state()
+            .into_iter()
+            .filter(|m| m.metadata.namespace.as_deref() == Some(namespace) && m.spec.vmi_name == vmi_name)
+            .collect()
+    }
+
+    /// JSON merge patch of a VMI (the VMI has no status subresource: status goes in the same
+    /// request). With `resource_version` the patch only applies to that version (409 otherwise).
+    pub async fn patch_vmi(
+        &self,
+        namespace: &str,
+        name: &str,
+        resource_version: Option<&str>,
+        mut patch: serde_json::Value,
+    ) -> Result<VirtualMachineInstance> {
+        if let Some(rv) = resource_version {
+            patch["metadata"]["resourceVersion"] = rv.into();
+        }
+        let api: Api<VirtualMachineInstance> = Api::namespaced(self.client.clone(), namespace);
+        Ok(api.patch(name, &PatchParams::default(), &Patch::Merge(&patch)).await?)
+    }
+}
+
+/// What every controller does with a failed reconcile: log it and retry soon. Conflicts and
+/// vanished objects are routine (another writer was faster) and logged quietly.
+pub fn retry_after_error<K>(_obj: Arc<K>, error: &Error, _ctx: Arc<Context>) -> Action {
+    if error.is_conflict() || error.is_not_found() {
+        tracing::debug!("retrying after: {error}");
+        Action::requeue(Duration::from_millis(200))
+    } else {
+        tracing::warn!("reconcile failed, retrying: {error}");
+        Action::requeue(Duration::from_secs(1))
+    }
+}
+
+/// Runs every controller until one of them stops.
+pub async fn run_all(ctx: Arc<Context>) {
+    tokio::select! {
+        _ = vmi::run(ctx.clone()) => tracing::error!("the VMI controller stopped"),
+        _ = vm::run(ctx.clone()) => tracing::error!("the VM controller stopped"),
+        _ = migration::run(ctx.clone()) => tracing::error!("the migration controller stopped"),
+        _ = evacuation::run(ctx.clone()) => tracing::error!("the evacuation controller stopped"),
+    }
+}
+
+/// `namespace/name` of an object.
+pub fn key_of<K: Resource>(obj: &K) -> String {
+    format!(
+        "{}/{}",
+        obj.meta().namespace.as_deref().unwrap_or_default(),
+        obj.meta().name.as_deref().unwrap_or_default()
+    )
+}
+
+/// Whether a pod is being deleted or has terminated.
+pub fn pod_is_down(pod: &Pod) -> bool {
+    pod.metadata.deletion_timestamp.is_some()
+        || matches!(pod.status.as_ref().and_then(|s| s.phase.as_deref()), Some("Succeeded" | "Failed"))
+}
+
+/// Whether a pod runs and is ready (kwok reports the Ready condition).
+pub fn pod_is_ready(pod: &Pod) -> bool {
+    let Some(status) = pod.status.as_ref() else { return false };
+    status.phase.as_deref() == Some("Running")
+        && status
+            .conditions
+            .iter()
+            .flatten()
+            .any(|c| c.type_ == "Ready" && c.status == "True")
+}
+
+/// `Some(message)` when the scheduler reported the pod unschedulable.
+pub fn pod_unschedulable(pod: &Pod) -> Option<String> {
+    pod.status.as_ref()?.conditions.iter().flatten().find_map(|c| {
+        (c.type_ == "PodScheduled" && c.status == "False" && c.reason.as_deref() == Some("Unschedulable"))
+            .then(|| c.message.clone().unwrap_or_default())
+    })
+}
+
+/// The node a pod is bound to.
+pub fn pod_node(pod: &Pod) -> Option<&str> {
+    pod.spec.as_ref().and_then(|s| s.node_name.as_deref()).filter(|n| !n.is_empty())
+}
+
+/// Seconds since an object was created (0 when unknown).
+pub fn age(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> Duration {
+    meta.creation_timestamp
+        .as_ref()
+        .map(|t| since(&t.0))
+        .unwrap_or_default()
+}
+
+/// Real time elapsed since a timestamp (0 if it lies in the future).
+pub fn since(t: &k8s_openapi::jiff::Timestamp) -> Duration {
+    let now = k8s_openapi::jiff::Timestamp::now();
+    let span = now.duration_since(*t);
+    Duration::try_from(span).unwrap_or_default()
+}

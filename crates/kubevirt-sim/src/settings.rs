@@ -1,0 +1,161 @@
+//! The cluster-wide configuration the simulator works with: KubeVirt's migration
+//! configuration and eviction strategy from the KubeVirt CR (as `virtconfig.ClusterConfig`
+//! reads them), plus the simulator's own knobs (time scale, fault defaults) from annotations
+//! on that CR so tests can change them at run time.
+
+use std::time::Duration;
+
+use kubevirt_api::{EvictionStrategy, KubeVirt, MigrationConfiguration};
+
+use crate::faults::FaultKnobs;
+
+/// Simulated time runs this many times faster than real time unless told otherwise:
+/// with the default bandwidth a 4 GiB guest migrates in about 3 seconds.
+pub const DEFAULT_TIME_SCALE: f64 = 10.0;
+
+/// Annotation on the KubeVirt CR overriding `--time-scale` (e.g. `"20"`).
+pub const TIME_SCALE_ANNOTATION: &str = "simulator.vacate.io/time-scale";
+
+/// Annotation on the KubeVirt CR (or a VMI) overriding the simulated migration throughput
+/// used when `bandwidthPerMigration` is unset/unlimited (a quantity per second, e.g. `"1Gi"`).
+pub const EFFECTIVE_BANDWIDTH_ANNOTATION: &str = "simulator.vacate.io/effective-bandwidth";
+
+/// Memory copied per second by a migration whose bandwidth KubeVirt does not limit
+/// (`bandwidthPerMigration` unset or 0, the default). 128 MiB/s is what a pre-copy migration
+/// of an idle guest over a shared 1 Gbit/s migration network achieves; with 10 Gbit/s it is
+/// higher, which a test can model with [`EFFECTIVE_BANDWIDTH_ANNOTATION`].
+pub const DEFAULT_EFFECTIVE_BANDWIDTH: f64 = 128.0 * 1024.0 * 1024.0;
+
+/// Guest memory assumed for a VMI that states none (KubeVirt would reject it; the
+/// simulator stays lenient).
+pub const DEFAULT_GUEST_MEMORY: u64 = 1 << 30;
+
+/// KubeVirt's `defaultUnschedulablePendingTimeoutSeconds` (migration.go).
+pub const UNSCHEDULABLE_PENDING_TIMEOUT: Duration = Duration::from_secs(5 * 60);
+/// KubeVirt's `defaultCatchAllPendingTimeoutSeconds` (migration.go).
+pub const CATCH_ALL_PENDING_TIMEOUT: Duration = Duration::from_secs(15 * 60);
+/// How long virt-handler takes to prepare the target domain (simulated seconds).
+pub const TARGET_PREPARATION: Duration = Duration::from_secs(2);
+/// How often migration.go and evacuation.go look again at work held back by a limit.
+pub const LIMIT_RECHECK: Duration = Duration::from_secs(5);
+/// Finalized migrations kept per VMI (`defaultFinalizedMigrationGarbageCollectionBuffer`).
+pub const FINALIZED_MIGRATIONS_KEPT: usize = 5;
+
+/// A snapshot of the cluster configuration.
+#[derive(Clone, Debug)]
+pub struct ClusterConfig {
+    pub migrations: MigrationConfiguration,
+    pub eviction_strategy: Option<EvictionStrategy>,
+    pub time_scale: f64,
+    pub effective_bandwidth: f64,
+    pub faults: FaultKnobs,
+}
+
+impl ClusterConfig {
+    /// Reads the configuration from the KubeVirt CR (if any), falling back to KubeVirt's
+    /// defaults and the command line.
+    pub fn from_kubevirt(kv: Option<&KubeVirt>, cli_time_scale: f64) -> ClusterConfig {
+        let annotations = kv.and_then(|kv| kv.metadata.annotations.as_ref());
+        let get = |key: &str| annotations.and_then(|a| a.get(key)).map(String::as_str);
+        let time_scale = get(TIME_SCALE_ANNOTATION)
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or(cli_time_scale);
+        let time_scale = if time_scale.is_finite() && time_scale > 0.0 { time_scale } else { 1.0 };
+        let effective_bandwidth = get(EFFECTIVE_BANDWIDTH_ANNOTATION)
+            .and_then(kubevirt_api::quantity::parse_quantity)
+            .filter(|b| *b > 0.0)
+            .unwrap_or(DEFAULT_EFFECTIVE_BANDWIDTH);
+        ClusterConfig {
+            migrations: kv.map(KubeVirt::migration_configuration).unwrap_or_default(),
+            eviction_strategy: kv.and_then(KubeVirt::eviction_strategy),
+            time_scale,
+            effective_bandwidth,
+            faults: FaultKnobs::from_annotations(annotations, &FaultKnobs::default()),
+        }
+    }
+
+    /// A simulated duration as real time.
+    pub fn real(&self, simulated: Duration) -> Duration {
+        simulated.div_f64(self.time_scale)
+    }
+
+    /// How long re-checks of held-back work wait: KubeVirt's 5 s, scaled, but never
+    /// shorter than 200 ms (a poll interval, not a simulated delay).
+    pub fn recheck(&self) -> Duration {
+        self.real(LIMIT_RECHECK).max(Duration::from_millis(200))
+    }
+
+    /// The bytes per second a migration copies: `bandwidthPerMigration` when KubeVirt limits
+    /// it, else the simulator's effective bandwidth.
+    pub fn migration_bandwidth(&self) -> f64 {
+        self.migrations.bandwidth_bytes_per_second().unwrap_or(self.effective_bandwidth)
+    }
+
+    /// Real time a migration of `memory` bytes takes.
+    pub fn migration_duration(&self, memory: u64, bandwidth_override: Option<f64>) -> Duration {
+        let bandwidth = match (self.migrations.bandwidth_bytes_per_second(), bandwidth_override) {
+            (Some(limit), Some(eff)) => limit.min(eff),
+            (Some(limit), None) => limit,
+            (None, Some(eff)) => eff,
+            (None, None) => self.effective_bandwidth,
+        };
+        self.real(Duration::from_secs_f64(memory as f64 / bandwidth.max(1.0)))
+    }
+
+    /// KubeVirt cancels a migration that runs longer than `completionTimeoutPerGiB` per GiB
+    /// of guest memory (real time after scaling).
+    pub fn completion_timeout(&self, memory: u64) -> Duration {
+        let gib = (memory as f64 / (1u64 << 30) as f64).max(1.0);
+        self.real(Duration::from_secs_f64(
+            self.migrations.completion_timeout_per_gib().max(1) as f64 * gib,
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kubevirt_api::KubeVirtSpec;
+
+    fn kv(annotations: &[(&str, &str)], bandwidth: Option<&str>) -> KubeVirt {
+        let mut kv = KubeVirt::new("kubevirt", KubeVirtSpec::default());
+        kv.metadata.annotations =
+            Some(annotations.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect());
+        let mut migrations = MigrationConfiguration::default();
+        migrations.bandwidth_per_migration =
+            bandwidth.map(|b| k8s_openapi::apimachinery::pkg::api::resource::Quantity(b.into()));
+        kv.spec.configuration = Some(kubevirt_api::KubeVirtConfiguration {
+            migrations: Some(migrations),
+            eviction_strategy: Some(EvictionStrategy::LiveMigrate),
+        });
+        kv
+    }
+
+    #[test]
+    fn four_gib_migrate_in_a_few_seconds_by_default() {
+        let cfg = ClusterConfig::from_kubevirt(None, DEFAULT_TIME_SCALE);
+        let d = cfg.migration_duration(4 << 30, None);
+        assert!(d >= Duration::from_secs(2) && d <= Duration::from_secs(5), "{d:?}");
+        assert_eq!(cfg.migrations.parallel_outbound_migrations_per_node(), 2);
+        assert_eq!(cfg.eviction_strategy, None);
+    }
+
+    #[test]
+    fn kubevirt_cr_overrides() {
+        let cfg = ClusterConfig::from_kubevirt(Some(&kv(&[(TIME_SCALE_ANNOTATION, "64")], Some("64Mi"))), 1.0);
+        assert_eq!(cfg.time_scale, 64.0);
+        assert_eq!(cfg.eviction_strategy, Some(EvictionStrategy::LiveMigrate));
+        // 4 GiB at 64 MiB/s = 64 s simulated = 1 s real.
+        assert_eq!(cfg.migration_duration(4 << 30, None), Duration::from_secs(1));
+        // 150 s per GiB, 4 GiB, scaled by 64.
+        assert_eq!(cfg.completion_timeout(4 << 30), Duration::from_secs_f64(600.0 / 64.0));
+    }
+
+    #[test]
+    fn bad_time_scale_falls_back() {
+        let cfg = ClusterConfig::from_kubevirt(Some(&kv(&[(TIME_SCALE_ANNOTATION, "-3")], None)), 2.0);
+        assert_eq!(cfg.time_scale, 1.0);
+        let cfg = ClusterConfig::from_kubevirt(Some(&kv(&[(TIME_SCALE_ANNOTATION, "x")], None)), 2.0);
+        assert_eq!(cfg.time_scale, 2.0);
+    }
+}

@@ -1,0 +1,116 @@
+//! Admission of new migrations, after KubeVirt's
+//! `pkg/virt-api/webhooks/validating-webhook/admitters/migration-create-admitter.go` and the
+//! migration mutator of `pkg/virt-api/webhooks/mutating-webhook/mutators`.
+
+use kube::api::{Api, ListParams};
+use kubevirt_api::labels::{MIGRATION_FINALIZER, MIGRATION_SELECTOR_LABEL};
+use kubevirt_api::{ConditionStatus, VirtualMachineInstance, VirtualMachineInstanceMigration};
+use serde_json::json;
+
+use super::admission::{AdmissionRequest, Verdict};
+use crate::controllers::Context;
+use crate::error::kube_not_found;
+use kubevirt_api::common::condition_type;
+
+fn migration_of(req: &AdmissionRequest) -> Result<VirtualMachineInstanceMigration, Verdict> {
+    let object = req.object.clone().ok_or_else(|| Verdict::bad_request("request without object"))?;
+    serde_json::from_value(object).map_err(|e| Verdict::bad_request(e.to_string()))
+}
+
+/// Validates a new migration: the VMI must exist, must not be final, must run, must not be
+/// `LiveMigratable=False`, and must have no other unfinished migration.
+pub async fn validate_create(ctx: &Context, req: &AdmissionRequest) -> Verdict {
+    let migration = match migration_of(req) {
+        Ok(m) => m,
+        Err(v) => return v,
+    };
+    let namespace = migration.metadata.namespace.clone().unwrap_or_else(|| req.namespace.clone());
+    let vmi_name = migration.spec.vmi_name.clone();
+    if vmi_name.is_empty() {
+        return Verdict::invalid("vmiName is missing");
+    }
+    let vmis: Api<VirtualMachineInstance> = Api::namespaced(ctx.client.clone(), &namespace);
+    let vmi = match vmis.get(&vmi_name).await {
+        Ok(v) => v,
+        Err(e) if kube_not_found(&e) => {
+            return Verdict::bad_request(format!("the VMI \"{namespace}/{vmi_name}\" does not exist"));
+        }
+        Err(e) => return Verdict::bad_request(e.to_string()),
+    };
+    // Don't allow introducing a migration job for a VMI that has already finalized.
+    if vmi.is_final() {
+        return Verdict::bad_request("Cannot migrate VMI in finalized state.");
+    }
+    if !vmi.is_running() {
+        return Verdict::bad_request(format!(
+            "Cannot migrate VMI {vmi_name} which is not running (phase {}).",
+            vmi.phase().map(|p| p.as_str()).unwrap_or("unset")
+        ));
+    }
+    // Reject migration jobs for non-migratable VMIs.
+    if let Some(c) = vmi.condition(condition_type::LIVE_MIGRATABLE)
+        && c.status == ConditionStatus::False
+    {
+        return Verdict::bad_request(format!(
+            "Cannot migrate VMI, Reason: {}, Message: {}",
+            c.reason.as_deref().unwrap_or_default(),
+            c.message.as_deref().unwrap_or_default()
+        ));
+    }
+    // Don't allow new migration jobs while another one is in flight (`ensureNoConflict`).
+    let migrations: Api<VirtualMachineInstanceMigration> = Api::namespaced(ctx.client.clone(), &namespace);
+    let selector = format!("{MIGRATION_SELECTOR_LABEL} in ({vmi_name})");
+    match migrations.list(&ListParams::default().labels(&selector)).await {
+        Ok(list) => {
+            if let Some(active) = list.items.iter().find(|m| !m.is_final()) {
+                return Verdict::bad_request(format!(
+                    "in-flight migration detected. Active migration job ({}) is currently already in progress for VMI {}.",
+                    active.metadata.uid.as_deref().unwrap_or_default(),
+                    active.spec.vmi_name
+                ));
+            }
+        }
+        Err(e) => return Verdict::bad_request(e.to_string()),
+    }
+    Verdict::Allow
+}
+
+/// Adds the selector label `kubevirt.io/vmi-name` and the finalizer
+/// `kubevirt.io/migrationJobFinalize`.
+pub fn mutate_create(req: &AdmissionRequest) -> Verdict {
+    let migration = match migration_of(req) {
+        Ok(m) => m,
+        Err(v) => return v,
+    };
+    let mut ops = Vec::new();
+    let mut labels = migration.metadata.labels.clone().unwrap_or_default();
+    labels.insert(MIGRATION_SELECTOR_LABEL.into(), migration.spec.vmi_name.clone());
+    ops.push(json!({"op": if migration.metadata.labels.is_some() { "replace" } else { "add" }, "path": "/metadata/labels", "value": labels}));
+    let mut finalizers = migration.metadata.finalizers.clone().unwrap_or_default();
+    if !finalizers.iter().any(|f| f == MIGRATION_FINALIZER) {
+        finalizers.push(MIGRATION_FINALIZER.into());
+    }
+    ops.push(json!({"op": if migration.metadata.finalizers.is_some() { "replace" } else { "add" }, "path": "/metadata/finalizers", "value": finalizers}));
+    Verdict::Patch(ops)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mutation_adds_label_and_finalizer() {
+        let req = AdmissionRequest {
+            uid: "u".into(),
+            object: Some(json!({"apiVersion": "kubevirt.io/v1", "kind": "VirtualMachineInstanceMigration",
+                "metadata": {"generateName": "m-", "labels": {"a": "b"}}, "spec": {"vmiName": "vm1"}})),
+            ..Default::default()
+        };
+        let Verdict::Patch(ops) = mutate_create(&req) else { panic!("no patch") };
+        assert_eq!(ops[0]["op"], "replace");
+        assert_eq!(ops[0]["value"]["kubevirt.io/vmi-name"], "vm1");
+        assert_eq!(ops[0]["value"]["a"], "b");
+        assert_eq!(ops[1]["op"], "add");
+        assert_eq!(ops[1]["value"][0], MIGRATION_FINALIZER);
+    }
+}
