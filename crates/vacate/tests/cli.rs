@@ -1,0 +1,187 @@
+//! The `vacate` command line: configuration errors without a cluster, and `drain`,
+//! `status` and `uncordon` against the testbed.
+
+mod support;
+
+use std::process::Command;
+use std::time::Duration;
+
+use support::*;
+use vacate::planner::Phase;
+
+fn vacate() -> Command {
+    Command::new(vacate_bin())
+}
+
+#[test]
+fn bad_config_exits_2_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        ("[migration]\nbatch_sise = 3\n", "migration.batch_sise"),
+        ("[drain]\ntimeout = \"soon\"\n", "drain.timeout"),
+        ("[node]\nselector = \"pool in (a\"\n", "node.selector"),
+        (
+            "[non_migratable]\npolicy = \"pray\"\n",
+            "non_migratable.policy",
+        ),
+    ];
+    for (text, key) in cases {
+        let path = dir.path().join("bad.toml");
+        std::fs::write(&path, text).unwrap();
+        for args in [
+            vec!["check-config", path.to_str().unwrap()],
+            vec!["run", "--config", path.to_str().unwrap()],
+        ] {
+            let out = vacate()
+                .args(&args)
+                .env_remove("KUBECONFIG")
+                .output()
+                .unwrap();
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(
+                out.status.code(),
+                Some(2),
+                "{args:?} with {text:?}: {stderr}"
+            );
+            assert!(
+                stderr.contains(key),
+                "{args:?}: `{stderr}` does not name {key}"
+            );
+        }
+    }
+    let out = vacate()
+        .args(["run"])
+        .env("VACATE_MIGRATION__MAX_IN_FLIGHT_PER_NODE", "0")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("migration.max_in_flight_per_node"));
+}
+
+#[test]
+fn shipped_config_is_valid() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../config/vacate.toml");
+    let out = vacate().args(["check-config", path]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_dry_run_drain_status_and_uncordon() -> anyhow::Result<()> {
+    let env = Env::new("cli", 2).await?;
+    let node = env.node(0).to_string();
+    env.place_on(0, || async {
+        env.create_vm(&Vm::migratable("web")).await?;
+        env.create_vm(&Vm::not_migratable("legacy", "LiveMigrateIfPossible"))
+            .await?;
+        env.create_deployment("api", 1, None).await?;
+        env.wait_vmis_running_on(&node, 2).await?;
+        env.wait_pods_running_on(&node, 3).await
+    })
+    .await?;
+    let kubeconfig = env.cluster.kubeconfig_path().to_path_buf();
+    let config = tempfile::NamedTempFile::new()?;
+    std::fs::write(config.path(), "[migration]\nbatch_interval = \"1s\"\n")?;
+    let run = |args: &[&str]| {
+        let kubeconfig = kubeconfig.clone();
+        let config = config.path().to_path_buf();
+        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        async move {
+            tokio::task::spawn_blocking(move || {
+                vacate()
+                    .args(&args)
+                    .arg("--config")
+                    .arg(config)
+                    .env("KUBECONFIG", kubeconfig)
+                    .output()
+            })
+            .await
+            .unwrap()
+        }
+    };
+
+    let out = run(&["drain", &node, "--dry-run"]).await?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("/web") && text.contains("migrate"), "{text}");
+    assert!(
+        text.contains("/legacy") && text.contains("InterfaceNotLiveMigratable"),
+        "{text}"
+    );
+    assert!(text.contains("Nothing was changed"), "{text}");
+    let n = env.get_node(&node).await?;
+    assert!(!is_unschedulable(&n), "a dry run changes nothing");
+    assert!(!has_label(&n, REQUEST_LABEL));
+
+    let out = run(&["drain", &node, "--timeout", "3m"]).await?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("drained"), "{text}");
+    let state = env
+        .wait_phase(&node, Phase::Drained, Duration::from_secs(5))
+        .await?;
+    assert_eq!(state.vmis.len(), 2);
+
+    let out = run(&["status"]).await?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let row = text
+        .lines()
+        .find(|l| l.starts_with(node.as_str()))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(row.contains("Drained") && row.contains("2/2"), "{row}");
+
+    let out = run(&["uncordon", &node]).await?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let n = env.wait_idle(&node, Duration::from_secs(10)).await?;
+    assert!(!is_unschedulable(&n));
+    assert!(!has_label(&n, REQUEST_LABEL));
+    assert!(!has_label(&n, DRAINED_LABEL));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_exits_non_zero_with_the_reason() -> anyhow::Result<()> {
+    let env = Env::new("cli-fail", 2).await?;
+    let node = env.node(0).to_string();
+    env.place_on(0, || async {
+        env.create_vm(&Vm::not_migratable("pinned", "LiveMigrate"))
+            .await?;
+        env.wait_vmis_running_on(&node, 1).await
+    })
+    .await?;
+    let config = tempfile::NamedTempFile::new()?;
+    std::fs::write(config.path(), "[non_migratable]\npolicy = \"block\"\n")?;
+    let kubeconfig = env.cluster.kubeconfig_path().to_path_buf();
+    let path = config.path().to_path_buf();
+    let node2 = node.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        vacate()
+            .args(["drain", &node2, "--timeout", "5s", "--config"])
+            .arg(path)
+            .env("KUBECONFIG", kubeconfig)
+            .output()
+    })
+    .await??;
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("was not drained") && stderr.contains("pinned"),
+        "{stderr}"
+    );
+    Ok(())
+}

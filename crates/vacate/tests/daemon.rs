@@ -1,0 +1,379 @@
+//! The vacate daemon against the testbed: a real API server, kwok nodes and the KubeVirt
+//! simulator. Each test owns a namespace and a node set; vacate runs as a child process
+//! restricted to that node set.
+
+mod support;
+
+use std::time::Duration;
+
+use kube::ResourceExt;
+use support::*;
+use vacate::planner::{BlockReason, Phase, VmiOutcome};
+
+const DRAIN: Duration = Duration::from_secs(180);
+
+/// Fast retries so failure paths finish quickly on the testbed.
+const FAST: &str = r#"
+[migration]
+batch_interval = "1s"
+retry_backoff = "1s"
+retry_backoff_max = "2s"
+[pods]
+eviction_backoff = "1s"
+eviction_backoff_max = "3s"
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn happy_path_migrates_in_limited_batches_and_uncordons() -> anyhow::Result<()> {
+    let env = Env::new("happy", 3).await?;
+    let node = env.node(0).to_string();
+    env.place_on(0, || async {
+        for i in 0..8 {
+            env.create_vm(&Vm::migratable(format!("vm-{i}"))).await?;
+        }
+        env.create_deployment("web", 3, Some(2)).await?;
+        env.wait_vmis_running_on(&node, 8).await?;
+        env.wait_pods_running_on(&node, 3 + 8).await
+    })
+    .await?;
+    env.create_daemonset("agent").await?;
+    env.wait_pods_running_on(&node, 3 + 8 + 1).await?;
+
+    let (monitor, _watch) = MigrationMonitor::start(&env);
+    let vacate = env.vacate(FAST)?;
+    env.request(&node, Some("true")).await?;
+    let state = env.wait_phase(&node, Phase::Drained, DRAIN).await?;
+
+    assert_eq!(state.vmis.len(), 8);
+    assert!(
+        state
+            .vmis
+            .values()
+            .all(|r| r.outcome == VmiOutcome::Migrated),
+        "{state:#?}"
+    );
+    assert_eq!(
+        state.pods_done(),
+        3,
+        "the Deployment's pods are evicted, the DaemonSet's are not"
+    );
+    assert!(state.cordoned_by_vacate);
+    let n = env.get_node(&node).await?;
+    assert!(is_unschedulable(&n));
+    assert!(has_label(&n, DRAINED_LABEL));
+    for vmi in env.vmis().await? {
+        assert!(vmi.is_running(), "{} is not Running", vmi.name_any());
+        assert_ne!(
+            vmi.node_name(),
+            Some(node.as_str()),
+            "{} still on the node",
+            vmi.name_any()
+        );
+    }
+    let max = monitor.max_in_flight_on(&node);
+    assert!(
+        max <= 2,
+        "{max} migrations were in flight at once; the limit is 2"
+    );
+    assert!(max >= 1);
+    for (vmi, migrations) in monitor.per_vmi() {
+        assert_eq!(migrations.len(), 1, "{vmi} got {migrations:?}");
+    }
+    // Only the DaemonSet pod is left on the node.
+    let left: Vec<_> = env
+        .pods_on(&node)
+        .await?
+        .iter()
+        .map(|p| p.name_any())
+        .collect();
+    assert_eq!(left.len(), 1, "{left:?}");
+
+    assert_eq!(
+        vacate
+            .metric("vacate_migrations_total{result=\"succeeded\"}")
+            .await?,
+        8.0
+    );
+    assert_eq!(
+        vacate
+            .metric("vacate_drains_total{result=\"drained\"}")
+            .await?,
+        1.0
+    );
+
+    env.request(&node, None).await?;
+    let n = env.wait_idle(&node, Duration::from_secs(30)).await?;
+    assert!(
+        !is_unschedulable(&n),
+        "vacate cordoned the node, so it uncordons it"
+    );
+    assert!(!has_label(&n, DRAINED_LABEL));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_cordoned_node_stays_cordoned_after_maintenance() -> anyhow::Result<()> {
+    let env = Env::new("admin", 2).await?;
+    let node = env.node(0).to_string();
+    env.place_on(0, || async {
+        env.create_vm(&Vm::migratable("vm-0")).await?;
+        env.wait_vmis_running_on(&node, 1).await
+    })
+    .await?;
+    env.cordon(&node, true).await?;
+    let _vacate = env.vacate(FAST)?;
+    env.request(&node, Some("true")).await?;
+    let state = env.wait_phase(&node, Phase::Drained, DRAIN).await?;
+    assert!(!state.cordoned_by_vacate);
+    env.request(&node, None).await?;
+    let n = env.wait_idle(&node, Duration::from_secs(30)).await?;
+    assert!(
+        is_unschedulable(&n),
+        "an administrator's cordon is not vacate's to lift"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removing_the_request_mid_drain_cancels_migrations_and_uncordons() -> anyhow::Result<()> {
+    let env = Env::new("abort", 2).await?;
+    let node = env.node(0).to_string();
+    env.place_on(0, || async {
+        for i in 0..3 {
+            let vm = Vm::migratable(format!("stuck-{i}"))
+                .annotate("simulator.vacate.io/migration-stall", "true");
+            env.create_vm(&vm).await?;
+        }
+        env.wait_vmis_running_on(&node, 3).await
+    })
+    .await?;
+    let _vacate = env.vacate(FAST)?;
+    env.request(&node, Some("true")).await?;
+    env.wait("two running vacate migrations", DRAIN, || async {
+        let unfinished = env
+            .vacate_migrations()
+            .await?
+            .iter()
+            .filter(|m| m.is_running())
+            .count();
+        Ok(unfinished == 2)
+    })
+    .await?;
+    env.request(&node, None).await?;
+    let n = env.wait_idle(&node, Duration::from_secs(30)).await?;
+    assert!(!is_unschedulable(&n));
+    env.wait(
+        "vacate's migrations to be cancelled",
+        Duration::from_secs(30),
+        || async {
+            let left = env
+                .vacate_migrations()
+                .await?
+                .iter()
+                .filter(|m| m.is_unfinished())
+                .count();
+            Ok(left == 0)
+        },
+    )
+    .await?;
+    for vmi in env.vmis().await? {
+        assert_eq!(
+            vmi.node_name(),
+            Some(node.as_str()),
+            "a cancelled migration leaves the VMI"
+        );
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn non_migratable_vms_are_evicted_or_restarted() -> anyhow::Result<()> {
+    let env = Env::new("fallback", 2).await?;
+    let node = env.node(0).to_string();
+    env.place_on(0, || async {
+        // KubeVirt allows this eviction (LiveMigrateIfPossible, not migratable).
+        env.create_vm(&Vm::not_migratable("if-possible", "LiveMigrateIfPossible"))
+            .await?;
+        // KubeVirt refuses this eviction with 429 (LiveMigrate, not migratable): escalated to a restart.
+        env.create_vm(&Vm::not_migratable("must-migrate", "LiveMigrate"))
+            .await?;
+        env.create_vm(&Vm::migratable("fine")).await?;
+        env.wait_vmis_running_on(&node, 3).await
+    })
+    .await?;
+    let vacate = env.vacate(FAST)?;
+    env.request(&node, Some("true")).await?;
+    let state = env.wait_phase(&node, Phase::Drained, DRAIN).await?;
+    let outcome = |name: &str| state.vmis[&format!("{}/{name}", env.ns.name())].outcome;
+    assert_eq!(outcome("fine"), VmiOutcome::Migrated);
+    assert_eq!(outcome("if-possible"), VmiOutcome::Evicted);
+    assert_eq!(outcome("must-migrate"), VmiOutcome::Restarted);
+    assert!(state.vmis[&format!("{}/must-migrate", env.ns.name())].eviction_refused);
+    assert_eq!(
+        vacate
+            .metric("vacate_evictions_total{kind=\"vmi\",result=\"refused\"}")
+            .await?,
+        1.0
+    );
+    // Their VirtualMachines start them again on the other node.
+    env.wait(
+        "the VMs to run again on the other node",
+        Duration::from_secs(60),
+        || async {
+            let vmis = env.vmis().await?;
+            Ok(vmis.len() == 3
+                && vmis
+                    .iter()
+                    .all(|v| v.is_running() && v.node_name() == Some(env.node(1))))
+        },
+    )
+    .await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn block_policy_waits_and_times_out_into_failed() -> anyhow::Result<()> {
+    let env = Env::new("block", 2).await?;
+    let node = env.node(0).to_string();
+    env.place_on(0, || async {
+        env.create_vm(&Vm::not_migratable("pinned", "LiveMigrate"))
+            .await?;
+        env.wait_vmis_running_on(&node, 1).await
+    })
+    .await?;
+    let vacate = env.vacate(&format!(
+        "{FAST}\n[non_migratable]\npolicy = \"block\"\n[drain]\ntimeout = \"8s\"\n"
+    ))?;
+    env.request(&node, Some("true")).await?;
+    let blocked = env.wait_phase(&node, Phase::Migrating, DRAIN).await?;
+    let blocker = blocked.blocked.expect("a blocked drain says why");
+    assert_eq!(blocker.reason, BlockReason::NonMigratableVmi);
+    assert!(
+        blocker.message.contains("InterfaceNotLiveMigratable"),
+        "{}",
+        blocker.message
+    );
+
+    let failed = env
+        .wait_phase(&node, Phase::Failed, Duration::from_secs(60))
+        .await?;
+    let reason = failed.failure.unwrap();
+    assert!(reason.contains("did not finish within 8s"), "{reason}");
+    assert!(reason.contains("pinned"), "{reason}");
+    assert!(
+        is_unschedulable(&env.get_node(&node).await?),
+        "a failed node stays cordoned by default"
+    );
+    assert_eq!(
+        vacate
+            .metric("vacate_drains_total{result=\"failed\"}")
+            .await?,
+        1.0
+    );
+    // The VMI was left alone.
+    assert_eq!(env.vmis().await?[0].node_name(), Some(node.as_str()));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pdb_blocks_then_allows() -> anyhow::Result<()> {
+    let env = Env::new("pdb", 2).await?;
+    let node = env.node(0).to_string();
+    env.place_on(0, || async {
+        env.create_deployment("guarded", 2, Some(2)).await?;
+        env.wait_pods_running_on(&node, 2).await
+    })
+    .await?;
+    let vacate = env.vacate(FAST)?;
+    env.request(&node, Some("true")).await?;
+    env.wait("the PDB to block the drain", DRAIN, || async {
+        Ok(match env.state(&node).await? {
+            vacate::planner::StateAnnotation::Valid(s) => s
+                .blocked
+                .is_some_and(|b| b.reason == BlockReason::PodDisruptionBudget),
+            _ => false,
+        })
+    })
+    .await?;
+    // Retries back off: a handful of refusals, not a hot loop.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let retries = vacate
+        .metric("vacate_eviction_retries_total{reason=\"pdb\"}")
+        .await?;
+    assert!(
+        (1.0..=8.0).contains(&retries),
+        "{retries} refused evictions in about 5 s"
+    );
+    env.set_pdb_min_available("guarded", 1).await?;
+    let state = env.wait_phase(&node, Phase::Drained, DRAIN).await?;
+    assert_eq!(state.pods_done(), 2);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_migration_is_retried_then_falls_back() -> anyhow::Result<()> {
+    let env = Env::new("retry", 2).await?;
+    let node = env.node(0).to_string();
+    env.place_on(0, || async {
+        let vm =
+            Vm::migratable("flaky").annotate("simulator.vacate.io/migration-failure-rate", "1");
+        env.create_vm(&vm).await?;
+        env.wait_vmis_running_on(&node, 1).await
+    })
+    .await?;
+    let (monitor, _watch) = MigrationMonitor::start(&env);
+    let vacate = env.vacate(&format!(
+        "{FAST}\n[non_migratable]\non_eviction_refused = \"restart\"\n"
+    ))?;
+    env.request(&node, Some("true")).await?;
+    let state = env.wait_phase(&node, Phase::Drained, DRAIN).await?;
+    let record = &state.vmis[&format!("{}/flaky", env.ns.name())];
+    assert_eq!(record.attempts, 3, "{record:?}");
+    assert_eq!(monitor.migrations_of("flaky").len(), 3);
+    assert_eq!(
+        vacate
+            .metric("vacate_migrations_total{result=\"failed\"}")
+            .await?,
+        3.0
+    );
+    // Then the fallback: LiveMigrate makes KubeVirt refuse the eviction, so it is restarted.
+    assert_eq!(record.outcome, VmiOutcome::Restarted);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_mid_drain_resumes_without_duplicate_migrations() -> anyhow::Result<()> {
+    let env = Env::new("restart", 3).await?;
+    let node = env.node(0).to_string();
+    env.place_on(0, || async {
+        for i in 0..6 {
+            let mut vm = Vm::migratable(format!("vm-{i}"));
+            vm.memory = "4Gi";
+            env.create_vm(&vm).await?;
+        }
+        env.wait_vmis_running_on(&node, 6).await
+    })
+    .await?;
+    let (monitor, _watch) = MigrationMonitor::start(&env);
+    let mut first = env.vacate(FAST)?;
+    env.request(&node, Some("true")).await?;
+    env.wait("vacate's first migrations", DRAIN, || async {
+        Ok(!env.vacate_migrations().await?.is_empty())
+    })
+    .await?;
+    first.kill();
+    let _second = env.vacate(FAST)?;
+    let state = env.wait_phase(&node, Phase::Drained, DRAIN).await?;
+    assert!(
+        state
+            .vmis
+            .values()
+            .all(|r| r.outcome == VmiOutcome::Migrated),
+        "{state:#?}"
+    );
+    for (vmi, migrations) in monitor.per_vmi() {
+        assert_eq!(migrations.len(), 1, "{vmi} got {migrations:?}");
+    }
+    assert!(monitor.max_in_flight_on(&node) <= 2);
+    Ok(())
+}

@@ -1,0 +1,583 @@
+//! Fixtures for vacate's integration tests: a namespace and a node set of their own on the
+//! testbed's real API server, workloads placed on one node, the real `vacate` binary as a
+//! child process, and a watch that records every migration vacate creates.
+
+#![allow(dead_code)]
+
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
+use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use kube::api::{ListParams, Patch, PatchParams, PostParams};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client, ResourceExt};
+use kubevirt_api::{VirtualMachine, VirtualMachineInstance, VirtualMachineInstanceMigration};
+use serde_json::json;
+use testbed::nodes::NodeTemplate;
+use testbed::test_support::{NodeSet, TestCluster, TestNamespace};
+use vacate::planner::{DrainState, Phase, StateAnnotation};
+
+pub const REQUEST_LABEL: &str = "vacate.io/maintenance";
+pub const DRAINED_LABEL: &str = "vacate.io/drained";
+pub const STATE_ANNOTATION: &str = "vacate.io/state";
+
+pub struct Env {
+    pub cluster: Arc<TestCluster>,
+    pub client: Client,
+    pub ns: TestNamespace,
+    pub nodes: NodeSet,
+}
+
+/// A VirtualMachine for a test.
+#[derive(Clone, Debug)]
+pub struct Vm {
+    pub name: String,
+    pub memory: &'static str,
+    pub eviction_strategy: Option<&'static str>,
+    /// Bridge binding on the pod network: KubeVirt reports InterfaceNotLiveMigratable.
+    pub bridge: bool,
+    pub annotations: BTreeMap<String, String>,
+    /// A bare VMI instead of a VirtualMachine.
+    pub bare: bool,
+}
+
+impl Vm {
+    pub fn migratable(name: impl Into<String>) -> Self {
+        Vm {
+            name: name.into(),
+            memory: "1Gi",
+            eviction_strategy: Some("LiveMigrate"),
+            bridge: false,
+            annotations: BTreeMap::new(),
+            bare: false,
+        }
+    }
+
+    pub fn not_migratable(name: impl Into<String>, strategy: &'static str) -> Self {
+        Vm {
+            bridge: true,
+            eviction_strategy: Some(strategy),
+            ..Vm::migratable(name)
+        }
+    }
+
+    pub fn annotate(mut self, key: &str, value: &str) -> Self {
+        self.annotations.insert(key.into(), value.into());
+        self
+    }
+}
+
+impl Env {
+    pub async fn new(prefix: &str, nodes: usize) -> Result<Env> {
+        let cluster = TestCluster::shared().await?;
+        cluster.require_kubevirt()?;
+        let client = cluster.client();
+        let ns = cluster.namespace(prefix).await?;
+        let nodes = cluster.node_set(nodes, NodeTemplate::default()).await?;
+        nodes.wait_ready(&client, Duration::from_secs(60)).await?;
+        Ok(Env {
+            cluster,
+            client,
+            ns,
+            nodes,
+        })
+    }
+
+    pub fn node(&self, i: usize) -> &str {
+        &self.nodes.names()[i]
+    }
+
+    pub fn selector(&self) -> String {
+        self.nodes.label_selector()
+    }
+
+    pub async fn cordon(&self, node: &str, unschedulable: bool) -> Result<()> {
+        let nodes: Api<Node> = Api::all(self.client.clone());
+        nodes
+            .patch(
+                node,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"spec": {"unschedulable": unschedulable}})),
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Runs `create` while every other node of the set is cordoned, so what it creates is
+    /// scheduled onto node `target`; then uncordons the others.
+    pub async fn place_on<F, Fut>(&self, target: usize, create: F) -> Result<()>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<()>>,
+    {
+        for (i, n) in self.nodes.names().iter().enumerate() {
+            if i != target {
+                self.cordon(n, true).await?;
+            }
+        }
+        let result = create().await;
+        for (i, n) in self.nodes.names().iter().enumerate() {
+            if i != target {
+                self.cordon(n, false).await?;
+            }
+        }
+        result
+    }
+
+    fn vmi_spec(&self, vm: &Vm) -> serde_json::Value {
+        let interface = if vm.bridge {
+            json!({"name": "default", "bridge": {}})
+        } else {
+            json!({"name": "default", "masquerade": {}})
+        };
+        let mut spec = json!({
+            "domain": {
+                "memory": {"guest": vm.memory},
+                "resources": {"requests": {"memory": vm.memory, "cpu": "100m"}},
+                "devices": {"interfaces": [interface], "disks": [{"name": "root", "disk": {"bus": "virtio"}}]}
+            },
+            "networks": [{"name": "default", "pod": {}}],
+            "volumes": [{"name": "root", "containerDisk": {"image": "quay.io/containerdisks/fedora:latest"}}],
+            "nodeSelector": self.nodes.node_selector(),
+            "terminationGracePeriodSeconds": 1
+        });
+        if let Some(s) = vm.eviction_strategy {
+            spec["evictionStrategy"] = json!(s);
+        }
+        spec
+    }
+
+    pub async fn create_vm(&self, vm: &Vm) -> Result<()> {
+        let ns = self.ns.name();
+        let meta = json!({"labels": {"app": vm.name}, "annotations": vm.annotations});
+        if vm.bare {
+            let vmi: VirtualMachineInstance = serde_json::from_value(json!({
+                "apiVersion": "kubevirt.io/v1", "kind": "VirtualMachineInstance",
+                "metadata": {"name": vm.name, "namespace": ns, "labels": meta["labels"], "annotations": meta["annotations"]},
+                "spec": self.vmi_spec(vm)
+            }))?;
+            Api::<VirtualMachineInstance>::namespaced(self.client.clone(), ns)
+                .create(&PostParams::default(), &vmi)
+                .await
+                .with_context(|| format!("creating VMI {}", vm.name))?;
+        } else {
+            let object: VirtualMachine = serde_json::from_value(json!({
+                "apiVersion": "kubevirt.io/v1", "kind": "VirtualMachine",
+                "metadata": {"name": vm.name, "namespace": ns},
+                "spec": {"runStrategy": "Always", "template": {"metadata": meta, "spec": self.vmi_spec(vm)}}
+            }))?;
+            Api::<VirtualMachine>::namespaced(self.client.clone(), ns)
+                .create(&PostParams::default(), &object)
+                .await
+                .with_context(|| format!("creating VM {}", vm.name))?;
+        }
+        Ok(())
+    }
+
+    pub async fn create_deployment(
+        &self,
+        name: &str,
+        replicas: i32,
+        pdb_min_available: Option<i32>,
+    ) -> Result<()> {
+        let ns = self.ns.name();
+        let deployment: Deployment = serde_json::from_value(json!({
+            "metadata": {"name": name, "namespace": ns},
+            "spec": {
+                "replicas": replicas,
+                "selector": {"matchLabels": {"app": name}},
+                "template": {
+                    "metadata": {"labels": {"app": name}},
+                    "spec": {
+                        "nodeSelector": self.nodes.node_selector(),
+                        "terminationGracePeriodSeconds": 1,
+                        "containers": [{"name": "app", "image": "registry.k8s.io/pause:3.10",
+                                        "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}}}]
+                    }
+                }
+            }
+        }))?;
+        Api::<Deployment>::namespaced(self.client.clone(), ns)
+            .create(&PostParams::default(), &deployment)
+            .await?;
+        if let Some(min) = pdb_min_available {
+            let pdb: PodDisruptionBudget = serde_json::from_value(json!({
+                "metadata": {"name": name, "namespace": ns},
+                "spec": {"minAvailable": min, "selector": {"matchLabels": {"app": name}}}
+            }))?;
+            Api::<PodDisruptionBudget>::namespaced(self.client.clone(), ns)
+                .create(&PostParams::default(), &pdb)
+                .await?;
+        }
+        Ok(())
+    }
+
+    pub async fn set_pdb_min_available(&self, name: &str, min: i32) -> Result<()> {
+        Api::<PodDisruptionBudget>::namespaced(self.client.clone(), self.ns.name())
+            .patch(
+                name,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"spec": {"minAvailable": min}})),
+            )
+            .await?;
+        Ok(())
+    }
+
+    pub async fn create_daemonset(&self, name: &str) -> Result<()> {
+        let ds: DaemonSet = serde_json::from_value(json!({
+            "metadata": {"name": name, "namespace": self.ns.name()},
+            "spec": {
+                "selector": {"matchLabels": {"app": name}},
+                "template": {
+                    "metadata": {"labels": {"app": name}},
+                    "spec": {
+                        "nodeSelector": self.nodes.node_selector(),
+                        "tolerations": [{"operator": "Exists"}],
+                        "containers": [{"name": "agent", "image": "registry.k8s.io/pause:3.10"}]
+                    }
+                }
+            }
+        }))?;
+        Api::<DaemonSet>::namespaced(self.client.clone(), self.ns.name())
+            .create(&PostParams::default(), &ds)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn vmis(&self) -> Result<Vec<VirtualMachineInstance>> {
+        Ok(
+            Api::<VirtualMachineInstance>::namespaced(self.client.clone(), self.ns.name())
+                .list(&ListParams::default())
+                .await?
+                .items,
+        )
+    }
+
+    pub async fn pods_on(&self, node: &str) -> Result<Vec<Pod>> {
+        Ok(Api::<Pod>::namespaced(self.client.clone(), self.ns.name())
+            .list(&ListParams::default().fields(&format!("spec.nodeName={node}")))
+            .await?
+            .items)
+    }
+
+    /// Waits until `count` VMIs run on `node` with LiveMigratable computed.
+    pub async fn wait_vmis_running_on(&self, node: &str, count: usize) -> Result<()> {
+        self.wait(
+            &format!("{count} VMIs Running on {node}"),
+            Duration::from_secs(90),
+            || async {
+                let vmis = self.vmis().await?;
+                let running = vmis
+                    .iter()
+                    .filter(|v| {
+                        v.is_running()
+                            && v.node_name() == Some(node)
+                            && v.live_migratable().is_some()
+                    })
+                    .count();
+                Ok(running == count)
+            },
+        )
+        .await
+    }
+
+    /// Waits until `count` pods of the namespace run on `node`.
+    pub async fn wait_pods_running_on(&self, node: &str, count: usize) -> Result<()> {
+        self.wait(
+            &format!("{count} pods Running on {node}"),
+            Duration::from_secs(90),
+            || async {
+                let pods = self.pods_on(node).await?;
+                let running = pods
+                    .iter()
+                    .filter(|p| {
+                        p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
+                    })
+                    .count();
+                Ok(running == count)
+            },
+        )
+        .await
+    }
+
+    pub async fn wait<F, Fut>(&self, what: &str, timeout: Duration, mut check: F) -> Result<()>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<bool>>,
+    {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut last_error = None;
+        loop {
+            match check().await {
+                Ok(true) => return Ok(()),
+                Ok(false) => {}
+                Err(e) => last_error = Some(e),
+            }
+            if tokio::time::Instant::now() > deadline {
+                bail!(
+                    "timed out after {timeout:?} waiting for {what} (last error: {last_error:?})"
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    pub async fn get_node(&self, name: &str) -> Result<Node> {
+        Ok(Api::<Node>::all(self.client.clone()).get(name).await?)
+    }
+
+    pub async fn request(&self, node: &str, value: Option<&str>) -> Result<()> {
+        Api::<Node>::all(self.client.clone())
+            .patch(
+                node,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"metadata": {"labels": {REQUEST_LABEL: value}}})),
+            )
+            .await?;
+        Ok(())
+    }
+
+    pub async fn state(&self, node: &str) -> Result<StateAnnotation> {
+        let node = self.get_node(node).await?;
+        Ok(StateAnnotation::parse(
+            node.annotations().get(STATE_ANNOTATION).map(String::as_str),
+        ))
+    }
+
+    /// Waits until the node's state annotation shows `phase`; fails early on Failed.
+    pub async fn wait_phase(
+        &self,
+        node: &str,
+        phase: Phase,
+        timeout: Duration,
+    ) -> Result<DrainState> {
+        let mut last = None;
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if let StateAnnotation::Valid(state) = self.state(node).await? {
+                if state.phase == phase {
+                    return Ok(*state);
+                }
+                if state.phase == Phase::Failed && phase != Phase::Failed {
+                    bail!("drain of {node} failed: {:?}", state.failure);
+                }
+                last = Some(state);
+            }
+            if tokio::time::Instant::now() > deadline {
+                bail!("timed out waiting for {node} to reach {phase}; last state: {last:#?}");
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Waits until the node has no vacate state left.
+    pub async fn wait_idle(&self, node: &str, timeout: Duration) -> Result<Node> {
+        self.wait(&format!("{node} to be back to Idle"), timeout, || async {
+            Ok(self.state(node).await? == StateAnnotation::Absent)
+        })
+        .await?;
+        self.get_node(node).await
+    }
+
+    pub async fn vacate_migrations(&self) -> Result<Vec<VirtualMachineInstanceMigration>> {
+        Ok(
+            Api::<VirtualMachineInstanceMigration>::namespaced(self.client.clone(), self.ns.name())
+                .list(&ListParams::default().labels("app.kubernetes.io/managed-by=vacate"))
+                .await?
+                .items,
+        )
+    }
+
+    /// Starts the vacate daemon handling only this test's nodes.
+    pub fn vacate(&self, extra_config: &str) -> Result<Vacate> {
+        Vacate::start(self, extra_config)
+    }
+}
+
+pub fn is_unschedulable(node: &Node) -> bool {
+    node.spec
+        .as_ref()
+        .and_then(|s| s.unschedulable)
+        .unwrap_or(false)
+}
+
+pub fn has_label(node: &Node, key: &str) -> bool {
+    node.labels().contains_key(key)
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+pub fn vacate_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_vacate"))
+}
+
+/// The vacate daemon as a child process; killed when dropped.
+pub struct Vacate {
+    child: Child,
+    pub metrics_port: u16,
+    pub config_path: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Vacate {
+    fn start(env: &Env, extra_config: &str) -> Result<Vacate> {
+        let dir = tempfile::tempdir()?;
+        let port = free_port();
+        let config = format!(
+            "[node]\nselector = \"{}\"\n[server]\nlisten = \"127.0.0.1:{port}\"\n{}\n",
+            env.selector(),
+            extra_config
+        );
+        let config_path = dir.path().join("vacate.toml");
+        std::fs::write(&config_path, config)?;
+        let log = std::fs::File::create(dir.path().join("vacate.log"))?;
+        let child = Command::new(vacate_bin())
+            .args(["run", "--config"])
+            .arg(&config_path)
+            .env("KUBECONFIG", env.cluster.kubeconfig_path())
+            .env("VACATE_LOG", "vacate=debug,info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .context("starting vacate")?;
+        Ok(Vacate {
+            child,
+            metrics_port: port,
+            config_path,
+            _dir: dir,
+        })
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self._dir.path().join("vacate.log")).unwrap_or_default()
+    }
+
+    /// SIGKILL: no chance to clean up, as in a crash.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub async fn metrics(&self) -> Result<String> {
+        let url = format!("127.0.0.1:{}", self.metrics_port);
+        let mut stream = tokio::net::TcpStream::connect(&url).await?;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        stream
+            .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+            .await?;
+        let mut body = String::new();
+        stream.read_to_string(&mut body).await?;
+        Ok(body)
+    }
+
+    /// The value of one sample line (`name{labels}`), 0 when absent.
+    pub async fn metric(&self, series: &str) -> Result<f64> {
+        let text = self.metrics().await?;
+        Ok(text
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix(series)
+                    .and_then(|rest| rest.trim().parse().ok())
+            })
+            .unwrap_or(0.0))
+    }
+}
+
+impl Drop for Vacate {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("--- vacate log ---\n{}", self.log());
+        }
+        self.kill();
+    }
+}
+
+/// Records vacate's migrations as they happen: the most that were unfinished at once per
+/// node, and every migration created per VMI.
+#[derive(Clone, Default)]
+pub struct MigrationMonitor {
+    inner: Arc<Mutex<MonitorState>>,
+}
+
+#[derive(Default)]
+struct MonitorState {
+    unfinished: HashMap<String, String>,
+    max_per_node: HashMap<String, usize>,
+    max_total: usize,
+    per_vmi: HashMap<String, Vec<String>>,
+}
+
+impl MigrationMonitor {
+    pub fn start(env: &Env) -> (MigrationMonitor, tokio::task::JoinHandle<()>) {
+        let monitor = MigrationMonitor::default();
+        let api: Api<VirtualMachineInstanceMigration> =
+            Api::namespaced(env.client.clone(), env.ns.name());
+        let inner = monitor.inner.clone();
+        let task = tokio::spawn(async move {
+            let stream = watcher(api, watcher::Config::default())
+                .default_backoff()
+                .touched_objects();
+            futures::pin_mut!(stream);
+            while let Some(Ok(m)) = stream.next().await {
+                let Some(node) = m.annotations().get("vacate.io/node").cloned() else {
+                    continue;
+                };
+                let name = m.name_any();
+                let mut s = inner.lock().unwrap();
+                let vmi_list = s.per_vmi.entry(m.spec.vmi_name.clone()).or_default();
+                if !vmi_list.contains(&name) {
+                    vmi_list.push(name.clone());
+                }
+                if m.is_unfinished() && m.metadata.deletion_timestamp.is_none() {
+                    s.unfinished.insert(name, node.clone());
+                } else {
+                    s.unfinished.remove(&name);
+                }
+                let on_node = s.unfinished.values().filter(|n| **n == node).count();
+                let total = s.unfinished.len();
+                let max = s.max_per_node.entry(node).or_default();
+                *max = (*max).max(on_node);
+                s.max_total = s.max_total.max(total);
+            }
+        });
+        (monitor, task)
+    }
+
+    pub fn max_in_flight_on(&self, node: &str) -> usize {
+        self.inner
+            .lock()
+            .unwrap()
+            .max_per_node
+            .get(node)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    pub fn migrations_of(&self, vmi: &str) -> Vec<String> {
+        self.inner
+            .lock()
+            .unwrap()
+            .per_vmi
+            .get(vmi)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    pub fn per_vmi(&self) -> HashMap<String, Vec<String>> {
+        self.inner.lock().unwrap().per_vmi.clone()
+    }
+}
