@@ -22,6 +22,19 @@ pub const KUBE_VERSION: &str = "v1.37.2";
 /// The kwok stages (node and pod lifecycle) the testbed runs.
 const KWOK_STAGES: &str = include_str!("../kwok/stages.yaml");
 
+/// kwok's options: more parallel stage workers than the defaults (4), so that hundreds of
+/// nodes and pods turn Ready in seconds.
+const KWOK_CONFIGURATION: &str = "apiVersion: config.kwok.x-k8s.io/v1alpha1
+kind: KwokConfiguration
+metadata:
+  name: testbed
+options:
+  nodePlayStageParallelism: 16
+  podPlayStageParallelism: 16
+  nodeLeaseParallelism: 16
+  podsOnNodeSyncParallelism: 4
+";
+
 /// How to start a control plane.
 #[derive(Clone, Debug)]
 pub struct Options {
@@ -215,8 +228,8 @@ async fn start_components(
         &sched_kc,
         &kubeconfig::render(&server, &pki.ca.cert_pem, &pki.scheduler, "scheduler"),
     )?;
-    let stages = layout.config().join("kwok-stages.yaml");
-    std::fs::write(&stages, KWOK_STAGES)
+    let stages = layout.config().join("kwok.yaml");
+    std::fs::write(&stages, format!("{KWOK_CONFIGURATION}---\n{KWOK_STAGES}"))
         .with_context(|| format!("writing {}", stages.display()))?;
 
     // etcd: single member, no fsync (a test cluster's data is disposable).

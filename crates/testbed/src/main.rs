@@ -450,9 +450,10 @@ async fn seed_cmd(
         report.objects,
         report.created_in.as_secs_f64()
     );
-    if let Some(ready) = report.ready_in {
+    if let (Some(nodes), Some(ready)) = (report.nodes_ready_in, report.ready_in) {
         println!(
-            "all ready (nodes Ready, workloads available, VMIs Running) after {:.1}s",
+            "nodes Ready after {:.1}s; all ready (workloads available, VMIs Running) after {:.1}s",
+            nodes.as_secs_f64(),
             ready.as_secs_f64()
         );
     }

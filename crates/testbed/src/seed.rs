@@ -47,7 +47,9 @@ pub struct SeedReport {
     pub vms: Vec<(String, String)>,
     pub objects: usize,
     pub created_in: Duration,
-    /// Set when [`SeedOptions::wait`] was asked for.
+    /// When the nodes were all Ready (with [`SeedOptions::wait`]).
+    pub nodes_ready_in: Option<Duration>,
+    /// When everything was ready (with [`SeedOptions::wait`]).
     pub ready_in: Option<Duration>,
 }
 
@@ -164,7 +166,9 @@ pub async fn seed(
     report.nodes = nodes::create_nodes(client, node_objs, 64).await?;
     report.objects += report.nodes.len();
 
-    // Everything else, created concurrently.
+    // Storage first (so that the PV controller has bound the claims before a VM's pod is
+    // scheduled), then everything else; each batch created concurrently.
+    let mut storage: Vec<Create> = Vec::new();
     let mut creates: Vec<Create> = Vec::new();
     for g in &scenario.vms {
         let ns = naming.namespace(g.namespace.as_deref());
@@ -178,7 +182,7 @@ pub async fn seed(
                         .unwrap_or_else(|| format!("{name}-{}", v.name));
                     let modes: Vec<&str> = pvc.access_modes.iter().map(|m| m.as_str()).collect();
                     let pv_name = format!("{ns}-{claim}");
-                    creates.push(Create::Pvc(
+                    storage.push(Create::Pvc(
                         ns.clone(),
                         serde_json::from_value(json!({
                             "metadata": {"name": claim, "namespace": ns,
@@ -191,7 +195,7 @@ pub async fn seed(
                             }
                         }))?,
                     ));
-                    creates.push(Create::Pv(serde_json::from_value(json!({
+                    storage.push(Create::Pv(serde_json::from_value(json!({
                         "metadata": {"name": pv_name,
                                      "labels": {SEED_LABEL: seed_id,
                                                 "testbed.vacate.io/namespace": ns}},
@@ -272,16 +276,25 @@ pub async fn seed(
             creates.push(Create::Pod(ns.clone(), Box::new(pod)));
         }
     }
-    report.objects += creates.len();
-    futures::stream::iter(creates.into_iter().map(|c| c.run(client.clone())))
-        .buffer_unordered(64)
-        .try_collect::<Vec<()>>()
-        .await?;
+    let claims = storage
+        .iter()
+        .filter(|c| matches!(c, Create::Pvc(..)))
+        .count();
+    for (i, batch) in [storage, creates].into_iter().enumerate() {
+        report.objects += batch.len();
+        futures::stream::iter(batch.into_iter().map(|c| c.run(client.clone())))
+            .buffer_unordered(64)
+            .try_collect::<Vec<()>>()
+            .await?;
+        if i == 0 && claims > 0 {
+            wait_claims_bound(client, &seed_id, claims).await?;
+        }
+    }
     report.created_in = started.elapsed();
 
     if opts.wait {
         let timeout = opts.wait_timeout.unwrap_or(Duration::from_secs(300));
-        wait_seeded(client, scenario, &naming, &report, timeout).await?;
+        wait_seeded(client, scenario, &naming, &mut report, timeout, started).await?;
         report.ready_in = Some(started.elapsed());
     }
     Ok(report)
@@ -509,6 +522,27 @@ fn vm_object(g: &VmGroup, name: &str, ns: &str, naming: &Naming<'_>, seed_id: &s
     }
 }
 
+/// Waits until the seed's PVCs are Bound to their PVs (kube-controller-manager's PV
+/// controller binds them), so that VM pods are schedulable at once.
+async fn wait_claims_bound(client: &kube::Client, seed_id: &str, n: usize) -> Result<()> {
+    let bound = |c: &PersistentVolumeClaim| {
+        c.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Bound")
+    };
+    wait::wait_until(
+        &format!("{n} seeded PersistentVolumeClaims to be Bound"),
+        Duration::from_secs(60),
+        Api::<PersistentVolumeClaim>::all(client.clone()),
+        kube::runtime::watcher::Config::default().labels(&format!("{SEED_LABEL}={seed_id}")),
+        |claims: &[PersistentVolumeClaim]| claims.iter().filter(|c| bound(c)).count() >= n,
+        |claims| {
+            let b = claims.iter().filter(|c| bound(c)).count();
+            format!("{b} of {} Bound", claims.len())
+        },
+    )
+    .await?;
+    Ok(())
+}
+
 /// VMIs the scenario should have running once the simulator caught up.
 fn expected_vmis(scenario: &Scenario) -> usize {
     scenario
@@ -529,8 +563,9 @@ async fn wait_seeded(
     client: &kube::Client,
     scenario: &Scenario,
     naming: &Naming<'_>,
-    report: &SeedReport,
+    report: &mut SeedReport,
     timeout: Duration,
+    started: Instant,
 ) -> Result<()> {
     let deadline = Instant::now() + timeout;
     let left = || deadline.saturating_duration_since(Instant::now());
@@ -563,6 +598,7 @@ async fn wait_seeded(
         )
         .await?;
     }
+    report.nodes_ready_in = Some(started.elapsed());
 
     // Workloads available.
     for d in &scenario.deployments {

@@ -9,7 +9,7 @@ use std::fmt::Debug;
 use std::future::Future;
 use std::time::Duration;
 
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use kube::api::Api;
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Resource, ResourceExt};
@@ -87,39 +87,41 @@ where
     let mut stream = std::pin::pin!(stream);
     let result = tokio::time::timeout(timeout, async {
         loop {
-            let changed = match stream.next().await {
-                Some(Ok(watcher::Event::Init)) => {
-                    initial.clear();
-                    false
+            // Apply one event, then every event already waiting, before checking `done`
+            // (a burst of thousands of events costs one check, not thousands).
+            let mut changed = false;
+            let mut next = Some(stream.next().await);
+            while let Some(event) = next {
+                match event {
+                    Some(Ok(watcher::Event::Init)) => initial.clear(),
+                    Some(Ok(watcher::Event::InitApply(o))) => {
+                        initial.insert(key(&o), o);
+                    }
+                    Some(Ok(watcher::Event::InitDone)) => {
+                        current = std::mem::take(&mut initial);
+                        listed = true;
+                        changed = true;
+                    }
+                    Some(Ok(watcher::Event::Apply(o))) => {
+                        current.insert(key(&o), o);
+                        changed = true;
+                    }
+                    Some(Ok(watcher::Event::Delete(o))) => {
+                        current.remove(&key(&o));
+                        changed = true;
+                    }
+                    Some(Err(e)) => {
+                        tracing::debug!("watch error while waiting for {what}: {e}");
+                    }
+                    None => {
+                        return Err(WaitError::Failed {
+                            what: what.to_string(),
+                            source: anyhow::anyhow!("the watch ended"),
+                        });
+                    }
                 }
-                Some(Ok(watcher::Event::InitApply(o))) => {
-                    initial.insert(key(&o), o);
-                    false
-                }
-                Some(Ok(watcher::Event::InitDone)) => {
-                    current = std::mem::take(&mut initial);
-                    listed = true;
-                    true
-                }
-                Some(Ok(watcher::Event::Apply(o))) => {
-                    current.insert(key(&o), o);
-                    true
-                }
-                Some(Ok(watcher::Event::Delete(o))) => {
-                    current.remove(&key(&o));
-                    true
-                }
-                Some(Err(e)) => {
-                    tracing::debug!("watch error while waiting for {what}: {e}");
-                    false
-                }
-                None => {
-                    return Err(WaitError::Failed {
-                        what: what.to_string(),
-                        source: anyhow::anyhow!("the watch ended"),
-                    });
-                }
-            };
+                next = stream.next().now_or_never();
+            }
             if listed && changed {
                 let snapshot: Vec<K> = current.values().cloned().collect();
                 if done(&snapshot) {
