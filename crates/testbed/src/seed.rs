@@ -276,18 +276,20 @@ pub async fn seed(
             creates.push(Create::Pod(ns.clone(), Box::new(pod)));
         }
     }
-    let claims = storage
-        .iter()
-        .filter(|c| matches!(c, Create::Pvc(..)))
-        .count();
-    for (i, batch) in [storage, creates].into_iter().enumerate() {
+    // PVs before their claims: the PV controller then binds a claim as soon as it sees
+    // it, instead of at its next periodic sync.
+    let (volumes, claims): (Vec<Create>, Vec<Create>) = storage
+        .into_iter()
+        .partition(|c| matches!(c, Create::Pv(..)));
+    let claim_count = claims.len();
+    for (i, batch) in [volumes, claims, creates].into_iter().enumerate() {
         report.objects += batch.len();
         futures::stream::iter(batch.into_iter().map(|c| c.run(client.clone())))
             .buffer_unordered(64)
             .try_collect::<Vec<()>>()
             .await?;
-        if i == 0 && claims > 0 {
-            wait_claims_bound(client, &seed_id, claims).await?;
+        if i == 1 && claim_count > 0 {
+            wait_claims_bound(client, &seed_id, claim_count).await?;
         }
     }
     report.created_in = started.elapsed();
