@@ -24,7 +24,10 @@ pub struct FaultKnobs {
 
 impl FaultKnobs {
     /// Reads the knobs from annotations; missing or malformed ones keep `defaults`.
-    pub fn from_annotations(annotations: Option<&BTreeMap<String, String>>, defaults: &FaultKnobs) -> FaultKnobs {
+    pub fn from_annotations(
+        annotations: Option<&BTreeMap<String, String>>,
+        defaults: &FaultKnobs,
+    ) -> FaultKnobs {
         let get = |key: &str| annotations.and_then(|a| a.get(key)).map(|v| v.trim());
         let flag = |key: &str, default: bool| match get(key) {
             Some(v) if v.eq_ignore_ascii_case("true") => true,
@@ -63,15 +66,25 @@ mod tests {
     use super::*;
 
     fn ann(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
     fn vmi_annotations_override_cluster_defaults() {
-        let cluster = FaultKnobs::from_annotations(Some(&ann(&[(MIGRATION_FAILURE_RATE, "0.25")])), &FaultKnobs::default());
+        let cluster = FaultKnobs::from_annotations(
+            Some(&ann(&[(MIGRATION_FAILURE_RATE, "0.25")])),
+            &FaultKnobs::default(),
+        );
         assert_eq!(cluster.migration_failure_rate, 0.25);
         let vmi = FaultKnobs::from_annotations(
-            Some(&ann(&[(MIGRATION_STALL, "true"), (TARGET_UNSCHEDULABLE, "TRUE"), (MIGRATION_FAILURE_RATE, "7")])),
+            Some(&ann(&[
+                (MIGRATION_STALL, "true"),
+                (TARGET_UNSCHEDULABLE, "TRUE"),
+                (MIGRATION_FAILURE_RATE, "7"),
+            ])),
             &cluster,
         );
         assert!(vmi.migration_stall && vmi.target_unschedulable);
@@ -82,11 +95,19 @@ mod tests {
 
     #[test]
     fn failure_share_is_close_to_the_rate() {
-        let knobs = FaultKnobs { migration_failure_rate: 0.5, ..Default::default() };
-        let failed = (0..2000).filter(|i| knobs.migration_fails(&format!("uid-{i}"))).count();
+        let knobs = FaultKnobs {
+            migration_failure_rate: 0.5,
+            ..Default::default()
+        };
+        let failed = (0..2000)
+            .filter(|i| knobs.migration_fails(&format!("uid-{i}")))
+            .count();
         assert!((800..1200).contains(&failed), "{failed}");
         assert!(!FaultKnobs::default().migration_fails("x"));
-        let always = FaultKnobs { migration_failure_rate: 1.0, ..Default::default() };
+        let always = FaultKnobs {
+            migration_failure_rate: 1.0,
+            ..Default::default()
+        };
         assert!(always.migration_fails("x"));
     }
 }

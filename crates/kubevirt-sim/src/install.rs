@@ -7,7 +7,9 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use base64::Engine;
-use k8s_openapi::api::admissionregistration::v1::{MutatingWebhookConfiguration, ValidatingWebhookConfiguration};
+use k8s_openapi::api::admissionregistration::v1::{
+    MutatingWebhookConfiguration, ValidatingWebhookConfiguration,
+};
 use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, Patch, PatchParams, PostParams};
@@ -36,7 +38,11 @@ pub async fn install_crds(client: &kube::Client) -> Result<()> {
     let api: Api<CustomResourceDefinition> = Api::all(client.clone());
     let params = PatchParams::apply(FIELD_MANAGER).force();
     for crd in kubevirt_api::crds() {
-        let name = crd.metadata.name.clone().ok_or(Error::MissingField("metadata.name"))?;
+        let name = crd
+            .metadata
+            .name
+            .clone()
+            .ok_or(Error::MissingField("metadata.name"))?;
         api.patch(&name, &params, &Patch::Apply(&crd)).await?;
     }
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -48,7 +54,10 @@ pub async fn install_crds(client: &kube::Client) -> Result<()> {
                 .status
                 .as_ref()
                 .and_then(|s| s.conditions.as_ref())
-                .is_some_and(|c| c.iter().any(|c| c.type_ == "Established" && c.status == "True"));
+                .is_some_and(|c| {
+                    c.iter()
+                        .any(|c| c.type_ == "Established" && c.status == "True")
+                });
             if established {
                 break;
             }
@@ -115,7 +124,11 @@ pub async fn ensure_kubevirt(client: &kube::Client) -> Result<()> {
 }
 
 /// Registers the validating and mutating webhooks, pointing at `https://<listen>/...`.
-pub async fn register_webhooks(client: &kube::Client, listen: SocketAddr, ca_pem: &str) -> Result<()> {
+pub async fn register_webhooks(
+    client: &kube::Client,
+    listen: SocketAddr,
+    ca_pem: &str,
+) -> Result<()> {
     let ca_bundle = base64::engine::general_purpose::STANDARD.encode(ca_pem);
     let url = |path: &str| format!("https://{listen}{path}");
     let validating: ValidatingWebhookConfiguration = serde_json::from_value(json!({
@@ -180,9 +193,15 @@ pub async fn register_webhooks(client: &kube::Client, listen: SocketAddr, ca_pem
     }))?;
     let params = PatchParams::apply(FIELD_MANAGER).force();
     let v: Api<ValidatingWebhookConfiguration> = Api::all(client.clone());
-    v.patch(VALIDATING_CONFIGURATION, &params, &Patch::Apply(&validating)).await?;
+    v.patch(
+        VALIDATING_CONFIGURATION,
+        &params,
+        &Patch::Apply(&validating),
+    )
+    .await?;
     let m: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
-    m.patch(MUTATING_CONFIGURATION, &params, &Patch::Apply(&mutating)).await?;
+    m.patch(MUTATING_CONFIGURATION, &params, &Patch::Apply(&mutating))
+        .await?;
     Ok(())
 }
 
@@ -190,7 +209,8 @@ pub async fn register_webhooks(client: &kube::Client, listen: SocketAddr, ca_pem
 /// exist must be refused by the validating webhook (the API server picks up new webhook
 /// configurations asynchronously).
 pub async fn wait_for_webhooks(client: &kube::Client) -> Result<()> {
-    let api: Api<kubevirt_api::VirtualMachineInstanceMigration> = Api::namespaced(client.clone(), KUBEVIRT_NAMESPACE);
+    let api: Api<kubevirt_api::VirtualMachineInstanceMigration> =
+        Api::namespaced(client.clone(), KUBEVIRT_NAMESPACE);
     let mut probe = kubevirt_api::VirtualMachineInstanceMigration::new(
         "kubevirt-sim-webhook-probe",
         kubevirt_api::VirtualMachineInstanceMigrationSpec {
@@ -199,12 +219,17 @@ pub async fn wait_for_webhooks(client: &kube::Client) -> Result<()> {
         },
     );
     probe.metadata.namespace = Some(KUBEVIRT_NAMESPACE.into());
-    let params = PostParams { dry_run: true, ..Default::default() };
+    let params = PostParams {
+        dry_run: true,
+        ..Default::default()
+    };
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         match api.create(&params, &probe).await {
             Err(kube::Error::Api(s)) if s.message.contains("does not exist") => return Ok(()),
-            _ if Instant::now() > deadline => return Err(Error::Timeout("the webhooks to be called".into())),
+            _ if Instant::now() > deadline => {
+                return Err(Error::Timeout("the webhooks to be called".into()));
+            }
             _ => tokio::time::sleep(Duration::from_millis(100)).await,
         }
     }

@@ -7,15 +7,15 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
-    Affinity, Container, EmptyDirVolumeSource, PersistentVolumeClaimVolumeSource, Pod, PodAffinityTerm,
-    PodAntiAffinity, PodSpec, ResourceRequirements, Toleration, Volume,
+    Affinity, Container, EmptyDirVolumeSource, PersistentVolumeClaimVolumeSource, Pod,
+    PodAffinityTerm, PodAntiAffinity, PodSpec, ResourceRequirements, Toleration, Volume,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use kube::Resource;
 use kubevirt_api::labels::{
-    APP_LABEL, CREATED_BY_LABEL, DOMAIN_ANNOTATION, MIGRATION_JOB_LABEL, MIGRATION_JOB_NAME_ANNOTATION,
-    VIRT_LAUNCHER,
+    APP_LABEL, CREATED_BY_LABEL, DOMAIN_ANNOTATION, MIGRATION_JOB_LABEL,
+    MIGRATION_JOB_NAME_ANNOTATION, VIRT_LAUNCHER,
 };
 use kubevirt_api::{VirtualMachineInstance, VirtualMachineInstanceMigration};
 
@@ -57,14 +57,27 @@ pub fn render_target_pod(
             .insert(UNSCHEDULABLE_SELECTOR_KEY.into(), "true".into());
     }
     for (k, v) in &migration.spec.added_node_selector {
-        spec.node_selector.get_or_insert_with(Default::default).insert(k.clone(), v.clone());
+        spec.node_selector
+            .get_or_insert_with(Default::default)
+            .insert(k.clone(), v.clone());
     }
     Ok(pod)
 }
 
-fn render(vmi: &VirtualMachineInstance, migration: Option<&VirtualMachineInstanceMigration>) -> Result<Pod> {
-    let name = vmi.metadata.name.clone().ok_or(Error::MissingField("metadata.name"))?;
-    let uid = vmi.metadata.uid.clone().ok_or(Error::MissingField("metadata.uid"))?;
+fn render(
+    vmi: &VirtualMachineInstance,
+    migration: Option<&VirtualMachineInstanceMigration>,
+) -> Result<Pod> {
+    let name = vmi
+        .metadata
+        .name
+        .clone()
+        .ok_or(Error::MissingField("metadata.name"))?;
+    let uid = vmi
+        .metadata
+        .uid
+        .clone()
+        .ok_or(Error::MissingField("metadata.uid"))?;
     let namespace = vmi.metadata.namespace.clone();
 
     let mut labels: BTreeMap<String, String> = vmi.metadata.labels.clone().unwrap_or_default();
@@ -82,8 +95,14 @@ fn render(vmi: &VirtualMachineInstance, migration: Option<&VirtualMachineInstanc
         .collect();
     annotations.insert(DOMAIN_ANNOTATION.into(), name.clone());
     if let Some(m) = migration {
-        labels.insert(MIGRATION_JOB_LABEL.into(), m.metadata.uid.clone().unwrap_or_default());
-        annotations.insert(MIGRATION_JOB_NAME_ANNOTATION.into(), m.metadata.name.clone().unwrap_or_default());
+        labels.insert(
+            MIGRATION_JOB_LABEL.into(),
+            m.metadata.uid.clone().unwrap_or_default(),
+        );
+        annotations.insert(
+            MIGRATION_JOB_NAME_ANNOTATION.into(),
+            m.metadata.name.clone().unwrap_or_default(),
+        );
     }
 
     let owner = OwnerReference {
@@ -96,7 +115,9 @@ fn render(vmi: &VirtualMachineInstance, migration: Option<&VirtualMachineInstanc
     };
 
     let spec = &vmi.spec;
-    let memory = spec.guest_memory().unwrap_or(crate::settings::DEFAULT_GUEST_MEMORY);
+    let memory = spec
+        .guest_memory()
+        .unwrap_or(crate::settings::DEFAULT_GUEST_MEMORY);
     let mut requests = BTreeMap::new();
     let mut limits = BTreeMap::new();
     let resources = spec.domain.resources.clone().unwrap_or_default();
@@ -105,11 +126,16 @@ fn render(vmi: &VirtualMachineInstance, migration: Option<&VirtualMachineInstanc
         .get("memory")
         .and_then(|q| kubevirt_api::quantity::parse_bytes(&q.0))
         .unwrap_or(memory);
-    requests.insert("memory".into(), Quantity((memory_request + LAUNCHER_MEMORY_OVERHEAD).to_string()));
+    requests.insert(
+        "memory".into(),
+        Quantity((memory_request + LAUNCHER_MEMORY_OVERHEAD).to_string()),
+    );
     let cpu_request = resources.requests.get("cpu").cloned().unwrap_or_else(|| {
         // KubeVirt requests 1/cpuAllocationRatio (10) of a CPU per vCPU by default.
         let vcpus = spec.domain.cpu.as_ref().map_or(1, |c| {
-            c.cores.unwrap_or(1).max(1) * c.sockets.unwrap_or(1).max(1) * c.threads.unwrap_or(1).max(1)
+            c.cores.unwrap_or(1).max(1)
+                * c.sockets.unwrap_or(1).max(1)
+                * c.threads.unwrap_or(1).max(1)
         });
         Quantity(format!("{}m", 100 * vcpus))
     });
@@ -117,15 +143,32 @@ fn render(vmi: &VirtualMachineInstance, migration: Option<&VirtualMachineInstanc
     for (k, v) in &resources.limits {
         limits.insert(k.clone(), v.clone());
     }
-    if let Some(limit) = limits.get("memory").and_then(|q| kubevirt_api::quantity::parse_bytes(&q.0)) {
-        limits.insert("memory".into(), Quantity((limit + LAUNCHER_MEMORY_OVERHEAD).to_string()));
+    if let Some(limit) = limits
+        .get("memory")
+        .and_then(|q| kubevirt_api::quantity::parse_bytes(&q.0))
+    {
+        limits.insert(
+            "memory".into(),
+            Quantity((limit + LAUNCHER_MEMORY_OVERHEAD).to_string()),
+        );
     }
     // Host devices and GPUs are extended resources on the pod, as with device plugins.
-    for dev in spec.domain.devices.host_devices.iter().map(|d| &d.device_name).chain(spec.domain.devices.gpus.iter().map(|g| &g.device_name)) {
+    for dev in spec
+        .domain
+        .devices
+        .host_devices
+        .iter()
+        .map(|d| &d.device_name)
+        .chain(spec.domain.devices.gpus.iter().map(|g| &g.device_name))
+    {
         if dev.is_empty() {
             continue;
         }
-        let count = limits.get(dev).and_then(|q| q.0.parse::<u64>().ok()).unwrap_or(0) + 1;
+        let count = limits
+            .get(dev)
+            .and_then(|q| q.0.parse::<u64>().ok())
+            .unwrap_or(0)
+            + 1;
         limits.insert(dev.clone(), Quantity(count.to_string()));
         requests.insert(dev.clone(), Quantity(count.to_string()));
     }
@@ -153,7 +196,11 @@ fn render(vmi: &VirtualMachineInstance, migration: Option<&VirtualMachineInstanc
     }
     // virt-launcher always has these emptyDirs (`private`, `public`, `sockets`, ...).
     for scratch in ["private", "public", "sockets"] {
-        volumes.push(Volume { name: scratch.into(), empty_dir: Some(EmptyDirVolumeSource::default()), ..Default::default() });
+        volumes.push(Volume {
+            name: scratch.into(),
+            empty_dir: Some(EmptyDirVolumeSource::default()),
+            ..Default::default()
+        });
     }
 
     let mut affinity: Option<Affinity> = spec.affinity.clone();
@@ -161,22 +208,32 @@ fn render(vmi: &VirtualMachineInstance, migration: Option<&VirtualMachineInstanc
         let _ = m;
         let term = PodAffinityTerm {
             label_selector: Some(LabelSelector {
-                match_labels: Some(BTreeMap::from([(CREATED_BY_LABEL.to_string(), uid.clone())])),
+                match_labels: Some(BTreeMap::from([(
+                    CREATED_BY_LABEL.to_string(),
+                    uid.clone(),
+                )])),
                 ..Default::default()
             }),
             topology_key: "kubernetes.io/hostname".into(),
             ..Default::default()
         };
         let a = affinity.get_or_insert_with(Default::default);
-        let anti = a.pod_anti_affinity.get_or_insert_with(PodAntiAffinity::default);
-        anti.required_during_scheduling_ignored_during_execution.get_or_insert_with(Vec::new).push(term);
+        let anti = a
+            .pod_anti_affinity
+            .get_or_insert_with(PodAntiAffinity::default);
+        anti.required_during_scheduling_ignored_during_execution
+            .get_or_insert_with(Vec::new)
+            .push(term);
     }
 
     let mut tolerations: Vec<Toleration> = spec.tolerations.clone();
     // KubeVirt lets launcher pods ride out short node problems like any pod.
     tolerations.dedup();
 
-    let grace = spec.termination_grace_period_seconds.unwrap_or(DEFAULT_VMI_GRACE_PERIOD) + GRACE_PERIOD_KILL_AFTER;
+    let grace = spec
+        .termination_grace_period_seconds
+        .unwrap_or(DEFAULT_VMI_GRACE_PERIOD)
+        + GRACE_PERIOD_KILL_AFTER;
     let pod = Pod {
         metadata: ObjectMeta {
             generate_name: Some(format!("virt-launcher-{name}-")),
@@ -256,17 +313,37 @@ mod tests {
         assert_eq!(ann["team"], "a");
         assert!(!ann.contains_key("kubevirt.io/latest-observed-api-version"));
         let owner = &meta.owner_references.as_ref().unwrap()[0];
-        assert_eq!((owner.kind.as_str(), owner.controller), ("VirtualMachineInstance", Some(true)));
+        assert_eq!(
+            (owner.kind.as_str(), owner.controller),
+            ("VirtualMachineInstance", Some(true))
+        );
         let spec = pod.spec.unwrap();
         assert_eq!(spec.node_selector.unwrap()["pool"], "a");
         assert_eq!(spec.termination_grace_period_seconds, Some(15));
         let volumes = spec.volumes.unwrap();
         assert!(volumes[0].empty_dir.is_some());
-        assert_eq!(volumes[1].persistent_volume_claim.as_ref().unwrap().claim_name, "data-pvc");
-        assert_eq!(volumes[2].persistent_volume_claim.as_ref().unwrap().claim_name, "web-dv");
+        assert_eq!(
+            volumes[1]
+                .persistent_volume_claim
+                .as_ref()
+                .unwrap()
+                .claim_name,
+            "data-pvc"
+        );
+        assert_eq!(
+            volumes[2]
+                .persistent_volume_claim
+                .as_ref()
+                .unwrap()
+                .claim_name,
+            "web-dv"
+        );
         let res = spec.containers[0].resources.clone().unwrap();
         let requests = res.requests.unwrap();
-        assert_eq!(requests["memory"].0, ((4u64 << 30) + LAUNCHER_MEMORY_OVERHEAD).to_string());
+        assert_eq!(
+            requests["memory"].0,
+            ((4u64 << 30) + LAUNCHER_MEMORY_OVERHEAD).to_string()
+        );
         assert_eq!(requests["nvidia.com/A10"].0, "1");
         assert!(spec.affinity.is_none());
     }
@@ -276,7 +353,10 @@ mod tests {
         let mut m = VirtualMachineInstanceMigration::new("m1", Default::default());
         m.metadata.uid = Some("m-uid".into());
         let pod = render_target_pod(&vmi(), &m, true).unwrap();
-        assert_eq!(pod.metadata.labels.as_ref().unwrap()["kubevirt.io/migrationJobUID"], "m-uid");
+        assert_eq!(
+            pod.metadata.labels.as_ref().unwrap()["kubevirt.io/migrationJobUID"],
+            "m-uid"
+        );
         let spec = pod.spec.unwrap();
         let terms = spec
             .affinity
@@ -286,8 +366,21 @@ mod tests {
             .required_during_scheduling_ignored_during_execution
             .unwrap();
         assert_eq!(terms[0].topology_key, "kubernetes.io/hostname");
-        assert_eq!(terms[0].label_selector.as_ref().unwrap().match_labels.as_ref().unwrap()["kubevirt.io/created-by"], "u-1");
-        assert!(spec.node_selector.unwrap().contains_key(UNSCHEDULABLE_SELECTOR_KEY));
+        assert_eq!(
+            terms[0]
+                .label_selector
+                .as_ref()
+                .unwrap()
+                .match_labels
+                .as_ref()
+                .unwrap()["kubevirt.io/created-by"],
+            "u-1"
+        );
+        assert!(
+            spec.node_selector
+                .unwrap()
+                .contains_key(UNSCHEDULABLE_SELECTOR_KEY)
+        );
         let _ = VirtualMachineInstanceSpec::default();
     }
 }

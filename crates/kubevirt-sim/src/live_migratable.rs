@@ -8,7 +8,8 @@ use kubevirt_api::common::{Condition, condition_reason, condition_type};
 use kubevirt_api::{ConditionStatus, VirtualMachineInstance};
 
 /// VMI annotation that allows live migration with bridge binding on the pod network.
-pub const ALLOW_POD_BRIDGE_MIGRATION_ANNOTATION: &str = "kubevirt.io/allow-pod-bridge-network-live-migration";
+pub const ALLOW_POD_BRIDGE_MIGRATION_ANNOTATION: &str =
+    "kubevirt.io/allow-pod-bridge-network-live-migration";
 
 /// Computes the `LiveMigratable` condition. `lookup_pvc` finds a PVC of the VMI's namespace.
 pub fn live_migratable_condition(
@@ -16,10 +17,18 @@ pub fn live_migratable_condition(
     lookup_pvc: impl Fn(&str) -> Option<PersistentVolumeClaim>,
 ) -> Condition {
     match not_migratable_reason(vmi, lookup_pvc) {
-        Some((reason, message)) => {
-            Condition::new(condition_type::LIVE_MIGRATABLE, ConditionStatus::False, reason, &message)
-        }
-        None => Condition::new(condition_type::LIVE_MIGRATABLE, ConditionStatus::True, "", ""),
+        Some((reason, message)) => Condition::new(
+            condition_type::LIVE_MIGRATABLE,
+            ConditionStatus::False,
+            reason,
+            &message,
+        ),
+        None => Condition::new(
+            condition_type::LIVE_MIGRATABLE,
+            ConditionStatus::True,
+            "",
+            "",
+        ),
     }
 }
 
@@ -50,7 +59,10 @@ fn not_migratable_reason(
         {
             return Some((
                 condition_reason::DISKS_NOT_LIVE_MIGRATABLE,
-                format!("cannot migrate VMI with non-shared HostDisk {}", volume.name),
+                format!(
+                    "cannot migrate VMI with non-shared HostDisk {}",
+                    volume.name
+                ),
             ));
         }
     }
@@ -62,17 +74,32 @@ fn not_migratable_reason(
         .as_ref()
         .and_then(|a| a.get(ALLOW_POD_BRIDGE_MIGRATION_ANNOTATION))
         .is_some_and(|v| v == "true");
-    let pod_network = spec.networks.iter().find(|n| n.pod.is_some()).map(|n| n.name.as_str());
+    let pod_network = spec
+        .networks
+        .iter()
+        .find(|n| n.pod.is_some())
+        .map(|n| n.name.as_str());
     if let Some(pod_network) = pod_network
         && !bridge_allowed
-        && spec.domain.devices.interfaces.iter().any(|i| i.name == pod_network && i.bridge.is_some())
+        && spec
+            .domain
+            .devices
+            .interfaces
+            .iter()
+            .any(|i| i.name == pod_network && i.bridge.is_some())
     {
         return Some((
             condition_reason::INTERFACE_NOT_LIVE_MIGRATABLE,
             "cannot migrate VMI which does not use masquerade, bridge with kubevirt.io/allow-pod-bridge-network-live-migration VM annotation or a migratable plugin to connect to the pod network".into(),
         ));
     }
-    if spec.domain.devices.interfaces.iter().any(|i| i.sriov.is_some()) {
+    if spec
+        .domain
+        .devices
+        .interfaces
+        .iter()
+        .any(|i| i.sriov.is_some())
+    {
         return Some((
             condition_reason::INTERFACE_NOT_LIVE_MIGRATABLE,
             "cannot migrate VMI with SR-IOV interfaces".into(),
@@ -80,10 +107,16 @@ fn not_migratable_reason(
     }
     // Passed-through devices are bound to the host.
     if !spec.domain.devices.host_devices.is_empty() {
-        return Some((condition_reason::HOST_DEVICE_NOT_LIVE_MIGRATABLE, "VMI uses a PCI host devices".into()));
+        return Some((
+            condition_reason::HOST_DEVICE_NOT_LIVE_MIGRATABLE,
+            "VMI uses a PCI host devices".into(),
+        ));
     }
     if !spec.domain.devices.gpus.is_empty() {
-        return Some((condition_reason::HOST_DEVICE_NOT_LIVE_MIGRATABLE, "VMI uses a GPU".into()));
+        return Some((
+            condition_reason::HOST_DEVICE_NOT_LIVE_MIGRATABLE,
+            "VMI uses a GPU".into(),
+        ));
     }
     None
 }
@@ -102,7 +135,12 @@ mod tests {
     }
 
     fn pvc(mode: &str) -> Option<PersistentVolumeClaim> {
-        Some(serde_json::from_value(json!({"metadata": {"name": "p"}, "spec": {"accessModes": [mode]}})).unwrap())
+        Some(
+            serde_json::from_value(
+                json!({"metadata": {"name": "p"}, "spec": {"accessModes": [mode]}}),
+            )
+            .unwrap(),
+        )
     }
 
     fn reason(c: &Condition) -> (&ConditionStatus, &str) {
@@ -116,31 +154,53 @@ mod tests {
             "networks": [{"name": "default", "pod": {}}],
             "volumes": [{"name": "root", "containerDisk": {"image": "x"}}]
         }));
-        assert_eq!(reason(&live_migratable_condition(&v, |_| None)), (&ConditionStatus::True, ""));
+        assert_eq!(
+            reason(&live_migratable_condition(&v, |_| None)),
+            (&ConditionStatus::True, "")
+        );
     }
 
     #[test]
     fn each_reason() {
-        let rwo = vmi(json!({"volumes": [{"name": "d", "persistentVolumeClaim": {"claimName": "p"}}]}));
+        let rwo =
+            vmi(json!({"volumes": [{"name": "d", "persistentVolumeClaim": {"claimName": "p"}}]}));
         let c = live_migratable_condition(&rwo, |_| pvc("ReadWriteOnce"));
-        assert_eq!(reason(&c), (&ConditionStatus::False, "DisksNotLiveMigratable"));
+        assert_eq!(
+            reason(&c),
+            (&ConditionStatus::False, "DisksNotLiveMigratable")
+        );
         assert!(c.message.unwrap().contains("PVC p is not shared"));
         assert_eq!(
             reason(&live_migratable_condition(&rwo, |_| pvc("ReadWriteMany"))),
             (&ConditionStatus::True, "")
         );
-        assert_eq!(reason(&live_migratable_condition(&rwo, |_| None)).1, "DisksNotLiveMigratable");
+        assert_eq!(
+            reason(&live_migratable_condition(&rwo, |_| None)).1,
+            "DisksNotLiveMigratable"
+        );
 
         let bridge = vmi(json!({
             "domain": {"devices": {"interfaces": [{"name": "default", "bridge": {}}]}},
             "networks": [{"name": "default", "pod": {}}]
         }));
-        assert_eq!(reason(&live_migratable_condition(&bridge, |_| None)).1, "InterfaceNotLiveMigratable");
+        assert_eq!(
+            reason(&live_migratable_condition(&bridge, |_| None)).1,
+            "InterfaceNotLiveMigratable"
+        );
 
-        let host = vmi(json!({"domain": {"devices": {"hostDevices": [{"name": "h", "deviceName": "x/y"}]}}}));
-        assert_eq!(reason(&live_migratable_condition(&host, |_| None)).1, "HostDeviceNotLiveMigratable");
-        let gpu = vmi(json!({"domain": {"devices": {"gpus": [{"name": "g", "deviceName": "x/y"}]}}}));
-        assert_eq!(reason(&live_migratable_condition(&gpu, |_| None)).1, "HostDeviceNotLiveMigratable");
+        let host = vmi(
+            json!({"domain": {"devices": {"hostDevices": [{"name": "h", "deviceName": "x/y"}]}}}),
+        );
+        assert_eq!(
+            reason(&live_migratable_condition(&host, |_| None)).1,
+            "HostDeviceNotLiveMigratable"
+        );
+        let gpu =
+            vmi(json!({"domain": {"devices": {"gpus": [{"name": "g", "deviceName": "x/y"}]}}}));
+        assert_eq!(
+            reason(&live_migratable_condition(&gpu, |_| None)).1,
+            "HostDeviceNotLiveMigratable"
+        );
     }
 
     #[test]
@@ -149,6 +209,9 @@ mod tests {
             "domain": {"devices": {"interfaces": [{"name": "default", "masquerade": {}}, {"name": "lan", "bridge": {}}]}},
             "networks": [{"name": "default", "pod": {}}, {"name": "lan", "multus": {"networkName": "lan"}}]
         }));
-        assert_eq!(reason(&live_migratable_condition(&v, |_| None)), (&ConditionStatus::True, ""));
+        assert_eq!(
+            reason(&live_migratable_condition(&v, |_| None)),
+            (&ConditionStatus::True, "")
+        );
     }
 }

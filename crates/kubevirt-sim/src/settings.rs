@@ -60,13 +60,19 @@ impl ClusterConfig {
         let time_scale = get(TIME_SCALE_ANNOTATION)
             .and_then(|v| v.trim().parse::<f64>().ok())
             .unwrap_or(cli_time_scale);
-        let time_scale = if time_scale.is_finite() && time_scale > 0.0 { time_scale } else { 1.0 };
+        let time_scale = if time_scale.is_finite() && time_scale > 0.0 {
+            time_scale
+        } else {
+            1.0
+        };
         let effective_bandwidth = get(EFFECTIVE_BANDWIDTH_ANNOTATION)
             .and_then(kubevirt_api::quantity::parse_quantity)
             .filter(|b| *b > 0.0)
             .unwrap_or(DEFAULT_EFFECTIVE_BANDWIDTH);
         ClusterConfig {
-            migrations: kv.map(KubeVirt::migration_configuration).unwrap_or_default(),
+            migrations: kv
+                .map(KubeVirt::migration_configuration)
+                .unwrap_or_default(),
             eviction_strategy: kv.and_then(KubeVirt::eviction_strategy),
             time_scale,
             effective_bandwidth,
@@ -88,12 +94,17 @@ impl ClusterConfig {
     /// The bytes per second a migration copies: `bandwidthPerMigration` when KubeVirt limits
     /// it, else the simulator's effective bandwidth.
     pub fn migration_bandwidth(&self) -> f64 {
-        self.migrations.bandwidth_bytes_per_second().unwrap_or(self.effective_bandwidth)
+        self.migrations
+            .bandwidth_bytes_per_second()
+            .unwrap_or(self.effective_bandwidth)
     }
 
     /// Real time a migration of `memory` bytes takes.
     pub fn migration_duration(&self, memory: u64, bandwidth_override: Option<f64>) -> Duration {
-        let bandwidth = match (self.migrations.bandwidth_bytes_per_second(), bandwidth_override) {
+        let bandwidth = match (
+            self.migrations.bandwidth_bytes_per_second(),
+            bandwidth_override,
+        ) {
             (Some(limit), Some(eff)) => limit.min(eff),
             (Some(limit), None) => limit,
             (None, Some(eff)) => eff,
@@ -119,11 +130,17 @@ mod tests {
 
     fn kv(annotations: &[(&str, &str)], bandwidth: Option<&str>) -> KubeVirt {
         let mut kv = KubeVirt::new("kubevirt", KubeVirtSpec::default());
-        kv.metadata.annotations =
-            Some(annotations.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect());
-        let mut migrations = MigrationConfiguration::default();
-        migrations.bandwidth_per_migration =
-            bandwidth.map(|b| k8s_openapi::apimachinery::pkg::api::resource::Quantity(b.into()));
+        kv.metadata.annotations = Some(
+            annotations
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        );
+        let migrations = MigrationConfiguration {
+            bandwidth_per_migration: bandwidth
+                .map(|b| k8s_openapi::apimachinery::pkg::api::resource::Quantity(b.into())),
+            ..Default::default()
+        };
         kv.spec.configuration = Some(kubevirt_api::KubeVirtConfiguration {
             migrations: Some(migrations),
             eviction_strategy: Some(EvictionStrategy::LiveMigrate),
@@ -135,27 +152,41 @@ mod tests {
     fn four_gib_migrate_in_a_few_seconds_by_default() {
         let cfg = ClusterConfig::from_kubevirt(None, DEFAULT_TIME_SCALE);
         let d = cfg.migration_duration(4 << 30, None);
-        assert!(d >= Duration::from_secs(2) && d <= Duration::from_secs(5), "{d:?}");
+        assert!(
+            d >= Duration::from_secs(2) && d <= Duration::from_secs(5),
+            "{d:?}"
+        );
         assert_eq!(cfg.migrations.parallel_outbound_migrations_per_node(), 2);
         assert_eq!(cfg.eviction_strategy, None);
     }
 
     #[test]
     fn kubevirt_cr_overrides() {
-        let cfg = ClusterConfig::from_kubevirt(Some(&kv(&[(TIME_SCALE_ANNOTATION, "64")], Some("64Mi"))), 1.0);
+        let cfg = ClusterConfig::from_kubevirt(
+            Some(&kv(&[(TIME_SCALE_ANNOTATION, "64")], Some("64Mi"))),
+            1.0,
+        );
         assert_eq!(cfg.time_scale, 64.0);
         assert_eq!(cfg.eviction_strategy, Some(EvictionStrategy::LiveMigrate));
         // 4 GiB at 64 MiB/s = 64 s simulated = 1 s real.
-        assert_eq!(cfg.migration_duration(4 << 30, None), Duration::from_secs(1));
+        assert_eq!(
+            cfg.migration_duration(4 << 30, None),
+            Duration::from_secs(1)
+        );
         // 150 s per GiB, 4 GiB, scaled by 64.
-        assert_eq!(cfg.completion_timeout(4 << 30), Duration::from_secs_f64(600.0 / 64.0));
+        assert_eq!(
+            cfg.completion_timeout(4 << 30),
+            Duration::from_secs_f64(600.0 / 64.0)
+        );
     }
 
     #[test]
     fn bad_time_scale_falls_back() {
-        let cfg = ClusterConfig::from_kubevirt(Some(&kv(&[(TIME_SCALE_ANNOTATION, "-3")], None)), 2.0);
+        let cfg =
+            ClusterConfig::from_kubevirt(Some(&kv(&[(TIME_SCALE_ANNOTATION, "-3")], None)), 2.0);
         assert_eq!(cfg.time_scale, 1.0);
-        let cfg = ClusterConfig::from_kubevirt(Some(&kv(&[(TIME_SCALE_ANNOTATION, "x")], None)), 2.0);
+        let cfg =
+            ClusterConfig::from_kubevirt(Some(&kv(&[(TIME_SCALE_ANNOTATION, "x")], None)), 2.0);
         assert_eq!(cfg.time_scale, 2.0);
     }
 }

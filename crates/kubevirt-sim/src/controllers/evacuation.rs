@@ -21,8 +21,13 @@ use kube::api::{Api, PostParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
-use kubevirt_api::labels::{EVACUATION_MIGRATION_ANNOTATION, EVACUATION_MIGRATION_NAME_PREFIX, NODE_DRAIN_TAINT_DEFAULT_KEY};
-use kubevirt_api::{EvictionStrategy, VirtualMachineInstance, VirtualMachineInstanceMigration, VirtualMachineInstanceMigrationSpec};
+use kubevirt_api::labels::{
+    EVACUATION_MIGRATION_ANNOTATION, EVACUATION_MIGRATION_NAME_PREFIX, NODE_DRAIN_TAINT_DEFAULT_KEY,
+};
+use kubevirt_api::{
+    EvictionStrategy, VirtualMachineInstance, VirtualMachineInstanceMigration,
+    VirtualMachineInstanceMigrationSpec,
+};
 use serde_json::json;
 
 use super::{Context, key_of, retry_after_error};
@@ -33,23 +38,33 @@ pub async fn run(ctx: Arc<Context>) {
     let client = ctx.client.clone();
     let migration_ctx = ctx.clone();
     Controller::new(Api::<Node>::all(client.clone()), watcher::Config::default())
-        .watches(Api::<VirtualMachineInstance>::all(client.clone()), watcher::Config::default(), |vmi: VirtualMachineInstance| {
-            let status = vmi.status.unwrap_or_default();
-            let mut nodes: Vec<ObjectRef<Node>> = Vec::new();
-            for n in [status.node_name, status.evacuation_node_name].into_iter().flatten() {
-                if !n.is_empty() {
-                    nodes.push(ObjectRef::new(&n));
+        .watches(
+            Api::<VirtualMachineInstance>::all(client.clone()),
+            watcher::Config::default(),
+            |vmi: VirtualMachineInstance| {
+                let status = vmi.status.unwrap_or_default();
+                let mut nodes: Vec<ObjectRef<Node>> = Vec::new();
+                for n in [status.node_name, status.evacuation_node_name]
+                    .into_iter()
+                    .flatten()
+                {
+                    if !n.is_empty() {
+                        nodes.push(ObjectRef::new(&n));
+                    }
                 }
-            }
-            nodes
-        })
+                nodes
+            },
+        )
         .watches(
             Api::<VirtualMachineInstanceMigration>::all(client),
             watcher::Config::default(),
             move |m: VirtualMachineInstanceMigration| {
                 migration_ctx
-                    .vmi(m.metadata.namespace.as_deref().unwrap_or_default(), &m.spec.vmi_name)
-                    .and_then(|v| v.node_name().map(|n| ObjectRef::new(n)))
+                    .vmi(
+                        m.metadata.namespace.as_deref().unwrap_or_default(),
+                        &m.spec.vmi_name,
+                    )
+                    .and_then(|v| v.node_name().map(ObjectRef::new))
             },
         )
         .run(reconcile, retry_after_error, ctx)
@@ -66,14 +81,23 @@ pub fn migratable_on_eviction(vmi: &VirtualMachineInstance, cfg: &ClusterConfig)
     }
 }
 
+const RESYNC: std::time::Duration = std::time::Duration::from_secs(5);
+
 async fn reconcile(node: Arc<Node>, ctx: Arc<Context>) -> Result<Action> {
-    let node_name = node.metadata.name.clone().ok_or(Error::MissingField("metadata.name"))?;
+    let node_name = node
+        .metadata
+        .name
+        .clone()
+        .ok_or(Error::MissingField("metadata.name"))?;
     let cfg = ctx.config();
     let all_vmis = ctx.vmis.state();
 
     // Clear marks of VMIs that have left this node.
     for vmi in all_vmis.iter().filter(|v| {
-        v.status.as_ref().and_then(|s| s.evacuation_node_name.as_deref()) == Some(node_name.as_str())
+        v.status
+            .as_ref()
+            .and_then(|s| s.evacuation_node_name.as_deref())
+            == Some(node_name.as_str())
             && v.node_name() != Some(node_name.as_str())
             && !v.is_migrating()
     }) {
@@ -88,44 +112,70 @@ async fn reconcile(node: Arc<Node>, ctx: Arc<Context>) -> Result<Action> {
         tracing::info!(vmi = %key_of(vmi.as_ref()), node = %node_name, "cleared evacuation mark");
     }
 
-    let on_node: Vec<_> = all_vmis.iter().filter(|v| v.node_name() == Some(node_name.as_str())).cloned().collect();
+    let on_node: Vec<_> = all_vmis
+        .iter()
+        .filter(|v| v.node_name() == Some(node_name.as_str()))
+        .cloned()
+        .collect();
     if on_node.is_empty() {
         return Ok(Action::await_change());
     }
-    let drain_key = cfg.migrations.node_drain_taint_key.clone().unwrap_or_else(|| NODE_DRAIN_TAINT_DEFAULT_KEY.into());
+    // The VMI cache read here may lag behind the event that triggered this pass (a fresh
+    // mark): nodes with VMIs are looked at again now and then, like an informer resync.
+    let resync = Action::requeue(RESYNC);
+    let drain_key = cfg
+        .migrations
+        .node_drain_taint_key
+        .clone()
+        .unwrap_or_else(|| NODE_DRAIN_TAINT_DEFAULT_KEY.into());
     let tainted = node
         .spec
         .as_ref()
         .and_then(|s| s.taints.as_ref())
-        .is_some_and(|t| t.iter().any(|t| t.key == drain_key && t.effect == "NoSchedule"));
+        .is_some_and(|t| {
+            t.iter()
+                .any(|t| t.key == drain_key && t.effect == "NoSchedule")
+        });
     let to_migrate: Vec<_> = if tainted {
         on_node.clone()
     } else {
         on_node
             .iter()
             .filter(|v| {
-                v.status.as_ref().and_then(|s| s.evacuation_node_name.as_deref()) == Some(node_name.as_str())
+                v.status
+                    .as_ref()
+                    .and_then(|s| s.evacuation_node_name.as_deref())
+                    == Some(node_name.as_str())
                     && !v.is_migrating()
             })
             .cloned()
             .collect()
     };
     if to_migrate.is_empty() {
-        return Ok(Action::await_change());
+        return Ok(resync);
     }
 
     let migrations = ctx.migrations.state();
     let unfinished: Vec<_> = migrations.iter().filter(|m| !m.is_final()).collect();
     let migrating: HashSet<String> = unfinished
         .iter()
-        .map(|m| format!("{}/{}", m.metadata.namespace.as_deref().unwrap_or_default(), m.spec.vmi_name))
+        .map(|m| {
+            format!(
+                "{}/{}",
+                m.metadata.namespace.as_deref().unwrap_or_default(),
+                m.spec.vmi_name
+            )
+        })
         .collect();
 
     let mut candidates = Vec::new();
     let mut non_migratable = 0usize;
     for vmi in &to_migrate {
         let key = key_of(vmi.as_ref());
-        if vmi.is_final() || vmi.metadata.deletion_timestamp.is_some() || !migratable_on_eviction(vmi, &cfg) {
+        if vmi.is_final()
+            || vmi.metadata.deletion_timestamp.is_some()
+            || !migratable_on_eviction(vmi, &cfg)
+        {
             continue;
         }
         if !vmi.is_migratable() {
@@ -148,7 +198,7 @@ async fn reconcile(node: Arc<Node>, ctx: Arc<Context>) -> Result<Action> {
         if non_migratable > 0 {
             tracing::debug!(node = %node_name, non_migratable, "VirtualMachineInstance is not migrateable");
         }
-        return Ok(Action::await_change());
+        return Ok(resync);
     }
 
     let running: Vec<_> = unfinished.iter().filter(|m| m.is_running()).collect();
@@ -156,11 +206,17 @@ async fn reconcile(node: Arc<Node>, ctx: Arc<Context>) -> Result<Action> {
     let from_this_node = running
         .iter()
         .filter(|m| {
-            on_node_names.contains(&format!("{}/{}", m.metadata.namespace.as_deref().unwrap_or_default(), m.spec.vmi_name))
+            on_node_names.contains(&format!(
+                "{}/{}",
+                m.metadata.namespace.as_deref().unwrap_or_default(),
+                m.spec.vmi_name
+            ))
         })
         .count();
-    let free_cluster = cfg.migrations.parallel_migrations_per_cluster() as i64 - running.len() as i64;
-    let free_node = cfg.migrations.parallel_outbound_migrations_per_node() as i64 - from_this_node as i64;
+    let free_cluster =
+        cfg.migrations.parallel_migrations_per_cluster() as i64 - running.len() as i64;
+    let free_node =
+        cfg.migrations.parallel_outbound_migrations_per_node() as i64 - from_this_node as i64;
     let free = free_cluster.min(free_node);
     if free <= 0 {
         return Ok(Action::requeue(cfg.recheck()));
@@ -171,19 +227,31 @@ async fn reconcile(node: Arc<Node>, ctx: Arc<Context>) -> Result<Action> {
         let namespace = vmi.metadata.namespace.clone().unwrap_or_default();
         let mut migration = VirtualMachineInstanceMigration::new(
             "",
-            VirtualMachineInstanceMigrationSpec { vmi_name: vmi.metadata.name.clone().unwrap_or_default(), ..Default::default() },
+            VirtualMachineInstanceMigrationSpec {
+                vmi_name: vmi.metadata.name.clone().unwrap_or_default(),
+                ..Default::default()
+            },
         );
         migration.metadata.name = None;
         migration.metadata.generate_name = Some(EVACUATION_MIGRATION_NAME_PREFIX.into());
         migration.metadata.namespace = Some(namespace.clone());
-        migration.metadata.annotations = Some([(EVACUATION_MIGRATION_ANNOTATION.to_string(), node_name.clone())].into());
-        let api: Api<VirtualMachineInstanceMigration> = Api::namespaced(ctx.client.clone(), &namespace);
+        migration.metadata.annotations = Some(
+            [(
+                EVACUATION_MIGRATION_ANNOTATION.to_string(),
+                node_name.clone(),
+            )]
+            .into(),
+        );
+        let api: Api<VirtualMachineInstanceMigration> =
+            Api::namespaced(ctx.client.clone(), &namespace);
         match api.create(&PostParams::default(), &migration).await {
             Ok(created) => {
                 ctx.migration_expectations.expect(&key_of(vmi.as_ref()));
                 tracing::info!(vmi = %key_of(vmi.as_ref()), migration = created.metadata.name.as_deref().unwrap_or(""), "created evacuation migration");
             }
-            Err(e) => tracing::warn!(vmi = %key_of(vmi.as_ref()), "creating an evacuation migration failed: {e}"),
+            Err(e) => {
+                tracing::warn!(vmi = %key_of(vmi.as_ref()), "creating an evacuation migration failed: {e}")
+            }
         }
     }
     // More candidates than free slots: look again after KubeVirt's re-enqueue delay.

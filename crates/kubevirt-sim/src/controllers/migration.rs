@@ -35,18 +35,24 @@ use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
-use kubevirt_api::common::{Condition, PhaseTransitionTimestamp, condition_type, now, set_condition};
+use kubevirt_api::common::{
+    Condition, PhaseTransitionTimestamp, condition_type, now, set_condition,
+};
 use kubevirt_api::labels::{
-    APP_LABEL, MIGRATION_FINALIZER, MIGRATION_JOB_LABEL, MIGRATION_JOB_NAME_ANNOTATION, MIGRATION_SELECTOR_LABEL,
-    MIGRATION_TARGET_NODE_NAME_LABEL, NODE_NAME_LABEL, VIRT_LAUNCHER,
+    APP_LABEL, MIGRATION_FINALIZER, MIGRATION_JOB_LABEL, MIGRATION_JOB_NAME_ANNOTATION,
+    MIGRATION_SELECTOR_LABEL, MIGRATION_TARGET_NODE_NAME_LABEL, NODE_NAME_LABEL, VIRT_LAUNCHER,
 };
 use kubevirt_api::{
-    ConditionStatus, MigrationAbortStatus, MigrationPhase, VirtualMachineInstance, VirtualMachineInstanceMigration,
-    VirtualMachineInstanceMigrationState, VirtualMachineInstanceMigrationStatus,
+    ConditionStatus, MigrationAbortStatus, MigrationPhase, VirtualMachineInstance,
+    VirtualMachineInstanceMigration, VirtualMachineInstanceMigrationState,
+    VirtualMachineInstanceMigrationStatus,
 };
 use serde_json::json;
 
-use super::{Context, age, key_of, pod_is_down, pod_is_ready, pod_node, pod_unschedulable, retry_after_error, since};
+use super::{
+    Context, age, key_of, pod_is_down, pod_is_ready, pod_node, pod_unschedulable,
+    retry_after_error, since,
+};
 use crate::error::{Error, Result, kube_not_found};
 use crate::faults::FaultKnobs;
 use crate::launcher;
@@ -58,34 +64,50 @@ use crate::settings::{
 pub async fn run(ctx: Arc<Context>) {
     let client = ctx.client.clone();
     let vmi_ctx = ctx.clone();
-    Controller::new(Api::<VirtualMachineInstanceMigration>::all(client.clone()), watcher::Config::default())
-        // Target pods name their migration.
-        .watches(
-            Api::<Pod>::all(client.clone()),
-            watcher::Config::default().labels(&format!("{APP_LABEL}={VIRT_LAUNCHER},{MIGRATION_JOB_LABEL}")),
-            |pod: Pod| {
-                let ns = pod.metadata.namespace.clone().unwrap_or_default();
-                pod.metadata
-                    .annotations
-                    .as_ref()
-                    .and_then(|a| a.get(MIGRATION_JOB_NAME_ANNOTATION))
-                    .map(|name| ObjectRef::new(name).within(&ns))
-            },
-        )
-        // VMI changes (phase, migration state) concern its unfinished migrations.
-        .watches(Api::<VirtualMachineInstance>::all(client), watcher::Config::default(), move |vmi: VirtualMachineInstance| {
+    Controller::new(
+        Api::<VirtualMachineInstanceMigration>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    // Target pods name their migration.
+    .watches(
+        Api::<Pod>::all(client.clone()),
+        watcher::Config::default().labels(&format!(
+            "{APP_LABEL}={VIRT_LAUNCHER},{MIGRATION_JOB_LABEL}"
+        )),
+        |pod: Pod| {
+            let ns = pod.metadata.namespace.clone().unwrap_or_default();
+            pod.metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(MIGRATION_JOB_NAME_ANNOTATION))
+                .map(|name| ObjectRef::new(name).within(&ns))
+        },
+    )
+    // VMI changes (phase, migration state) concern its unfinished migrations.
+    .watches(
+        Api::<VirtualMachineInstance>::all(client),
+        watcher::Config::default(),
+        move |vmi: VirtualMachineInstance| {
             let ns = vmi.metadata.namespace.clone().unwrap_or_default();
             let name = vmi.metadata.name.clone().unwrap_or_default();
             vmi_ctx
                 .migrations_of_vmi(&ns, &name)
                 .into_iter()
-                .filter(|m| !m.is_final() || m.metadata.finalizers.iter().flatten().any(|f| f == MIGRATION_FINALIZER))
+                .filter(|m| {
+                    !m.is_final()
+                        || m.metadata
+                            .finalizers
+                            .iter()
+                            .flatten()
+                            .any(|f| f == MIGRATION_FINALIZER)
+                })
                 .map(|m| ObjectRef::from_obj(m.as_ref()))
                 .collect::<Vec<_>>()
-        })
-        .run(reconcile, retry_after_error, ctx)
-        .for_each(|_| async {})
-        .await;
+        },
+    )
+    .run(reconcile, retry_after_error, ctx)
+    .for_each(|_| async {})
+    .await;
 }
 
 /// Everything one reconcile needs about a migration.
@@ -99,14 +121,29 @@ struct Job<'a> {
     key: String,
 }
 
-async fn reconcile(migration: Arc<VirtualMachineInstanceMigration>, ctx: Arc<Context>) -> Result<Action> {
+async fn reconcile(
+    migration: Arc<VirtualMachineInstanceMigration>,
+    ctx: Arc<Context>,
+) -> Result<Action> {
     let job = Job {
         ctx: &ctx,
         cfg: ctx.config(),
         migration: &migration,
-        namespace: migration.metadata.namespace.clone().ok_or(Error::MissingField("metadata.namespace"))?,
-        name: migration.metadata.name.clone().ok_or(Error::MissingField("metadata.name"))?,
-        uid: migration.metadata.uid.clone().ok_or(Error::MissingField("metadata.uid"))?,
+        namespace: migration
+            .metadata
+            .namespace
+            .clone()
+            .ok_or(Error::MissingField("metadata.namespace"))?,
+        name: migration
+            .metadata
+            .name
+            .clone()
+            .ok_or(Error::MissingField("metadata.name"))?,
+        uid: migration
+            .metadata
+            .uid
+            .clone()
+            .ok_or(Error::MissingField("metadata.uid"))?,
         key: key_of(migration.as_ref()),
     };
     job.ensure_selector_label().await?;
@@ -115,11 +152,19 @@ async fn reconcile(migration: Arc<VirtualMachineInstanceMigration>, ctx: Arc<Con
         // migration.go deletes migrations of VMIs that are gone.
         job.forget_slot().await;
         if migration.metadata.deletion_timestamp.is_none() {
-            job.api().delete(&job.name, &DeleteParams::default()).await.map(|_| ()).or_else(ignore_not_found)?;
+            job.api()
+                .delete(&job.name, &DeleteParams::default())
+                .await
+                .map(|_| ())
+                .or_else(ignore_not_found)?;
         }
         if !migration.is_final() {
             let mut status = migration.status.clone().unwrap_or_default();
-            job.enter(&mut status, MigrationPhase::Failed, "Migration failed because vmi does not exist.");
+            job.enter(
+                &mut status,
+                MigrationPhase::Failed,
+                "Migration failed because vmi does not exist.",
+            );
             job.write_status(&status).await?;
         }
         job.remove_finalizer().await?;
@@ -142,7 +187,11 @@ async fn reconcile(migration: Arc<VirtualMachineInstanceMigration>, ctx: Arc<Con
 }
 
 fn ignore_not_found<T: Default>(e: kube::Error) -> Result<T> {
-    if kube_not_found(&e) { Ok(T::default()) } else { Err(e.into()) }
+    if kube_not_found(&e) {
+        Ok(T::default())
+    } else {
+        Err(e.into())
+    }
 }
 
 impl Job<'_> {
@@ -156,26 +205,40 @@ impl Job<'_> {
 
     /// migration.go's `ensureSelectorLabelPresent` (the mutating webhook normally did it).
     async fn ensure_selector_label(&self) -> Result<()> {
-        let has = self.migration.metadata.labels.as_ref().and_then(|l| l.get(MIGRATION_SELECTOR_LABEL))
+        let has = self
+            .migration
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(MIGRATION_SELECTOR_LABEL))
             == Some(&self.migration.spec.vmi_name);
         if !has {
             let patch = json!({"metadata": {"labels": {MIGRATION_SELECTOR_LABEL: self.migration.spec.vmi_name}}});
-            self.api().patch(&self.name, &PatchParams::default(), &Patch::Merge(&patch)).await?;
+            self.api()
+                .patch(&self.name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await?;
         }
         Ok(())
     }
 
     /// Moves the status to a phase and stamps the transition.
-    fn enter(&self, status: &mut VirtualMachineInstanceMigrationStatus, phase: MigrationPhase, why: &str) {
+    fn enter(
+        &self,
+        status: &mut VirtualMachineInstanceMigrationStatus,
+        phase: MigrationPhase,
+        why: &str,
+    ) {
         if status.phase == Some(phase) {
             return;
         }
         tracing::info!(migration = %self.key, vmi = %self.migration.spec.vmi_name, from = ?status.phase, to = %phase, why, "migration phase");
         status.phase = Some(phase);
-        status.phase_transition_timestamps.push(PhaseTransitionTimestamp {
-            phase: Some(phase),
-            phase_transition_timestamp: Some(now()),
-        });
+        status
+            .phase_transition_timestamps
+            .push(PhaseTransitionTimestamp {
+                phase: Some(phase),
+                phase_transition_timestamp: Some(now()),
+            });
     }
 
     async fn write_status(&self, status: &VirtualMachineInstanceMigrationStatus) -> Result<()> {
@@ -188,18 +251,32 @@ impl Job<'_> {
             "metadata": {"resourceVersion": self.migration.metadata.resource_version},
             "status": status,
         });
-        self.api().patch_status(&self.name, &PatchParams::default(), &Patch::Merge(&patch)).await?;
+        self.api()
+            .patch_status(&self.name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await?;
         Ok(())
     }
 
     async fn remove_finalizer(&self) -> Result<()> {
-        let finalizers = self.migration.metadata.finalizers.clone().unwrap_or_default();
+        let finalizers = self
+            .migration
+            .metadata
+            .finalizers
+            .clone()
+            .unwrap_or_default();
         if !finalizers.iter().any(|f| f == MIGRATION_FINALIZER) {
             return Ok(());
         }
-        let kept: Vec<_> = finalizers.into_iter().filter(|f| f != MIGRATION_FINALIZER).collect();
+        let kept: Vec<_> = finalizers
+            .into_iter()
+            .filter(|f| f != MIGRATION_FINALIZER)
+            .collect();
         let patch = json!({"metadata": {"finalizers": kept, "resourceVersion": self.migration.metadata.resource_version}});
-        self.api().patch(&self.name, &PatchParams::default(), &Patch::Merge(&patch)).await.map(|_| ()).or_else(ignore_not_found)
+        self.api()
+            .patch(&self.name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .map(|_| ())
+            .or_else(ignore_not_found)
     }
 
     async fn forget_slot(&self) {
@@ -213,7 +290,11 @@ impl Job<'_> {
             .into_iter()
             .filter(|p| {
                 p.metadata.namespace.as_deref() == Some(self.namespace.as_str())
-                    && p.metadata.labels.as_ref().and_then(|l| l.get(MIGRATION_JOB_LABEL)) == Some(&self.uid)
+                    && p.metadata
+                        .labels
+                        .as_ref()
+                        .and_then(|l| l.get(MIGRATION_JOB_LABEL))
+                        == Some(&self.uid)
             })
             .collect()
     }
@@ -238,58 +319,117 @@ impl Job<'_> {
 
     async fn garbage_collect(&self, vmi: &VirtualMachineInstance) -> Result<()> {
         let name = vmi.metadata.name.as_deref().unwrap_or_default();
-        let mut finished: Vec<_> =
-            self.ctx.migrations_of_vmi(&self.namespace, name).into_iter().filter(|m| m.is_final()).collect();
+        let mut finished: Vec<_> = self
+            .ctx
+            .migrations_of_vmi(&self.namespace, name)
+            .into_iter()
+            .filter(|m| m.is_final())
+            .collect();
         if finished.len() <= FINALIZED_MIGRATIONS_KEPT {
             return Ok(());
         }
         finished.sort_by_key(|m| m.metadata.creation_timestamp.as_ref().map(|t| t.0));
         for old in &finished[..finished.len() - FINALIZED_MIGRATIONS_KEPT] {
             if let Some(n) = old.metadata.name.as_deref() {
-                self.api().delete(n, &DeleteParams::default()).await.map(|_| ()).or_else(ignore_not_found)?;
+                self.api()
+                    .delete(n, &DeleteParams::default())
+                    .await
+                    .map(|_| ())
+                    .or_else(ignore_not_found)?;
             }
         }
         Ok(())
     }
 
     /// One step of the state machine; returns when to look again.
-    async fn step(&self, vmi: &VirtualMachineInstance, status: &mut VirtualMachineInstanceMigrationStatus) -> Result<Action> {
+    async fn step(
+        &self,
+        vmi: &VirtualMachineInstance,
+        status: &mut VirtualMachineInstanceMigrationStatus,
+    ) -> Result<Action> {
         let targets = self.target_pods();
         let target = targets.first().map(|p| p.as_ref());
         if target.is_some() {
             self.ctx.pod_expectations.observed(&self.key);
         }
         let phase = status.phase;
-        let owns_vmi_state = vmi.migration_state().and_then(|s| s.migration_uid.as_deref()) == Some(self.uid.as_str());
-        let handed_off = owns_vmi_state && phase.is_some_and(|p| p >= MigrationPhase::PreparingTarget);
+        let owns_vmi_state = vmi
+            .migration_state()
+            .and_then(|s| s.migration_uid.as_deref())
+            == Some(self.uid.as_str());
+        let handed_off =
+            owns_vmi_state && phase.is_some_and(|p| p >= MigrationPhase::PreparingTarget);
         let target_created = phase.is_some_and(|p| p >= MigrationPhase::Scheduling);
 
         if vmi.is_final() {
-            self.fail(vmi, status, &targets, handed_off, "Migration failed vmi shutdown during migration.", false).await?;
+            self.fail(
+                vmi,
+                status,
+                &targets,
+                handed_off,
+                "Migration failed vmi shutdown during migration.",
+                false,
+            )
+            .await?;
             return Ok(Action::await_change());
         }
         if self.migration.metadata.deletion_timestamp.is_some() {
             set_condition(
                 &mut status.conditions,
-                Condition::new(condition_type::MIGRATION_ABORT_REQUESTED, ConditionStatus::True, "", ""),
+                Condition::new(
+                    condition_type::MIGRATION_ABORT_REQUESTED,
+                    ConditionStatus::True,
+                    "",
+                    "",
+                ),
             );
-            self.fail(vmi, status, &targets, handed_off, "Migration failed due to being canceled", true).await?;
+            self.fail(
+                vmi,
+                status,
+                &targets,
+                handed_off,
+                "Migration failed due to being canceled",
+                true,
+            )
+            .await?;
             return Ok(Action::await_change());
         }
         if let Some(pod) = target
             && pod_is_down(pod)
         {
-            self.fail(vmi, status, &targets, handed_off, "Migration failed because target pod shutdown during migration", false)
-                .await?;
+            self.fail(
+                vmi,
+                status,
+                &targets,
+                handed_off,
+                "Migration failed because target pod shutdown during migration",
+                false,
+            )
+            .await?;
             return Ok(Action::await_change());
         }
         if target_created && target.is_none() && !self.ctx.pod_expectations.pending(&self.key) {
-            self.fail(vmi, status, &targets, handed_off, "Migration target pod was removed during active migration.", false)
-                .await?;
+            self.fail(
+                vmi,
+                status,
+                &targets,
+                handed_off,
+                "Migration target pod was removed during active migration.",
+                false,
+            )
+            .await?;
             return Ok(Action::await_change());
         }
         if handed_off && vmi.migration_state().is_some_and(|s| s.failed) {
-            self.fail(vmi, status, &targets, handed_off, "source node reported migration failed", false).await?;
+            self.fail(
+                vmi,
+                status,
+                &targets,
+                handed_off,
+                "source node reported migration failed",
+                false,
+            )
+            .await?;
             return Ok(Action::await_change());
         }
 
@@ -304,7 +444,9 @@ impl Job<'_> {
             }
             Some(MigrationPhase::Pending) => self.start_if_allowed(vmi, status, target).await,
             Some(MigrationPhase::Scheduling) => {
-                let Some(pod) = target else { return Ok(Action::requeue(Duration::from_secs(1))) };
+                let Some(pod) = target else {
+                    return Ok(Action::requeue(Duration::from_secs(1)));
+                };
                 if let (Some(node), true) = (pod_node(pod), pod_is_ready(pod)) {
                     let state = status.migration_state.get_or_insert_with(Default::default);
                     state.target_node = Some(node.to_string());
@@ -321,13 +463,18 @@ impl Job<'_> {
                 };
                 if pending_for >= timeout {
                     let why = match unschedulable {
-                        Some(msg) => format!("Migration target pod was unschedulable for longer than the timeout: {msg}"),
-                        None => "Migration target pod was pending for longer than the timeout".to_string(),
+                        Some(msg) => format!(
+                            "Migration target pod was unschedulable for longer than the timeout: {msg}"
+                        ),
+                        None => "Migration target pod was pending for longer than the timeout"
+                            .to_string(),
                     };
                     self.fail(vmi, status, &targets, false, &why, false).await?;
                     return Ok(Action::await_change());
                 }
-                Ok(Action::requeue((timeout - pending_for).min(Duration::from_secs(5))))
+                Ok(Action::requeue(
+                    (timeout - pending_for).min(Duration::from_secs(5)),
+                ))
             }
             Some(MigrationPhase::Scheduled) => {
                 self.hand_off(vmi, status).await?;
@@ -350,7 +497,11 @@ impl Job<'_> {
                     })
                     .await?;
                 status.migration_state = Some(state);
-                self.enter(status, MigrationPhase::TargetReady, "target domain prepared");
+                self.enter(
+                    status,
+                    MigrationPhase::TargetReady,
+                    "target domain prepared",
+                );
                 Ok(Action::requeue(Duration::ZERO))
             }
             Some(MigrationPhase::TargetReady) => {
@@ -363,7 +514,11 @@ impl Job<'_> {
                     })
                     .await?;
                 status.migration_state = Some(state);
-                self.enter(status, MigrationPhase::Running, "source started sending memory");
+                self.enter(
+                    status,
+                    MigrationPhase::Running,
+                    "source started sending memory",
+                );
                 Ok(Action::requeue(Duration::ZERO))
             }
             Some(MigrationPhase::Running) => self.progress(vmi, status, &targets).await,
@@ -373,7 +528,9 @@ impl Job<'_> {
 
     /// `canMigrateVMI`: the VMI's migration state belongs to another migration that is not final.
     fn another_migration_owns(&self, vmi: &VirtualMachineInstance) -> bool {
-        let Some(other) = vmi.migration_state().and_then(|s| s.migration_uid.clone()) else { return false };
+        let Some(other) = vmi.migration_state().and_then(|s| s.migration_uid.clone()) else {
+            return false;
+        };
         if other == self.uid || other.is_empty() {
             return false;
         }
@@ -399,10 +556,15 @@ impl Job<'_> {
         if vmi.status.as_ref().is_some_and(|s| s.active_pods.len() > 1) {
             return Ok(recheck);
         }
-        let Some(source_node) = vmi.node_name().map(str::to_string) else { return Ok(recheck) };
+        let Some(source_node) = vmi.node_name().map(str::to_string) else {
+            return Ok(recheck);
+        };
 
         let mut started = self.ctx.started_migrations.lock().await;
-        if target.is_none() && !started.contains_key(&self.uid) && !self.ctx.pod_expectations.pending(&self.key) {
+        if target.is_none()
+            && !started.contains_key(&self.uid)
+            && !self.ctx.pod_expectations.pending(&self.key)
+        {
             // Count running migrations: those the cache shows past Pending, plus those this
             // process started and the cache does not show yet.
             let store = self.ctx.migrations.state();
@@ -420,7 +582,10 @@ impl Job<'_> {
                     .map(str::to_string)
                     .or_else(|| {
                         self.ctx
-                            .vmi(m.metadata.namespace.as_deref().unwrap_or_default(), &m.spec.vmi_name)
+                            .vmi(
+                                m.metadata.namespace.as_deref().unwrap_or_default(),
+                                &m.spec.vmi_name,
+                            )
                             .and_then(|v| v.node_name().map(str::to_string))
                     })
                     .unwrap_or_default();
@@ -438,7 +603,8 @@ impl Job<'_> {
                 tracing::debug!(migration = %self.key, node = %source_node, outbound, "waiting: outbound migration limit of the node reached");
                 return Ok(recheck);
             }
-            let knobs = FaultKnobs::from_annotations(vmi.metadata.annotations.as_ref(), &self.cfg.faults);
+            let knobs =
+                FaultKnobs::from_annotations(vmi.metadata.annotations.as_ref(), &self.cfg.faults);
             let pod = launcher::render_target_pod(vmi, self.migration, knobs.target_unschedulable)?;
             let created = self.pods().create(&PostParams::default(), &pod).await?;
             self.ctx.pod_expectations.expect(&self.key);
@@ -459,20 +625,37 @@ impl Job<'_> {
     fn source_pod(&self, vmi: &VirtualMachineInstance) -> Option<Arc<Pod>> {
         let status = vmi.status.as_ref()?;
         let node = status.node_name.as_deref()?;
-        self.ctx.pods_of_vmi(vmi.metadata.uid.as_deref().unwrap_or_default()).into_iter().find(|p| {
-            pod_node(p) == Some(node) && status.active_pods.contains_key(p.metadata.uid.as_deref().unwrap_or_default())
-        })
+        self.ctx
+            .pods_of_vmi(vmi.metadata.uid.as_deref().unwrap_or_default())
+            .into_iter()
+            .find(|p| {
+                pod_node(p) == Some(node)
+                    && status
+                        .active_pods
+                        .contains_key(p.metadata.uid.as_deref().unwrap_or_default())
+            })
     }
 
     /// virt-controller hands the migration to virt-handler: the VMI's migration state names
     /// source and target, the target pod joins `activePods`.
-    async fn hand_off(&self, vmi: &VirtualMachineInstance, status: &mut VirtualMachineInstanceMigrationStatus) -> Result<()> {
+    async fn hand_off(
+        &self,
+        vmi: &VirtualMachineInstance,
+        status: &mut VirtualMachineInstanceMigrationStatus,
+    ) -> Result<()> {
         let planned = status.migration_state.clone().unwrap_or_default();
         let target_node = planned.target_node.clone().unwrap_or_default();
-        let target_uid = self.target_pods().first().and_then(|p| p.metadata.uid.clone()).unwrap_or_default();
+        let target_uid = self
+            .target_pods()
+            .first()
+            .and_then(|p| p.metadata.uid.clone())
+            .unwrap_or_default();
         let state = VirtualMachineInstanceMigrationState {
             migration_uid: Some(self.uid.clone()),
-            source_node: planned.source_node.clone().or_else(|| vmi.node_name().map(str::to_string)),
+            source_node: planned
+                .source_node
+                .clone()
+                .or_else(|| vmi.node_name().map(str::to_string)),
             source_pod: planned.source_pod.clone(),
             target_node: Some(target_node.clone()),
             target_pod: planned.target_pod.clone(),
@@ -486,10 +669,19 @@ impl Job<'_> {
             },
         });
         self.ctx
-            .patch_vmi(&self.namespace, &self.migration.spec.vmi_name, vmi.metadata.resource_version.as_deref(), patch)
+            .patch_vmi(
+                &self.namespace,
+                &self.migration.spec.vmi_name,
+                vmi.metadata.resource_version.as_deref(),
+                patch,
+            )
             .await?;
         status.migration_state = Some(state);
-        self.enter(status, MigrationPhase::PreparingTarget, "handed off to the target node");
+        self.enter(
+            status,
+            MigrationPhase::PreparingTarget,
+            "handed off to the target node",
+        );
         Ok(())
     }
 
@@ -509,7 +701,12 @@ impl Job<'_> {
         change(&mut state);
         let patch = json!({"status": {"migrationState": state}});
         self.ctx
-            .patch_vmi(&self.namespace, &self.migration.spec.vmi_name, vmi.metadata.resource_version.as_deref(), patch)
+            .patch_vmi(
+                &self.namespace,
+                &self.migration.spec.vmi_name,
+                vmi.metadata.resource_version.as_deref(),
+                patch,
+            )
             .await?;
         Ok(state)
     }
@@ -521,7 +718,10 @@ impl Job<'_> {
         status: &mut VirtualMachineInstanceMigrationStatus,
         targets: &[Arc<Pod>],
     ) -> Result<Action> {
-        let Some(state) = vmi.migration_state().filter(|s| s.migration_uid.as_deref() == Some(self.uid.as_str())) else {
+        let Some(state) = vmi
+            .migration_state()
+            .filter(|s| s.migration_uid.as_deref() == Some(self.uid.as_str()))
+        else {
             self.fail(vmi, status, targets, false, "VMI's migration state was taken over by another migration job during active migration.", false)
                 .await?;
             return Ok(Action::await_change());
@@ -529,15 +729,24 @@ impl Job<'_> {
         if state.completed && !state.failed {
             // Completed by an earlier reconcile whose status write did not land.
             status.migration_state = Some(state.clone());
-            self.enter(status, MigrationPhase::Succeeded, "Source node reported migration succeeded");
+            self.enter(
+                status,
+                MigrationPhase::Succeeded,
+                "Source node reported migration succeeded",
+            );
             return Ok(Action::requeue(Duration::ZERO));
         }
-        let knobs = FaultKnobs::from_annotations(vmi.metadata.annotations.as_ref(), &self.cfg.faults);
+        let knobs =
+            FaultKnobs::from_annotations(vmi.metadata.annotations.as_ref(), &self.cfg.faults);
         if knobs.migration_stall {
             // Stays Running until the migration is deleted (aborted).
             return Ok(Action::await_change());
         }
-        let elapsed = state.start_timestamp.as_ref().map(|t| since(&t.0)).unwrap_or_default();
+        let elapsed = state
+            .start_timestamp
+            .as_ref()
+            .map(|t| since(&t.0))
+            .unwrap_or_default();
         let memory = vmi.guest_memory_bytes().unwrap_or(DEFAULT_GUEST_MEMORY);
         let bandwidth = vmi
             .metadata
@@ -563,7 +772,13 @@ impl Job<'_> {
             return Ok(Action::await_change());
         }
         if elapsed < duration {
-            return Ok(Action::requeue((duration - elapsed).min(timeout.saturating_sub(elapsed).max(Duration::from_millis(10)))));
+            return Ok(Action::requeue(
+                (duration - elapsed).min(
+                    timeout
+                        .saturating_sub(elapsed)
+                        .max(Duration::from_millis(10)),
+                ),
+            ));
         }
         self.complete(vmi, status, state.clone()).await?;
         Ok(Action::requeue(Duration::ZERO))
@@ -576,7 +791,10 @@ impl Job<'_> {
         status: &mut VirtualMachineInstanceMigrationStatus,
         mut state: VirtualMachineInstanceMigrationState,
     ) -> Result<()> {
-        let target_node = state.target_node.clone().ok_or(Error::MissingField("migrationState.targetNode"))?;
+        let target_node = state
+            .target_node
+            .clone()
+            .ok_or(Error::MissingField("migrationState.targetNode"))?;
         let source_node = state.source_node.clone().unwrap_or_default();
         let vmi_status = vmi.status.clone().unwrap_or_default();
         let stamp = now();
@@ -586,7 +804,14 @@ impl Job<'_> {
         let mut active: BTreeMap<String, serde_json::Value> = BTreeMap::new();
         for (pod_uid, node) in &vmi_status.active_pods {
             // Only the target pod stays active.
-            active.insert(pod_uid.clone(), if *node == target_node { json!(node) } else { serde_json::Value::Null });
+            active.insert(
+                pod_uid.clone(),
+                if *node == target_node {
+                    json!(node)
+                } else {
+                    serde_json::Value::Null
+                },
+            );
         }
         let mut status_patch = json!({
             "nodeName": target_node,
@@ -594,7 +819,11 @@ impl Job<'_> {
             "activePods": active,
         });
         // virt-handler clears the eviction mark once the VMI has left the evacuated node.
-        if vmi_status.evacuation_node_name.as_deref().is_some_and(|n| n != target_node) {
+        if vmi_status
+            .evacuation_node_name
+            .as_deref()
+            .is_some_and(|n| n != target_node)
+        {
             status_patch["evacuationNodeName"] = serde_json::Value::Null;
         }
         let patch = json!({
@@ -602,7 +831,12 @@ impl Job<'_> {
             "status": status_patch,
         });
         self.ctx
-            .patch_vmi(&self.namespace, &self.migration.spec.vmi_name, vmi.metadata.resource_version.as_deref(), patch)
+            .patch_vmi(
+                &self.namespace,
+                &self.migration.spec.vmi_name,
+                vmi.metadata.resource_version.as_deref(),
+                patch,
+            )
             .await?;
         // The source virt-launcher exits once the guest has moved.
         if let Some(source_pod) = state.source_pod.as_deref() {
@@ -614,7 +848,11 @@ impl Job<'_> {
         }
         tracing::info!(migration = %self.key, from = %source_node, to = %target_node, "migration completed");
         status.migration_state = Some(state);
-        self.enter(status, MigrationPhase::Succeeded, "Source node reported migration succeeded");
+        self.enter(
+            status,
+            MigrationPhase::Succeeded,
+            "Source node reported migration succeeded",
+        );
         Ok(())
     }
 
@@ -630,11 +868,17 @@ impl Job<'_> {
         why: &str,
         aborted: bool,
     ) -> Result<()> {
-        let owns = vmi.migration_state().and_then(|s| s.migration_uid.as_deref()) == Some(self.uid.as_str());
+        let owns = vmi
+            .migration_state()
+            .and_then(|s| s.migration_uid.as_deref())
+            == Some(self.uid.as_str());
         if handed_off && owns && !vmi.is_final() {
             let mut state = vmi.migration_state().cloned().unwrap_or_default();
             if !(state.completed && state.failed) {
-                let target_uids: Vec<String> = targets.iter().filter_map(|p| p.metadata.uid.clone()).collect();
+                let target_uids: Vec<String> = targets
+                    .iter()
+                    .filter_map(|p| p.metadata.uid.clone())
+                    .collect();
                 state.completed = true;
                 state.failed = true;
                 state.end_timestamp = Some(now());
@@ -646,21 +890,32 @@ impl Job<'_> {
                     state.abort_status = Some(MigrationAbortStatus::Succeeded);
                 }
                 state.failure_reason = Some(why.to_string());
-                let active: BTreeMap<String, serde_json::Value> =
-                    target_uids.into_iter().map(|u| (u, serde_json::Value::Null)).collect();
+                let active: BTreeMap<String, serde_json::Value> = target_uids
+                    .into_iter()
+                    .map(|u| (u, serde_json::Value::Null))
+                    .collect();
                 let patch = json!({
                     "metadata": {"labels": {MIGRATION_TARGET_NODE_NAME_LABEL: null}},
                     "status": {"migrationState": state, "activePods": active},
                 });
                 self.ctx
-                    .patch_vmi(&self.namespace, &self.migration.spec.vmi_name, vmi.metadata.resource_version.as_deref(), patch)
+                    .patch_vmi(
+                        &self.namespace,
+                        &self.migration.spec.vmi_name,
+                        vmi.metadata.resource_version.as_deref(),
+                        patch,
+                    )
                     .await?;
             }
             status.migration_state = Some(state);
         }
         for pod in targets {
             if let Some(name) = pod.metadata.name.as_deref() {
-                self.pods().delete(name, &DeleteParams::default().grace_period(0)).await.map(|_| ()).or_else(ignore_not_found)?;
+                self.pods()
+                    .delete(name, &DeleteParams::default().grace_period(0))
+                    .await
+                    .map(|_| ())
+                    .or_else(ignore_not_found)?;
             }
         }
         self.enter(status, MigrationPhase::Failed, why);

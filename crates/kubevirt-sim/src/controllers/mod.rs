@@ -17,7 +17,9 @@ use kube::runtime::controller::Action;
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource};
-use kubevirt_api::labels::{APP_LABEL, CREATED_BY_LABEL, KUBEVIRT_NAME, KUBEVIRT_NAMESPACE, VIRT_LAUNCHER};
+use kubevirt_api::labels::{
+    APP_LABEL, CREATED_BY_LABEL, KUBEVIRT_NAME, KUBEVIRT_NAMESPACE, VIRT_LAUNCHER,
+};
 use kubevirt_api::{KubeVirt, VirtualMachineInstance, VirtualMachineInstanceMigration};
 use serde::de::DeserializeOwned;
 
@@ -65,7 +67,9 @@ impl Expectations {
 
     /// Whether a creation for `key` is still expected to show up.
     pub fn pending(&self, key: &str) -> bool {
-        let Ok(mut map) = self.0.lock() else { return false };
+        let Ok(mut map) = self.0.lock() else {
+            return false;
+        };
         match map.get(key) {
             Some(at) if at.elapsed() < Self::TTL => true,
             Some(_) => {
@@ -83,7 +87,9 @@ where
     K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
 {
     let (reader, writer) = reflector::store();
-    let stream = reflector::reflector(writer, watcher(api, config)).default_backoff().touched_objects();
+    let stream = reflector::reflector(writer, watcher(api, config))
+        .default_backoff()
+        .touched_objects();
     tokio::spawn(async move {
         stream
             .for_each(|event| async move {
@@ -102,7 +108,10 @@ impl Context {
         let launcher_selector = format!("{APP_LABEL}={VIRT_LAUNCHER}");
         let ctx = Context {
             vmis: spawn_reflector(Api::all(client.clone()), watcher::Config::default()),
-            launcher_pods: spawn_reflector(Api::all(client.clone()), watcher::Config::default().labels(&launcher_selector)),
+            launcher_pods: spawn_reflector(
+                Api::all(client.clone()),
+                watcher::Config::default().labels(&launcher_selector),
+            ),
             migrations: spawn_reflector(Api::all(client.clone()), watcher::Config::default()),
             kubevirt: spawn_reflector(Api::all(client.clone()), watcher::Config::default()),
             pvcs: spawn_reflector(Api::all(client.clone()), watcher::Config::default()),
@@ -144,7 +153,9 @@ impl Context {
     }
 
     pub fn pvc(&self, namespace: &str, name: &str) -> Option<PersistentVolumeClaim> {
-        self.pvcs.get(&ObjectRef::new(name).within(namespace)).map(|p| (*p).clone())
+        self.pvcs
+            .get(&ObjectRef::new(name).within(namespace))
+            .map(|p| (*p).clone())
     }
 
     /// Every virt-launcher pod of the VMI with this UID (source and target pods).
@@ -152,16 +163,29 @@ impl Context {
         self.launcher_pods
             .state()
             .into_iter()
-            .filter(|p| p.metadata.labels.as_ref().and_then(|l| l.get(CREATED_BY_LABEL)).map(String::as_str) == Some(vmi_uid))
+            .filter(|p| {
+                p.metadata
+                    .labels
+                    .as_ref()
+                    .and_then(|l| l.get(CREATED_BY_LABEL))
+                    .map(String::as_str)
+                    == Some(vmi_uid)
+            })
             .collect()
     }
 
     /// Migrations of a VMI (by namespace and VMI name).
-    pub fn migrations_of_vmi(&self, namespace: &str, vmi_name: &str) -> Vec<Arc<VirtualMachineInstanceMigration>> {
+    pub fn migrations_of_vmi(
+        &self,
+        namespace: &str,
+        vmi_name: &str,
+    ) -> Vec<Arc<VirtualMachineInstanceMigration>> {
         self.migrations
             .state()
             .into_iter()
-            .filter(|m| m.metadata.namespace.as_deref() == Some(namespace) && m.spec.vmi_name == vmi_name)
+            .filter(|m| {
+                m.metadata.namespace.as_deref() == Some(namespace) && m.spec.vmi_name == vmi_name
+            })
             .collect()
     }
 
@@ -178,7 +202,9 @@ impl Context {
             patch["metadata"]["resourceVersion"] = rv.into();
         }
         let api: Api<VirtualMachineInstance> = Api::namespaced(self.client.clone(), namespace);
-        Ok(api.patch(name, &PatchParams::default(), &Patch::Merge(&patch)).await?)
+        Ok(api
+            .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await?)
     }
 }
 
@@ -216,12 +242,17 @@ pub fn key_of<K: Resource>(obj: &K) -> String {
 /// Whether a pod is being deleted or has terminated.
 pub fn pod_is_down(pod: &Pod) -> bool {
     pod.metadata.deletion_timestamp.is_some()
-        || matches!(pod.status.as_ref().and_then(|s| s.phase.as_deref()), Some("Succeeded" | "Failed"))
+        || matches!(
+            pod.status.as_ref().and_then(|s| s.phase.as_deref()),
+            Some("Succeeded" | "Failed")
+        )
 }
 
 /// Whether a pod runs and is ready (kwok reports the Ready condition).
 pub fn pod_is_ready(pod: &Pod) -> bool {
-    let Some(status) = pod.status.as_ref() else { return false };
+    let Some(status) = pod.status.as_ref() else {
+        return false;
+    };
     status.phase.as_deref() == Some("Running")
         && status
             .conditions
@@ -232,15 +263,25 @@ pub fn pod_is_ready(pod: &Pod) -> bool {
 
 /// `Some(message)` when the scheduler reported the pod unschedulable.
 pub fn pod_unschedulable(pod: &Pod) -> Option<String> {
-    pod.status.as_ref()?.conditions.iter().flatten().find_map(|c| {
-        (c.type_ == "PodScheduled" && c.status == "False" && c.reason.as_deref() == Some("Unschedulable"))
+    pod.status
+        .as_ref()?
+        .conditions
+        .iter()
+        .flatten()
+        .find_map(|c| {
+            (c.type_ == "PodScheduled"
+                && c.status == "False"
+                && c.reason.as_deref() == Some("Unschedulable"))
             .then(|| c.message.clone().unwrap_or_default())
-    })
+        })
 }
 
 /// The node a pod is bound to.
 pub fn pod_node(pod: &Pod) -> Option<&str> {
-    pod.spec.as_ref().and_then(|s| s.node_name.as_deref()).filter(|n| !n.is_empty())
+    pod.spec
+        .as_ref()
+        .and_then(|s| s.node_name.as_deref())
+        .filter(|n| !n.is_empty())
 }
 
 /// Seconds since an object was created (0 when unknown).

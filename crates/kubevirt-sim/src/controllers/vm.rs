@@ -6,6 +6,7 @@
 //! not simulated). The status reports `printableStatus`, `created` and `ready`.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
@@ -15,7 +16,9 @@ use kube::runtime::controller::{Action, Controller};
 use kube::runtime::watcher;
 use kubevirt_api::common::{Condition, condition_type};
 use kubevirt_api::vm::printable_status;
-use kubevirt_api::{ConditionStatus, RunStrategy, VirtualMachine, VirtualMachineInstance, VmiPhase};
+use kubevirt_api::{
+    ConditionStatus, RunStrategy, VirtualMachine, VirtualMachineInstance, VmiPhase,
+};
 use serde_json::json;
 
 use super::{Context, key_of, retry_after_error};
@@ -23,30 +26,50 @@ use crate::error::{Error, Result, kube_conflict, kube_not_found};
 
 pub async fn run(ctx: Arc<Context>) {
     let client = ctx.client.clone();
-    Controller::new(Api::<VirtualMachine>::all(client.clone()), watcher::Config::default())
-        .owns(Api::<VirtualMachineInstance>::all(client), watcher::Config::default())
-        .run(reconcile, retry_after_error, ctx)
-        .for_each(|_| async {})
-        .await;
+    Controller::new(
+        Api::<VirtualMachine>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .owns(
+        Api::<VirtualMachineInstance>::all(client),
+        watcher::Config::default(),
+    )
+    .run(reconcile, retry_after_error, ctx)
+    .for_each(|_| async {})
+    .await;
 }
 
 async fn reconcile(vm: Arc<VirtualMachine>, ctx: Arc<Context>) -> Result<Action> {
     if vm.metadata.deletion_timestamp.is_some() {
         return Ok(Action::await_change());
     }
-    let namespace = vm.metadata.namespace.clone().ok_or(Error::MissingField("metadata.namespace"))?;
-    let name = vm.metadata.name.clone().ok_or(Error::MissingField("metadata.name"))?;
+    let namespace = vm
+        .metadata
+        .namespace
+        .clone()
+        .ok_or(Error::MissingField("metadata.namespace"))?;
+    let name = vm
+        .metadata
+        .name
+        .clone()
+        .ok_or(Error::MissingField("metadata.name"))?;
     let vm_uid = vm.metadata.uid.clone().unwrap_or_default();
     let vmis: Api<VirtualMachineInstance> = Api::namespaced(ctx.client.clone(), &namespace);
     // A VMI of the same name that this VM does not own is left alone.
     let vmi = ctx.vmi(&namespace, &name).filter(|v| {
-        v.metadata.owner_references.iter().flatten().any(|o| o.uid == vm_uid && o.controller == Some(true))
+        v.metadata
+            .owner_references
+            .iter()
+            .flatten()
+            .any(|o| o.uid == vm_uid && o.controller == Some(true))
     });
     let strategy = vm.effective_run_strategy();
 
     let wants_vmi = match strategy {
         RunStrategy::Always => true,
-        RunStrategy::RerunOnFailure => vmi.as_ref().is_none_or(|v| v.phase() != Some(VmiPhase::Succeeded)),
+        RunStrategy::RerunOnFailure => vmi
+            .as_ref()
+            .is_none_or(|v| v.phase() != Some(VmiPhase::Succeeded)),
         RunStrategy::Halted => false,
         RunStrategy::Manual | RunStrategy::Once | RunStrategy::WaitAsReceiver => vmi.is_some(),
     };
@@ -78,7 +101,13 @@ async fn reconcile(vm: Arc<VirtualMachine>, ctx: Arc<Context>) -> Result<Action>
     }
 
     update_status(&ctx, &vm, vmi.as_deref(), strategy).await?;
-    Ok(if requeue { Action::requeue(std::time::Duration::from_millis(500)) } else { Action::await_change() })
+    // Without news, look again now and then (an informer's resync): the VMI cache read here
+    // may lag behind the event that triggered this pass.
+    Ok(Action::requeue(if requeue {
+        Duration::from_millis(500)
+    } else {
+        Duration::from_secs(10)
+    }))
 }
 
 fn restarts(strategy: RunStrategy, vmi: &VirtualMachineInstance) -> bool {
@@ -102,7 +131,11 @@ async fn delete_vmi(api: &Api<VirtualMachineInstance>, name: &str, why: &str) ->
 
 /// The VMI a VM starts: the template's metadata and spec, owned by the VM.
 fn vmi_from_template(vm: &VirtualMachine) -> Result<VirtualMachineInstance> {
-    let name = vm.metadata.name.clone().ok_or(Error::MissingField("metadata.name"))?;
+    let name = vm
+        .metadata
+        .name
+        .clone()
+        .ok_or(Error::MissingField("metadata.name"))?;
     let template_meta = vm.spec.template.metadata.clone().unwrap_or_default();
     let spec = vm.spec.template.spec.clone().unwrap_or_default();
     let mut vmi = VirtualMachineInstance::new(&name, spec);
@@ -115,7 +148,11 @@ fn vmi_from_template(vm: &VirtualMachine) -> Result<VirtualMachineInstance> {
             api_version: kubevirt_api::API_VERSION.into(),
             kind: VirtualMachine::kind(&()).into_owned(),
             name,
-            uid: vm.metadata.uid.clone().ok_or(Error::MissingField("metadata.uid"))?,
+            uid: vm
+                .metadata
+                .uid
+                .clone()
+                .ok_or(Error::MissingField("metadata.uid"))?,
             controller: Some(true),
             block_owner_deletion: Some(true),
         }]),
@@ -132,14 +169,17 @@ async fn update_status(
 ) -> Result<()> {
     let ready = vmi.is_some_and(|v| {
         v.is_running()
-            && v.condition(condition_type::READY).is_some_and(|c| c.status == ConditionStatus::True)
+            && v.condition(condition_type::READY)
+                .is_some_and(|c| c.status == ConditionStatus::True)
     });
     let printable = match vmi {
         None => printable_status::STOPPED,
         Some(v) if v.metadata.deletion_timestamp.is_some() => printable_status::STOPPING,
         Some(v) => match v.phase() {
             None | Some(VmiPhase::Pending | VmiPhase::Scheduling | VmiPhase::Scheduled) => {
-                if v.condition(condition_type::POD_SCHEDULED).is_some_and(|c| c.status == ConditionStatus::False) {
+                if v.condition(condition_type::POD_SCHEDULED)
+                    .is_some_and(|c| c.status == ConditionStatus::False)
+                {
                     printable_status::ERROR_UNSCHEDULABLE
                 } else {
                     printable_status::STARTING
@@ -152,7 +192,11 @@ async fn update_status(
             Some(VmiPhase::Unknown) => printable_status::UNKNOWN,
         },
     };
-    let mut conditions = vm.status.as_ref().map(|s| s.conditions.clone()).unwrap_or_default();
+    let mut conditions = vm
+        .status
+        .as_ref()
+        .map(|s| s.conditions.clone())
+        .unwrap_or_default();
     kubevirt_api::common::set_condition(
         &mut conditions,
         Condition::new(
@@ -180,8 +224,10 @@ async fn update_status(
     if unchanged {
         return Ok(());
     }
-    let api: Api<VirtualMachine> =
-        Api::namespaced(ctx.client.clone(), vm.metadata.namespace.as_deref().unwrap_or_default());
+    let api: Api<VirtualMachine> = Api::namespaced(
+        ctx.client.clone(),
+        vm.metadata.namespace.as_deref().unwrap_or_default(),
+    );
     api.patch_status(
         vm.metadata.name.as_deref().unwrap_or_default(),
         &PatchParams::default(),

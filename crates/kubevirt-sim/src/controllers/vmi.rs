@@ -25,13 +25,19 @@ use kube::api::{Api, PostParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
-use kubevirt_api::common::{Condition, PhaseTransitionTimestamp, condition_reason, condition_type, now, set_condition};
+use kubevirt_api::common::{
+    Condition, PhaseTransitionTimestamp, condition_reason, condition_type, now, set_condition,
+};
 use kubevirt_api::labels::{APP_LABEL, MIGRATION_JOB_LABEL, NODE_NAME_LABEL, VIRT_LAUNCHER};
 use kubevirt_api::vmi::VmiNetworkInterface;
-use kubevirt_api::{ConditionStatus, VirtualMachineInstance, VirtualMachineInstanceStatus, VmiPhase};
+use kubevirt_api::{
+    ConditionStatus, VirtualMachineInstance, VirtualMachineInstanceStatus, VmiPhase,
+};
 use serde_json::json;
 
-use super::{Context, key_of, pod_is_down, pod_is_ready, pod_node, pod_unschedulable, retry_after_error};
+use super::{
+    Context, key_of, pod_is_down, pod_is_ready, pod_node, pod_unschedulable, retry_after_error,
+};
 use crate::error::{Error, Result};
 use crate::launcher;
 use crate::live_migratable::live_migratable_condition;
@@ -40,31 +46,41 @@ use crate::live_migratable::live_migratable_condition;
 pub async fn run(ctx: Arc<Context>) {
     let client = ctx.client.clone();
     let mapper_ctx = ctx.clone();
-    Controller::new(Api::<VirtualMachineInstance>::all(client.clone()), watcher::Config::default())
-        .owns(
-            Api::<Pod>::all(client.clone()),
-            watcher::Config::default().labels(&format!("{APP_LABEL}={VIRT_LAUNCHER}")),
-        )
-        // A PVC appearing or changing access modes changes LiveMigratable.
-        .watches(
-            Api::<PersistentVolumeClaim>::all(client),
-            watcher::Config::default(),
-            move |pvc: PersistentVolumeClaim| {
-                let ns = pvc.metadata.namespace.clone().unwrap_or_default();
-                let name = pvc.metadata.name.clone().unwrap_or_default();
-                mapper_ctx
-                    .vmis
-                    .state()
-                    .into_iter()
-                    .filter(|v| v.metadata.namespace.as_deref() == Some(ns.as_str()) && v.claim_names().contains(&name.as_str()))
-                    .map(|v| ObjectRef::from_obj(v.as_ref()))
-                    .collect::<Vec<_>>()
-            },
-        )
-        .run(reconcile, retry_after_error, ctx)
-        .for_each(|_| async {})
-        .await;
+    Controller::new(
+        Api::<VirtualMachineInstance>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .owns(
+        Api::<Pod>::all(client.clone()),
+        watcher::Config::default().labels(&format!("{APP_LABEL}={VIRT_LAUNCHER}")),
+    )
+    // A PVC appearing or changing access modes changes LiveMigratable.
+    .watches(
+        Api::<PersistentVolumeClaim>::all(client),
+        watcher::Config::default(),
+        move |pvc: PersistentVolumeClaim| {
+            let ns = pvc.metadata.namespace.clone().unwrap_or_default();
+            let name = pvc.metadata.name.clone().unwrap_or_default();
+            mapper_ctx
+                .vmis
+                .state()
+                .into_iter()
+                .filter(|v| {
+                    v.metadata.namespace.as_deref() == Some(ns.as_str())
+                        && v.claim_names().contains(&name.as_str())
+                })
+                .map(|v| ObjectRef::from_obj(v.as_ref()))
+                .collect::<Vec<_>>()
+        },
+    )
+    .run(reconcile, retry_after_error, ctx)
+    .for_each(|_| async {})
+    .await;
 }
+
+/// Like an informer's resync: every VMI is looked at again now and then, so a change missed
+/// because the caches were a moment apart is picked up.
+const RESYNC: Duration = Duration::from_secs(10);
 
 async fn reconcile(vmi: Arc<VirtualMachineInstance>, ctx: Arc<Context>) -> Result<Action> {
     if vmi.metadata.deletion_timestamp.is_some() || vmi.is_final() {
@@ -72,9 +88,21 @@ async fn reconcile(vmi: Arc<VirtualMachineInstance>, ctx: Arc<Context>) -> Resul
         return Ok(Action::await_change());
     }
     let key = key_of(vmi.as_ref());
-    let namespace = vmi.metadata.namespace.clone().ok_or(Error::MissingField("metadata.namespace"))?;
-    let name = vmi.metadata.name.clone().ok_or(Error::MissingField("metadata.name"))?;
-    let uid = vmi.metadata.uid.clone().ok_or(Error::MissingField("metadata.uid"))?;
+    let namespace = vmi
+        .metadata
+        .namespace
+        .clone()
+        .ok_or(Error::MissingField("metadata.namespace"))?;
+    let name = vmi
+        .metadata
+        .name
+        .clone()
+        .ok_or(Error::MissingField("metadata.name"))?;
+    let uid = vmi
+        .metadata
+        .uid
+        .clone()
+        .ok_or(Error::MissingField("metadata.uid"))?;
     let rv = vmi.metadata.resource_version.clone();
     let old = vmi.status.clone().unwrap_or_default();
     let mut new = old.clone();
@@ -86,7 +114,10 @@ async fn reconcile(vmi: Arc<VirtualMachineInstance>, ctx: Arc<Context>) -> Resul
         ctx.pod_expectations.observed(&key);
     }
 
-    set_condition(&mut new.conditions, live_migratable_condition(&vmi, |claim| ctx.pvc(&namespace, claim)));
+    set_condition(
+        &mut new.conditions,
+        live_migratable_condition(&vmi, |claim| ctx.pvc(&namespace, claim)),
+    );
 
     match old.phase {
         None | Some(VmiPhase::Pending) | Some(VmiPhase::Unknown) => {
@@ -105,22 +136,37 @@ async fn reconcile(vmi: Arc<VirtualMachineInstance>, ctx: Arc<Context>) -> Resul
         Some(VmiPhase::Scheduling) => {
             let launch_pod = pods.iter().find(|p| !has_label(p, MIGRATION_JOB_LABEL));
             match launch_pod {
-                None if ctx.pod_expectations.pending(&key) => return Ok(Action::requeue(Duration::from_secs(1))),
-                None => fail(&mut new, "PodNotExists", "virt-launcher pod disappeared before the VMI was scheduled"),
-                Some(pod) if pod_is_down(pod) => {
-                    fail(&mut new, "PodTerminated", "virt-launcher pod terminated before the VMI was scheduled")
+                None if ctx.pod_expectations.pending(&key) => {
+                    return Ok(Action::requeue(Duration::from_secs(1)));
                 }
+                None => fail(
+                    &mut new,
+                    "PodNotExists",
+                    "virt-launcher pod disappeared before the VMI was scheduled",
+                ),
+                Some(pod) if pod_is_down(pod) => fail(
+                    &mut new,
+                    "PodTerminated",
+                    "virt-launcher pod terminated before the VMI was scheduled",
+                ),
                 Some(pod) => match (pod_node(pod), pod_is_ready(pod)) {
                     (Some(node), true) => {
                         // virt-controller hands the VMI to virt-handler of that node.
                         new.phase = Some(VmiPhase::Scheduled);
                         new.node_name = Some(node.to_string());
-                        new.active_pods = BTreeMap::from([(pod.metadata.uid.clone().unwrap_or_default(), node.to_string())]);
-                        new.conditions.retain(|c| c.type_ != condition_type::POD_SCHEDULED);
+                        new.active_pods = BTreeMap::from([(
+                            pod.metadata.uid.clone().unwrap_or_default(),
+                            node.to_string(),
+                        )]);
+                        new.conditions
+                            .retain(|c| c.type_ != condition_type::POD_SCHEDULED);
                         labels.insert(NODE_NAME_LABEL.into(), Some(node.to_string()));
                         requeue = Some(Duration::ZERO);
                     }
                     (_, _) => {
+                        // The pod cache this reads may lag behind the watch event that
+                        // triggered this pass: look again soon.
+                        requeue = Some(Duration::from_millis(500));
                         if let Some(message) = pod_unschedulable(pod) {
                             set_condition(
                                 &mut new.conditions,
@@ -142,7 +188,10 @@ async fn reconcile(vmi: Arc<VirtualMachineInstance>, ctx: Arc<Context>) -> Resul
             match pod {
                 Some(pod) if !pod_is_down(pod) => {
                     new.phase = Some(VmiPhase::Running);
-                    set_condition(&mut new.conditions, Condition::new(condition_type::READY, ConditionStatus::True, "", ""));
+                    set_condition(
+                        &mut new.conditions,
+                        Condition::new(condition_type::READY, ConditionStatus::True, "", ""),
+                    );
                     let ip = pod.status.as_ref().and_then(|s| s.pod_ip.clone());
                     new.interfaces = vec![VmiNetworkInterface {
                         name: vmi.spec.networks.first().map(|n| n.name.clone()),
@@ -153,7 +202,8 @@ async fn reconcile(vmi: Arc<VirtualMachineInstance>, ctx: Arc<Context>) -> Resul
                         ..Default::default()
                     }];
                     new.qos_class = pod.status.as_ref().and_then(|s| s.qos_class.clone());
-                    new.launcher_container_image_version = Some("quay.io/kubevirt/virt-launcher:v1.7.0".into());
+                    new.launcher_container_image_version =
+                        Some("quay.io/kubevirt/virt-launcher:v1.7.0".into());
                     new.migration_method = Some("LiveMigration".into());
                 }
                 Some(_) => finish_after_pod_loss(&mut new, true),
@@ -163,7 +213,11 @@ async fn reconcile(vmi: Arc<VirtualMachineInstance>, ctx: Arc<Context>) -> Resul
         Some(VmiPhase::Running) => match current_pod(&old, &pods) {
             Some(pod) if !pod_is_down(pod) => {
                 if let Some(node) = old.node_name.as_deref() {
-                    let label = vmi.metadata.labels.as_ref().and_then(|l| l.get(NODE_NAME_LABEL));
+                    let label = vmi
+                        .metadata
+                        .labels
+                        .as_ref()
+                        .and_then(|l| l.get(NODE_NAME_LABEL));
                     if label.map(String::as_str) != Some(node) {
                         labels.insert(NODE_NAME_LABEL.into(), Some(node.to_string()));
                     }
@@ -176,7 +230,9 @@ async fn reconcile(vmi: Arc<VirtualMachineInstance>, ctx: Arc<Context>) -> Resul
                 let terminating = pods.iter().any(|p| {
                     pod_node(p) == old.node_name.as_deref()
                         && p.metadata.deletion_timestamp.is_some()
-                        && old.active_pods.contains_key(p.metadata.uid.as_deref().unwrap_or_default())
+                        && old
+                            .active_pods
+                            .contains_key(p.metadata.uid.as_deref().unwrap_or_default())
                 });
                 finish_after_pod_loss(&mut new, terminating)
             }
@@ -187,10 +243,11 @@ async fn reconcile(vmi: Arc<VirtualMachineInstance>, ctx: Arc<Context>) -> Resul
     if new.phase != old.phase
         && let Some(phase) = new.phase
     {
-        new.phase_transition_timestamps.push(PhaseTransitionTimestamp {
-            phase: Some(phase),
-            phase_transition_timestamp: Some(now()),
-        });
+        new.phase_transition_timestamps
+            .push(PhaseTransitionTimestamp {
+                phase: Some(phase),
+                phase_transition_timestamp: Some(now()),
+            });
         tracing::info!(vmi = %key, from = ?old.phase, to = %phase, node = new.node_name.as_deref().unwrap_or(""), "VMI phase");
     }
 
@@ -199,12 +256,10 @@ async fn reconcile(vmi: Arc<VirtualMachineInstance>, ctx: Arc<Context>) -> Resul
             "metadata": {"labels": labels},
             "status": owned_status_fields(&new),
         });
-        ctx.patch_vmi(&namespace, &name, rv.as_deref(), patch).await?;
+        ctx.patch_vmi(&namespace, &name, rv.as_deref(), patch)
+            .await?;
     }
-    Ok(match requeue {
-        Some(d) => Action::requeue(d),
-        None => Action::await_change(),
-    })
+    Ok(Action::requeue(requeue.unwrap_or(RESYNC)))
 }
 
 /// The status fields this controller owns. `migrationState` and `evacuationNodeName` belong
@@ -225,15 +280,21 @@ fn owned_status_fields(s: &VirtualMachineInstanceStatus) -> serde_json::Value {
 }
 
 fn has_label(pod: &Pod, key: &str) -> bool {
-    pod.metadata.labels.as_ref().is_some_and(|l| l.contains_key(key))
+    pod.metadata
+        .labels
+        .as_ref()
+        .is_some_and(|l| l.contains_key(key))
 }
 
 /// The pod the VMI currently runs in: listed in `activePods` and on `status.nodeName`.
 fn current_pod<'a>(status: &VirtualMachineInstanceStatus, pods: &'a [Arc<Pod>]) -> Option<&'a Pod> {
     let node = status.node_name.as_deref()?;
-    pods.iter()
-        .map(|p| p.as_ref())
-        .find(|p| pod_node(p) == Some(node) && status.active_pods.contains_key(p.metadata.uid.as_deref().unwrap_or_default()))
+    pods.iter().map(|p| p.as_ref()).find(|p| {
+        pod_node(p) == Some(node)
+            && status
+                .active_pods
+                .contains_key(p.metadata.uid.as_deref().unwrap_or_default())
+    })
 }
 
 /// The guest is gone because its pod was deleted: a graceful pod termination lets
@@ -244,11 +305,20 @@ fn finish_after_pod_loss(status: &mut VirtualMachineInstanceStatus, graceful: bo
         status.phase = Some(VmiPhase::Succeeded);
         status.reason = None;
     } else {
-        fail(status, "PodNotExists", "virt-launcher pod of a running VMI disappeared");
+        fail(
+            status,
+            "PodNotExists",
+            "virt-launcher pod of a running VMI disappeared",
+        );
     }
     set_condition(
         &mut status.conditions,
-        Condition::new(condition_type::READY, ConditionStatus::False, "PodTerminating", "virt-launcher pod is terminating or gone"),
+        Condition::new(
+            condition_type::READY,
+            ConditionStatus::False,
+            "PodTerminating",
+            "virt-launcher pod is terminating or gone",
+        ),
     );
 }
 

@@ -13,7 +13,10 @@ use crate::error::kube_not_found;
 use kubevirt_api::common::condition_type;
 
 fn migration_of(req: &AdmissionRequest) -> Result<VirtualMachineInstanceMigration, Verdict> {
-    let object = req.object.clone().ok_or_else(|| Verdict::bad_request("request without object"))?;
+    let object = req
+        .object
+        .clone()
+        .ok_or_else(|| Verdict::bad_request("request without object"))?;
     serde_json::from_value(object).map_err(|e| Verdict::bad_request(e.to_string()))
 }
 
@@ -24,7 +27,11 @@ pub async fn validate_create(ctx: &Context, req: &AdmissionRequest) -> Verdict {
         Ok(m) => m,
         Err(v) => return v,
     };
-    let namespace = migration.metadata.namespace.clone().unwrap_or_else(|| req.namespace.clone());
+    let namespace = migration
+        .metadata
+        .namespace
+        .clone()
+        .unwrap_or_else(|| req.namespace.clone());
     let vmi_name = migration.spec.vmi_name.clone();
     if vmi_name.is_empty() {
         return Verdict::invalid("vmiName is missing");
@@ -33,7 +40,9 @@ pub async fn validate_create(ctx: &Context, req: &AdmissionRequest) -> Verdict {
     let vmi = match vmis.get(&vmi_name).await {
         Ok(v) => v,
         Err(e) if kube_not_found(&e) => {
-            return Verdict::bad_request(format!("the VMI \"{namespace}/{vmi_name}\" does not exist"));
+            return Verdict::bad_request(format!(
+                "the VMI \"{namespace}/{vmi_name}\" does not exist"
+            ));
         }
         Err(e) => return Verdict::bad_request(e.to_string()),
     };
@@ -58,9 +67,13 @@ pub async fn validate_create(ctx: &Context, req: &AdmissionRequest) -> Verdict {
         ));
     }
     // Don't allow new migration jobs while another one is in flight (`ensureNoConflict`).
-    let migrations: Api<VirtualMachineInstanceMigration> = Api::namespaced(ctx.client.clone(), &namespace);
+    let migrations: Api<VirtualMachineInstanceMigration> =
+        Api::namespaced(ctx.client.clone(), &namespace);
     let selector = format!("{MIGRATION_SELECTOR_LABEL} in ({vmi_name})");
-    match migrations.list(&ListParams::default().labels(&selector)).await {
+    match migrations
+        .list(&ListParams::default().labels(&selector))
+        .await
+    {
         Ok(list) => {
             if let Some(active) = list.items.iter().find(|m| !m.is_final()) {
                 return Verdict::bad_request(format!(
@@ -84,7 +97,10 @@ pub fn mutate_create(req: &AdmissionRequest) -> Verdict {
     };
     let mut ops = Vec::new();
     let mut labels = migration.metadata.labels.clone().unwrap_or_default();
-    labels.insert(MIGRATION_SELECTOR_LABEL.into(), migration.spec.vmi_name.clone());
+    labels.insert(
+        MIGRATION_SELECTOR_LABEL.into(),
+        migration.spec.vmi_name.clone(),
+    );
     ops.push(json!({"op": if migration.metadata.labels.is_some() { "replace" } else { "add" }, "path": "/metadata/labels", "value": labels}));
     let mut finalizers = migration.metadata.finalizers.clone().unwrap_or_default();
     if !finalizers.iter().any(|f| f == MIGRATION_FINALIZER) {
@@ -102,11 +118,15 @@ mod tests {
     fn mutation_adds_label_and_finalizer() {
         let req = AdmissionRequest {
             uid: "u".into(),
-            object: Some(json!({"apiVersion": "kubevirt.io/v1", "kind": "VirtualMachineInstanceMigration",
-                "metadata": {"generateName": "m-", "labels": {"a": "b"}}, "spec": {"vmiName": "vm1"}})),
+            object: Some(
+                json!({"apiVersion": "kubevirt.io/v1", "kind": "VirtualMachineInstanceMigration",
+                "metadata": {"generateName": "m-", "labels": {"a": "b"}}, "spec": {"vmiName": "vm1"}}),
+            ),
             ..Default::default()
         };
-        let Verdict::Patch(ops) = mutate_create(&req) else { panic!("no patch") };
+        let Verdict::Patch(ops) = mutate_create(&req) else {
+            panic!("no patch")
+        };
         assert_eq!(ops[0]["op"], "replace");
         assert_eq!(ops[0]["value"]["kubevirt.io/vmi-name"], "vm1");
         assert_eq!(ops[0]["value"]["a"], "b");

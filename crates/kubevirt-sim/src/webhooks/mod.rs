@@ -69,7 +69,10 @@ pub async fn serve(
                 }
             };
             let service = service_fn(move |req| handle(req, ctx.clone(), ready.clone()));
-            if let Err(e) = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tls), service).await {
+            if let Err(e) = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(tls), service)
+                .await
+            {
                 tracing::debug!(%peer, "connection ended: {e}");
             }
         });
@@ -80,12 +83,18 @@ fn reply(status: StatusCode, body: impl Into<Bytes>, content_type: &str) -> Resp
     let mut response = Response::new(Full::new(body.into()));
     *response.status_mut() = status;
     if let Ok(v) = content_type.parse() {
-        response.headers_mut().insert(hyper::header::CONTENT_TYPE, v);
+        response
+            .headers_mut()
+            .insert(hyper::header::CONTENT_TYPE, v);
     }
     response
 }
 
-async fn handle(req: Request<Incoming>, ctx: Arc<Context>, ready: Readiness) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn handle(
+    req: Request<Incoming>,
+    ctx: Arc<Context>,
+    ready: Readiness,
+) -> Result<Response<Full<Bytes>>, Infallible> {
     let path = req.uri().path().to_string();
     if req.method() == Method::GET && (path == paths::READYZ || path == "/healthz") {
         return Ok(if ready.is_ready() {
@@ -99,22 +108,46 @@ async fn handle(req: Request<Incoming>, ctx: Arc<Context>, ready: Readiness) -> 
     }
     let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
         Ok(b) => b.to_bytes(),
-        Err(e) => return Ok(reply(StatusCode::BAD_REQUEST, format!("reading the body: {e}"), "text/plain")),
+        Err(e) => {
+            return Ok(reply(
+                StatusCode::BAD_REQUEST,
+                format!("reading the body: {e}"),
+                "text/plain",
+            ));
+        }
     };
     let review: serde_json::Value = match serde_json::from_slice(&body) {
         Ok(v) => v,
-        Err(e) => return Ok(reply(StatusCode::BAD_REQUEST, format!("not JSON: {e}"), "text/plain")),
+        Err(e) => {
+            return Ok(reply(
+                StatusCode::BAD_REQUEST,
+                format!("not JSON: {e}"),
+                "text/plain",
+            ));
+        }
     };
     let request = match AdmissionRequest::from_review(&review) {
         Ok(r) => r,
         Err(e) => return Ok(reply(StatusCode::BAD_REQUEST, e, "text/plain")),
     };
     let verdict = match path.as_str() {
-        paths::MIGRATION_CREATE_VALIDATE => migration_admission::validate_create(&ctx, &request).await,
+        paths::MIGRATION_CREATE_VALIDATE => {
+            migration_admission::validate_create(&ctx, &request).await
+        }
         paths::MIGRATION_CREATE_MUTATE => migration_admission::mutate_create(&request),
         paths::POD_EVICTION_VALIDATE => pod_eviction::admit(&ctx, &request).await,
-        _ => return Ok(reply(StatusCode::NOT_FOUND, "no such webhook", "text/plain")),
+        _ => {
+            return Ok(reply(
+                StatusCode::NOT_FOUND,
+                "no such webhook",
+                "text/plain",
+            ));
+        }
     };
     let answer = verdict.into_review(&request.uid);
-    Ok(reply(StatusCode::OK, answer.to_string(), "application/json"))
+    Ok(reply(
+        StatusCode::OK,
+        answer.to_string(),
+        "application/json",
+    ))
 }

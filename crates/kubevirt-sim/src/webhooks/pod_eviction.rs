@@ -28,20 +28,37 @@ pub async fn admit(ctx: &Context, req: &AdmissionRequest) -> Verdict {
     let Ok(pod) = pods.get(&req.name).await else {
         return Verdict::Allow;
     };
-    let is_launcher = pod.metadata.labels.as_ref().and_then(|l| l.get(APP_LABEL)).map(String::as_str) == Some(VIRT_LAUNCHER);
+    let is_launcher = pod
+        .metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(APP_LABEL))
+        .map(String::as_str)
+        == Some(VIRT_LAUNCHER);
     if !is_launcher {
         return Verdict::Allow;
     }
-    if matches!(pod.status.as_ref().and_then(|s| s.phase.as_deref()), Some("Succeeded" | "Failed")) {
+    if matches!(
+        pod.status.as_ref().and_then(|s| s.phase.as_deref()),
+        Some("Succeeded" | "Failed")
+    ) {
         return Verdict::Allow;
     }
-    let Some(vmi_name) = pod.metadata.annotations.as_ref().and_then(|a| a.get(DOMAIN_ANNOTATION)).cloned() else {
+    let Some(vmi_name) = pod
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(DOMAIN_ANNOTATION))
+        .cloned()
+    else {
         return Verdict::Allow;
     };
     let vmis: Api<VirtualMachineInstance> = Api::namespaced(ctx.client.clone(), &req.namespace);
     let vmi = match vmis.get(&vmi_name).await {
         Ok(v) => v,
-        Err(e) => return Verdict::too_many_requests(format!("kubevirt failed getting the vmi: {e}")),
+        Err(e) => {
+            return Verdict::too_many_requests(format!("kubevirt failed getting the vmi: {e}"));
+        }
     };
     let cfg = ctx.config();
     let Some(strategy) = vmi.effective_eviction_strategy(cfg.eviction_strategy) else {
@@ -70,7 +87,10 @@ pub async fn admit(ctx: &Context, req: &AdmissionRequest) -> Verdict {
         // Not the pod the VMI runs in (a finished migration's source, or a target): allowed.
         return Verdict::Allow;
     }
-    let triggered = format!("Eviction triggered evacuation of VMI \"{}/{}\"", req.namespace, vmi_name);
+    let triggered = format!(
+        "Eviction triggered evacuation of VMI \"{}/{}\"",
+        req.namespace, vmi_name
+    );
     if vmi.is_marked_for_eviction() {
         return Verdict::too_many_requests(format!("Evacuation in progress: {triggered}"));
     }
@@ -81,10 +101,15 @@ pub async fn admit(ctx: &Context, req: &AdmissionRequest) -> Verdict {
             .and_then(|o| o.pointer("/deleteOptions/dryRun"))
             .and_then(|d| d.as_array())
             .is_some_and(|d| d.iter().any(|v| v == "All"));
-    let params = PatchParams { dry_run, ..Default::default() };
+    let params = PatchParams {
+        dry_run,
+        ..Default::default()
+    };
     let patch = json!({"status": {"evacuationNodeName": vmi_node}});
     if let Err(e) = vmis.patch(&vmi_name, &params, &Patch::Merge(&patch)).await {
-        return Verdict::too_many_requests(format!("kubevirt failed marking the vmi for eviction: {e}"));
+        return Verdict::too_many_requests(format!(
+            "kubevirt failed marking the vmi for eviction: {e}"
+        ));
     }
     tracing::info!(vmi = %format!("{}/{vmi_name}", req.namespace), node = vmi_node.as_deref().unwrap_or(""), dry_run, "eviction triggered evacuation");
     Verdict::too_many_requests(triggered)

@@ -1,0 +1,185 @@
+//! The eviction webhook for each eviction strategy, and the evacuation it triggers.
+
+use anyhow::Result;
+use kube::api::{EvictParams, PostParams};
+use kubevirt_api::labels::{EVACUATION_MIGRATION_ANNOTATION, EVACUATION_MIGRATION_NAME_PREFIX};
+use kubevirt_api::{MigrationPhase, VirtualMachineInstance};
+use serde_json::json;
+
+use crate::support::{Env, expect_denied};
+
+async fn evict(
+    env: &Env,
+    vmi: &VirtualMachineInstance,
+    dry_run: bool,
+) -> Result<Result<(), kube::Error>> {
+    let pod = env
+        .launcher_pods(vmi)
+        .await?
+        .into_iter()
+        .next()
+        .expect("a launcher pod");
+    let params = EvictParams {
+        post_options: PostParams {
+            dry_run,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    Ok(env
+        .pods()
+        .evict(pod.metadata.name.as_deref().unwrap(), &params)
+        .await
+        .map(|_| ()))
+}
+
+#[tokio::test]
+async fn eviction_webhook_answers_for_each_strategy() -> Result<()> {
+    let env = Env::new("sim-evict", 3).await?;
+    let bridge = |v: &mut serde_json::Value| {
+        v["spec"]["domain"]["devices"]["interfaces"] = json!([{"name": "default", "bridge": {}}]);
+    };
+    let vmis = env
+        .start_vmis(&[
+            env.vmi("none", "1Gi", Some("None"), |_| {}),
+            env.vmi("unset", "1Gi", None, |_| {}),
+            env.vmi("lm", "1Gi", Some("LiveMigrate"), |_| {}),
+            env.vmi("lm-stuck", "1Gi", Some("LiveMigrate"), bridge),
+            env.vmi("lmip", "1Gi", Some("LiveMigrateIfPossible"), |_| {}),
+            env.vmi("lmip-stuck", "1Gi", Some("LiveMigrateIfPossible"), bridge),
+            env.vmi("external", "1Gi", Some("External"), |_| {}),
+        ])
+        .await?;
+    let by_name = |n: &str| {
+        vmis.iter()
+            .find(|v| v.metadata.name.as_deref() == Some(n))
+            .unwrap()
+            .clone()
+    };
+
+    // Dry run: the answer is the same, nothing is marked.
+    expect_denied(
+        evict(&env, &by_name("lm"), true).await?,
+        429,
+        "Eviction triggered evacuation of VMI",
+    )?;
+    assert!(!env.vmis().get("lm").await?.is_marked_for_eviction());
+
+    // None / no strategy: evicted; the guest shuts down.
+    evict(&env, &by_name("none"), false).await??;
+    evict(&env, &by_name("unset"), false).await??;
+    env.wait_vmi("none", "final", |v| v.is_final()).await?;
+    env.wait_vmi("unset", "final", |v| v.is_final()).await?;
+
+    // LiveMigrate, migratable: marked, 429, then evacuated to another node.
+    let lm = by_name("lm");
+    let ns = env.ns.name().to_string();
+    expect_denied(
+        evict(&env, &lm, false).await?,
+        429,
+        &format!("Eviction triggered evacuation of VMI \"{ns}/lm\""),
+    )?;
+    let marked = env.vmis().get("lm").await?;
+    assert_eq!(
+        marked
+            .status
+            .as_ref()
+            .unwrap()
+            .evacuation_node_name
+            .as_deref(),
+        lm.node_name()
+    );
+    expect_denied(
+        evict(&env, &lm, false).await?,
+        429,
+        "Evacuation in progress",
+    )?;
+    let moved = env
+        .wait_vmi("lm", "evacuated", |v| {
+            v.is_running() && v.node_name() != lm.node_name()
+        })
+        .await?;
+    assert!(
+        !moved.is_marked_for_eviction(),
+        "the mark is cleared once the VMI left the node"
+    );
+    let migrations = env.migrations().list(&Default::default()).await?.items;
+    let evacuation = migrations
+        .iter()
+        .find(|m| m.spec.vmi_name == "lm")
+        .expect("an evacuation migration");
+    assert!(
+        evacuation
+            .metadata
+            .name
+            .as_deref()
+            .unwrap()
+            .starts_with(EVACUATION_MIGRATION_NAME_PREFIX)
+    );
+    assert_eq!(
+        evacuation.metadata.annotations.as_ref().unwrap()[EVACUATION_MIGRATION_ANNOTATION],
+        lm.node_name().unwrap()
+    );
+    assert_eq!(evacuation.phase(), Some(MigrationPhase::Succeeded));
+
+    // LiveMigrate, not migratable: 429 without a mark.
+    expect_denied(
+        evict(&env, &by_name("lm-stuck"), false).await?,
+        429,
+        "VMI lm-stuck is configured with an eviction strategy but is not live-migratable",
+    )?;
+    assert!(!env.vmis().get("lm-stuck").await?.is_marked_for_eviction());
+
+    // LiveMigrateIfPossible: migratable → marked and 429; not migratable → evicted.
+    expect_denied(
+        evict(&env, &by_name("lmip"), false).await?,
+        429,
+        "Eviction triggered evacuation",
+    )?;
+    evict(&env, &by_name("lmip-stuck"), false).await??;
+    env.wait_vmi("lmip-stuck", "final", |v| v.is_final())
+        .await?;
+
+    // External: marked and 429, but no migration (an external controller acts on the mark).
+    let external = by_name("external");
+    expect_denied(
+        evict(&env, &external, false).await?,
+        429,
+        "Eviction triggered evacuation",
+    )?;
+    let marked = env.vmis().get("external").await?;
+    assert_eq!(
+        marked
+            .status
+            .as_ref()
+            .unwrap()
+            .evacuation_node_name
+            .as_deref(),
+        external.node_name()
+    );
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    let migrations = env.migrations().list(&Default::default()).await?.items;
+    assert!(!migrations.iter().any(|m| m.spec.vmi_name == "external"));
+    Ok(())
+}
+
+#[tokio::test]
+async fn cluster_wide_eviction_strategy_comes_from_the_kubevirt_cr() -> Result<()> {
+    // Only reads the default: the shared KubeVirt CR is not changed by tests running in
+    // parallel. A default install has no cluster-wide strategy, so an unset VMI is evicted.
+    let env = Env::new("sim-kvcr", 1).await?;
+    let kv: kube::Api<kubevirt_api::KubeVirt> =
+        kube::Api::namespaced(env.client.clone(), "kubevirt");
+    let kv = kv.get("kubevirt").await?;
+    assert_eq!(kv.eviction_strategy(), None);
+    assert_eq!(
+        kv.status.as_ref().and_then(|s| s.phase.as_deref()),
+        Some("Deployed")
+    );
+    assert_eq!(
+        kv.migration_configuration()
+            .parallel_outbound_migrations_per_node(),
+        2
+    );
+    Ok(())
+}
