@@ -10,6 +10,8 @@ pub enum Error {
     },
     #[error("the watch caches did not fill within {0:?}; is the API server reachable?")]
     CacheTimeout(std::time::Duration),
+    #[error("the API server did not answer in time while carrying out {0}")]
+    Timeout(String),
     #[error("node {0} not found")]
     NodeNotFound(String),
     #[error("{0}")]
@@ -32,6 +34,7 @@ impl Error {
                 _ => "api_unreachable",
             },
             Error::CacheTimeout(_) => "cache_timeout",
+            Error::Timeout(_) => "timeout",
             Error::NodeNotFound(_) => "node_not_found",
             Error::Config(_) => "config",
         }

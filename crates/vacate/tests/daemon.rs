@@ -40,7 +40,7 @@ async fn happy_path_migrates_in_limited_batches_and_uncordons() -> anyhow::Resul
     env.wait_pods_running_on(&node, 3 + 8 + 1).await?;
 
     let (monitor, _watch) = MigrationMonitor::start(&env);
-    let vacate = env.vacate(FAST)?;
+    let vacate = env.vacate(FAST).await?;
     env.request(&node, Some("true")).await?;
     let state = env.wait_phase(&node, Phase::Drained, DRAIN).await?;
 
@@ -121,7 +121,7 @@ async fn admin_cordoned_node_stays_cordoned_after_maintenance() -> anyhow::Resul
     })
     .await?;
     env.cordon(&node, true).await?;
-    let _vacate = env.vacate(FAST)?;
+    let _vacate = env.vacate(FAST).await?;
     env.request(&node, Some("true")).await?;
     let state = env.wait_phase(&node, Phase::Drained, DRAIN).await?;
     assert!(!state.cordoned_by_vacate);
@@ -147,7 +147,7 @@ async fn removing_the_request_mid_drain_cancels_migrations_and_uncordons() -> an
         env.wait_vmis_running_on(&node, 3).await
     })
     .await?;
-    let _vacate = env.vacate(FAST)?;
+    let _vacate = env.vacate(FAST).await?;
     env.request(&node, Some("true")).await?;
     env.wait("two running vacate migrations", DRAIN, || async {
         let unfinished = env
@@ -201,7 +201,7 @@ async fn non_migratable_vms_are_evicted_or_restarted() -> anyhow::Result<()> {
         env.wait_vmis_running_on(&node, 3).await
     })
     .await?;
-    let vacate = env.vacate(FAST)?;
+    let vacate = env.vacate(FAST).await?;
     env.request(&node, Some("true")).await?;
     let state = env.wait_phase(&node, Phase::Drained, DRAIN).await?;
     let outcome = |name: &str| state.vmis[&format!("{}/{name}", env.ns.name())].outcome;
@@ -241,9 +241,11 @@ async fn block_policy_waits_and_times_out_into_failed() -> anyhow::Result<()> {
         env.wait_vmis_running_on(&node, 1).await
     })
     .await?;
-    let vacate = env.vacate(&format!(
-        "{FAST}\n[non_migratable]\npolicy = \"block\"\n[drain]\ntimeout = \"8s\"\n"
-    ))?;
+    let vacate = env
+        .vacate(&format!(
+            "{FAST}\n[non_migratable]\npolicy = \"block\"\n[drain]\ntimeout = \"8s\"\n"
+        ))
+        .await?;
     env.request(&node, Some("true")).await?;
     let blocked = env.wait_phase(&node, Phase::Migrating, DRAIN).await?;
     let blocker = blocked.blocked.expect("a blocked drain says why");
@@ -284,7 +286,7 @@ async fn pdb_blocks_then_allows() -> anyhow::Result<()> {
         env.wait_pods_running_on(&node, 2).await
     })
     .await?;
-    let vacate = env.vacate(FAST)?;
+    let vacate = env.vacate(FAST).await?;
     env.request(&node, Some("true")).await?;
     env.wait("the PDB to block the drain", DRAIN, || async {
         Ok(match env.state(&node).await? {
@@ -322,9 +324,11 @@ async fn failing_migration_is_retried_then_falls_back() -> anyhow::Result<()> {
     })
     .await?;
     let (monitor, _watch) = MigrationMonitor::start(&env);
-    let vacate = env.vacate(&format!(
-        "{FAST}\n[non_migratable]\non_eviction_refused = \"restart\"\n"
-    ))?;
+    let vacate = env
+        .vacate(&format!(
+            "{FAST}\n[non_migratable]\non_eviction_refused = \"restart\"\n"
+        ))
+        .await?;
     env.request(&node, Some("true")).await?;
     let state = env.wait_phase(&node, Phase::Drained, DRAIN).await?;
     let record = &state.vmis[&format!("{}/flaky", env.ns.name())];
@@ -355,14 +359,14 @@ async fn killed_mid_drain_resumes_without_duplicate_migrations() -> anyhow::Resu
     })
     .await?;
     let (monitor, _watch) = MigrationMonitor::start(&env);
-    let mut first = env.vacate(FAST)?;
+    let mut first = env.vacate(FAST).await?;
     env.request(&node, Some("true")).await?;
     env.wait("vacate's first migrations", DRAIN, || async {
         Ok(!env.vacate_migrations().await?.is_empty())
     })
     .await?;
     first.kill();
-    let _second = env.vacate(FAST)?;
+    let _second = env.vacate(FAST).await?;
     let state = env.wait_phase(&node, Phase::Drained, DRAIN).await?;
     assert!(
         state

@@ -18,6 +18,9 @@ use crate::error::{Error, Result, status_code, status_message};
 use crate::metrics::Metrics;
 use crate::planner::{Action, ActionResult, EventType};
 
+/// The longest one API call of an action may take.
+pub const ACTION_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 pub struct Executor<'a> {
     pub client: &'a Client,
     pub config: &'a Config,
@@ -54,7 +57,16 @@ impl Executor<'_> {
         self.node.name_any()
     }
 
+    /// Carries out one action. A call that hangs (an admission webhook that does not
+    /// answer) is given up after [`ACTION_TIMEOUT`] and retried with the next reconciliation.
     pub async fn run(&self, action: &Action) -> Result<ActionResult> {
+        match tokio::time::timeout(ACTION_TIMEOUT, self.run_inner(action)).await {
+            Ok(result) => result,
+            Err(_) => Err(Error::Timeout(format!("{action:?}"))),
+        }
+    }
+
+    async fn run_inner(&self, action: &Action) -> Result<ActionResult> {
         let node = self.node_name();
         let nodes: Api<Node> = Api::all(self.client.clone());
         match action {
@@ -208,13 +220,12 @@ impl Executor<'_> {
         if let Some(rv) = resource_version {
             metadata["resourceVersion"] = json!(rv);
         }
-        nodes
-            .patch(
-                &node,
-                &PatchParams::default(),
-                &Patch::Merge(&json!({ "metadata": metadata })),
-            )
+        let patch = Patch::Merge(json!({ "metadata": metadata }));
+        let params = PatchParams::default();
+        let write = nodes.patch(&node, &params, &patch);
+        tokio::time::timeout(ACTION_TIMEOUT, write)
             .await
+            .map_err(|_| Error::Timeout(format!("writing the state of node {node}")))?
             .map_err(Error::kube(format!("writing the state of node {node}")))?;
         Ok(())
     }

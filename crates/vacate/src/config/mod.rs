@@ -15,7 +15,8 @@ pub use duration::ConfigDuration;
 pub use selector::LabelSelector;
 
 /// Prefix of environment variables that override file settings.
-/// `VACATE_MIGRATION__BATCH_SIZE=4` sets `migration.batch_size`.
+/// `VACATE_MIGRATION__BATCH_SIZE=4` sets `migration.batch_size`; a variable without the
+/// `__` between section and key is not a setting.
 pub const ENV_PREFIX: &str = "VACATE";
 const ENV_SEPARATOR: &str = "__";
 
@@ -256,9 +257,15 @@ impl Config {
         builder: config::ConfigBuilder<config::builder::DefaultState>,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Self, ConfigError> {
+        // Only `VACATE_<SECTION>__<KEY>` variables are settings; others that merely share
+        // the prefix (VACATE_CONFIG, variables of other tools) are left alone.
         let env: config::Map<String, String> = env
             .into_iter()
-            .filter(|(k, _)| k.starts_with(&format!("{ENV_PREFIX}_")))
+            .filter(|(k, _)| {
+                k.strip_prefix(ENV_PREFIX)
+                    .and_then(|rest| rest.strip_prefix('_'))
+                    .is_some_and(|rest| rest.contains(ENV_SEPARATOR))
+            })
             .collect();
         let merged = builder
             .add_source(

@@ -95,6 +95,14 @@ fn environment_overrides_file() {
             ("VACATE_MIGRATION__BATCH_SIZE".to_string(), "7".to_string()),
             ("VACATE_DRAIN__TIMEOUT".to_string(), "2h".to_string()),
             ("UNRELATED".to_string(), "x".to_string()),
+            (
+                "VACATE_CONFIG".to_string(),
+                "/etc/vacate/vacate.toml".to_string(),
+            ),
+            (
+                "VACATE_TESTBED_KUBECONFIG".to_string(),
+                "elsewhere".to_string(),
+            ),
         ],
     )
     .unwrap();
@@ -130,4 +138,14 @@ fn selector_matching() {
     assert!(!s.matches(&labels(&[("pool", "cpu"), ("ready", "")])));
     assert!(LabelSelector::parse("").unwrap().matches(&labels(&[])));
     assert!(LabelSelector::parse("a in (b)").is_err());
+}
+
+#[test]
+fn misspelt_environment_section_is_named() {
+    let err = Config::from_toml_and_env(
+        "",
+        [("VACATE_MIGRATON__BATCH_SIZE".to_string(), "3".to_string())],
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("migraton"), "{err}");
 }

@@ -312,13 +312,34 @@ impl<'a> Planner<'a> {
         active.sort_by_key(|v| v.key());
         let active_keys: BTreeSet<String> = active.iter().map(|v| v.key()).collect();
 
-        // VMIs that have left the node are done, whichever way they went.
+        // VMIs that have left the node are done, whichever way they went; a VMI that left
+        // while the watch cache still shows vacate's migration unfinished is finished by
+        // `follow_migrations` once the migration's result arrives, so its metrics are kept.
+        let awaiting_result: BTreeSet<String> = state
+            .vmis
+            .iter()
+            .filter(|(_, r)| r.outcome == VmiOutcome::Migrating && r.attempts > 0)
+            .filter(|(key, r)| {
+                s.migrations.iter().any(|m| {
+                    m.ours
+                        && m.phase == MigrationPhase::Unfinished
+                        && m.vmi_key() == **key
+                        && m.name == migration_name(state, &m.vmi_name, r.attempts)
+                })
+            })
+            .map(|(key, _)| key.clone())
+            .collect();
+        let mut lagging = 0;
         for (key, record) in state.vmis.iter_mut() {
             if active_keys.contains(key) || record.outcome.is_done() {
                 continue;
             }
+            if awaiting_result.contains(key) {
+                lagging += 1;
+                continue;
+            }
             record.outcome = match record.outcome {
-                VmiOutcome::Migrating => VmiOutcome::Migrated,
+                VmiOutcome::Migrating | VmiOutcome::MigratingExternally => VmiOutcome::Migrated,
                 VmiOutcome::Evicting => VmiOutcome::Evicted,
                 VmiOutcome::Restarting => VmiOutcome::Restarted,
                 _ => VmiOutcome::Left,
@@ -338,10 +359,22 @@ impl<'a> Planner<'a> {
         let mut candidates: Vec<(&VmiView, bool)> = Vec::new();
         for vmi in &active {
             let key = vmi.key();
+            let current = state
+                .vmis
+                .get(&key)
+                .filter(|r| r.attempts > 0)
+                .map(|r| migration_name(state, &vmi.name, r.attempts));
             let record = state.vmis.entry(key.clone()).or_default();
             if unfinished(vmi) {
                 // Ours or someone else's (KubeVirt's evacuation): either way, wait for it.
-                record.outcome = VmiOutcome::Migrating;
+                let ours = s.migrations.iter().any(|m| {
+                    m.phase == MigrationPhase::Unfinished
+                        && m.vmi_key() == key
+                        && Some(&m.name) == current.as_ref()
+                });
+                if !ours {
+                    record.outcome = VmiOutcome::MigratingExternally;
+                }
                 continue;
             }
             match record.outcome {
@@ -368,6 +401,10 @@ impl<'a> Planner<'a> {
                     // create under the same name is safe either way.
                     candidates.push((vmi, true));
                     continue;
+                }
+                VmiOutcome::MigratingExternally => {
+                    // That migration ended and the VMI is still here: take it up again.
+                    record.outcome = VmiOutcome::Waiting;
                 }
                 VmiOutcome::Waiting | VmiOutcome::Blocked | VmiOutcome::Left => {}
             }
@@ -398,7 +435,7 @@ impl<'a> Planner<'a> {
             }
         }
         self.start_migrations(state, candidates, node_in_flight);
-        active.len()
+        active.len() + lagging
     }
 
     /// Creates the next batch of migrations, within every limit.

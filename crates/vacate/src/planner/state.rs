@@ -123,8 +123,10 @@ pub enum VmiOutcome {
     /// Not handled yet.
     #[default]
     Waiting,
-    /// A migration of vacate's runs (or another one, e.g. KubeVirt's evacuation).
+    /// vacate's migration runs.
     Migrating,
+    /// Someone else's migration runs (KubeVirt's evacuation, a person's); vacate waits.
+    MigratingExternally,
     /// The last migration failed; the next attempt waits for `retry_at`.
     RetryWaiting,
     /// The virt-launcher pod was evicted; waiting for the VMI to leave.

@@ -287,9 +287,23 @@ fn someone_elses_migration_is_awaited_not_duplicated() {
         finished_at: None,
         deleting: false,
     }];
-    let p = plan(&s, &Config::default());
+    let config = Config::default();
+    let p = plan(&s, &config);
     assert!(migrations_created(&p).is_empty());
-    assert_eq!(written(&p).vmis["vms/vm-0"].outcome, VmiOutcome::Migrating);
+    let state = written(&p);
+    assert_eq!(
+        state.vmis["vms/vm-0"].outcome,
+        VmiOutcome::MigratingExternally
+    );
+    // When it fails, vacate takes the VMI up again with a migration of its own.
+    s.migrations[0].phase = MigrationPhase::Failed;
+    let (p, state) = step(&s, &state, &config);
+    assert_eq!(migrations_created(&p), vec!["vm-0"]);
+    assert_eq!(state.vmis["vms/vm-0"].outcome, VmiOutcome::Migrating);
+    assert!(
+        p.observations.is_empty(),
+        "someone else's failure is not vacate's metric"
+    );
 }
 
 #[test]
@@ -921,4 +935,34 @@ fn migration_names_are_valid_and_unique_per_attempt() {
         migration_name(&state, "a", 1),
         migration_name(&later, "a", 1)
     );
+}
+
+#[test]
+fn vmi_seen_leaving_before_its_migration_succeeds_keeps_the_result() {
+    let mut s = snapshot(node(Some("true"), false));
+    s.vmis = vec![vmi("vm-0")];
+    let config = Config::default();
+    let state = written(&plan(&s, &config));
+    // The VMI shows up on the target before the migration's Succeeded reaches the cache.
+    let mut s2 = s.clone();
+    s2.now = t(20);
+    s2.vmis.clear();
+    s2.migrations = vec![migration(&state, "vm-0", 1, MigrationPhase::Unfinished)];
+    let (_, state) = step(&s2, &state, &config);
+    assert_eq!(
+        state.phase,
+        Phase::Migrating,
+        "not drained before the result is known"
+    );
+    s2.migrations = vec![migration(&state, "vm-0", 1, MigrationPhase::Succeeded)];
+    let (p, state) = step(&s2, &state, &config);
+    assert_eq!(state.vmis["vms/vm-0"].outcome, VmiOutcome::Migrated);
+    assert_eq!(state.phase, Phase::Drained);
+    assert!(p.observations.iter().any(|o| matches!(
+        o,
+        Observation::MigrationFinished {
+            result: MigrationResult::Succeeded,
+            ..
+        }
+    )));
 }

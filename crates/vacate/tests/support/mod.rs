@@ -398,8 +398,10 @@ impl Env {
     }
 
     /// Starts the vacate daemon handling only this test's nodes.
-    pub fn vacate(&self, extra_config: &str) -> Result<Vacate> {
-        Vacate::start(self, extra_config)
+    pub async fn vacate(&self, extra_config: &str) -> Result<Vacate> {
+        let mut vacate = Vacate::start(self, extra_config)?;
+        vacate.wait_ready().await?;
+        Ok(vacate)
     }
 }
 
@@ -430,6 +432,7 @@ pub struct Vacate {
     child: Child,
     pub metrics_port: u16,
     pub config_path: PathBuf,
+    pub log_path: PathBuf,
     _dir: tempfile::TempDir,
 }
 
@@ -444,12 +447,16 @@ impl Vacate {
         );
         let config_path = dir.path().join("vacate.toml");
         std::fs::write(&config_path, config)?;
-        let log = std::fs::File::create(dir.path().join("vacate.log"))?;
+        // The log outlives the test so that a failed test can be read after the fact.
+        let log_path =
+            std::env::temp_dir().join(format!("vacate-test-{}-{port}.log", env.ns.name()));
+        eprintln!("vacate log: {}", log_path.display());
+        let log = std::fs::File::create(&log_path)?;
         let child = Command::new(vacate_bin())
             .args(["run", "--config"])
             .arg(&config_path)
             .env("KUBECONFIG", env.cluster.kubeconfig_path())
-            .env("VACATE_LOG", "vacate=debug,info")
+            .env("VACATE_LOG__LEVEL", "vacate=debug,info")
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -458,12 +465,35 @@ impl Vacate {
             child,
             metrics_port: port,
             config_path,
+            log_path,
             _dir: dir,
         })
     }
 
+    /// Waits for /readyz; fails with the log if the process exits first.
+    pub async fn wait_ready(&mut self) -> Result<()> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                bail!(
+                    "vacate exited with {status} before it was ready:\n{}",
+                    self.log()
+                );
+            }
+            if let Ok(text) = self.get("/readyz").await
+                && text.starts_with("HTTP/1.1 200")
+            {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() > deadline {
+                bail!("vacate was not ready within 60 s:\n{}", self.log());
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self._dir.path().join("vacate.log")).unwrap_or_default()
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
     }
 
     /// SIGKILL: no chance to clean up, as in a crash.
@@ -472,16 +502,23 @@ impl Vacate {
         let _ = self.child.wait();
     }
 
-    pub async fn metrics(&self) -> Result<String> {
+    async fn get(&self, path: &str) -> Result<String> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let url = format!("127.0.0.1:{}", self.metrics_port);
         let mut stream = tokio::net::TcpStream::connect(&url).await?;
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
         stream
-            .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+            .write_all(
+                format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+                    .as_bytes(),
+            )
             .await?;
         let mut body = String::new();
         stream.read_to_string(&mut body).await?;
         Ok(body)
+    }
+
+    pub async fn metrics(&self) -> Result<String> {
+        self.get("/metrics").await
     }
 
     /// The value of one sample line (`name{labels}`), 0 when absent.
