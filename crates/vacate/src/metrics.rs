@@ -202,6 +202,14 @@ impl Metrics {
         for result in ["succeeded", "failed", "cancelled"] {
             m.migrations.with_label_values(&[result]);
         }
+        for kind in ["pod", "vmi"] {
+            for result in ["evicted", "refused", "gone", "rejected"] {
+                m.evictions.with_label_values(&[kind, result]);
+            }
+        }
+        for refuser in ["pdb", "kubevirt"] {
+            m.eviction_retries.with_label_values(&[refuser]);
+        }
         m
     }
 

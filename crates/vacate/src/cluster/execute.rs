@@ -1,6 +1,6 @@
 //! Carries out the planner's actions against the API server.
 
-use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::core::v1::{Node, ObjectReference, Pod};
 use kube::api::{DeleteParams, EvictParams, Patch, PatchParams, PostParams};
 use kube::runtime::events::{Event, EventType as KubeEventType, Recorder};
 use kube::{Api, Client, Resource, ResourceExt};
@@ -16,7 +16,7 @@ use super::snapshot::{
 use crate::config::Config;
 use crate::error::{Error, Result, status_code, status_message};
 use crate::metrics::Metrics;
-use crate::planner::{Action, ActionResult, EventType};
+use crate::planner::{Action, ActionResult, EventType, Subject};
 
 /// The longest one API call of an action may take.
 pub const ACTION_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
@@ -159,10 +159,16 @@ impl Executor<'_> {
                     .inc();
                 match &outcome {
                     ActionResult::Done => {
-                        self.publish(
+                        let subject = Subject {
+                            kind: "Pod",
+                            namespace: namespace.clone(),
+                            name: name.clone(),
+                        };
+                        self.publish_about(
                             EventType::Normal,
                             "PodEvicted",
                             format!("evicted pod {namespace}/{name}"),
+                            Some(&subject),
                         )
                         .await;
                     }
@@ -200,8 +206,10 @@ impl Executor<'_> {
                 event_type,
                 reason,
                 message,
+                subject,
             } => {
-                self.publish(*event_type, reason, message.clone()).await;
+                self.publish_about(*event_type, reason, message.clone(), subject.as_ref())
+                    .await;
                 Ok(ActionResult::Done)
             }
         }
@@ -231,6 +239,17 @@ impl Executor<'_> {
     }
 
     pub async fn publish(&self, event_type: EventType, reason: &str, message: String) {
+        self.publish_about(event_type, reason, message, None).await;
+    }
+
+    /// Publishes an event on the node; `subject` names the VMI or pod it is also about.
+    pub async fn publish_about(
+        &self,
+        event_type: EventType,
+        reason: &str,
+        message: String,
+        subject: Option<&Subject>,
+    ) {
         let event = Event {
             type_: match event_type {
                 EventType::Normal => KubeEventType::Normal,
@@ -239,7 +258,20 @@ impl Executor<'_> {
             reason: reason.to_string(),
             note: Some(truncate(message, 1000)),
             action: reason.to_string(),
-            secondary: None,
+            secondary: subject.map(|s| ObjectReference {
+                api_version: Some(
+                    if s.kind == "Pod" {
+                        "v1"
+                    } else {
+                        "kubevirt.io/v1"
+                    }
+                    .to_string(),
+                ),
+                kind: Some(s.kind.to_string()),
+                namespace: Some(s.namespace.clone()),
+                name: Some(s.name.clone()),
+                ..Default::default()
+            }),
         };
         let reference = self.node.object_ref(&());
         if let Err(error) = self.recorder.publish(&event, &reference).await {

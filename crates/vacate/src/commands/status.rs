@@ -1,6 +1,7 @@
 //! `vacate status [--watch]`: the nodes vacate is handling, read from their state annotations.
 
 use std::collections::BTreeMap;
+use std::io::IsTerminal;
 
 use chrono::Utc;
 use futures::StreamExt;
@@ -113,6 +114,9 @@ pub async fn status(config: Config, watch: bool) -> anyhow::Result<()> {
         print!("{}", table(&rows));
         return Ok(());
     }
+    // Progress bars on a terminal; one line per change when the output is a file or pipe.
+    let interactive = std::io::stdout().is_terminal();
+    let mut last_lines: BTreeMap<String, String> = BTreeMap::new();
     let bars = MultiProgress::new();
     let style =
         ProgressStyle::with_template("{prefix:<20} {msg:<11} [{bar:30.green/white}] {pos}/{len}")
@@ -138,6 +142,21 @@ pub async fn status(config: Config, watch: bool) -> anyhow::Result<()> {
             }
         };
         let name = node.name_any();
+        if !interactive {
+            let line = match row(&node, &config) {
+                Some(r) => format!(
+                    "{name}: {} VMIs {}/{} pods {}/{} {}",
+                    r.phase, r.vmis.0, r.vmis.1, r.pods.0, r.pods.1, r.detail
+                ),
+                None if last_lines.contains_key(&name) => format!("{name}: maintenance over"),
+                None => continue,
+            };
+            if last_lines.get(&name) != Some(&line) {
+                println!("{}", line.trim_end());
+                last_lines.insert(name, line);
+            }
+            continue;
+        }
         match row(&node, &config) {
             Some(r) => {
                 let (vmi_bar, pod_bar) = shown.entry(name.clone()).or_insert_with(|| {

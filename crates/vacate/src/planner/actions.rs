@@ -42,7 +42,18 @@ pub enum Action {
         event_type: EventType,
         reason: &'static str,
         message: String,
+        /// The VMI or pod the event is about, besides the node.
+        subject: Option<Subject>,
     },
+}
+
+/// An object an event is also about; events about different subjects are kept apart
+/// instead of being folded into one series.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Subject {
+    pub kind: &'static str,
+    pub namespace: String,
+    pub name: String,
 }
 
 impl Action {
@@ -51,6 +62,7 @@ impl Action {
             event_type: EventType::Normal,
             reason,
             message: message.into(),
+            subject: None,
         }
     }
 
@@ -59,6 +71,29 @@ impl Action {
             event_type: EventType::Warning,
             reason,
             message: message.into(),
+            subject: None,
+        }
+    }
+
+    /// Marks an event as being about a VMI as well as the node.
+    pub fn about_vmi(self, namespace: &str, name: &str) -> Self {
+        match self {
+            Action::Event {
+                event_type,
+                reason,
+                message,
+                ..
+            } => Action::Event {
+                event_type,
+                reason,
+                message,
+                subject: Some(Subject {
+                    kind: "VirtualMachineInstance",
+                    namespace: namespace.to_string(),
+                    name: name.to_string(),
+                }),
+            },
+            other => other,
         }
     }
 }

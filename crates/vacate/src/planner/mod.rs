@@ -24,6 +24,7 @@ use crate::config::{Config, EvictionRefusedPolicy, NonMigratablePolicy};
 
 pub use actions::{
     Action, ActionResult, DrainResult, EventType, MigrationResult, NextState, Observation, Plan,
+    Subject,
 };
 pub use explain::{PlanLine, explain};
 pub use model::{
@@ -260,10 +261,13 @@ impl<'a> Planner<'a> {
                         result: MigrationResult::Succeeded,
                         duration,
                     });
-                    self.actions.push(Action::event(
-                        "MigrationSucceeded",
-                        format!("VMI {key} live-migrated ({})", m.name),
-                    ));
+                    self.actions.push(
+                        Action::event(
+                            "MigrationSucceeded",
+                            format!("VMI {key} live-migrated ({})", m.name),
+                        )
+                        .about_vmi(&m.namespace, &m.vmi_name),
+                    );
                 }
                 MigrationPhase::Failed => {
                     self.observations.push(Observation::MigrationFinished {
@@ -281,23 +285,29 @@ impl<'a> Planner<'a> {
                             ));
                         record.outcome = VmiOutcome::RetryWaiting;
                         record.retry_at = Some(retry_at);
-                        self.actions.push(Action::warning(
-                            "MigrationFailed",
-                            format!(
-                                "migration {} of VMI {key} failed (attempt {attempts} of {max_attempts}); retrying at {}",
-                                m.name,
-                                retry_at.format("%H:%M:%S")
-                            ),
-                        ));
+                        self.actions.push(
+                            Action::warning(
+                                "MigrationFailed",
+                                format!(
+                                    "migration {} of VMI {key} failed (attempt {attempts} of {max_attempts}); retrying at {}",
+                                    m.name,
+                                    retry_at.format("%H:%M:%S")
+                                ),
+                            )
+                            .about_vmi(&m.namespace, &m.vmi_name),
+                        );
                     } else {
                         record.outcome = VmiOutcome::Waiting;
-                        self.actions.push(Action::warning(
-                            "MigrationFailed",
-                            format!(
-                                "migration {} of VMI {key} failed; all {max_attempts} attempts used, applying the non-migratable policy",
-                                m.name
-                            ),
-                        ));
+                        self.actions.push(
+                            Action::warning(
+                                "MigrationFailed",
+                                format!(
+                                    "migration {} of VMI {key} failed; all {max_attempts} attempts used, applying the non-migratable policy",
+                                    m.name
+                                ),
+                            )
+                            .about_vmi(&m.namespace, &m.vmi_name),
+                        );
                     }
                 }
             }
@@ -508,10 +518,13 @@ impl<'a> Planner<'a> {
                 name: name.clone(),
                 vmi: vmi.name.clone(),
             });
-            self.actions.push(Action::event(
-                "MigrationStarted",
-                format!("live-migrating VMI {key} (attempt {attempt}, migration {name})"),
-            ));
+            self.actions.push(
+                Action::event(
+                    "MigrationStarted",
+                    format!("live-migrating VMI {key} (attempt {attempt}, migration {name})"),
+                )
+                .about_vmi(&vmi.namespace, &vmi.name),
+            );
         }
         state.last_batch_at = Some(s.now);
     }
@@ -555,10 +568,13 @@ impl<'a> Planner<'a> {
                     name: pod.clone(),
                     vmi: Some(vmi.name.clone()),
                 });
-                self.actions.push(Action::event(
-                    "VmiEvicted",
-                    format!("evicting VMI {key} (virt-launcher pod {pod}): {why}"),
-                ));
+                self.actions.push(
+                    Action::event(
+                        "VmiEvicted",
+                        format!("evicting VMI {key} (virt-launcher pod {pod}): {why}"),
+                    )
+                    .about_vmi(&vmi.namespace, &vmi.name),
+                );
             }
         }
     }
@@ -584,12 +600,15 @@ impl<'a> Planner<'a> {
             namespace: vmi.namespace.clone(),
             name: vmi.name.clone(),
         });
-        self.actions.push(Action::event(
-            "VmiRestarted",
-            format!(
-                "stopping VMI {key} so that its VirtualMachine starts it on another node: {why}"
-            ),
-        ));
+        self.actions.push(
+            Action::event(
+                "VmiRestarted",
+                format!(
+                    "stopping VMI {key} so that its VirtualMachine starts it on another node: {why}"
+                ),
+            )
+            .about_vmi(&vmi.namespace, &vmi.name),
+        );
     }
 
     /// Evicts the remaining pods; returns how many still hold up the drain.
