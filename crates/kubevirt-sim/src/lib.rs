@@ -52,7 +52,9 @@ pub async fn run(options: Options) -> Result<()> {
     install::ensure_kubevirt(&client).await?;
     let certs = tls::ServingCerts::generate(&options.state_dir, options.listen.ip())?;
 
-    let ctx = Arc::new(controllers::Context::start(client.clone(), options.time_scale).await?);
+    let (ctx, subscriptions) =
+        controllers::Context::start(client.clone(), options.time_scale).await?;
+    let ctx = Arc::new(ctx);
     let ready = webhooks::Readiness::default();
     let server = tokio::spawn(webhooks::serve(
         options.listen,
@@ -62,7 +64,7 @@ pub async fn run(options: Options) -> Result<()> {
     ));
     install::register_webhooks(&client, options.listen, &certs.ca_pem).await?;
     install::wait_for_webhooks(&client).await?;
-    let controllers = tokio::spawn(controllers::run_all(ctx.clone()));
+    let controllers = tokio::spawn(controllers::run_all(ctx.clone(), subscriptions));
     ready.set_ready();
     tracing::info!(listen = %options.listen, "kubevirt-sim is ready");
 

@@ -19,7 +19,7 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::Node;
 use kube::api::{Api, PostParams};
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::reflector::ObjectRef;
+use kube::runtime::reflector::{ObjectRef, ReflectHandle};
 use kube::runtime::watcher;
 use kubevirt_api::labels::{
     EVACUATION_MIGRATION_ANNOTATION, EVACUATION_MIGRATION_NAME_PREFIX, NODE_DRAIN_TAINT_DEFAULT_KEY,
@@ -34,31 +34,26 @@ use super::{Context, key_of, retry_after_error};
 use crate::error::{Error, Result};
 use crate::settings::ClusterConfig;
 
-pub async fn run(ctx: Arc<Context>) {
+pub async fn run(
+    ctx: Arc<Context>,
+    vmis: ReflectHandle<VirtualMachineInstance>,
+    migrations: ReflectHandle<VirtualMachineInstanceMigration>,
+) {
     let client = ctx.client.clone();
     let migration_ctx = ctx.clone();
-    Controller::new(Api::<Node>::all(client.clone()), watcher::Config::default())
-        .watches(
-            Api::<VirtualMachineInstance>::all(client.clone()),
-            watcher::Config::default(),
-            |vmi: VirtualMachineInstance| {
-                let status = vmi.status.unwrap_or_default();
-                let mut nodes: Vec<ObjectRef<Node>> = Vec::new();
-                for n in [status.node_name, status.evacuation_node_name]
-                    .into_iter()
-                    .flatten()
-                {
-                    if !n.is_empty() {
-                        nodes.push(ObjectRef::new(&n));
-                    }
-                }
-                nodes
-            },
-        )
-        .watches(
-            Api::<VirtualMachineInstanceMigration>::all(client),
-            watcher::Config::default(),
-            move |m: VirtualMachineInstanceMigration| {
+    Controller::new(Api::<Node>::all(client), watcher::Config::default())
+        .watches_shared_stream(vmis, |vmi: Arc<VirtualMachineInstance>| {
+            let status = vmi.status.clone().unwrap_or_default();
+            [status.node_name, status.evacuation_node_name]
+                .into_iter()
+                .flatten()
+                .filter(|n| !n.is_empty())
+                .map(|n| ObjectRef::new(&n))
+                .collect::<Vec<ObjectRef<Node>>>()
+        })
+        .watches_shared_stream(
+            migrations,
+            move |m: Arc<VirtualMachineInstanceMigration>| {
                 migration_ctx
                     .vmi(
                         m.metadata.namespace.as_deref().unwrap_or_default(),
@@ -120,8 +115,8 @@ async fn reconcile(node: Arc<Node>, ctx: Arc<Context>) -> Result<Action> {
     if on_node.is_empty() {
         return Ok(Action::await_change());
     }
-    // The VMI cache read here may lag behind the event that triggered this pass (a fresh
-    // mark): nodes with VMIs are looked at again now and then, like an informer resync.
+    // Nodes with VMIs are looked at again now and then, like an informer resync (the
+    // migration watch does not pass deletions on).
     let resync = Action::requeue(RESYNC);
     let drain_key = cfg
         .migrations

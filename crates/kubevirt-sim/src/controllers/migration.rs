@@ -33,14 +33,13 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::reflector::ObjectRef;
-use kube::runtime::watcher;
+use kube::runtime::reflector::{ObjectRef, ReflectHandle};
 use kubevirt_api::common::{
     Condition, PhaseTransitionTimestamp, condition_type, now, set_condition,
 };
 use kubevirt_api::labels::{
-    APP_LABEL, MIGRATION_FINALIZER, MIGRATION_JOB_LABEL, MIGRATION_JOB_NAME_ANNOTATION,
-    MIGRATION_SELECTOR_LABEL, MIGRATION_TARGET_NODE_NAME_LABEL, NODE_NAME_LABEL, VIRT_LAUNCHER,
+    MIGRATION_FINALIZER, MIGRATION_JOB_LABEL, MIGRATION_JOB_NAME_ANNOTATION,
+    MIGRATION_SELECTOR_LABEL, MIGRATION_TARGET_NODE_NAME_LABEL, NODE_NAME_LABEL,
 };
 use kubevirt_api::{
     ConditionStatus, MigrationAbortStatus, MigrationPhase, VirtualMachineInstance,
@@ -61,33 +60,31 @@ use crate::settings::{
     FINALIZED_MIGRATIONS_KEPT, TARGET_PREPARATION, UNSCHEDULABLE_PENDING_TIMEOUT,
 };
 
-pub async fn run(ctx: Arc<Context>) {
-    let client = ctx.client.clone();
+pub async fn run(
+    ctx: Arc<Context>,
+    migrations: ReflectHandle<VirtualMachineInstanceMigration>,
+    pods: ReflectHandle<Pod>,
+    vmis: ReflectHandle<VirtualMachineInstance>,
+) {
     let vmi_ctx = ctx.clone();
-    Controller::new(
-        Api::<VirtualMachineInstanceMigration>::all(client.clone()),
-        watcher::Config::default(),
-    )
-    // Target pods name their migration.
-    .watches(
-        Api::<Pod>::all(client.clone()),
-        watcher::Config::default().labels(&format!(
-            "{APP_LABEL}={VIRT_LAUNCHER},{MIGRATION_JOB_LABEL}"
-        )),
-        |pod: Pod| {
+    Controller::for_shared_stream(migrations, ctx.migrations.clone())
+        // Target pods name their migration.
+        .watches_shared_stream(pods, |pod: Arc<Pod>| {
             let ns = pod.metadata.namespace.clone().unwrap_or_default();
+            let is_target = pod
+                .metadata
+                .labels
+                .as_ref()
+                .is_some_and(|l| l.contains_key(MIGRATION_JOB_LABEL));
             pod.metadata
                 .annotations
                 .as_ref()
                 .and_then(|a| a.get(MIGRATION_JOB_NAME_ANNOTATION))
+                .filter(|_| is_target)
                 .map(|name| ObjectRef::new(name).within(&ns))
-        },
-    )
-    // VMI changes (phase, migration state) concern its unfinished migrations.
-    .watches(
-        Api::<VirtualMachineInstance>::all(client),
-        watcher::Config::default(),
-        move |vmi: VirtualMachineInstance| {
+        })
+        // VMI changes (phase, migration state) concern its unfinished migrations.
+        .watches_shared_stream(vmis, move |vmi: Arc<VirtualMachineInstance>| {
             let ns = vmi.metadata.namespace.clone().unwrap_or_default();
             let name = vmi.metadata.name.clone().unwrap_or_default();
             vmi_ctx
@@ -103,11 +100,10 @@ pub async fn run(ctx: Arc<Context>) {
                 })
                 .map(|m| ObjectRef::from_obj(m.as_ref()))
                 .collect::<Vec<_>>()
-        },
-    )
-    .run(reconcile, retry_after_error, ctx)
-    .for_each(|_| async {})
-    .await;
+        })
+        .run(reconcile, retry_after_error, ctx)
+        .for_each(|_| async {})
+        .await;
 }
 
 /// Everything one reconcile needs about a migration.

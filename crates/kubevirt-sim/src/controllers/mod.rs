@@ -6,7 +6,7 @@ pub mod migration;
 pub mod vm;
 pub mod vmi;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -14,7 +14,7 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
-use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::reflector::{self, ObjectRef, ReflectHandle, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource};
 use kubevirt_api::labels::{
@@ -40,6 +40,10 @@ pub struct Context {
     pub pod_expectations: Expectations,
     /// Migrations created by the evacuation controller and maybe not yet in the cache, by VMI key.
     pub migration_expectations: Expectations,
+    /// Launcher pods seen terminating gracefully (deletion timestamp set), by UID: once such a
+    /// pod is gone its guest was shut down, not crashed. Recorded when the event is
+    /// dispatched, so a later read of a cache that no longer has the pod still knows.
+    pub terminating_pods: Mutex<HashSet<String>>,
     /// Migrations this simulator moved past Pending and has not yet seen finish, with their
     /// source node: counts against the limits even before the cache shows the new phase.
     pub started_migrations: tokio::sync::Mutex<HashMap<String, String>>,
@@ -81,12 +85,22 @@ impl Expectations {
     }
 }
 
-fn spawn_reflector<K>(api: Api<K>, config: watcher::Config) -> Store<K>
+/// A shared informer: one watch whose cache is updated before any subscriber hears of a
+/// change, so controllers triggered by it never read an older cache than the event that
+/// woke them (as with client-go's shared informers).
+fn shared_informer<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    subscribers: usize,
+) -> (Store<K>, Vec<ReflectHandle<K>>)
 where
     K: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
     K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
 {
-    let (reader, writer) = reflector::store();
+    let (reader, writer) = reflector::store_shared(SUBSCRIBER_BUFFER);
+    let handles = (0..subscribers)
+        .filter_map(|_| writer.subscribe())
+        .collect();
     let stream = reflector::reflector(writer, watcher(api, config))
         .default_backoff()
         .touched_objects();
@@ -99,25 +113,59 @@ where
             })
             .await;
     });
-    reader
+    (reader, handles)
+}
+
+/// Events buffered per subscriber before the informer waits for it.
+const SUBSCRIBER_BUFFER: usize = 4096;
+
+/// The trigger streams of the controllers, one per (informer, controller) pair.
+pub struct Subscriptions {
+    pub vmis_for_vmi: ReflectHandle<VirtualMachineInstance>,
+    pub vmis_for_migration: ReflectHandle<VirtualMachineInstance>,
+    pub vmis_for_evacuation: ReflectHandle<VirtualMachineInstance>,
+    pub pods_for_vmi: ReflectHandle<Pod>,
+    pub pods_for_migration: ReflectHandle<Pod>,
+    pub migrations_for_migration: ReflectHandle<VirtualMachineInstanceMigration>,
+    pub migrations_for_evacuation: ReflectHandle<VirtualMachineInstanceMigration>,
 }
 
 impl Context {
-    /// Starts the shared caches and waits until they have listed everything once.
-    pub async fn start(client: Client, cli_time_scale: f64) -> Result<Context> {
+    /// Starts the shared informers and waits until they have listed everything once.
+    pub async fn start(client: Client, cli_time_scale: f64) -> Result<(Context, Subscriptions)> {
         let launcher_selector = format!("{APP_LABEL}={VIRT_LAUNCHER}");
+        let (vmis, mut vmi_subs) =
+            shared_informer(Api::all(client.clone()), watcher::Config::default(), 3);
+        let (launcher_pods, mut pod_subs) = shared_informer(
+            Api::all(client.clone()),
+            watcher::Config::default().labels(&launcher_selector),
+            2,
+        );
+        let (migrations, mut migration_subs) =
+            shared_informer(Api::all(client.clone()), watcher::Config::default(), 2);
+        let (kubevirt, _) =
+            shared_informer(Api::all(client.clone()), watcher::Config::default(), 0);
+        let (pvcs, _) = shared_informer(Api::all(client.clone()), watcher::Config::default(), 0);
+        let missing = || Error::Task("an informer refused a subscriber".into());
+        let subscriptions = Subscriptions {
+            vmis_for_evacuation: vmi_subs.pop().ok_or_else(missing)?,
+            vmis_for_migration: vmi_subs.pop().ok_or_else(missing)?,
+            vmis_for_vmi: vmi_subs.pop().ok_or_else(missing)?,
+            pods_for_migration: pod_subs.pop().ok_or_else(missing)?,
+            pods_for_vmi: pod_subs.pop().ok_or_else(missing)?,
+            migrations_for_evacuation: migration_subs.pop().ok_or_else(missing)?,
+            migrations_for_migration: migration_subs.pop().ok_or_else(missing)?,
+        };
         let ctx = Context {
-            vmis: spawn_reflector(Api::all(client.clone()), watcher::Config::default()),
-            launcher_pods: spawn_reflector(
-                Api::all(client.clone()),
-                watcher::Config::default().labels(&launcher_selector),
-            ),
-            migrations: spawn_reflector(Api::all(client.clone()), watcher::Config::default()),
-            kubevirt: spawn_reflector(Api::all(client.clone()), watcher::Config::default()),
-            pvcs: spawn_reflector(Api::all(client.clone()), watcher::Config::default()),
+            vmis,
+            launcher_pods,
+            migrations,
+            kubevirt,
+            pvcs,
             client,
             cli_time_scale,
             pod_expectations: Expectations::default(),
+            terminating_pods: Mutex::new(HashSet::new()),
             migration_expectations: Expectations::default(),
             started_migrations: tokio::sync::Mutex::new(HashMap::new()),
         };
@@ -132,7 +180,7 @@ impl Context {
             .await
             .map_err(|_| Error::Timeout("the informer caches".into()))?
             .map_err(|e| Error::Task(e.to_string()))?;
-        Ok(ctx)
+        Ok((ctx, subscriptions))
     }
 
     /// The cluster configuration as of now (KubeVirt CR `kubevirt/kubevirt`, else any).
@@ -221,12 +269,16 @@ pub fn retry_after_error<K>(_obj: Arc<K>, error: &Error, _ctx: Arc<Context>) -> 
 }
 
 /// Runs every controller until one of them stops.
-pub async fn run_all(ctx: Arc<Context>) {
+pub async fn run_all(ctx: Arc<Context>, subs: Subscriptions) {
     tokio::select! {
-        _ = vmi::run(ctx.clone()) => tracing::error!("the VMI controller stopped"),
+        _ = vmi::run(ctx.clone(), subs.vmis_for_vmi, subs.pods_for_vmi) => tracing::error!("the VMI controller stopped"),
         _ = vm::run(ctx.clone()) => tracing::error!("the VM controller stopped"),
-        _ = migration::run(ctx.clone()) => tracing::error!("the migration controller stopped"),
-        _ = evacuation::run(ctx.clone()) => tracing::error!("the evacuation controller stopped"),
+        _ = migration::run(ctx.clone(), subs.migrations_for_migration, subs.pods_for_migration, subs.vmis_for_migration) => {
+            tracing::error!("the migration controller stopped")
+        }
+        _ = evacuation::run(ctx.clone(), subs.vmis_for_evacuation, subs.migrations_for_evacuation) => {
+            tracing::error!("the evacuation controller stopped")
+        }
     }
 }
 

@@ -56,7 +56,9 @@ async fn reconcile(vm: Arc<VirtualMachine>, ctx: Arc<Context>) -> Result<Action>
     let vm_uid = vm.metadata.uid.clone().unwrap_or_default();
     let vmis: Api<VirtualMachineInstance> = Api::namespaced(ctx.client.clone(), &namespace);
     // A VMI of the same name that this VM does not own is left alone.
-    let vmi = ctx.vmi(&namespace, &name).filter(|v| {
+    // Read from the API: this controller is woken by VMI deletions, which a cache may not
+    // show yet.
+    let vmi = vmis.get_opt(&name).await?.filter(|v| {
         v.metadata
             .owner_references
             .iter()
@@ -100,7 +102,7 @@ async fn reconcile(vm: Arc<VirtualMachine>, ctx: Arc<Context>) -> Result<Action>
         None => {}
     }
 
-    update_status(&ctx, &vm, vmi.as_deref(), strategy).await?;
+    update_status(&ctx, &vm, vmi.as_ref(), strategy).await?;
     // Without news, look again now and then (an informer's resync): the VMI cache read here
     // may lag behind the event that triggered this pass.
     Ok(Action::requeue(if requeue {

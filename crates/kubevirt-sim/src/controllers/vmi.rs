@@ -23,12 +23,12 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
 use kube::api::{Api, PostParams};
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::reflector::ObjectRef;
+use kube::runtime::reflector::{ObjectRef, ReflectHandle};
 use kube::runtime::watcher;
 use kubevirt_api::common::{
     Condition, PhaseTransitionTimestamp, condition_reason, condition_type, now, set_condition,
 };
-use kubevirt_api::labels::{APP_LABEL, MIGRATION_JOB_LABEL, NODE_NAME_LABEL, VIRT_LAUNCHER};
+use kubevirt_api::labels::{MIGRATION_JOB_LABEL, NODE_NAME_LABEL};
 use kubevirt_api::vmi::VmiNetworkInterface;
 use kubevirt_api::{
     ConditionStatus, VirtualMachineInstance, VirtualMachineInstanceStatus, VmiPhase,
@@ -43,43 +43,62 @@ use crate::launcher;
 use crate::live_migratable::live_migratable_condition;
 
 /// Runs the controller until the watches end.
-pub async fn run(ctx: Arc<Context>) {
+pub async fn run(
+    ctx: Arc<Context>,
+    vmis: ReflectHandle<VirtualMachineInstance>,
+    pods: ReflectHandle<Pod>,
+) {
     let client = ctx.client.clone();
     let mapper_ctx = ctx.clone();
-    Controller::new(
-        Api::<VirtualMachineInstance>::all(client.clone()),
-        watcher::Config::default(),
-    )
-    .owns(
-        Api::<Pod>::all(client.clone()),
-        watcher::Config::default().labels(&format!("{APP_LABEL}={VIRT_LAUNCHER}")),
-    )
-    // A PVC appearing or changing access modes changes LiveMigratable.
-    .watches(
-        Api::<PersistentVolumeClaim>::all(client),
-        watcher::Config::default(),
-        move |pvc: PersistentVolumeClaim| {
-            let ns = pvc.metadata.namespace.clone().unwrap_or_default();
-            let name = pvc.metadata.name.clone().unwrap_or_default();
-            mapper_ctx
-                .vmis
-                .state()
-                .into_iter()
-                .filter(|v| {
-                    v.metadata.namespace.as_deref() == Some(ns.as_str())
-                        && v.claim_names().contains(&name.as_str())
-                })
-                .map(|v| ObjectRef::from_obj(v.as_ref()))
-                .collect::<Vec<_>>()
-        },
-    )
-    .run(reconcile, retry_after_error, ctx)
-    .for_each(|_| async {})
-    .await;
+    let pods_ctx = ctx.clone();
+    Controller::for_shared_stream(vmis, ctx.vmis.clone())
+        // Pods wake the VMI that controls them (like `owns`), and graceful terminations are
+        // remembered as they are seen.
+        .watches_shared_stream(pods, move |pod: Arc<Pod>| {
+            if pod.metadata.deletion_timestamp.is_some()
+                && let (Some(uid), Ok(mut seen)) =
+                    (pod.metadata.uid.clone(), pods_ctx.terminating_pods.lock())
+            {
+                // Entries are taken when the VMI notices the loss; bound what is never taken.
+                if seen.len() >= 10_000 {
+                    seen.clear();
+                }
+                seen.insert(uid);
+            }
+            let ns = pod.metadata.namespace.clone().unwrap_or_default();
+            pod.metadata
+                .owner_references
+                .iter()
+                .flatten()
+                .find(|o| o.controller == Some(true) && o.kind == "VirtualMachineInstance")
+                .map(|o| ObjectRef::new(&o.name).within(&ns))
+        })
+        // A PVC appearing or changing access modes changes LiveMigratable.
+        .watches(
+            Api::<PersistentVolumeClaim>::all(client),
+            watcher::Config::default(),
+            move |pvc: PersistentVolumeClaim| {
+                let ns = pvc.metadata.namespace.clone().unwrap_or_default();
+                let name = pvc.metadata.name.clone().unwrap_or_default();
+                mapper_ctx
+                    .vmis
+                    .state()
+                    .into_iter()
+                    .filter(|v| {
+                        v.metadata.namespace.as_deref() == Some(ns.as_str())
+                            && v.claim_names().contains(&name.as_str())
+                    })
+                    .map(|v| ObjectRef::from_obj(v.as_ref()))
+                    .collect::<Vec<_>>()
+            },
+        )
+        .run(reconcile, retry_after_error, ctx)
+        .for_each(|_| async {})
+        .await;
 }
 
-/// Like an informer's resync: every VMI is looked at again now and then, so a change missed
-/// because the caches were a moment apart is picked up.
+/// Like an informer's resync: every VMI is looked at again now and then. Shared informers do
+/// not pass deletions on, so a pod that vanished without a terminating phase is noticed here.
 const RESYNC: Duration = Duration::from_secs(10);
 
 async fn reconcile(vmi: Arc<VirtualMachineInstance>, ctx: Arc<Context>) -> Result<Action> {
@@ -164,9 +183,6 @@ async fn reconcile(vmi: Arc<VirtualMachineInstance>, ctx: Arc<Context>) -> Resul
                         requeue = Some(Duration::ZERO);
                     }
                     (_, _) => {
-                        // The pod cache this reads may lag behind the watch event that
-                        // triggered this pass: look again soon.
-                        requeue = Some(Duration::from_millis(500));
                         if let Some(message) = pod_unschedulable(pod) {
                             set_condition(
                                 &mut new.conditions,
@@ -225,16 +241,20 @@ async fn reconcile(vmi: Arc<VirtualMachineInstance>, ctx: Arc<Context>) -> Resul
             }
             Some(_) => finish_after_pod_loss(&mut new, true),
             None => {
-                // A terminating pod on the VMI's node that is not in activePods any more is a
-                // migration source being cleaned up; only the active pod's loss matters.
-                let terminating = pods.iter().any(|p| {
-                    pod_node(p) == old.node_name.as_deref()
-                        && p.metadata.deletion_timestamp.is_some()
-                        && old
-                            .active_pods
-                            .contains_key(p.metadata.uid.as_deref().unwrap_or_default())
-                });
-                finish_after_pod_loss(&mut new, terminating)
+                // The active pod is gone: shut down if it was seen terminating gracefully,
+                // crashed if it vanished.
+                let graceful = ctx
+                    .terminating_pods
+                    .lock()
+                    .map(|mut seen| {
+                        let mut any = false;
+                        for uid in old.active_pods.keys() {
+                            any |= seen.remove(uid);
+                        }
+                        any
+                    })
+                    .unwrap_or(false);
+                finish_after_pod_loss(&mut new, graceful)
             }
         },
         Some(VmiPhase::Succeeded | VmiPhase::Failed) => return Ok(Action::await_change()),

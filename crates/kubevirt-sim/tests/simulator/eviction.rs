@@ -13,12 +13,19 @@ async fn evict(
     vmi: &VirtualMachineInstance,
     dry_run: bool,
 ) -> Result<Result<(), kube::Error>> {
+    // The pod the VMI runs in, not the target pod of a migration in flight.
+    let node = env
+        .vmis()
+        .get(vmi.metadata.name.as_deref().unwrap())
+        .await?
+        .node_name()
+        .map(str::to_string);
     let pod = env
         .launcher_pods(vmi)
         .await?
         .into_iter()
-        .next()
-        .expect("a launcher pod");
+        .find(|p| p.spec.as_ref().and_then(|s| s.node_name.clone()) == node)
+        .expect("a launcher pod on the VMI's node");
     let params = EvictParams {
         post_options: PostParams {
             dry_run,
@@ -43,7 +50,8 @@ async fn eviction_webhook_answers_for_each_strategy() -> Result<()> {
         .start_vmis(&[
             env.vmi("none", "1Gi", Some("None"), |_| {}),
             env.vmi("unset", "1Gi", None, |_| {}),
-            env.vmi("lm", "1Gi", Some("LiveMigrate"), |_| {}),
+            // Large enough that its evacuation (about 13 s) is still running at the second eviction.
+            env.vmi("lm", "16Gi", Some("LiveMigrate"), |_| {}),
             env.vmi("lm-stuck", "1Gi", Some("LiveMigrate"), bridge),
             env.vmi("lmip", "1Gi", Some("LiveMigrateIfPossible"), |_| {}),
             env.vmi("lmip-stuck", "1Gi", Some("LiveMigrateIfPossible"), bridge),
