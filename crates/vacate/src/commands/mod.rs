@@ -43,10 +43,18 @@ pub fn init_logging(config: &Config) {
     };
 }
 
+/// A client for the cluster in KUBECONFIG or, inside a pod, its service account.
+///
+/// The client's own retries are turned off: a 429 from an eviction is an answer (a
+/// PodDisruptionBudget, or KubeVirt asking for a migration) that vacate records and retries
+/// with its own backoff, not a reason to block the drain loop inside a request.
 pub async fn client() -> anyhow::Result<kube::Client> {
-    kube::Client::try_default().await.map_err(|e| {
+    let mut config = kube::Config::infer().await.map_err(|e| {
         anyhow::anyhow!(
-            "cannot connect to the cluster ({e}); set KUBECONFIG or run inside a pod with a service account"
+            "cannot find the cluster ({e}); set KUBECONFIG or run inside a pod with a service account"
         )
-    })
+    })?;
+    config.default_retry = false;
+    kube::Client::try_from(config)
+        .map_err(|e| anyhow::anyhow!("cannot build a client for the cluster: {e}"))
 }

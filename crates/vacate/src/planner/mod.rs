@@ -562,7 +562,7 @@ impl<'a> Planner<'a> {
                         .get_or_insert_with(|| format!("VMI {key}'s virt-launcher pod"));
                     return;
                 };
-                state.vmis.entry(key.clone()).or_default().outcome = VmiOutcome::Evicting;
+                // The outcome becomes Evicting when the eviction is accepted (record_outcome).
                 self.actions.push(Action::EvictPod {
                     namespace: vmi.namespace.clone(),
                     name: pod.clone(),
@@ -592,10 +592,11 @@ impl<'a> Planner<'a> {
             );
             return;
         }
-        record.outcome = VmiOutcome::Restarting;
         if vmi.deleting {
+            record.outcome = VmiOutcome::Restarting;
             return;
         }
+        // The outcome becomes Restarting when the stop is accepted (record_outcome).
         self.actions.push(Action::RestartVmi {
             namespace: vmi.namespace.clone(),
             name: vmi.name.clone(),
@@ -671,7 +672,8 @@ impl<'a> Planner<'a> {
                             // Accepted; the deletion has not reached the watch cache yet.
                         }
                         _ => {
-                            record.outcome = PodOutcome::Evicting;
+                            // Evicting once the eviction is accepted (record_outcome).
+                            record.outcome = PodOutcome::Waiting;
                             record.retry_at = None;
                             self.actions.push(Action::EvictPod {
                                 namespace: pod.namespace.clone(),
@@ -874,6 +876,39 @@ pub fn record_outcome(
     config: &Config,
 ) {
     match (action, result) {
+        (
+            Action::EvictPod {
+                namespace,
+                vmi: Some(vmi),
+                ..
+            },
+            ActionResult::Done | ActionResult::Gone,
+        ) => {
+            state
+                .vmis
+                .entry(format!("{namespace}/{vmi}"))
+                .or_default()
+                .outcome = VmiOutcome::Evicting;
+        }
+        (Action::RestartVmi { namespace, name }, ActionResult::Done | ActionResult::Gone) => {
+            state
+                .vmis
+                .entry(format!("{namespace}/{name}"))
+                .or_default()
+                .outcome = VmiOutcome::Restarting;
+        }
+        (
+            Action::EvictPod {
+                namespace,
+                name,
+                vmi: None,
+            },
+            ActionResult::Done,
+        ) => {
+            if let Some(record) = state.pods.get_mut(&format!("{namespace}/{name}")) {
+                record.outcome = PodOutcome::Evicting;
+            }
+        }
         (
             Action::EvictPod {
                 namespace,

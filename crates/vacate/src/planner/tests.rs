@@ -120,14 +120,18 @@ fn has_event(plan: &Plan, reason: &str) -> bool {
         .any(|a| matches!(a, Action::Event { reason: r, .. } if *r == reason))
 }
 
-/// Runs the planner repeatedly on a drained-in-progress state, as the shell would.
+/// Runs the planner on a state and applies successful outcomes, as the shell would.
 fn step(s: &Snapshot, state: &DrainState, config: &Config) -> (Plan, DrainState) {
     let plan = plan(&with_state(s.clone(), state), config);
-    let next = match &plan.state {
+    let mut next = match &plan.state {
         NextState::Write(st) => (**st).clone(),
         NextState::Unchanged => state.clone(),
         NextState::Clear => panic!("state cleared unexpectedly"),
     };
+    // As the shell does when every action succeeds.
+    for action in &plan.actions {
+        record_outcome(&mut next, action, &ActionResult::Done, s.now, config);
+    }
     (plan, next)
 }
 
@@ -965,4 +969,29 @@ fn vmi_seen_leaving_before_its_migration_succeeds_keeps_the_result() {
             ..
         }
     )));
+}
+
+#[test]
+fn eviction_not_yet_answered_is_tried_again() {
+    // The eviction call timed out: the intent was written, no outcome recorded.
+    let mut s = snapshot(node(Some("true"), false));
+    s.pods = vec![pod("web-1", Some("ReplicaSet"))];
+    s.vmis = vec![];
+    let config = Config::default();
+    let state = written(&plan(&s, &config));
+    assert_eq!(state.pods["apps/web-1"].outcome, PodOutcome::Waiting);
+    let p = plan(&with_state(s.clone(), &state), &config);
+    assert_eq!(
+        evicted(&p),
+        vec!["web-1"],
+        "an unanswered eviction is repeated"
+    );
+
+    let mut s = snapshot(node(Some("true"), false));
+    s.vmis = vec![not_migratable("db")];
+    let state = written(&plan(&s, &config));
+    assert_eq!(state.vmis["vms/db"].outcome, VmiOutcome::Waiting);
+    s.now = t(1);
+    let p = plan(&with_state(s, &state), &config);
+    assert_eq!(evicted(&p), vec!["virt-launcher-db-abcde"]);
 }
