@@ -1,12 +1,15 @@
 //! The eviction webhook for each eviction strategy, and the evacuation it triggers.
 
-use anyhow::Result;
-use kube::api::{EvictParams, PostParams};
+use std::time::Duration;
+
+use anyhow::{Result, ensure};
+use kube::api::{EvictParams, Patch, PatchParams, PostParams};
 use kubevirt_api::labels::{EVACUATION_MIGRATION_ANNOTATION, EVACUATION_MIGRATION_NAME_PREFIX};
-use kubevirt_api::{MigrationPhase, VirtualMachineInstance};
+use kubevirt_api::{KubeVirt, MigrationPhase, VirtualMachineInstance};
 use serde_json::json;
 
-use crate::support::{Env, expect_denied};
+use crate::migration::observe_outbound;
+use crate::support::{Env, KUBEVIRT_CR, expect_denied};
 
 async fn evict(
     env: &Env,
@@ -42,6 +45,8 @@ async fn evict(
 
 #[tokio::test]
 async fn eviction_webhook_answers_for_each_strategy() -> Result<()> {
+    // "unset" relies on the default install's missing cluster-wide strategy.
+    let _default_config = KUBEVIRT_CR.lock().await;
     let env = Env::new("sim-evict", 3).await?;
     let bridge = |v: &mut serde_json::Value| {
         v["spec"]["domain"]["devices"]["interfaces"] = json!([{"name": "default", "bridge": {}}]);
@@ -172,13 +177,12 @@ async fn eviction_webhook_answers_for_each_strategy() -> Result<()> {
 }
 
 #[tokio::test]
-async fn cluster_wide_eviction_strategy_comes_from_the_kubevirt_cr() -> Result<()> {
-    // Only reads the default: the shared KubeVirt CR is not changed by tests running in
-    // parallel. A default install has no cluster-wide strategy, so an unset VMI is evicted.
-    let env = Env::new("sim-kvcr", 1).await?;
-    let kv: kube::Api<kubevirt_api::KubeVirt> =
-        kube::Api::namespaced(env.client.clone(), "kubevirt");
-    let kv = kv.get("kubevirt").await?;
+async fn cluster_wide_configuration_comes_from_the_kubevirt_cr() -> Result<()> {
+    let _exclusive = KUBEVIRT_CR.lock().await;
+    let env = Env::new("sim-kvcr", 3).await?;
+    let kvs: kube::Api<KubeVirt> = kube::Api::namespaced(env.client.clone(), "kubevirt");
+    let kv = kvs.get("kubevirt").await?;
+    // A default install: no cluster-wide strategy, KubeVirt's limits.
     assert_eq!(kv.eviction_strategy(), None);
     assert_eq!(
         kv.status.as_ref().and_then(|s| s.phase.as_deref()),
@@ -189,5 +193,56 @@ async fn cluster_wide_eviction_strategy_comes_from_the_kubevirt_cr() -> Result<(
             .parallel_outbound_migrations_per_node(),
         2
     );
-    Ok(())
+
+    let names = env.nodes.names().to_vec();
+    env.set_unschedulable(&names[1], true).await?;
+    env.set_unschedulable(&names[2], true).await?;
+    let vmis: Vec<_> = (0..3)
+        .map(|i| env.vmi(&format!("plain{i}"), "4Gi", None, |_| {}))
+        .collect();
+    let running = env.start_vmis(&vmis).await?;
+    env.set_unschedulable(&names[1], false).await?;
+    env.set_unschedulable(&names[2], false).await?;
+
+    let configure = json!({"spec": {"configuration": {
+        "evictionStrategy": "LiveMigrate",
+        "migrations": {"parallelOutboundMigrationsPerNode": 1}
+    }}});
+    kvs.patch(
+        "kubevirt",
+        &PatchParams::default(),
+        &Patch::Merge(configure),
+    )
+    .await?;
+    let result = async {
+        // VMIs without a strategy now follow the cluster's LiveMigrate.
+        let mut answer = evict(&env, &running[0], false).await?;
+        for _ in 0..50 {
+            if answer.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            answer = evict(&env, &running[0], false).await?;
+        }
+        expect_denied(answer, 429, "Eviction triggered evacuation of VMI")?;
+        // One outbound migration at a time from the node.
+        let observer = tokio::spawn(observe_outbound(env.migrations(), 3));
+        env.migrate("plain1").await?;
+        env.migrate("plain2").await?;
+        let (max, phases) = tokio::time::timeout(Duration::from_secs(120), observer).await???;
+        ensure!(
+            max == 1,
+            "saw {max} concurrent outbound migrations with a limit of 1"
+        );
+        ensure!(
+            phases.values().all(|p| *p == MigrationPhase::Succeeded),
+            "{phases:?}"
+        );
+        Ok(())
+    }
+    .await;
+    let restore = json!({"spec": {"configuration": null}});
+    kvs.patch("kubevirt", &PatchParams::default(), &Patch::Merge(restore))
+        .await?;
+    result
 }

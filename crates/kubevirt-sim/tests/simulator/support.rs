@@ -19,6 +19,10 @@ use testbed::{NodeSet, NodeTemplate, TestCluster, TestNamespace, wait_until};
 
 pub const TIMEOUT: Duration = Duration::from_secs(90);
 
+/// Held by tests that change the shared KubeVirt CR or depend on its default configuration
+/// (tests of one binary run in parallel against one cluster).
+pub static KUBEVIRT_CR: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// The shared cluster; fails when it runs without the simulator.
 pub async fn cluster() -> Result<Arc<TestCluster>> {
     let cluster = TestCluster::shared().await?;
