@@ -27,6 +27,7 @@ pub struct Executor<'a> {
     pub metrics: &'a Metrics,
     pub recorder: &'a Recorder,
     pub node: &'a Node,
+    pub written_version: std::sync::Mutex<Option<String>>,
 }
 
 /// Sorts an API error into a result the planner understands, or a real error.
@@ -53,6 +54,21 @@ fn done<T>(result: Result<T, kube::Error>, doing: &str) -> Result<ActionResult> 
 }
 
 impl Executor<'_> {
+    /// Remembers the node's resourceVersion after one of vacate's own writes.
+    fn note_version(&self, result: Result<Node, kube::Error>) -> Result<Node, kube::Error> {
+        if let Ok(node) = &result
+            && let Some(version) = node.resource_version()
+        {
+            *self.written_version.lock().expect("version lock") = Some(version);
+        }
+        result
+    }
+
+    /// The node's resourceVersion after the last write of this executor, if any.
+    pub fn written_version(&self) -> Option<String> {
+        self.written_version.lock().expect("version lock").clone()
+    }
+
     fn node_name(&self) -> String {
         self.node.name_any()
     }
@@ -81,6 +97,7 @@ impl Executor<'_> {
                 let result = nodes
                     .patch(&node, &PatchParams::default(), &Patch::Merge(&patch))
                     .await;
+                let result = self.note_version(result);
                 match done(result, &format!("{doing} node {node}"))? {
                     ActionResult::Done => Ok(ActionResult::Done),
                     other => Err(Error::NodeNotFound(format!("{node} ({other:?})"))),
@@ -93,6 +110,7 @@ impl Executor<'_> {
                 let result = nodes
                     .patch(&node, &PatchParams::default(), &Patch::Merge(&patch))
                     .await;
+                let result = self.note_version(result);
                 done(result, &format!("labelling node {node}"))
             }
             Action::CreateMigration {
@@ -231,9 +249,10 @@ impl Executor<'_> {
         let patch = Patch::Merge(json!({ "metadata": metadata }));
         let params = PatchParams::default();
         let write = nodes.patch(&node, &params, &patch);
-        tokio::time::timeout(ACTION_TIMEOUT, write)
+        let written = tokio::time::timeout(ACTION_TIMEOUT, write)
             .await
-            .map_err(|_| Error::Timeout(format!("writing the state of node {node}")))?
+            .map_err(|_| Error::Timeout(format!("writing the state of node {node}")))?;
+        self.note_version(written)
             .map_err(Error::kube(format!("writing the state of node {node}")))?;
         Ok(())
     }

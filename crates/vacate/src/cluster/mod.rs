@@ -364,6 +364,7 @@ impl Context {
             metrics: &self.metrics,
             recorder: &self.recorder,
             node: &node,
+            written_version: Default::default(),
         };
 
         // Write the intent first: a vacate that dies after an action and before recording
@@ -413,6 +414,11 @@ impl Context {
             }
             _ => {}
         }
+        // The next look at this node must see what was just written, not an older copy
+        // from the watch cache: wait (briefly) until the cache has caught up.
+        if let Some(version) = executor.written_version() {
+            self.wait_for_cache(name, &version).await;
+        }
         for observation in &plan.observations {
             self.metrics.observe(observation);
             if let planner::Observation::InvalidState { message } = observation {
@@ -445,6 +451,27 @@ impl Context {
             next = Some(next.map_or(RESYNC_DRAINING, |n| n.min(RESYNC_DRAINING)));
         }
         Ok(next)
+    }
+
+    async fn wait_for_cache(&self, node: &str, written: &str) {
+        let Ok(written) = written.parse::<u64>() else {
+            return;
+        };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            let seen = self
+                .stores
+                .nodes
+                .get(&ObjectRef::new(node))
+                .and_then(|n| n.resource_version())
+                .and_then(|v| v.parse::<u64>().ok());
+            match seen {
+                Some(seen) if seen >= written => return,
+                None => return,
+                Some(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        }
+        tracing::debug!(node, "the watch cache lags behind vacate's own write");
     }
 
     fn update_node_metrics(&self, node: &str, state: Option<&DrainState>) {
