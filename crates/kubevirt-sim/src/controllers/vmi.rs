@@ -246,14 +246,7 @@ async fn reconcile(vmi: Arc<VirtualMachineInstance>, ctx: Arc<Context>) -> Resul
                 let graceful = ctx
                     .terminating_pods
                     .lock()
-                    .map(|mut seen| {
-                        let mut any = false;
-                        for uid in old.active_pods.keys() {
-                            any |= seen.remove(uid);
-                        }
-                        any
-                    })
-                    .unwrap_or(false);
+                    .is_ok_and(|seen| old.active_pods.keys().any(|uid| seen.contains(uid)));
                 finish_after_pod_loss(&mut new, graceful)
             }
         },
@@ -278,6 +271,14 @@ async fn reconcile(vmi: Arc<VirtualMachineInstance>, ctx: Arc<Context>) -> Resul
         });
         ctx.patch_vmi(&namespace, &name, rv.as_deref(), patch)
             .await?;
+        if new.phase.is_some_and(VmiPhase::is_final)
+            && let Ok(mut seen) = ctx.terminating_pods.lock()
+        {
+            // Only once the final phase is written: a conflict retries with the memory intact.
+            for uid in old.active_pods.keys() {
+                seen.remove(uid);
+            }
+        }
     }
     Ok(Action::requeue(requeue.unwrap_or(RESYNC)))
 }
