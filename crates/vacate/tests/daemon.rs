@@ -381,3 +381,55 @@ async fn killed_mid_drain_resumes_without_duplicate_migrations() -> anyhow::Resu
     assert!(monitor.max_in_flight_on(&node) <= 2);
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn standby_takes_over_when_the_leader_dies() -> anyhow::Result<()> {
+    let env = Env::new("leader", 3).await?;
+    let node = env.node(0).to_string();
+    env.place_on(0, || async {
+        for i in 0..6 {
+            let mut vm = Vm::migratable(format!("vm-{i}"));
+            vm.memory = "4Gi";
+            env.create_vm(&vm).await?;
+        }
+        env.wait_vmis_running_on(&node, 6).await
+    })
+    .await?;
+    let (monitor, _watch) = MigrationMonitor::start(&env);
+    let a = env.vacate(FAST).await?;
+    let b = env.vacate(FAST).await?;
+    env.wait("one leader", Duration::from_secs(30), || async {
+        let leaders = a.metric("vacate_leader").await? + b.metric("vacate_leader").await?;
+        Ok(leaders == 1.0)
+    })
+    .await?;
+    let (mut leader, standby) = if a.metric("vacate_leader").await? == 1.0 {
+        (a, b)
+    } else {
+        (b, a)
+    };
+    env.request(&node, Some("true")).await?;
+    env.wait("the leader's first migrations", DRAIN, || async {
+        Ok(!env.vacate_migrations().await?.is_empty())
+    })
+    .await?;
+    assert_eq!(
+        standby.metric("vacate_leader").await?,
+        0.0,
+        "the standby does not act"
+    );
+    leader.kill();
+    let state = env.wait_phase(&node, Phase::Drained, DRAIN).await?;
+    assert_eq!(standby.metric("vacate_leader").await?, 1.0);
+    assert!(
+        state
+            .vmis
+            .values()
+            .all(|r| r.outcome == VmiOutcome::Migrated),
+        "{state:#?}"
+    );
+    for (vmi, migrations) in monitor.per_vmi() {
+        assert_eq!(migrations.len(), 1, "{vmi} got {migrations:?}");
+    }
+    Ok(())
+}

@@ -1,8 +1,11 @@
-//! `vacate run`: the daemon.
+//! `vacate run`: the daemon. Every replica serves /metrics, /healthz and /readyz; only the
+//! holder of the Lease watches the cluster and acts.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use kube::Client;
+use kube_lease_manager::LeaseManagerBuilder;
 use tokio::sync::watch;
 
 use crate::cluster::Shell;
@@ -10,6 +13,8 @@ use crate::cluster::watch::NodeFilter;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::server::{self, Readiness};
+
+const SERVICE_ACCOUNT_NAMESPACE: &str = "/var/run/secrets/kubernetes.io/serviceaccount/namespace";
 
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let config = Arc::new(config);
@@ -25,26 +30,6 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     tracing::info!(address = %config.server.listen, "serving /metrics, /healthz and /readyz");
     tokio::spawn(server::serve(listener, metrics.clone(), readiness.clone()));
 
-    let filter = NodeFilter {
-        name: None,
-        label_selector: (!config.node.selector.is_empty())
-            .then(|| config.node.selector.as_str().to_string()),
-    };
-    let shell = Shell::start(client, config.clone(), metrics.clone(), filter);
-    shell
-        .ctx
-        .stores
-        .wait_until_ready(Duration::from_secs(120))
-        .await
-        .map_err(|e| anyhow::anyhow!("{e} (are the KubeVirt CRDs installed?)"))?;
-    readiness.set_ready(true);
-    metrics.leader.set(1);
-    tracing::info!(
-        request_label = %config.node.request_label,
-        selector = %config.node.selector,
-        "vacate is running"
-    );
-
     let (stop_tx, stop_rx) = watch::channel(false);
     tokio::spawn(async move {
         shutdown_signal().await;
@@ -53,9 +38,140 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         );
         let _ = stop_tx.send(true);
     });
-    shell.run(stop_rx).await;
-    metrics.leader.set(0);
+
+    if !config.leader_election.enabled {
+        metrics.leader.set(1);
+        act(&client, &config, &metrics, &readiness, stop_rx).await?;
+        metrics.leader.set(0);
+        return Ok(());
+    }
+
+    let identity = identity();
+    let namespace = lease_namespace(&config);
+    let duration = config.leader_election.lease_duration.get().as_secs();
+    let manager = LeaseManagerBuilder::new(client.clone(), &config.leader_election.lease_name)
+        .with_namespace(&namespace)
+        .with_identity(&identity)
+        .with_duration(duration)
+        .with_grace((duration / 3).max(1))
+        .with_field_manager("vacate")
+        .build()
+        .await
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "cannot use Lease {namespace}/{} for leader election: {e}",
+                config.leader_election.lease_name
+            )
+        })?;
+    let (mut leader_rx, lease_task) = manager.watch().await;
+    readiness.set_ready(true);
+    tracing::info!(%identity, lease = %format!("{namespace}/{}", config.leader_election.lease_name), "waiting for leadership");
+
+    let mut stop = stop_rx.clone();
+    loop {
+        if *stop.borrow() {
+            break;
+        }
+        if !*leader_rx.borrow_and_update() {
+            metrics.leader.set(0);
+            tokio::select! {
+                changed = leader_rx.changed() => {
+                    if changed.is_err() { break; }
+                    continue;
+                }
+                _ = stop.changed() => break,
+            }
+        }
+        tracing::info!(%identity, "became the leader; acting on the cluster");
+        metrics.leader.set(1);
+        // Act until the lease is lost or a shutdown is asked for.
+        let (lost_tx, lost_rx) = watch::channel(false);
+        let mut leader_watch = leader_rx.clone();
+        let mut stop_watch = stop_rx.clone();
+        let relay = tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    changed = leader_watch.changed() => {
+                        if changed.is_err() || !*leader_watch.borrow() { break; }
+                    }
+                    _ = stop_watch.changed() => break,
+                }
+            }
+            let _ = lost_tx.send(true);
+        });
+        act(&client, &config, &metrics, &readiness, lost_rx).await?;
+        relay.abort();
+        metrics.leader.set(0);
+        if !*stop.borrow() {
+            tracing::warn!(%identity, "lost the leadership; waiting to win it again");
+        }
+    }
+    // Dropping the receiver makes the lease task release the Lease, so a standby takes
+    // over at once instead of after the lease duration.
+    drop(leader_rx);
+    match tokio::time::timeout(Duration::from_secs(5), lease_task).await {
+        Ok(Ok(Ok(_))) => tracing::info!("released the lease"),
+        Ok(Ok(Err(e))) => tracing::warn!(error = %e, "releasing the lease failed"),
+        _ => tracing::warn!(
+            "the lease was not released in time; a standby takes over when it expires"
+        ),
+    }
     Ok(())
+}
+
+/// Watches the cluster and drains nodes until `stop` turns true.
+async fn act(
+    client: &Client,
+    config: &Arc<Config>,
+    metrics: &Metrics,
+    readiness: &Readiness,
+    stop: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let filter = NodeFilter {
+        name: None,
+        label_selector: (!config.node.selector.is_empty())
+            .then(|| config.node.selector.as_str().to_string()),
+    };
+    let shell = Shell::start(client.clone(), config.clone(), metrics.clone(), filter);
+    shell
+        .ctx
+        .stores
+        .wait_until_ready(Duration::from_secs(120))
+        .await
+        .map_err(|e| anyhow::anyhow!("{e} (are the KubeVirt CRDs installed?)"))?;
+    readiness.set_ready(true);
+    tracing::info!(
+        request_label = %config.node.request_label,
+        selector = %config.node.selector,
+        "vacate is running"
+    );
+    shell.run(stop).await;
+    Ok(())
+}
+
+fn identity() -> String {
+    std::env::var("POD_NAME")
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| {
+            let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "vacate".into());
+            format!("{host}-{}", std::process::id())
+        })
+}
+
+fn lease_namespace(config: &Config) -> String {
+    if !config.leader_election.namespace.is_empty() {
+        return config.leader_election.namespace.clone();
+    }
+    std::env::var("POD_NAMESPACE")
+        .ok()
+        .filter(|s| !s.is_empty())
+        .or_else(|| {
+            std::fs::read_to_string(SERVICE_ACCOUNT_NAMESPACE)
+                .ok()
+                .map(|s| s.trim().to_string())
+        })
+        .unwrap_or_else(|| "default".into())
 }
 
 async fn shutdown_signal() {

@@ -42,7 +42,31 @@ pub struct Config {
     pub non_migratable: NonMigratableConfig,
     pub pods: PodConfig,
     pub server: ServerConfig,
+    pub leader_election: LeaderElectionConfig,
     pub log: LogConfig,
+}
+
+/// Several replicas may run; only the holder of a coordination.k8s.io Lease acts.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LeaderElectionConfig {
+    pub enabled: bool,
+    /// Namespace of the Lease; empty: the pod's own namespace, else `default`.
+    pub namespace: String,
+    pub lease_name: String,
+    /// How long a leader's claim lasts without renewal; a standby takes over after it.
+    pub lease_duration: ConfigDuration,
+}
+
+impl Default for LeaderElectionConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            namespace: String::new(),
+            lease_name: "vacate".into(),
+            lease_duration: ConfigDuration::from_secs(15),
+        }
+    }
 }
 
 /// Which nodes vacate handles and the labels and annotation it speaks through.
@@ -345,6 +369,16 @@ impl Config {
                     self.server.listen
                 ),
             ));
+        }
+        let lease = self.leader_election.lease_duration.get();
+        if lease < std::time::Duration::from_secs(2) || lease.subsec_nanos() != 0 {
+            return Err(key(
+                "leader_election.lease_duration",
+                "must be a whole number of seconds, at least 2s",
+            ));
+        }
+        if self.leader_election.lease_name.is_empty() {
+            return Err(key("leader_election.lease_name", "must not be empty"));
         }
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
             return Err(key(

@@ -440,9 +440,11 @@ impl Vacate {
     fn start(env: &Env, extra_config: &str) -> Result<Vacate> {
         let dir = tempfile::tempdir()?;
         let port = free_port();
+        // Each test has a Lease of its own in its namespace, so tests do not compete for it.
         let config = format!(
-            "[node]\nselector = \"{}\"\n[server]\nlisten = \"127.0.0.1:{port}\"\n{}\n",
+            "[node]\nselector = \"{}\"\n[server]\nlisten = \"127.0.0.1:{port}\"\n[leader_election]\nnamespace = \"{}\"\nlease_name = \"vacate\"\nlease_duration = \"4s\"\n{}\n",
             env.selector(),
+            env.ns.name(),
             extra_config
         );
         let config_path = dir.path().join("vacate.toml");
@@ -468,6 +470,15 @@ impl Vacate {
             log_path,
             _dir: dir,
         })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Whether the process still runs.
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
     }
 
     /// Waits for /readyz; fails with the log if the process exits first.
