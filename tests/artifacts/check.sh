@@ -244,7 +244,7 @@ true  events.k8s.io       events                           create  default
 true  events.k8s.io       events                           patch   default
 true  coordination.k8s.io leases                           get     vacate-system
 true  coordination.k8s.io leases                           create  vacate-system
-true  coordination.k8s.io leases                           update  vacate-system
+true  coordination.k8s.io leases                           patch   vacate-system
 false core                secrets                          get
 false core                secrets                          list    vacate-system
 false core                configmaps                       list

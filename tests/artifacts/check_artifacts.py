@@ -40,7 +40,7 @@ EXPECTED_CLUSTER_RULES = {
 }
 # Leader election: a Lease in vacate's namespace.
 EXPECTED_NAMESPACED_RULES = {
-    ("coordination.k8s.io", "leases"): {"get", "create", "update"},
+    ("coordination.k8s.io", "leases"): {"get", "create", "patch"},
 }
 NAMESPACE = "vacate-system"
 SERVICE_ACCOUNT = "vacate"
