@@ -433,3 +433,85 @@ async fn standby_takes_over_when_the_leader_dies() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_policy_restarts_vms_that_cannot_migrate() -> anyhow::Result<()> {
+    let env = Env::new("restartpolicy", 2).await?;
+    let node = env.node(0).to_string();
+    env.place_on(0, || async {
+        env.create_vm(&Vm::not_migratable("legacy", "None")).await?;
+        env.wait_vmis_running_on(&node, 1).await
+    })
+    .await?;
+    let vacate = env
+        .vacate(&format!("{FAST}\n[non_migratable]\npolicy = \"restart\"\n"))
+        .await?;
+    env.request(&node, Some("true")).await?;
+    let state = env.wait_phase(&node, Phase::Drained, DRAIN).await?;
+    assert_eq!(
+        state.vmis[&format!("{}/legacy", env.ns.name())].outcome,
+        VmiOutcome::Restarted
+    );
+    assert_eq!(vacate.metric("vacate_vmi_restarts_total").await?, 1.0);
+    assert_eq!(
+        vacate
+            .metric("vacate_evictions_total{kind=\"vmi\",result=\"evicted\"}")
+            .await?,
+        0.0,
+        "restart does not go through the Eviction API"
+    );
+    env.wait(
+        "the VM to run again elsewhere",
+        Duration::from_secs(60),
+        || async {
+            let vmis = env.vmis().await?;
+            Ok(vmis.len() == 1 && vmis[0].is_running() && vmis[0].node_name() == Some(env.node(1)))
+        },
+    )
+    .await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_state_and_a_deleted_node_are_survived() -> anyhow::Result<()> {
+    use k8s_openapi::api::core::v1::Node;
+    use kube::api::{DeleteParams, Patch, PatchParams};
+    let env = Env::new("malformed", 3).await?;
+    let (garbage, doomed) = (env.node(0).to_string(), env.node(1).to_string());
+    let nodes: kube::Api<Node> = kube::Api::all(env.client.clone());
+    nodes
+        .patch(
+            &garbage,
+            &PatchParams::default(),
+            &Patch::Merge(
+                serde_json::json!({"metadata": {"annotations": {STATE_ANNOTATION: "{not json"}}}),
+            ),
+        )
+        .await?;
+    env.place_on(1, || async {
+        let vm = Vm::migratable("stuck").annotate("simulator.vacate.io/migration-stall", "true");
+        env.create_vm(&vm).await?;
+        env.wait_vmis_running_on(&doomed, 1).await
+    })
+    .await?;
+    let mut vacate = env.vacate(FAST).await?;
+    env.request(&doomed, Some("true")).await?;
+    env.wait_phase(&doomed, Phase::Migrating, DRAIN).await?;
+    // The node disappears in the middle of its drain.
+    nodes.delete(&doomed, &DeleteParams::default()).await?;
+    // The garbage annotation is reported and replaced by a real drain.
+    env.request(&garbage, Some("true")).await?;
+    let state = env.wait_phase(&garbage, Phase::Drained, DRAIN).await?;
+    assert!(
+        state.cordoned_by_vacate,
+        "the node was schedulable, so vacate cordoned it"
+    );
+    assert!(vacate.running(), "vacate survived:\n{}", vacate.log());
+    assert_eq!(
+        vacate
+            .metric("vacate_invalid_state_annotations_total")
+            .await?,
+        1.0
+    );
+    Ok(())
+}
