@@ -228,6 +228,14 @@ async fn reconcile(vmi: Arc<VirtualMachineInstance>, ctx: Arc<Context>) -> Resul
         }
         Some(VmiPhase::Running) => match current_pod(&old, &pods) {
             Some(pod) if !pod_is_down(pod) => {
+                // As virt-controller's updateActivePods: target pods of failed or cancelled
+                // migrations that are gone leave activePods, so the next migration can start.
+                let existing: std::collections::BTreeSet<&str> = pods
+                    .iter()
+                    .filter_map(|p| p.metadata.uid.as_deref())
+                    .collect();
+                new.active_pods
+                    .retain(|uid, _| existing.contains(uid.as_str()));
                 if let Some(node) = old.node_name.as_deref() {
                     let label = vmi
                         .metadata
@@ -265,9 +273,16 @@ async fn reconcile(vmi: Arc<VirtualMachineInstance>, ctx: Arc<Context>) -> Resul
     }
 
     if new != old || !labels.is_empty() {
+        let mut status = owned_status_fields(&new);
+        // A merge patch removes a map entry only when it is set to null.
+        for uid in old.active_pods.keys() {
+            if !new.active_pods.contains_key(uid) {
+                status["activePods"][uid] = serde_json::Value::Null;
+            }
+        }
         let patch = json!({
             "metadata": {"labels": labels},
-            "status": owned_status_fields(&new),
+            "status": status,
         });
         ctx.patch_vmi(&namespace, &name, rv.as_deref(), patch)
             .await?;
