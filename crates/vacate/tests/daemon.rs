@@ -349,15 +349,7 @@ async fn failing_migration_is_retried_then_falls_back() -> anyhow::Result<()> {
 async fn killed_mid_drain_resumes_without_duplicate_migrations() -> anyhow::Result<()> {
     let env = Env::new("restart", 3).await?;
     let node = env.node(0).to_string();
-    env.place_on(0, || async {
-        for i in 0..6 {
-            let mut vm = Vm::migratable(format!("vm-{i}"));
-            vm.memory = "4Gi";
-            env.create_vm(&vm).await?;
-        }
-        env.wait_vmis_running_on(&node, 6).await
-    })
-    .await?;
+    env.migratable_vms_on(0, 6, "4Gi").await?;
     let (monitor, _watch) = MigrationMonitor::start(&env);
     let mut first = env.vacate(FAST).await?;
     env.request(&node, Some("true")).await?;
@@ -386,15 +378,7 @@ async fn killed_mid_drain_resumes_without_duplicate_migrations() -> anyhow::Resu
 async fn standby_takes_over_when_the_leader_dies() -> anyhow::Result<()> {
     let env = Env::new("leader", 3).await?;
     let node = env.node(0).to_string();
-    env.place_on(0, || async {
-        for i in 0..6 {
-            let mut vm = Vm::migratable(format!("vm-{i}"));
-            vm.memory = "4Gi";
-            env.create_vm(&vm).await?;
-        }
-        env.wait_vmis_running_on(&node, 6).await
-    })
-    .await?;
+    env.migratable_vms_on(0, 6, "4Gi").await?;
     let (monitor, _watch) = MigrationMonitor::start(&env);
     let a = env.vacate(FAST).await?;
     let b = env.vacate(FAST).await?;

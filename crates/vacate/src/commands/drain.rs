@@ -21,24 +21,26 @@ use crate::planner::{self, Phase};
 /// The request label value `vacate drain` sets when the label is absent.
 const CLI_REQUEST_VALUE: &str = "cli";
 
-fn start_shell(client: &Client, config: &Arc<Config>, node: &str) -> Shell {
+/// Starts the engine's watches for one node and waits until its caches are filled.
+async fn start_shell(client: &Client, config: &Arc<Config>, node: &str) -> anyhow::Result<Shell> {
     let filter = NodeFilter {
         name: Some(node.to_string()),
         label_selector: None,
     };
-    Shell::start(client.clone(), config.clone(), Metrics::new(), filter)
+    let shell = Shell::start(client.clone(), config.clone(), Metrics::new(), filter);
+    shell
+        .ctx
+        .stores
+        .wait_until_ready(Duration::from_secs(60))
+        .await?;
+    Ok(shell)
 }
 
 pub async fn dry_run(config: Config, node: &str) -> anyhow::Result<ExitCode> {
     let config = Arc::new(config);
     let client = super::client().await?;
     get_node(&client, node).await?;
-    let shell = start_shell(&client, &config, node);
-    shell
-        .ctx
-        .stores
-        .wait_until_ready(Duration::from_secs(60))
-        .await?;
+    let shell = start_shell(&client, &config, node).await?;
     let Some((_, snapshot)) = shell.ctx.snapshot(node, true).await? else {
         anyhow::bail!(
             "node {node} does not match node.selector `{}`",
@@ -96,12 +98,7 @@ pub async fn drain(
         set_request(&client, node, label, Some(CLI_REQUEST_VALUE)).await?;
         println!("requested maintenance on node {node} ({label}={CLI_REQUEST_VALUE})");
     }
-    let shell = start_shell(&client, &config, node);
-    shell
-        .ctx
-        .stores
-        .wait_until_ready(Duration::from_secs(60))
-        .await?;
+    let shell = start_shell(&client, &config, node).await?;
     let mut reports = shell.reports();
     let (stop_tx, stop_rx) = watch::channel(false);
     let engine = tokio::spawn(shell.run(stop_rx));
@@ -157,12 +154,7 @@ pub async fn uncordon(config: Config, node: &str) -> anyhow::Result<ExitCode> {
     let client = super::client().await?;
     get_node(&client, node).await?;
     set_request(&client, node, &config.node.request_label, None).await?;
-    let shell = start_shell(&client, &config, node);
-    shell
-        .ctx
-        .stores
-        .wait_until_ready(Duration::from_secs(60))
-        .await?;
+    let shell = start_shell(&client, &config, node).await?;
     // One reconciliation ends the maintenance (cancelling an unfinished drain).
     let mut tries = 0;
     loop {

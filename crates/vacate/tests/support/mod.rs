@@ -269,6 +269,25 @@ impl Env {
             .items)
     }
 
+    /// Places `count` live-migratable VMs of `memory` on node `target` and waits for them.
+    pub async fn migratable_vms_on(
+        &self,
+        target: usize,
+        count: usize,
+        memory: &'static str,
+    ) -> Result<()> {
+        let node = self.node(target).to_string();
+        self.place_on(target, || async {
+            for i in 0..count {
+                let mut vm = Vm::migratable(format!("vm-{i}"));
+                vm.memory = memory;
+                self.create_vm(&vm).await?;
+            }
+            self.wait_vmis_running_on(&node, count).await
+        })
+        .await
+    }
+
     /// Waits until `count` VMIs run on `node` with LiveMigratable computed.
     pub async fn wait_vmis_running_on(&self, node: &str, count: usize) -> Result<()> {
         self.wait(
