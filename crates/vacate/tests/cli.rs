@@ -120,6 +120,13 @@ async fn drain_dry_run_drain_status_and_uncordon() -> anyhow::Result<()> {
     assert!(!is_unschedulable(&n), "a dry run changes nothing");
     assert!(!has_label(&n, REQUEST_LABEL));
 
+    // `status --watch` follows the drain (printing lines, as its output is not a terminal).
+    let watcher = Command::new(vacate_bin())
+        .args(["status", "--watch", "--config"])
+        .arg(config.path())
+        .env("KUBECONFIG", &kubeconfig)
+        .stdout(std::process::Stdio::piped())
+        .spawn()?;
     let out = run(&["drain", &node, "--timeout", "3m"]).await?;
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
@@ -132,6 +139,20 @@ async fn drain_dry_run_drain_status_and_uncordon() -> anyhow::Result<()> {
         .wait_phase(&node, Phase::Drained, Duration::from_secs(5))
         .await?;
     assert_eq!(state.vmis.len(), 2);
+
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let watched = {
+        let mut watcher = watcher;
+        let _ = watcher.kill();
+        watcher.wait_with_output()?
+    };
+    let watched = String::from_utf8_lossy(&watched.stdout);
+    assert!(
+        watched.contains(&format!("{node}: Migrating"))
+            || watched.contains(&format!("{node}: Cordoned")),
+        "{watched}"
+    );
+    assert!(watched.contains(&format!("{node}: Drained")), "{watched}");
 
     let out = run(&["status"]).await?;
     let text = String::from_utf8_lossy(&out.stdout);
