@@ -42,8 +42,8 @@ pub struct Context {
     pub migration_expectations: Expectations,
     /// Launcher pods seen terminating gracefully (deletion timestamp set), by UID: once such a
     /// pod is gone its guest was shut down, not crashed. Recorded when the event is
-    /// dispatched, so a later read of a cache that no longer has the pod still knows.
-    pub terminating_pods: Mutex<HashSet<String>>,
+    /// reported by the watch, so a later read of a cache without the pod still knows.
+    pub terminating_pods: Arc<Mutex<HashSet<String>>>,
     /// Migrations this simulator moved past Pending and has not yet seen finish, with their
     /// source node: counts against the limits even before the cache shows the new phase.
     pub started_migrations: tokio::sync::Mutex<HashMap<String, String>>,
@@ -97,6 +97,21 @@ where
     K: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
     K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
 {
+    shared_informer_with(api, config, subscribers, |_: &K| {})
+}
+
+/// [`shared_informer`] that also shows every object, as of its watch event, to `observe`
+/// (subscribers only get the object as cached when they read it, which may be later).
+fn shared_informer_with<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    subscribers: usize,
+    observe: impl Fn(&K) + Send + Sync + 'static,
+) -> (Store<K>, Vec<ReflectHandle<K>>)
+where
+    K: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
+{
     let (reader, writer) = reflector::store_shared(SUBSCRIBER_BUFFER);
     let handles = (0..subscribers)
         .filter_map(|_| writer.subscribe())
@@ -106,10 +121,12 @@ where
         .touched_objects();
     tokio::spawn(async move {
         stream
-            .for_each(|event| async move {
-                if let Err(e) = event {
-                    tracing::debug!("watch error (retrying): {e}");
+            .for_each(|event| {
+                match event {
+                    Ok(obj) => observe(&obj),
+                    Err(e) => tracing::debug!("watch error (retrying): {e}"),
                 }
+                async {}
             })
             .await;
     });
@@ -136,10 +153,25 @@ impl Context {
         let launcher_selector = format!("{APP_LABEL}={VIRT_LAUNCHER}");
         let (vmis, mut vmi_subs) =
             shared_informer(Api::all(client.clone()), watcher::Config::default(), 3);
-        let (launcher_pods, mut pod_subs) = shared_informer(
+        // Graceful terminations are recorded as the watch reports them: kwok may remove the
+        // pod before a controller reads the cache.
+        let terminating_pods: Arc<Mutex<HashSet<String>>> = Arc::default();
+        let seen = terminating_pods.clone();
+        let (launcher_pods, mut pod_subs) = shared_informer_with(
             Api::all(client.clone()),
             watcher::Config::default().labels(&launcher_selector),
             2,
+            move |pod: &Pod| {
+                if pod.metadata.deletion_timestamp.is_some()
+                    && let (Some(uid), Ok(mut seen)) = (pod.metadata.uid.clone(), seen.lock())
+                {
+                    // Entries are taken when the VMI is final; bound what is never taken.
+                    if seen.len() >= 10_000 {
+                        seen.clear();
+                    }
+                    seen.insert(uid);
+                }
+            },
         );
         let (migrations, mut migration_subs) =
             shared_informer(Api::all(client.clone()), watcher::Config::default(), 2);
@@ -165,7 +197,7 @@ impl Context {
             client,
             cli_time_scale,
             pod_expectations: Expectations::default(),
-            terminating_pods: Mutex::new(HashSet::new()),
+            terminating_pods,
             migration_expectations: Expectations::default(),
             started_migrations: tokio::sync::Mutex::new(HashMap::new()),
         };

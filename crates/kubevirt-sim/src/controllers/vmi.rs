@@ -50,29 +50,9 @@ pub async fn run(
 ) {
     let client = ctx.client.clone();
     let mapper_ctx = ctx.clone();
-    let pods_ctx = ctx.clone();
     Controller::for_shared_stream(vmis, ctx.vmis.clone())
-        // Pods wake the VMI that controls them (like `owns`), and graceful terminations are
-        // remembered as they are seen.
-        .watches_shared_stream(pods, move |pod: Arc<Pod>| {
-            if pod.metadata.deletion_timestamp.is_some()
-                && let (Some(uid), Ok(mut seen)) =
-                    (pod.metadata.uid.clone(), pods_ctx.terminating_pods.lock())
-            {
-                // Entries are taken when the VMI notices the loss; bound what is never taken.
-                if seen.len() >= 10_000 {
-                    seen.clear();
-                }
-                seen.insert(uid);
-            }
-            let ns = pod.metadata.namespace.clone().unwrap_or_default();
-            pod.metadata
-                .owner_references
-                .iter()
-                .flatten()
-                .find(|o| o.controller == Some(true) && o.kind == "VirtualMachineInstance")
-                .map(|o| ObjectRef::new(&o.name).within(&ns))
-        })
+        // Pods wake the VMI that controls them.
+        .owns_shared_stream(pods)
         // A PVC appearing or changing access modes changes LiveMigratable.
         .watches(
             Api::<PersistentVolumeClaim>::all(client),
