@@ -23,7 +23,7 @@ fn deployment(name: &str, replicas: i32, selector: &BTreeMap<String, String>) ->
                 "metadata": {"labels": {"app": name}},
                 "spec": {
                     "nodeSelector": selector,
-                    "terminationGracePeriodSeconds": 2,
+                    "terminationGracePeriodSeconds": 3,
                     "containers": [{"name": "app", "image": "registry.k8s.io/pause:3.10"}],
                 },
             },
@@ -139,7 +139,8 @@ async fn deployment_pods_run_on_kwok_nodes_and_deletion_waits_for_the_grace_peri
         assert!(p.status.as_ref().and_then(|s| s.pod_ip.as_ref()).is_some());
     }
 
-    // Deletion finishes once the grace period (2 s) has run out.
+    // Deletion finishes once the grace period (3 s) has run out. The deletion timestamp has
+    // whole seconds, so the wait can be up to a second shorter than the grace period.
     let victim = running[0].metadata.name.clone().context("pod name")?;
     let started = Instant::now();
     pods.delete(&victim, &DeleteParams::default()).await?;
@@ -158,7 +159,7 @@ async fn deployment_pods_run_on_kwok_nodes_and_deletion_waits_for_the_grace_peri
     let took = started.elapsed();
     assert!(
         took >= Duration::from_millis(1500),
-        "pod went away after {took:?}, before its 2 s grace period"
+        "pod went away after {took:?}, before its 3 s grace period"
     );
     // The ReplicaSet replaces it.
     running_pods(&pods, "app=web", 3, Duration::from_secs(60)).await?;

@@ -58,9 +58,13 @@ async fn happy_path_migrates_in_limited_batches_and_uncordons() -> anyhow::Resul
         "the Deployment's pods are evicted, the DaemonSet's are not"
     );
     assert!(state.cordoned_by_vacate);
+    // The state records the phase first; the drained label follows in the same step.
+    env.wait("the drained label", Duration::from_secs(10), || async {
+        Ok(has_label(&env.get_node(&node).await?, DRAINED_LABEL))
+    })
+    .await?;
     let n = env.get_node(&node).await?;
     assert!(is_unschedulable(&n));
-    assert!(has_label(&n, DRAINED_LABEL));
     for vmi in env.vmis().await? {
         assert!(vmi.is_running(), "{} is not Running", vmi.name_any());
         assert_ne!(
