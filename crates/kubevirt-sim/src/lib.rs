@@ -48,8 +48,11 @@ pub async fn run(options: Options) -> Result<()> {
         .map_err(|e| Error::Config(e.to_string()))?;
     let client = kube::Client::try_from(config)?;
 
-    install::install_crds(&client).await?;
-    install::ensure_kubevirt(&client).await?;
+    retry_startup("installing the CRDs", || install::install_crds(&client)).await?;
+    retry_startup("creating the KubeVirt CR", || {
+        install::ensure_kubevirt(&client)
+    })
+    .await?;
     let certs = tls::ServingCerts::generate(&options.state_dir, options.listen.ip())?;
 
     let (ctx, subscriptions) =
@@ -62,7 +65,10 @@ pub async fn run(options: Options) -> Result<()> {
         ctx.clone(),
         ready.clone(),
     ));
-    install::register_webhooks(&client, options.listen, &certs.ca_pem).await?;
+    retry_startup("registering the webhooks", || {
+        install::register_webhooks(&client, options.listen, &certs.ca_pem)
+    })
+    .await?;
     install::wait_for_webhooks(&client).await?;
     let controllers = tokio::spawn(controllers::run_all(ctx.clone(), subscriptions));
     ready.set_ready();
@@ -80,6 +86,26 @@ pub async fn run(options: Options) -> Result<()> {
         _ = shutdown_signal() => {
             tracing::info!("stopping");
             Ok(())
+        }
+    }
+}
+
+/// Retries a start-up step for up to two minutes: the API server may still be settling
+/// (e.g. answering 500 while its post-start hooks finish).
+async fn retry_startup<F, Fut>(what: &str, mut step: F) -> Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<()>>,
+{
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        match step().await {
+            Ok(()) => return Ok(()),
+            Err(e) if std::time::Instant::now() < deadline => {
+                tracing::warn!("{what} failed, retrying: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            }
+            Err(e) => return Err(e),
         }
     }
 }
