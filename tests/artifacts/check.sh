@@ -150,10 +150,15 @@ EOF
 
 check_crds() {
   $python tests/artifacts/check_artifacts.py crds || return 1
-  echo "kubectl apply --server-side -f deploy/crds-for-testing/"
-  "$kubectl" apply --server-side --force-conflicts -f deploy/crds-for-testing/ || return 1
-  "$kubectl" wait --for condition=Established --timeout=60s \
-    crd/servicemonitors.monitoring.coreos.com crd/prometheusrules.monitoring.coreos.com
+  local crds=(crd/servicemonitors.monitoring.coreos.com crd/prometheusrules.monitoring.coreos.com)
+  # `testbed up` installs them; a testbed of an older version, or another cluster, may not have.
+  if "$kubectl" get "${crds[@]}" >/dev/null 2>&1; then
+    echo "installed by testbed up"
+  else
+    echo "not installed: kubectl apply --server-side -f deploy/crds-for-testing/"
+    "$kubectl" apply --server-side --force-conflicts -f deploy/crds-for-testing/ || return 1
+  fi
+  "$kubectl" wait --for condition=Established --timeout=60s "${crds[@]}"
 }
 
 check_dry_run() {

@@ -283,6 +283,8 @@ async fn start_components(
     components.spawn("kube-apiserver", apiserver, &layout.log("kube-apiserver"))?;
 
     let client = wait_for_apiserver(&admin_kc, components, deadline).await?;
+    // Applied now, Established by the time everything else is up.
+    let crds = crate::monitoring_crds::apply(&client).await?;
 
     let mut kcm = Command::new(bin.join("kube-controller-manager"));
     kcm.arg(format!("--kubeconfig={}", kcm_kc.display()))
@@ -338,6 +340,7 @@ async fn start_components(
     components.spawn("kwok", kwok, &layout.log("kwok"))?;
 
     wait_for_default_service_account(&client, components, deadline).await?;
+    crate::monitoring_crds::wait_established(&client, &crds, deadline).await?;
 
     let mut sim_endpoint = None;
     if let Some(sim) = sim {

@@ -8,6 +8,7 @@
 pub mod control_plane;
 pub mod https;
 pub mod kubeconfig;
+pub mod monitoring_crds;
 pub mod nodes;
 pub mod paths;
 pub mod pki;
