@@ -24,6 +24,18 @@ impl Error {
         move |source| Error::Kube { doing, source }
     }
 
+    /// Every label [`Error::metric_label`] returns; the series exist at 0 from the start.
+    pub const METRIC_LABELS: [&'static str; 8] = [
+        "conflict",
+        "api_server_error",
+        "api_rejected",
+        "api_unreachable",
+        "cache_timeout",
+        "timeout",
+        "node_not_found",
+        "config",
+    ];
+
     /// A short, stable label for `vacate_reconcile_errors_total`.
     pub fn metric_label(&self) -> &'static str {
         match self {

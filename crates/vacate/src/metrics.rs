@@ -199,8 +199,16 @@ impl Metrics {
         for result in ["drained", "failed", "aborted"] {
             m.drains.with_label_values(&[result]);
         }
+        // Durations are observed for these results; with the histograms at 0 from the
+        // start, a rate over the first drain or migration is not empty.
+        for result in ["drained", "failed"] {
+            m.drain_duration.with_label_values(&[result]);
+        }
         for result in ["succeeded", "failed", "cancelled"] {
             m.migrations.with_label_values(&[result]);
+        }
+        for result in ["succeeded", "failed"] {
+            m.migration_duration.with_label_values(&[result]);
         }
         for kind in ["pod", "vmi"] {
             for result in ["evicted", "refused", "gone", "rejected"] {
@@ -209,6 +217,9 @@ impl Metrics {
         }
         for refuser in ["pdb", "kubevirt"] {
             m.eviction_retries.with_label_values(&[refuser]);
+        }
+        for error in crate::error::Error::METRIC_LABELS {
+            m.reconcile_errors.with_label_values(&[error]);
         }
         m
     }
