@@ -7,7 +7,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::net::TcpListener;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -418,7 +418,23 @@ impl Env {
 
     /// Starts the vacate daemon handling only this test's nodes.
     pub async fn vacate(&self, extra_config: &str) -> Result<Vacate> {
-        let mut vacate = Vacate::start(self, extra_config)?;
+        let lease = Lease {
+            namespace: self.ns.name(),
+            name: "vacate",
+        };
+        self.vacate_with_kubeconfig(self.cluster.kubeconfig_path(), lease, extra_config)
+            .await
+    }
+
+    /// Starts the vacate daemon for this test's nodes with the credentials of `kubeconfig`
+    /// and its leader-election Lease at `lease`.
+    pub async fn vacate_with_kubeconfig(
+        &self,
+        kubeconfig: &Path,
+        lease: Lease<'_>,
+        extra_config: &str,
+    ) -> Result<Vacate> {
+        let mut vacate = Vacate::start(self, kubeconfig, lease, extra_config)?;
         vacate.wait_ready().await?;
         Ok(vacate)
     }
@@ -455,15 +471,23 @@ pub struct Vacate {
     _dir: tempfile::TempDir,
 }
 
+/// Where vacate's leader-election Lease lives.
+#[derive(Clone, Copy, Debug)]
+pub struct Lease<'a> {
+    pub namespace: &'a str,
+    pub name: &'a str,
+}
+
 impl Vacate {
-    fn start(env: &Env, extra_config: &str) -> Result<Vacate> {
+    fn start(env: &Env, kubeconfig: &Path, lease: Lease, extra_config: &str) -> Result<Vacate> {
         let dir = tempfile::tempdir()?;
         let port = free_port();
-        // Each test has a Lease of its own in its namespace, so tests do not compete for it.
+        // Each test has a Lease of its own, so tests do not compete for it.
         let config = format!(
-            "[node]\nselector = \"{}\"\n[server]\nlisten = \"127.0.0.1:{port}\"\n[leader_election]\nnamespace = \"{}\"\nlease_name = \"vacate\"\nlease_duration = \"4s\"\n{}\n",
+            "[node]\nselector = \"{}\"\n[server]\nlisten = \"127.0.0.1:{port}\"\n[leader_election]\nnamespace = \"{}\"\nlease_name = \"{}\"\nlease_duration = \"4s\"\n{}\n",
             env.selector(),
-            env.ns.name(),
+            lease.namespace,
+            lease.name,
             extra_config
         );
         let config_path = dir.path().join("vacate.toml");
@@ -476,7 +500,7 @@ impl Vacate {
         let child = Command::new(vacate_bin())
             .args(["run", "--config"])
             .arg(&config_path)
-            .env("KUBECONFIG", env.cluster.kubeconfig_path())
+            .env("KUBECONFIG", kubeconfig)
             .env("VACATE_LOG__LEVEL", "vacate=debug,info")
             .stdout(Stdio::null())
             .stderr(log)
