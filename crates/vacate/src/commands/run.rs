@@ -40,6 +40,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     });
 
     if !config.leader_election.enabled {
+        // Ready for systemd (Type=notify) once the caches are filled, inside `act`.
         metrics.leader.set(1);
         act(&client, &config, &metrics, &readiness, stop_rx).await?;
         metrics.leader.set(0);
@@ -65,6 +66,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         })?;
     let (mut leader_rx, lease_task) = manager.watch().await;
     readiness.set_ready(true);
+    notify_systemd(sd_notify::NotifyState::Ready);
     tracing::info!(%identity, lease = %format!("{namespace}/{}", config.leader_election.lease_name), "waiting for leadership");
 
     let mut stop = stop_rx.clone();
@@ -106,6 +108,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             tracing::warn!(%identity, "lost the leadership; waiting to win it again");
         }
     }
+    notify_systemd(sd_notify::NotifyState::Stopping);
     // Dropping the receiver makes the lease task release the Lease, so a standby takes
     // over at once instead of after the lease duration.
     drop(leader_rx);
@@ -140,6 +143,7 @@ async fn act(
         .await
         .map_err(|e| anyhow::anyhow!("{e} (are the KubeVirt CRDs installed?)"))?;
     readiness.set_ready(true);
+    notify_systemd(sd_notify::NotifyState::Ready);
     tracing::info!(
         request_label = %config.node.request_label,
         selector = %config.node.selector,
@@ -147,6 +151,13 @@ async fn act(
     );
     shell.run(stop).await;
     Ok(())
+}
+
+/// Tells systemd (a `Type=notify` unit) how vacate is doing; a no-op anywhere else.
+fn notify_systemd(state: sd_notify::NotifyState) {
+    if let Err(error) = sd_notify::notify(&[state]) {
+        tracing::warn!(%error, "notifying systemd failed");
+    }
 }
 
 fn identity() -> String {

@@ -658,9 +658,14 @@ impl<'a> Planner<'a> {
                     match (record.outcome, record.retry_at) {
                         (PodOutcome::RetryWaiting, Some(at)) if at > now => {
                             let message = record.last_refusal.clone().unwrap_or_default();
+                            let reason = if record.rejected {
+                                BlockReason::EvictionRejected
+                            } else {
+                                BlockReason::PodDisruptionBudget
+                            };
                             self.wake_at(at);
                             self.block(
-                                BlockReason::PodDisruptionBudget,
+                                reason,
                                 format!(
                                     "eviction of pod {key} refused {} times, retrying at {}: {message}",
                                     record.retries,
@@ -929,8 +934,10 @@ pub fn record_outcome(
             },
             ActionResult::Refused(message) | ActionResult::Rejected(message),
         ) => {
+            let rejected = matches!(result, ActionResult::Rejected(_));
             let key = format!("{namespace}/{name}");
             let record = state.pods.entry(key.clone()).or_default();
+            record.rejected = rejected;
             record.retries += 1;
             let wait = backoff(
                 config.pods.eviction_backoff.get(),
@@ -943,7 +950,11 @@ pub fn record_outcome(
             record.last_refusal = Some(message.clone());
             if state.blocked.is_none() {
                 state.blocked = Some(Blocker {
-                    reason: BlockReason::PodDisruptionBudget,
+                    reason: if rejected {
+                        BlockReason::EvictionRejected
+                    } else {
+                        BlockReason::PodDisruptionBudget
+                    },
                     message: format!("eviction of pod {key} refused: {message}"),
                 });
             }

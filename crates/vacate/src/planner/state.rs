@@ -72,6 +72,9 @@ pub enum BlockReason {
     NotAllowedYet,
     /// A PodDisruptionBudget refuses an eviction.
     PodDisruptionBudget,
+    /// The API server rejects an eviction outright (a missing permission, an admission
+    /// webhook): retried with backoff, but a person has to look.
+    EvictionRejected,
     /// A VMI cannot live-migrate and the policy is `block`.
     NonMigratableVmi,
     /// KubeVirt refuses to evict a VMI and nothing else may be done with it.
@@ -87,9 +90,10 @@ pub enum BlockReason {
 }
 
 impl BlockReason {
-    pub const ALL: [BlockReason; 8] = [
+    pub const ALL: [BlockReason; 9] = [
         BlockReason::NotAllowedYet,
         BlockReason::PodDisruptionBudget,
+        BlockReason::EvictionRejected,
         BlockReason::NonMigratableVmi,
         BlockReason::EvictionRefused,
         BlockReason::UnmanagedPod,
@@ -102,6 +106,7 @@ impl BlockReason {
         match self {
             BlockReason::NotAllowedYet => "NotAllowedYet",
             BlockReason::PodDisruptionBudget => "PodDisruptionBudget",
+            BlockReason::EvictionRejected => "EvictionRejected",
             BlockReason::NonMigratableVmi => "NonMigratableVmi",
             BlockReason::EvictionRefused => "EvictionRefused",
             BlockReason::UnmanagedPod => "UnmanagedPod",
@@ -198,6 +203,9 @@ pub struct PodRecord {
     /// Why the last eviction was refused.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_refusal: Option<String>,
+    /// The last refusal was a rejection (not a 429 from a PodDisruptionBudget).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub rejected: bool,
 }
 
 /// What asked for the drain.

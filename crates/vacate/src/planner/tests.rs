@@ -995,3 +995,34 @@ fn eviction_not_yet_answered_is_tried_again() {
     let p = plan(&with_state(s, &state), &config);
     assert_eq!(evicted(&p), vec!["virt-launcher-db-abcde"]);
 }
+
+#[test]
+fn rejected_eviction_is_its_own_blocker() {
+    let mut s = snapshot(node(Some("true"), false));
+    s.pods = vec![pod("web-1", Some("ReplicaSet"))];
+    let config = Config::default();
+    let p = plan(&s, &config);
+    let mut state = written(&p);
+    let evict = p
+        .actions
+        .iter()
+        .find(|a| matches!(a, Action::EvictPod { .. }))
+        .unwrap();
+    record_outcome(
+        &mut state,
+        evict,
+        &ActionResult::Rejected(
+            "pods \"web-1\" is forbidden: User cannot create resource \"pods/eviction\"".into(),
+        ),
+        t(0),
+        &config,
+    );
+    assert_eq!(
+        state.blocked.as_ref().unwrap().reason,
+        BlockReason::EvictionRejected
+    );
+    s.now = t(1);
+    let (p, _) = step(&s, &state, &config);
+    assert_eq!(p.blocked, Some(BlockReason::EvictionRejected));
+    assert!(evicted(&p).is_empty(), "retried only after the backoff");
+}
