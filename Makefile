@@ -2,13 +2,16 @@
 #   make demo   build, start a local testbed cluster, drain a node live, clean up
 #   make test   the whole test suite (what CI runs)
 
-.PHONY: demo test build lint unit
+.PHONY: demo test bench build lint unit
 
 demo:
 	bash scripts/demo.sh
 
 test:
 	bash scripts/test.sh
+
+bench:
+	bash scripts/bench.sh
 
 build:
 	bash scripts/env.sh cargo build --workspace --bins
