@@ -24,10 +24,12 @@ cleanup() {
   rm -rf "$state_dir"
 }
 trap cleanup EXIT
-"$bin/testbed" up --state-dir "$state_dir" --nodes 0 >/dev/null
-
 now() { date +%s.%N; }
 elapsed() { echo "$2 - $1" | bc; }
+
+up_start=$(now)
+"$bin/testbed" up --state-dir "$state_dir" --nodes 0 >/dev/null
+up_seconds=$(elapsed "$up_start" "$(now)")
 
 # The bound: with P outbound migrations per node at bandwidth B, the node's memory M needs at
 # least max(M / (P * B), largest VM / B), divided by the simulator's time scale.
@@ -46,11 +48,14 @@ bound() {
   echo "scale=2; a = $mem_bytes / ($per_node * $bandwidth); b = $largest / $bandwidth; if (a > b) a / $time_scale else b / $time_scale" | bc
 }
 
-printf '%s\n' "round tool seconds bound ratio" > "$state_dir/results"
+printf '%s\n' "round tool seconds bound ratio cordon" > "$state_dir/results"
+seed_seconds=""
 for round in $(seq 1 "$rounds"); do
   # vacate
   prefix="v$round"
+  seed_start=$(now)
   "$bin/testbed" seed tests/scenarios/drain-6.yaml --prefix "$prefix" --state-dir "$state_dir" >/dev/null
+  seed_seconds=${seed_seconds:-$(elapsed "$seed_start" "$(now)")}
   node="$prefix-worker-0"
   b=$(bound "$node")
   cat >"$state_dir/vacate.toml" <<TOML
@@ -73,13 +78,19 @@ TOML
   sleep 2
   start=$(now)
   kubectl label node "$node" vacate.io/maintenance=true >/dev/null
+  # Request label to cordon (the label call's own time included).
+  for _ in $(seq 1 600); do
+    [ "$(kubectl get node "$node" -o jsonpath='{.spec.unschedulable}')" = "true" ] && break
+    sleep 0.02
+  done
+  cordon=$(printf "%.2f" "$(elapsed "$start" "$(now)")")
   for _ in $(seq 1 6000); do
     [ "$(kubectl get node "$node" -o jsonpath='{.metadata.labels.vacate\.io/drained}')" = "true" ] && break
     sleep 0.1
   done
   t=$(elapsed "$start" "$(now)")
   kill "$vacate_pid"; wait "$vacate_pid" 2>/dev/null || true; vacate_pid=""
-  echo "$round vacate $t $b $(echo "scale=2; $t / $b" | bc)" >> "$state_dir/results"
+  echo "$round vacate $t $b $(echo "scale=2; $t / $b" | bc) $cordon" >> "$state_dir/results"
   echo "round $round: vacate drained $node in $t s (bound $b s)"
 
   # kubectl drain, relying on KubeVirt's eviction webhook and evacuation
@@ -90,7 +101,7 @@ TOML
   start=$(now)
   kubectl drain "$node" --ignore-daemonsets --delete-emptydir-data --force --timeout=15m >/dev/null 2>&1
   t=$(elapsed "$start" "$(now)")
-  echo "$round kubectl-drain $t $b $(echo "scale=2; $t / $b" | bc)" >> "$state_dir/results"
+  echo "$round kubectl-drain $t $b $(echo "scale=2; $t / $b" | bc) -" >> "$state_dir/results"
   echo "round $round: kubectl drain emptied $node in $t s (bound $b s)"
 done
 
@@ -107,8 +118,13 @@ column -t "$state_dir/results"
   echo "simulator's 128 MiB/s each, at its time scale of 10. The ratio is the drain time over the bound."
   echo "The machine is shared and noisy: compare the two tools within a round, not across runs."
   echo
-  echo "| round | tool | seconds | bound (s) | ratio |"
-  echo "|---|---|---|---|---|"
-  tail -n +2 "$state_dir/results" | awk '{printf "| %s | %s | %s | %s | %s |\n", $1, $2, $3, $4, $5}'
+  echo "| round | tool | seconds | bound (s) | ratio | request to cordon (s) |"
+  echo "|---|---|---|---|---|---|"
+  tail -n +2 "$state_dir/results" | awk '{printf "| %s | %s | %.1f | %s | %s | %s |\n", $1, $2, $3, $4, $5, $6}'
+  echo
+  echo "Testbed, same run: \`testbed up --nodes 0\` (warm build, with the KubeVirt simulator) took"
+  echo "$(printf '%.1f' "$up_seconds") s; \`testbed seed tests/scenarios/drain-6.yaml\` (3 nodes, 6 VMIs, waiting until"
+  echo "all run) took $(printf '%.1f' "$seed_seconds") s. \"Request to cordon\" is the time from \`kubectl label\` to the"
+  echo "node showing \`spec.unschedulable\`, the kubectl call included."
 } > docs/benchmarks.md
 echo "wrote docs/benchmarks.md"

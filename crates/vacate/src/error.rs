@@ -14,8 +14,6 @@ pub enum Error {
     Timeout(String),
     #[error("node {0} not found")]
     NodeNotFound(String),
-    #[error("{0}")]
-    Config(#[from] crate::config::ConfigError),
 }
 
 impl Error {
@@ -25,7 +23,7 @@ impl Error {
     }
 
     /// Every label [`Error::metric_label`] returns; the series exist at 0 from the start.
-    pub const METRIC_LABELS: [&'static str; 8] = [
+    pub const METRIC_LABELS: [&'static str; 7] = [
         "conflict",
         "api_server_error",
         "api_rejected",
@@ -33,7 +31,6 @@ impl Error {
         "cache_timeout",
         "timeout",
         "node_not_found",
-        "config",
     ];
 
     /// A short, stable label for `vacate_reconcile_errors_total`.
@@ -48,7 +45,6 @@ impl Error {
             Error::CacheTimeout(_) => "cache_timeout",
             Error::Timeout(_) => "timeout",
             Error::NodeNotFound(_) => "node_not_found",
-            Error::Config(_) => "config",
         }
     }
 }

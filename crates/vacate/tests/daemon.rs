@@ -27,17 +27,7 @@ eviction_backoff_max = "3s"
 async fn happy_path_migrates_in_limited_batches_and_uncordons() -> anyhow::Result<()> {
     let env = Env::new("happy", 3).await?;
     let node = env.node(0).to_string();
-    env.place_on(0, || async {
-        for i in 0..8 {
-            env.create_vm(&Vm::migratable(format!("vm-{i}"))).await?;
-        }
-        env.create_deployment("web", 3, Some(2)).await?;
-        env.wait_vmis_running_on(&node, 8).await?;
-        env.wait_pods_running_on(&node, 3 + 8).await
-    })
-    .await?;
-    env.create_daemonset("agent").await?;
-    env.wait_pods_running_on(&node, 3 + 8 + 1).await?;
+    env.busy_node(0, 8, 3, 2).await?;
 
     let (monitor, _watch) = MigrationMonitor::start(&env);
     let vacate = env.vacate(FAST).await?;

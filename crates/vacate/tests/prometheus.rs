@@ -244,17 +244,7 @@ async fn every_dashboard_query_returns_data_during_a_drain() -> Result<()> {
 
     let env = Env::new("prom", 2).await?;
     let node = env.node(0).to_string();
-    env.place_on(0, || async {
-        for i in 0..3 {
-            env.create_vm(&Vm::migratable(format!("vm-{i}"))).await?;
-        }
-        env.create_deployment("web", 2, Some(1)).await?;
-        env.wait_vmis_running_on(&node, 3).await?;
-        env.wait_pods_running_on(&node, 2 + 3).await
-    })
-    .await?;
-    env.create_daemonset("agent").await?;
-    env.wait_pods_running_on(&node, 2 + 3 + 1).await?;
+    env.busy_node(0, 3, 2, 1).await?;
 
     let vacate = env.vacate(FAST).await?;
     let prometheus = Prometheus::start(vacate.metrics_port).await?;

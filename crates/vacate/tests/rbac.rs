@@ -247,17 +247,7 @@ async fn happy_path_as_service_account(env: &Env) -> Result<()> {
     );
 
     let node = env.node(0).to_string();
-    env.place_on(0, || async {
-        for i in 0..4 {
-            env.create_vm(&Vm::migratable(format!("vm-{i}"))).await?;
-        }
-        env.create_deployment("web", 3, Some(2)).await?;
-        env.wait_vmis_running_on(&node, 4).await?;
-        env.wait_pods_running_on(&node, 3 + 4).await
-    })
-    .await?;
-    env.create_daemonset("agent").await?;
-    env.wait_pods_running_on(&node, 3 + 4 + 1).await?;
+    env.busy_node(0, 4, 3, 2).await?;
 
     let lease_name = format!("vacate-rbac-{}", unique_id());
     let lease = Lease {

@@ -41,13 +41,6 @@ impl Stores {
             .await
             .map_err(|_| Error::CacheTimeout(timeout))
     }
-
-    /// The node a VMI runs on, as far as the cache knows.
-    pub fn vmi_node(&self, namespace: &str, name: &str) -> Option<String> {
-        self.vmis
-            .get(&ObjectRef::new(name).within(namespace))
-            .and_then(|v| v.node_name().map(String::from))
-    }
 }
 
 /// Which nodes to watch: all, one by name, or those matching a label selector.
@@ -231,9 +224,5 @@ impl PodWatches {
         {
             w.task.abort();
         }
-    }
-
-    pub fn watched_nodes(&self) -> usize {
-        self.watches.lock().expect("pod watch map lock").len()
     }
 }

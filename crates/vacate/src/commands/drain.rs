@@ -228,10 +228,9 @@ fn progress_line(report: &NodeReport) -> String {
         state.pods_done(),
         state.pods.len()
     );
-    if let Some(b) = &state.blocked {
-        line.push_str(&format!("  blocked: {}", b.message));
-    } else if let Some(w) = &state.waiting_for {
-        line.push_str(&format!("  waiting for {w}"));
+    if let Some(detail) = state.detail() {
+        line.push_str("  ");
+        line.push_str(&detail);
     }
     line
 }

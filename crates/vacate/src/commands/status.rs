@@ -35,15 +35,7 @@ pub fn row(node: &Node, config: &Config) -> Option<Row> {
     };
     match &view.state {
         StateAnnotation::Valid(state) => {
-            let detail = if let Some(f) = &state.failure {
-                format!("failed: {f}")
-            } else if let Some(b) = &state.blocked {
-                format!("blocked ({}): {}", b.reason.as_str(), b.message)
-            } else if let Some(w) = &state.waiting_for {
-                format!("waiting for {w}")
-            } else {
-                String::new()
-            };
+            let detail = state.detail().unwrap_or_default();
             Some(Row {
                 node: name,
                 phase: state.phase.to_string(),

@@ -121,9 +121,7 @@ impl<'a> Planner<'a> {
             (Some(_), None) => self.start(1, false),
             (Some(value), Some(state)) => match state.phase {
                 Phase::Idle | Phase::Pending => self.start(state.attempt, false),
-                Phase::Cordoned | Phase::Migrating | Phase::Evicting | Phase::Aborting => {
-                    self.drain(state, false)
-                }
+                Phase::Cordoned | Phase::Migrating | Phase::Evicting => self.drain(state, false),
                 Phase::Drained | Phase::Uncordoning => self.hold_drained(state),
                 Phase::Failed if &state.request_value != value => {
                     // Re-applying the request (a new label value) retries a failed drain.
@@ -134,9 +132,7 @@ impl<'a> Planner<'a> {
             },
             (None, Some(state)) => match state.phase {
                 Phase::Idle | Phase::Pending => self.clear = true,
-                Phase::Cordoned | Phase::Migrating | Phase::Evicting | Phase::Aborting => {
-                    self.abort(state)
-                }
+                Phase::Cordoned | Phase::Migrating | Phase::Evicting => self.abort(state),
                 Phase::Drained | Phase::Uncordoning | Phase::Failed => self.end(state),
             },
         }

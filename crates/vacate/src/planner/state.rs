@@ -22,12 +22,11 @@ pub enum Phase {
     Evicting,
     Drained,
     Uncordoning,
-    Aborting,
     Failed,
 }
 
 impl Phase {
-    pub const ALL: [Phase; 9] = [
+    pub const ALL: [Phase; 8] = [
         Phase::Idle,
         Phase::Pending,
         Phase::Cordoned,
@@ -35,7 +34,6 @@ impl Phase {
         Phase::Evicting,
         Phase::Drained,
         Phase::Uncordoning,
-        Phase::Aborting,
         Phase::Failed,
     ];
 
@@ -48,7 +46,6 @@ impl Phase {
             Phase::Evicting => "Evicting",
             Phase::Drained => "Drained",
             Phase::Uncordoning => "Uncordoning",
-            Phase::Aborting => "Aborting",
             Phase::Failed => "Failed",
         }
     }
@@ -292,6 +289,19 @@ impl DrainState {
             .values()
             .filter(|r| r.outcome == PodOutcome::Evicted)
             .count()
+    }
+
+    /// What the drain waits for, in words: the failure, the blocker, or what it waits on.
+    pub fn detail(&self) -> Option<String> {
+        if let Some(failure) = &self.failure {
+            Some(format!("failed: {failure}"))
+        } else if let Some(b) = &self.blocked {
+            Some(format!("blocked ({}): {}", b.reason.as_str(), b.message))
+        } else {
+            self.waiting_for
+                .as_ref()
+                .map(|w| format!("waiting for {w}"))
+        }
     }
 
     pub fn to_json(&self) -> String {

@@ -288,6 +288,32 @@ impl Env {
         .await
     }
 
+    /// The usual drain scene on node `target`: `vms` live-migratable VMs, a Deployment `web`
+    /// of `replicas` behind a PodDisruptionBudget with `min_available`, and a DaemonSet
+    /// `agent` on every node of the set. Waits until all of it runs.
+    pub async fn busy_node(
+        &self,
+        target: usize,
+        vms: usize,
+        replicas: i32,
+        min_available: i32,
+    ) -> Result<()> {
+        let node = self.node(target).to_string();
+        let pods = vms + replicas as usize;
+        self.place_on(target, || async {
+            for i in 0..vms {
+                self.create_vm(&Vm::migratable(format!("vm-{i}"))).await?;
+            }
+            self.create_deployment("web", replicas, Some(min_available))
+                .await?;
+            self.wait_vmis_running_on(&node, vms).await?;
+            self.wait_pods_running_on(&node, pods).await
+        })
+        .await?;
+        self.create_daemonset("agent").await?;
+        self.wait_pods_running_on(&node, pods + 1).await
+    }
+
     /// Waits until `count` VMIs run on `node` with LiveMigratable computed.
     pub async fn wait_vmis_running_on(&self, node: &str, count: usize) -> Result<()> {
         self.wait(
