@@ -6,7 +6,10 @@ use prometheus::{
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
-use crate::planner::{BlockReason, DrainResult, MigrationResult, Observation, Phase};
+use crate::config::Config;
+use crate::planner::{
+    BlockReason, DrainResult, FleetNode, MigrationResult, Observation, Phase, windows,
+};
 
 /// Buckets for drains: from a minute to a few hours.
 const DRAIN_BUCKETS: &[f64] = &[
@@ -39,6 +42,12 @@ pub struct Metrics {
     pub invalid_states: IntCounter,
     pub leader: IntGauge,
     pub build_info: IntGaugeVec,
+    pub window_open: IntGaugeVec,
+    pub window_next_open: GaugeVec,
+    pub schedule_last_run: GaugeVec,
+    pub schedule_next_run: GaugeVec,
+    pub fleet_in_maintenance: IntGaugeVec,
+    pub fleet_max_in_maintenance: IntGaugeVec,
 }
 
 impl Default for Metrics {
@@ -184,6 +193,54 @@ impl Metrics {
                 &["version"],
             )
             .unwrap(),
+            window_open: IntGaugeVec::new(
+                Opts::new(
+                    "vacate_window_open",
+                    "1 while a maintenance window is open, else 0.",
+                ),
+                &["window"],
+            )
+            .unwrap(),
+            window_next_open: GaugeVec::new(
+                Opts::new(
+                    "vacate_window_next_open_timestamp_seconds",
+                    "Unix time at which a closed maintenance window opens next.",
+                ),
+                &["window"],
+            )
+            .unwrap(),
+            schedule_last_run: GaugeVec::new(
+                Opts::new(
+                    "vacate_schedule_last_run_timestamp_seconds",
+                    "Unix time of the last run a maintenance schedule started (leader only).",
+                ),
+                &["schedule"],
+            )
+            .unwrap(),
+            schedule_next_run: GaugeVec::new(
+                Opts::new(
+                    "vacate_schedule_next_run_timestamp_seconds",
+                    "Unix time of a maintenance schedule's next run.",
+                ),
+                &["schedule"],
+            )
+            .unwrap(),
+            fleet_in_maintenance: IntGaugeVec::new(
+                Opts::new(
+                    "vacate_fleet_nodes_in_maintenance",
+                    "Nodes holding a maintenance slot, fleet-wide (scope=\"fleet\") and per pool.",
+                ),
+                &["scope"],
+            )
+            .unwrap(),
+            fleet_max_in_maintenance: IntGaugeVec::new(
+                Opts::new(
+                    "vacate_fleet_max_nodes_in_maintenance",
+                    "How many nodes may be in maintenance at once, fleet-wide and per pool.",
+                ),
+                &["scope"],
+            )
+            .unwrap(),
             registry,
         };
         m.register_all();
@@ -245,9 +302,61 @@ impl Metrics {
             Box::new(self.invalid_states.clone()),
             Box::new(self.leader.clone()),
             Box::new(self.build_info.clone()),
+            Box::new(self.window_open.clone()),
+            Box::new(self.window_next_open.clone()),
+            Box::new(self.schedule_last_run.clone()),
+            Box::new(self.schedule_next_run.clone()),
+            Box::new(self.fleet_in_maintenance.clone()),
+            Box::new(self.fleet_max_in_maintenance.clone()),
         ];
         for c in collectors {
             self.registry.register(c).expect("metric names are unique");
+        }
+    }
+
+    /// The state of every maintenance window at `now`; every replica shows it.
+    pub fn update_windows(&self, config: &Config, now: chrono::DateTime<chrono::Utc>) {
+        for w in &config.windows {
+            let status = windows::status(w, now);
+            self.window_open
+                .with_label_values(&[&w.name])
+                .set(status.open as i64);
+            let next = status.next_open.map_or(0.0, |t| t.timestamp() as f64);
+            self.window_next_open
+                .with_label_values(&[&w.name])
+                .set(next);
+        }
+        for s in &config.schedules {
+            if let Some(next) = s.cron.next(now, &s.timezone) {
+                self.schedule_next_run
+                    .with_label_values(&[&s.name])
+                    .set(next.timestamp() as f64);
+            }
+        }
+    }
+
+    /// Nodes in maintenance against the limits, fleet-wide and per pool.
+    pub fn update_fleet(&self, config: &Config, nodes: &[FleetNode]) {
+        let mut scopes = vec![("fleet".to_string(), None, config.fleet.max_draining)];
+        for pool in &config.fleet.pools {
+            scopes.push((
+                format!("pool:{}", pool.name),
+                Some(&pool.selector),
+                pool.max_draining,
+            ));
+        }
+        for (scope, selector, limit) in scopes {
+            let members: Vec<&FleetNode> = nodes
+                .iter()
+                .filter(|n| selector.is_none_or(|s| s.matches(&n.labels)))
+                .collect();
+            let busy = members.iter().filter(|n| n.in_maintenance).count();
+            self.fleet_in_maintenance
+                .with_label_values(&[&scope])
+                .set(busy as i64);
+            self.fleet_max_in_maintenance
+                .with_label_values(&[&scope])
+                .set(limit.of(members.len()) as i64);
         }
     }
 

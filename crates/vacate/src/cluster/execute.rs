@@ -103,10 +103,15 @@ impl Executor<'_> {
                     other => Err(Error::NodeNotFound(format!("{node} ({other:?})"))),
                 }
             }
-            Action::SetDrainedLabel(set) => {
-                let value = set.then_some("true");
-                let patch =
-                    json!({"metadata": {"labels": {&self.config.node.drained_label: value}}});
+            Action::SetDrainedLabel(_) | Action::RemoveLabel(_) => {
+                let (label, value) = match action {
+                    Action::SetDrainedLabel(set) => {
+                        (&self.config.node.drained_label, set.then_some("true"))
+                    }
+                    Action::RemoveLabel(label) => (label, None),
+                    _ => unreachable!("matched above"),
+                };
+                let patch = json!({"metadata": {"labels": {label: value}}});
                 let result = nodes
                     .patch(&node, &PatchParams::default(), &Patch::Merge(&patch))
                     .await;

@@ -3,6 +3,9 @@
 //! migration count seen by one node's plan includes what the previous plan created.
 
 pub mod execute;
+mod gate;
+pub mod prometheus;
+pub mod schedule;
 pub mod snapshot;
 pub mod watch;
 
@@ -61,6 +64,9 @@ pub struct Context {
     reports: Mutex<HashMap<String, NodeReport>>,
     report_tx: tokio_watch::Sender<HashMap<String, NodeReport>>,
     wakes: Mutex<HashMap<String, Instant>>,
+    /// When this daemon last started a drain (the delay between drains counts from it).
+    last_start: Mutex<Option<chrono::DateTime<Utc>>>,
+    prometheus: Option<prometheus::PrometheusGate>,
 }
 
 /// A running shell: its context and the receiver of node triggers.
@@ -88,6 +94,16 @@ impl Shell {
         };
         let recorder = Recorder::new(client.clone(), reporter);
         let (report_tx, _) = tokio_watch::channel(HashMap::new());
+        let b = &config.blockers;
+        let prometheus = (!b.prometheus_url.is_empty()).then(|| {
+            prometheus::PrometheusGate::new(
+                &b.prometheus_url,
+                &b.prometheus_query,
+                b.prometheus_interval.get(),
+                Duration::from_secs(10),
+            )
+            .expect("blockers.prometheus_url is validated at start-up")
+        });
         let ctx = Arc::new(Context {
             client,
             config,
@@ -100,6 +116,8 @@ impl Shell {
             reports: Mutex::new(HashMap::new()),
             report_tx,
             wakes: Mutex::new(HashMap::new()),
+            last_start: Mutex::new(None),
+            prometheus,
         });
         Self {
             ctx,
@@ -293,7 +311,7 @@ impl Context {
         if !config.node.selector.matches(node.labels()) {
             return Ok(None);
         }
-        let view = snapshot::node_view(&node, &config.node);
+        let view = snapshot::node_view(&node, config);
         let involved = view.request_value.is_some() || view.state != StateAnnotation::Absent;
         if !involved && !include_idle {
             self.pods.stop(name);
@@ -354,9 +372,12 @@ impl Context {
     /// Looks at one node and takes the next step. Returns when to look again.
     pub async fn reconcile(self: &Arc<Self>, name: &str) -> Result<Option<Duration>> {
         let config = &self.config;
-        let Some((node, snap)) = self.snapshot(name, false).await? else {
+        let Some((node, mut snap)) = self.snapshot(name, false).await? else {
             return Ok(None);
         };
+        if planner::wants_to_start(&snap, config) {
+            snap.start_gate = self.start_gate(&node).await?;
+        }
         let plan = planner::plan(&snap, config);
         let executor = Executor {
             client: &self.client,
@@ -387,6 +408,16 @@ impl Context {
             NextState::Clear => None,
         };
         let written = state.clone();
+        if plan.actions.contains(&planner::Action::Cordon)
+            || state.as_ref().is_some_and(|s| s.phase.is_draining())
+                && snap
+                    .node
+                    .state
+                    .valid()
+                    .is_none_or(|o| !o.phase.is_draining())
+        {
+            *self.last_start.lock().expect("last start lock") = Some(snap.now);
+        }
         let mut refused = false;
         for action in &plan.actions {
             let result = executor.run(action).await?;
@@ -433,6 +464,7 @@ impl Context {
         };
         let phase = report.phase;
         self.set_report(name, Some(report));
+        self.metrics.update_fleet(config, &self.fleet_nodes());
         if phase == Phase::Idle && snap.node.request_value.is_none() {
             self.pods.stop(name);
         }

@@ -2,13 +2,17 @@
 
 use chrono::{DateTime, Utc};
 use k8s_openapi::api::core::v1::{Node, Pod};
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::ResourceExt;
 use kubevirt_api::{
     KubeVirt, VirtualMachineInstance, VirtualMachineInstanceMigration, labels as kv_labels,
 };
 
-use crate::config::NodeConfig;
+use crate::config::Config;
+use crate::planner::capacity::{Resources, parse_quantity};
 use crate::planner::{
     ClusterView, EvictionStrategy, Migratability, MigrationPhase, MigrationView, NodeView, PodView,
     StateAnnotation, VmiView,
@@ -47,8 +51,10 @@ pub fn node_ready(node: &Node) -> bool {
         .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 
-pub fn node_view(node: &Node, config: &NodeConfig) -> NodeView {
+pub fn node_view(node: &Node, config: &Config) -> NodeView {
     let labels = node.labels();
+    let upgrade = &config.upgrade;
+    let config = &config.node;
     NodeView {
         name: node.name_any(),
         unschedulable: node
@@ -58,6 +64,14 @@ pub fn node_view(node: &Node, config: &NodeConfig) -> NodeView {
             .unwrap_or(false),
         ready: node_ready(node),
         request_value: labels.get(&config.request_label).cloned(),
+        upgrade_to: labels.get(&upgrade.request_label).cloned(),
+        kubelet_version: node
+            .status
+            .as_ref()
+            .and_then(|s| s.node_info.as_ref())
+            .map(|i| i.kubelet_version.clone())
+            .unwrap_or_default(),
+        labels: labels.clone(),
         drained_label: labels.contains_key(&config.drained_label),
         state: StateAnnotation::parse(
             node.annotations()
@@ -197,6 +211,62 @@ pub fn cluster_view(kubevirt: Option<&KubeVirt>, migrations_in_flight: u32) -> C
         kubevirt_per_node: m.parallel_outbound_migrations_per_node(),
         kubevirt_per_cluster: m.parallel_migrations_per_cluster(),
     }
+}
+
+/// What a pod asks the scheduler for: the sum of its containers' requests, or the largest
+/// init container's when that is more, plus the pod overhead.
+pub fn pod_requests(pod: &Pod) -> Resources {
+    let Some(spec) = pod.spec.as_ref() else {
+        return Resources::default();
+    };
+    let of = |requests: Option<&BTreeMap<String, Quantity>>| Resources {
+        cpu_millis: requests
+            .and_then(|r| r.get("cpu"))
+            .and_then(|q| parse_quantity(&q.0, 1000))
+            .unwrap_or(0),
+        memory_bytes: requests
+            .and_then(|r| r.get("memory"))
+            .and_then(|q| parse_quantity(&q.0, 1))
+            .unwrap_or(0),
+    };
+    let requests_of = |c: &k8s_openapi::api::core::v1::Container| {
+        of(c.resources.as_ref().and_then(|r| r.requests.as_ref()))
+    };
+    let mut total = Resources::default();
+    for c in &spec.containers {
+        total.add(requests_of(c));
+    }
+    for c in spec.init_containers.iter().flatten() {
+        let init = requests_of(c);
+        total.cpu_millis = total.cpu_millis.max(init.cpu_millis);
+        total.memory_bytes = total.memory_bytes.max(init.memory_bytes);
+    }
+    total.add(of(spec.overhead.as_ref()));
+    total
+}
+
+/// A node's allocatable CPU, memory and pod count.
+pub fn allocatable(node: &Node) -> (Resources, i64) {
+    let alloc = node.status.as_ref().and_then(|s| s.allocatable.as_ref());
+    let get = |key: &str, scale: i64| {
+        alloc
+            .and_then(|a| a.get(key))
+            .and_then(|q| parse_quantity(&q.0, scale))
+            .unwrap_or(0)
+    };
+    (
+        Resources {
+            cpu_millis: get("cpu", 1000),
+            memory_bytes: get("memory", 1),
+        },
+        get("pods", 1),
+    )
+}
+
+/// Pods that leave the node in a drain: everything but DaemonSet and mirror pods.
+pub fn moves_in_drain(pod: &Pod) -> bool {
+    let view = pod_view(pod);
+    !view.finished && !view.mirror && view.controller_kind.as_deref() != Some("DaemonSet")
 }
 
 #[cfg(test)]

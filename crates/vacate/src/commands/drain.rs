@@ -160,8 +160,7 @@ pub async fn uncordon(config: Config, node: &str) -> anyhow::Result<ExitCode> {
     loop {
         let next = shell.ctx.reconcile(node).await?;
         let state =
-            crate::cluster::snapshot::node_view(&get_node(&client, node).await?, &config.node)
-                .state;
+            crate::cluster::snapshot::node_view(&get_node(&client, node).await?, &config).state;
         if state == planner::StateAnnotation::Absent {
             break;
         }

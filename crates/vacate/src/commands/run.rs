@@ -29,6 +29,16 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     })?;
     tracing::info!(address = %config.server.listen, "serving /metrics, /healthz and /readyz");
     tokio::spawn(server::serve(listener, metrics.clone(), readiness.clone()));
+    {
+        let (metrics, config) = (metrics.clone(), config.clone());
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(5));
+            loop {
+                tick.tick().await;
+                metrics.update_windows(&config, chrono::Utc::now());
+            }
+        });
+    }
 
     let (stop_tx, stop_rx) = watch::channel(false);
     tokio::spawn(async move {
@@ -136,6 +146,11 @@ async fn act(
             .then(|| config.node.selector.as_str().to_string()),
     };
     let shell = Shell::start(client.clone(), config.clone(), metrics.clone(), filter);
+    let schedules = tokio::spawn(crate::cluster::schedule::run(
+        shell.ctx.clone(),
+        lease_namespace(config),
+        stop.clone(),
+    ));
     shell
         .ctx
         .stores
@@ -150,6 +165,7 @@ async fn act(
         "vacate is running"
     );
     shell.run(stop).await;
+    let _ = schedules.await;
     Ok(())
 }
 

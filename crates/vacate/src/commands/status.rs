@@ -27,7 +27,7 @@ pub struct Row {
 }
 
 pub fn row(node: &Node, config: &Config) -> Option<Row> {
-    let view = node_view(node, &config.node);
+    let view = node_view(node, config);
     let name = node.name_any();
     let age = |state: &DrainState| {
         let secs = (Utc::now() - state.phase_since).num_seconds().max(0) as u64;

@@ -4,14 +4,21 @@
 //! everything before vacate talks to the cluster: an unknown key, a malformed duration or
 //! a bad label selector is reported with the key's full dotted name.
 
+mod cron;
 mod duration;
+mod fleet;
 mod selector;
 
 use std::path::Path;
 
 use serde::Deserialize;
 
+pub use cron::{CronExpr, Zone};
 pub use duration::ConfigDuration;
+pub use fleet::{
+    BlockersConfig, FleetConfig, Limit, OnClose, PoolConfig, RequestKind, ScheduleConfig,
+    UpgradeConfig, WindowConfig,
+};
 pub use selector::LabelSelector;
 
 /// Prefix of environment variables that override file settings.
@@ -41,6 +48,11 @@ pub struct Config {
     pub migration: MigrationConfig,
     pub non_migratable: NonMigratableConfig,
     pub pods: PodConfig,
+    pub upgrade: UpgradeConfig,
+    pub fleet: FleetConfig,
+    pub blockers: BlockersConfig,
+    pub windows: Vec<WindowConfig>,
+    pub schedules: Vec<ScheduleConfig>,
     pub server: ServerConfig,
     pub leader_election: LeaderElectionConfig,
     pub log: LogConfig,
@@ -380,6 +392,7 @@ impl Config {
         if self.leader_election.lease_name.is_empty() {
             return Err(key("leader_election.lease_name", "must not be empty"));
         }
+        self.validate_fleet()?;
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
             return Err(key(
                 "log.level",
@@ -387,6 +400,123 @@ impl Config {
             ));
         }
         Ok(())
+    }
+}
+
+impl Config {
+    fn validate_fleet(&self) -> Result<(), ConfigError> {
+        fn key(key: String, message: impl Into<String>) -> ConfigError {
+            ConfigError::Key {
+                key,
+                message: message.into(),
+            }
+        }
+        let u = &self.upgrade;
+        selector::validate_qualified_name(&u.request_label)
+            .map_err(|m| key("upgrade.request_label".into(), m))?;
+        if u.request_label == self.node.request_label || u.request_label == self.node.drained_label
+        {
+            return Err(key(
+                "upgrade.request_label".into(),
+                "must differ from node.request_label and node.drained_label",
+            ));
+        }
+        if u.timeout.is_zero() {
+            return Err(key("upgrade.timeout".into(), "must be longer than zero"));
+        }
+        let f = &self.fleet;
+        f.max_draining
+            .validate()
+            .map_err(|m| key("fleet.max_draining".into(), m))?;
+        let mut names = std::collections::BTreeSet::new();
+        for (i, pool) in f.pools.iter().enumerate() {
+            let at = |k: &str| format!("fleet.pools[{i}].{k}");
+            if pool.name.is_empty() || !names.insert(pool.name.as_str()) {
+                return Err(key(at("name"), "must be non-empty and unique"));
+            }
+            if pool.selector.is_empty() {
+                return Err(key(at("selector"), "must select some nodes"));
+            }
+            pool.max_draining
+                .validate()
+                .map_err(|m| key(at("max_draining"), m))?;
+        }
+        let mut names = std::collections::BTreeSet::new();
+        for (i, w) in self.windows.iter().enumerate() {
+            let at = |k: &str| format!("windows[{i}].{k}");
+            if w.name.is_empty() || !names.insert(w.name.as_str()) {
+                return Err(key(at("name"), "must be non-empty and unique"));
+            }
+            if w.duration.is_zero() {
+                return Err(key(at("duration"), "must be longer than zero"));
+            }
+            if w.applies_to.is_empty() {
+                return Err(key(
+                    at("applies_to"),
+                    "must name \"maintenance\", \"upgrade\" or both",
+                ));
+            }
+        }
+        let mut names = std::collections::BTreeSet::new();
+        for (i, s) in self.schedules.iter().enumerate() {
+            let at = |k: &str| format!("schedules[{i}].{k}");
+            // The name starts the request label value of the rollout's nodes.
+            let name_ok = !s.name.is_empty()
+                && s.name.len() <= 40
+                && s.name
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+                && s.name.starts_with(|c: char| c.is_ascii_alphanumeric())
+                && s.name.ends_with(|c: char| c.is_ascii_alphanumeric());
+            if !name_ok {
+                return Err(key(
+                    at("name"),
+                    format!(
+                        "`{}` must be 1 to 40 lowercase letters, digits and dashes, starting and ending with a letter or digit",
+                        s.name
+                    ),
+                ));
+            }
+            if !names.insert(s.name.as_str()) {
+                return Err(key(at("name"), format!("`{}` is used twice", s.name)));
+            }
+            if s.concurrency == 0 {
+                return Err(key(at("concurrency"), "must be at least 1"));
+            }
+            if !s.until_label.is_empty() {
+                selector::validate_qualified_name(&s.until_label)
+                    .map_err(|m| key(at("until_label"), m))?;
+            }
+            if s.start_deadline.is_zero() {
+                return Err(key(at("start_deadline"), "must be longer than zero"));
+            }
+        }
+        let b = &self.blockers;
+        if !b.prometheus_url.is_empty() {
+            let ok =
+                b.prometheus_url.parse::<hyper::Uri>().ok().filter(|u| {
+                    matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some()
+                });
+            if ok.is_none() {
+                return Err(key(
+                    "blockers.prometheus_url".into(),
+                    "must be an http:// or https:// URL such as http://prometheus:9090",
+                ));
+            }
+            if b.prometheus_query.trim().is_empty() {
+                return Err(key(
+                    "blockers.prometheus_query".into(),
+                    "must not be empty when blockers.prometheus_url is set",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The schedule whose rollout set this request label value, if any.
+    pub fn schedule_of(&self, request_value: &str) -> Option<&ScheduleConfig> {
+        let (name, _) = request_value.split_once('.')?;
+        self.schedules.iter().find(|s| s.name == name)
     }
 }
 

@@ -149,3 +149,118 @@ fn misspelt_environment_section_is_named() {
     .unwrap_err();
     assert!(err.to_string().contains("migraton"), "{err}");
 }
+
+#[test]
+fn fleet_settings_are_read() {
+    let c = parse(
+        r#"
+        [fleet]
+        max_draining = "25%"
+        min_schedulable = 3
+        delay_between_nodes = "5m"
+        [[fleet.pools]]
+        name = "gpu"
+        selector = "pool=gpu"
+        max_draining = 1
+        [[windows]]
+        name = "nightly"
+        cron = "0 2 * * *"
+        duration = "4h"
+        timezone = "Europe/Berlin"
+        applies_to = ["upgrade"]
+        on_close = "abort"
+        [[schedules]]
+        name = "gpu-monthly"
+        cron = "0 2 * * SUN#1"
+        selector = "pool=gpu"
+        hold = "30m"
+        [upgrade]
+        timeout = "2h"
+        [blockers]
+        pods = "app=backup"
+        prometheus_url = "http://prometheus:9090"
+        "#,
+    )
+    .unwrap();
+    assert_eq!(c.fleet.max_draining, Limit::Percent(25));
+    assert_eq!(c.fleet.pools[0].max_draining, Limit::Count(1));
+    assert_eq!(c.windows[0].timezone.to_string(), "Europe/Berlin");
+    assert_eq!(c.windows[0].applies_to, vec![RequestKind::Upgrade]);
+    assert_eq!(c.windows[0].on_close, OnClose::Abort);
+    assert_eq!(c.windows[0].cron.six_fields(), "0 0 2 * * *");
+    assert_eq!(c.schedules[0].concurrency, 1);
+    assert_eq!(c.schedules[0].hold.get().as_secs(), 1800);
+    assert_eq!(c.upgrade.request_label, "vacate.io/upgrade");
+    assert!(
+        c.schedule_of("gpu-monthly.20261206T010000Z").is_some() && c.schedule_of("true").is_none()
+    );
+}
+
+#[test]
+fn bad_fleet_settings_name_their_key() {
+    let window = |extra: &str| {
+        format!("[[windows]]\nname = \"w\"\ncron = \"0 2 * * *\"\nduration = \"1h\"\n{extra}")
+    };
+    for (toml, expected) in [
+        (
+            window("").replace("0 2 * * *", "0 25 * * *"),
+            "windows[0].cron",
+        ),
+        (window("").replace("0 2 * * *", "* * *"), "windows[0].cron"),
+        (window("timezone = \"Mars/Olympus\""), "windows[0].timezone"),
+        (window("").replace("1h", "0s"), "windows[0].duration"),
+        (
+            window("applies_to = [\"reboot\"]"),
+            "windows[0].applies_to[0]",
+        ),
+        (window("on_close = \"later\""), "windows[0].on_close"),
+        (format!("{}\n{}", window(""), window("")), "windows[1].name"),
+        (
+            "[fleet]\nmax_draining = \"150%\"".into(),
+            "fleet.max_draining",
+        ),
+        ("[fleet]\nmax_draining = 0".into(), "fleet.max_draining"),
+        (
+            "[fleet]\nmax_draining = \"many\"".into(),
+            "fleet.max_draining",
+        ),
+        (
+            "[[fleet.pools]]\nname = \"p\"\nselector = \"\"\nmax_draining = 1".into(),
+            "fleet.pools[0].selector",
+        ),
+        (
+            "[[schedules]]\nname = \"Bad_Name\"\ncron = \"0 2 * * *\"".into(),
+            "schedules[0].name",
+        ),
+        (
+            "[[schedules]]\nname = \"s\"\ncron = \"0 2 * * *\"\nconcurrency = 0".into(),
+            "schedules[0].concurrency",
+        ),
+        (
+            "[upgrade]\nrequest_label = \"vacate.io/maintenance\"".into(),
+            "upgrade.request_label",
+        ),
+        (
+            "[blockers]\nprometheus_url = \"prometheus:9090\"".into(),
+            "blockers.prometheus_url",
+        ),
+        ("[blockers]\npods = \"app in (x)\"".into(), "blockers.pods"),
+    ] {
+        let err = parse(&toml).expect_err(&toml);
+        assert_eq!(key_of(err), expected, "{toml}");
+    }
+}
+
+#[test]
+fn fleet_settings_come_from_the_environment_too() {
+    let c = Config::from_toml_and_env(
+        "",
+        [
+            ("VACATE_FLEET__MAX_DRAINING".to_string(), "3".to_string()),
+            ("VACATE_UPGRADE__TIMEOUT".to_string(), "15m".to_string()),
+        ],
+    )
+    .unwrap();
+    assert_eq!(c.fleet.max_draining, Limit::Count(3));
+    assert_eq!(c.upgrade.timeout.get().as_secs(), 900);
+}

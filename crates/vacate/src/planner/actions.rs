@@ -17,6 +17,8 @@ pub enum Action {
     Cordon,
     Uncordon,
     SetDrainedLabel(bool),
+    /// Remove a label from the node (a request that is fulfilled, a consumed completion signal).
+    RemoveLabel(String),
     CreateMigration {
         namespace: String,
         name: String,

@@ -6,11 +6,16 @@
 //! [`record_outcome`]. Every rule of the node lifecycle lives in this module.
 
 pub mod actions;
+pub mod capacity;
 pub mod explain;
+pub mod fleet;
 pub mod model;
 pub mod pod_filters;
 pub mod state;
+pub mod windows;
 
+#[cfg(test)]
+mod fleet_tests;
 #[cfg(test)]
 mod tests;
 
@@ -20,22 +25,83 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
-use crate::config::{Config, EvictionRefusedPolicy, NonMigratablePolicy};
+use crate::config::{Config, EvictionRefusedPolicy, NonMigratablePolicy, RequestKind};
 
 pub use actions::{
     Action, ActionResult, DrainResult, EventType, MigrationResult, NextState, Observation, Plan,
     Subject,
 };
 pub use explain::{PlanLine, explain};
+pub use fleet::{FleetNode, Gate};
 pub use model::{
     ClusterView, EvictionStrategy, Migratability, MigrationPhase, MigrationView, NodeView, PodView,
     Snapshot, VmiView,
 };
 pub use pod_filters::{PodVerdict, classify};
 pub use state::{
-    BlockReason, Blocker, DrainState, Phase, PodOutcome, PodRecord, StateAnnotation, VmiOutcome,
-    VmiRecord,
+    BlockReason, Blocker, DrainState, Phase, PodOutcome, PodRecord, Request, StateAnnotation,
+    VmiOutcome, VmiRecord,
 };
+
+/// What the node's labels ask for: the maintenance label wins over the upgrade label, whose
+/// version is still awaited when both are set.
+pub fn request_of(node: &NodeView) -> Option<(Request, String)> {
+    match (&node.request_value, &node.upgrade_to) {
+        (Some(m), None) => Some((Request::Maintenance, m.clone())),
+        (None, Some(v)) => Some((
+            Request::Upgrade { version: v.clone() },
+            format!("upgrade:{v}"),
+        )),
+        (Some(m), Some(v)) => Some((Request::Maintenance, format!("{m} upgrade:{v}"))),
+        (None, None) => None,
+    }
+}
+
+impl Request {
+    pub fn kind(&self) -> RequestKind {
+        match self {
+            Request::Maintenance => RequestKind::Maintenance,
+            Request::Upgrade { .. } => RequestKind::Upgrade,
+        }
+    }
+}
+
+/// Whether the kubelet runs the requested version: `v1.34.2` is met by `v1.34.2`,
+/// `1.34.2` and by builds of it such as `v1.34.2+k3s1` or `v1.34.2-eks-1`.
+pub fn version_reached(kubelet: &str, target: &str) -> bool {
+    let kubelet = kubelet.trim().trim_start_matches('v');
+    let target = target.trim().trim_start_matches('v');
+    !target.is_empty()
+        && kubelet
+            .strip_prefix(target)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with(['+', '-']))
+}
+
+/// Whether the next plan for this node may start a drain, so that the shell evaluates the
+/// (costly) start gate only then.
+pub fn wants_to_start(s: &Snapshot, config: &Config) -> bool {
+    let Some((request, value)) = request_of(&s.node) else {
+        return false;
+    };
+    if let Request::Upgrade { version } = &request
+        && version_reached(&s.node.kubelet_version, version)
+    {
+        return false;
+    }
+    let startable = match s.node.state.valid() {
+        None => !matches!(s.node.state, StateAnnotation::NewerVersion(_)),
+        Some(state) => match state.phase {
+            Phase::Idle | Phase::Pending => true,
+            Phase::Failed => state.request_value != value,
+            _ => false,
+        },
+    };
+    startable
+        && !matches!(
+            windows::verdict(config, request.kind(), s.now),
+            windows::Verdict::Closed { .. }
+        )
+}
 
 /// Name of the migration vacate creates for a VMI: recognisably vacate's, unique per drain
 /// and attempt, and the same every time it is computed, so a restarted vacate that repeats
@@ -116,12 +182,22 @@ impl<'a> Planner<'a> {
             StateAnnotation::Valid(state) => Some((**state).clone()),
             StateAnnotation::Absent => None,
         };
-        match (&node.request_value, current) {
+        let request = request_of(node);
+        if let Some((Request::Upgrade { version }, _)) = &request
+            && self.upgrade_needs_no_drain(version, current.as_ref())
+        {
+            return;
+        }
+        match (request.as_ref().map(|(_, v)| v), current) {
             (None, None) => {}
             (Some(_), None) => self.start(1, false),
             (Some(value), Some(state)) => match state.phase {
                 Phase::Idle | Phase::Pending => self.start(state.attempt, false),
-                Phase::Cordoned | Phase::Migrating | Phase::Evicting => self.drain(state, false),
+                Phase::Cordoned | Phase::Migrating | Phase::Evicting => {
+                    if !self.window_closed_abort(&state) {
+                        self.drain(state, false)
+                    }
+                }
                 Phase::Drained | Phase::Uncordoning => self.hold_drained(state),
                 Phase::Failed if &state.request_value != value => {
                     // Re-applying the request (a new label value) retries a failed drain.
@@ -142,21 +218,25 @@ impl<'a> Planner<'a> {
     fn start(&mut self, attempt: u32, cordoned_by_vacate_before: bool) {
         let s = self.s;
         let now = s.now;
-        if let Err(why) = &s.start_gate {
-            let mut state = self
-                .original
-                .clone()
-                .filter(|st| st.phase == Phase::Pending)
-                .unwrap_or_else(|| DrainState::new(now, false, attempt));
-            state.set_phase(Phase::Pending, now);
-            state.request_value = s.node.request_value.clone().unwrap_or_default();
-            self.state = Some(state);
-            self.block(BlockReason::NotAllowedYet, why.clone());
+        let (request, value) = request_of(&s.node).expect("start() runs only with a request");
+        let gate = match windows::verdict(self.config, request.kind(), now) {
+            windows::Verdict::Closed {
+                next_open, message, ..
+            } => Some(Gate {
+                reason: BlockReason::OutsideWindow,
+                message,
+                retry_at: next_open,
+            }),
+            _ => s.start_gate.clone().err(),
+        };
+        if let Some(gate) = gate {
+            self.pend(attempt, request, value, gate);
             return;
         }
         let cordoned_by_vacate = cordoned_by_vacate_before || !s.node.unschedulable;
         let mut state = DrainState::new(now, cordoned_by_vacate, attempt);
-        state.request_value = s.node.request_value.clone().unwrap_or_default();
+        state.request = request;
+        state.request_value = value;
         if s.node.unschedulable {
             let note = if cordoned_by_vacate_before {
                 "drain started; the node is still cordoned from the previous attempt"
@@ -219,6 +299,84 @@ impl<'a> Planner<'a> {
         }
         self.wake_at(deadline);
         self.state = Some(state);
+    }
+
+    /// The request waits for a window or the start gate; the node is left untouched.
+    fn pend(&mut self, attempt: u32, request: Request, value: String, gate: Gate) {
+        let now = self.s.now;
+        let mut state = self
+            .original
+            .clone()
+            .filter(|st| st.phase == Phase::Pending)
+            .unwrap_or_else(|| DrainState::new(now, false, attempt));
+        state.set_phase(Phase::Pending, now);
+        state.request = request;
+        state.request_value = value;
+        self.state = Some(state);
+        if let Some(at) = gate.retry_at {
+            self.wake_at(at);
+        }
+        self.block(gate.reason, gate.message);
+    }
+
+    /// An upgrade request for the version the node already runs needs no drain: it is
+    /// cleared at once. Returns whether that was the case.
+    fn upgrade_needs_no_drain(&mut self, version: &str, current: Option<&DrainState>) -> bool {
+        let node = &self.s.node;
+        let idle = current.is_none_or(|st| matches!(st.phase, Phase::Idle | Phase::Pending));
+        if !idle || node.request_value.is_some() || !node.ready {
+            return false;
+        }
+        if !version_reached(&node.kubelet_version, version) {
+            return false;
+        }
+        self.actions.push(Action::RemoveLabel(
+            self.config.upgrade.request_label.clone(),
+        ));
+        self.actions.push(Action::event(
+            "UpgradeNotNeeded",
+            format!(
+                "the kubelet already runs {} (requested {version}); cleared the upgrade request without draining",
+                node.kubelet_version
+            ),
+        ));
+        self.clear = current.is_some();
+        true
+    }
+
+    /// A window closed during the drain and asks for drains to be aborted: cancel vacate's
+    /// migrations, give the node back, and wait for the next window. Returns whether it did.
+    fn window_closed_abort(&mut self, state: &DrainState) -> bool {
+        let s = self.s;
+        let windows::Verdict::Closed {
+            abort: true,
+            next_open,
+            message,
+        } = windows::verdict(self.config, state.request.kind(), s.now)
+        else {
+            return false;
+        };
+        let cancelled = self.cancel_own_migrations();
+        let mut note = format!(
+            "the maintenance window closed during the drain; cancelled {cancelled} migration(s)"
+        );
+        self.release_node(state, &mut note);
+        note.push_str("; the drain starts again when a window opens");
+        self.actions.push(Action::warning("DrainAborted", note));
+        self.observations.push(Observation::DrainFinished {
+            result: DrainResult::Aborted,
+            duration: (s.now - state.started_at).to_std().unwrap_or_default(),
+        });
+        let mut pending = DrainState::new(s.now, false, state.attempt);
+        pending.set_phase(Phase::Pending, s.now);
+        pending.request = state.request.clone();
+        pending.request_value = state.request_value.clone();
+        self.state = Some(pending);
+        if let Some(at) = next_open {
+            self.wake_at(at);
+        }
+        self.block(BlockReason::OutsideWindow, message);
+        true
     }
 
     fn state_failed(&self, state: &DrainState) -> bool {
@@ -693,6 +851,8 @@ impl<'a> Planner<'a> {
         let now = self.s.now;
         state.set_phase(Phase::Drained, now);
         state.drained_at = Some(now);
+        state.blocked = None;
+        state.waiting_for = None;
         let took = (now - state.started_at).to_std().unwrap_or_default();
         self.actions.push(Action::SetDrainedLabel(true));
         self.actions.push(Action::event(
@@ -773,11 +933,88 @@ impl<'a> Planner<'a> {
         self.clear = true;
     }
 
+    /// The node is drained and the request stands: wait for what ends the maintenance
+    /// (an upgrade reaching its version, a schedule's hold or completion label), or for
+    /// someone to remove the request.
     fn hold_drained(&mut self, mut state: DrainState) {
-        if !self.s.node.drained_label {
+        let s = self.s;
+        let now = s.now;
+        if !s.node.drained_label {
             self.actions.push(Action::SetDrainedLabel(true));
         }
-        state.set_phase(Phase::Drained, self.s.now);
+        state.set_phase(Phase::Drained, now);
+        state.waiting_for = None;
+        let drained_at = state.drained_at.unwrap_or(state.phase_since);
+        if let Some(version) = s.node.upgrade_to.clone() {
+            if s.node.ready && version_reached(&s.node.kubelet_version, &version) {
+                self.actions.push(Action::event(
+                    "Upgraded",
+                    format!(
+                        "the kubelet reports {} and the node is Ready",
+                        s.node.kubelet_version
+                    ),
+                ));
+                self.actions.push(Action::RemoveLabel(
+                    self.config.upgrade.request_label.clone(),
+                ));
+                if s.node.request_value.is_none() {
+                    self.end(state);
+                    return;
+                }
+            } else {
+                let deadline = drained_at + chrono_duration(self.config.upgrade.timeout.get());
+                let seen = if s.node.ready {
+                    format!("it reports {}", s.node.kubelet_version)
+                } else {
+                    format!("it reports {} and is not Ready", s.node.kubelet_version)
+                };
+                if now >= deadline {
+                    let message = format!(
+                        "the node did not report kubelet {version} and Ready within {} of being drained ({seen}; upgrade.timeout)",
+                        self.config.upgrade.timeout
+                    );
+                    self.fail(state, message);
+                    return;
+                }
+                self.wake_at(deadline);
+                state.waiting_for = Some(format!("the upgrade to kubelet {version} ({seen})"));
+                self.state = Some(state);
+                return;
+            }
+        }
+        if let Some(schedule) = s
+            .node
+            .request_value
+            .as_deref()
+            .and_then(|v| self.config.schedule_of(v))
+        {
+            let until = &schedule.until_label;
+            let held_until = drained_at + chrono_duration(schedule.hold.get());
+            let done = if until.is_empty() {
+                now >= held_until
+            } else {
+                s.node.labels.contains_key(until)
+            };
+            if done {
+                self.actions
+                    .push(Action::RemoveLabel(self.config.node.request_label.clone()));
+                if !until.is_empty() {
+                    self.actions.push(Action::RemoveLabel(until.clone()));
+                }
+                self.end(state);
+                return;
+            }
+            state.waiting_for = Some(if until.is_empty() {
+                self.wake_at(held_until);
+                format!(
+                    "the end of schedule {}'s hold at {}",
+                    schedule.name,
+                    held_until.format("%H:%M:%S")
+                )
+            } else {
+                format!("label {until} that marks the maintenance done")
+            });
+        }
         self.state = Some(state);
     }
 

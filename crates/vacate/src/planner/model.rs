@@ -5,6 +5,9 @@
 
 use chrono::{DateTime, Utc};
 
+use std::collections::BTreeMap;
+
+use super::fleet::Gate;
 use super::state::StateAnnotation;
 
 /// Everything the planner knows when it decides the next step for one node.
@@ -19,8 +22,9 @@ pub struct Snapshot {
     /// Pods whose `spec.nodeName` is this node.
     pub pods: Vec<PodView>,
     pub cluster: ClusterView,
-    /// Whether a new drain may start now; `Err` says why not (a closed window, a busy fleet).
-    pub start_gate: Result<(), String>,
+    /// Whether the fleet limits and blockers let a new drain start now; `Err` says why not.
+    /// Maintenance windows are not part of it: the planner reads them from the config.
+    pub start_gate: Result<(), Gate>,
 }
 
 #[derive(Debug, Clone)]
@@ -30,6 +34,11 @@ pub struct NodeView {
     pub ready: bool,
     /// Value of the request label; `None` when the label is absent.
     pub request_value: Option<String>,
+    /// Value of the upgrade label: the kubelet version to wait for.
+    pub upgrade_to: Option<String>,
+    /// The version the kubelet reports (`status.nodeInfo.kubeletVersion`).
+    pub kubelet_version: String,
+    pub labels: BTreeMap<String, String>,
     /// The drained label is present.
     pub drained_label: bool,
     pub state: StateAnnotation,

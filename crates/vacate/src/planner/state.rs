@@ -65,8 +65,21 @@ impl fmt::Display for Phase {
 /// Why a drain cannot make progress; also the `reason` label of `vacate_nodes_blocked`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Hash, PartialOrd, Ord)]
 pub enum BlockReason {
-    /// The start gate is closed (maintenance window, fleet concurrency).
-    NotAllowedYet,
+    /// No maintenance window for this kind of request is open.
+    OutsideWindow,
+    /// As many nodes as allowed are in maintenance (fleet, pool or schedule), or the delay
+    /// between drains has not passed.
+    FleetLimit,
+    /// Draining would leave fewer schedulable nodes than configured.
+    MinSchedulable,
+    /// The remaining schedulable nodes cannot hold the node's VMs and pods.
+    InsufficientCapacity,
+    /// Pods matching `blockers.pods` run on the node.
+    BlockingPods,
+    /// The Prometheus query of `blockers` returns results (e.g. firing alerts).
+    PrometheusAlert,
+    /// Prometheus could not be asked; no drain starts until it answers.
+    PrometheusUnavailable,
     /// A PodDisruptionBudget refuses an eviction.
     PodDisruptionBudget,
     /// The API server rejects an eviction outright (a missing permission, an admission
@@ -87,8 +100,14 @@ pub enum BlockReason {
 }
 
 impl BlockReason {
-    pub const ALL: [BlockReason; 9] = [
-        BlockReason::NotAllowedYet,
+    pub const ALL: [BlockReason; 15] = [
+        BlockReason::OutsideWindow,
+        BlockReason::FleetLimit,
+        BlockReason::MinSchedulable,
+        BlockReason::InsufficientCapacity,
+        BlockReason::BlockingPods,
+        BlockReason::PrometheusAlert,
+        BlockReason::PrometheusUnavailable,
         BlockReason::PodDisruptionBudget,
         BlockReason::EvictionRejected,
         BlockReason::NonMigratableVmi,
@@ -101,7 +120,13 @@ impl BlockReason {
 
     pub fn as_str(self) -> &'static str {
         match self {
-            BlockReason::NotAllowedYet => "NotAllowedYet",
+            BlockReason::OutsideWindow => "OutsideWindow",
+            BlockReason::FleetLimit => "FleetLimit",
+            BlockReason::MinSchedulable => "MinSchedulable",
+            BlockReason::InsufficientCapacity => "InsufficientCapacity",
+            BlockReason::BlockingPods => "BlockingPods",
+            BlockReason::PrometheusAlert => "PrometheusAlert",
+            BlockReason::PrometheusUnavailable => "PrometheusUnavailable",
             BlockReason::PodDisruptionBudget => "PodDisruptionBudget",
             BlockReason::EvictionRejected => "EvictionRejected",
             BlockReason::NonMigratableVmi => "NonMigratableVmi",
@@ -211,6 +236,8 @@ pub struct PodRecord {
 pub enum Request {
     #[default]
     Maintenance,
+    /// The upgrade label: done when the node reports this kubelet version and is Ready.
+    Upgrade { version: String },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

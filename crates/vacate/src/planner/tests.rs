@@ -5,22 +5,25 @@ use chrono::TimeZone;
 use super::*;
 use crate::config::{Config, PodPolicy};
 
-fn t(secs: i64) -> DateTime<Utc> {
+pub(super) fn t(secs: i64) -> DateTime<Utc> {
     Utc.timestamp_opt(1_700_000_000 + secs, 0).unwrap()
 }
 
-fn node(request: Option<&str>, unschedulable: bool) -> NodeView {
+pub(super) fn node(request: Option<&str>, unschedulable: bool) -> NodeView {
     NodeView {
         name: "worker-1".into(),
         unschedulable,
         ready: true,
         request_value: request.map(String::from),
+        upgrade_to: None,
+        kubelet_version: "v1.37.2".into(),
+        labels: Default::default(),
         drained_label: false,
         state: StateAnnotation::Absent,
     }
 }
 
-fn vmi(name: &str) -> VmiView {
+pub(super) fn vmi(name: &str) -> VmiView {
     VmiView {
         namespace: "vms".into(),
         name: name.into(),
@@ -70,7 +73,7 @@ fn migration(state: &DrainState, vmi: &str, attempt: u32, phase: MigrationPhase)
     }
 }
 
-fn snapshot(node: NodeView) -> Snapshot {
+pub(super) fn snapshot(node: NodeView) -> Snapshot {
     Snapshot {
         now: t(0),
         node,
@@ -82,14 +85,14 @@ fn snapshot(node: NodeView) -> Snapshot {
     }
 }
 
-fn written(plan: &Plan) -> DrainState {
+pub(super) fn written(plan: &Plan) -> DrainState {
     match &plan.state {
         NextState::Write(s) => (**s).clone(),
         other => panic!("expected a state write, got {other:?}"),
     }
 }
 
-fn with_state(mut s: Snapshot, state: &DrainState) -> Snapshot {
+pub(super) fn with_state(mut s: Snapshot, state: &DrainState) -> Snapshot {
     s.node.state = StateAnnotation::Valid(Box::new(state.clone()));
     s
 }
@@ -877,11 +880,11 @@ fn garbage_state_is_reported_and_replaced() {
 #[test]
 fn start_gate_holds_drain_in_pending() {
     let mut s = snapshot(node(Some("true"), false));
-    s.start_gate = Err("maintenance window \"weekend\" is closed".into());
+    s.start_gate = Err(Gate::new(BlockReason::FleetLimit, "1 of at most 1 node"));
     let p = plan(&s, &Config::default());
     assert!(!p.actions.contains(&Action::Cordon));
     assert_eq!(p.phase, Phase::Pending);
-    assert_eq!(p.blocked, Some(BlockReason::NotAllowedYet));
+    assert_eq!(p.blocked, Some(BlockReason::FleetLimit));
 }
 
 #[test]

@@ -1,0 +1,180 @@
+//! The start gate: whether a node whose drain is requested may start now. The rules are in
+//! the planner ([`planner::fleet`], [`planner::capacity`]); this gathers what they need
+//! from the watch caches, the API server and Prometheus. Cheap checks go first, so a busy
+//! fleet costs no Prometheus query and no pod list.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use chrono::Utc;
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::api::ListParams;
+use kube::{Api, ResourceExt};
+
+use super::{Context, snapshot};
+use crate::error::{Error, Result};
+use crate::planner::capacity::{self, Resources, Target, Workload};
+use crate::planner::{self, BlockReason, FleetNode, Gate};
+
+impl Context {
+    /// The fleet's nodes as the limits see them: every node vacate handles.
+    pub fn fleet_nodes(&self) -> Vec<FleetNode> {
+        let config = &self.config;
+        self.stores
+            .nodes
+            .state()
+            .iter()
+            .filter(|n| config.node.selector.matches(n.labels()))
+            .map(|n| {
+                let view = snapshot::node_view(n, config);
+                FleetNode::from_state(
+                    view.name,
+                    view.labels,
+                    view.ready,
+                    view.unschedulable,
+                    &view.state,
+                    &config.node.request_label,
+                )
+            })
+            .collect()
+    }
+
+    pub(super) async fn start_gate(
+        self: &Arc<Self>,
+        node: &Node,
+    ) -> Result<std::result::Result<(), Gate>> {
+        let name = node.name_any();
+        let last_start = *self.last_start.lock().expect("last start lock");
+        if let Err(gate) = planner::fleet::check(
+            &self.config,
+            &name,
+            &self.fleet_nodes(),
+            last_start,
+            Utc::now(),
+        ) {
+            return Ok(Err(gate));
+        }
+        if let Err(gate) = self.blocking_pods(&name).await? {
+            return Ok(Err(gate));
+        }
+        if let Some(prometheus) = &self.prometheus {
+            match prometheus.check().await {
+                Ok(None) => {}
+                Ok(Some(summary)) => {
+                    return Ok(Err(Gate::new(
+                        BlockReason::PrometheusAlert,
+                        format!(
+                            "the Prometheus query of blockers.prometheus_query returns {summary}"
+                        ),
+                    )));
+                }
+                Err(message) => {
+                    return Ok(Err(Gate::new(
+                        BlockReason::PrometheusUnavailable,
+                        format!("cannot ask Prometheus whether drains may start: {message}"),
+                    )));
+                }
+            }
+        }
+        if self.config.fleet.capacity_check {
+            return self.capacity(node).await;
+        }
+        Ok(Ok(()))
+    }
+
+    /// Pods matching `blockers.pods` on the node (as kured's blocking pod selector).
+    async fn blocking_pods(&self, node: &str) -> Result<std::result::Result<(), Gate>> {
+        let selector = &self.config.blockers.pods;
+        if selector.is_empty() {
+            return Ok(Ok(()));
+        }
+        let pods = self.pods.pods(&self.client, node, &self.trigger).await?;
+        let blocking: Vec<String> = pods
+            .iter()
+            .filter(|p| !snapshot::pod_view(p).finished && selector.matches(p.labels()))
+            .map(|p| format!("{}/{}", p.namespace().unwrap_or_default(), p.name_any()))
+            .collect();
+        if blocking.is_empty() {
+            return Ok(Ok(()));
+        }
+        Ok(Err(Gate::new(
+            BlockReason::BlockingPods,
+            format!(
+                "{} pod(s) matching blockers.pods ({selector}) run on the node: {}",
+                blocking.len(),
+                blocking
+                    .iter()
+                    .take(3)
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        )))
+    }
+
+    /// Whether the node's VMs and pods fit on the schedulable nodes that remain.
+    async fn capacity(&self, node: &Node) -> Result<std::result::Result<(), Gate>> {
+        let name = node.name_any();
+        let pods: Api<Pod> = Api::all(self.client.clone());
+        let list = pods
+            .list(&ListParams::default().fields("status.phase!=Succeeded,status.phase!=Failed"))
+            .await
+            .map_err(Error::kube("listing pods for the capacity check"))?;
+        let mut used: HashMap<String, (Resources, i64)> = HashMap::new();
+        let mut workloads = Vec::new();
+        for pod in &list.items {
+            let Some(on) = pod.spec.as_ref().and_then(|s| s.node_name.clone()) else {
+                continue;
+            };
+            let requests = snapshot::pod_requests(pod);
+            if on == name {
+                if snapshot::moves_in_drain(pod) {
+                    workloads.push(Workload {
+                        name: format!(
+                            "pod {}/{}",
+                            pod.namespace().unwrap_or_default(),
+                            pod.name_any()
+                        ),
+                        requests,
+                    });
+                }
+                continue;
+            }
+            let entry = used.entry(on).or_default();
+            entry.0.add(requests);
+            entry.1 += 1;
+        }
+        let request_labels = [
+            &self.config.node.request_label,
+            &self.config.upgrade.request_label,
+        ];
+        let targets: Vec<Target> = self
+            .stores
+            .nodes
+            .state()
+            .iter()
+            .filter(|n| n.name_any() != name)
+            .filter(|n| {
+                let view = snapshot::node_view(n, &self.config);
+                // Nodes about to be drained themselves are no place to go.
+                view.ready
+                    && !view.unschedulable
+                    && !request_labels.iter().any(|l| view.labels.contains_key(*l))
+            })
+            .map(|n| {
+                let (alloc, pods_alloc) = snapshot::allocatable(n);
+                let (u, count) = used.get(&n.name_any()).copied().unwrap_or_default();
+                Target {
+                    name: n.name_any(),
+                    free: Resources {
+                        cpu_millis: alloc.cpu_millis - u.cpu_millis,
+                        memory_bytes: alloc.memory_bytes - u.memory_bytes,
+                    },
+                    pods_free: pods_alloc - count,
+                }
+            })
+            .collect();
+        Ok(capacity::check(&workloads, &targets)
+            .map_err(|message| Gate::new(BlockReason::InsufficientCapacity, message)))
+    }
+}

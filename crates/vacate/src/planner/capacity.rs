@@ -1,0 +1,128 @@
+//! Whether the VMs and pods of a node have somewhere to go: their resource requests packed
+//! onto the free allocatable of the schedulable nodes that remain (first fit, largest first).
+//!
+//! An estimate on the safe side of what the scheduler will do: it ignores taints, affinity
+//! and node selectors of the workloads, so a "fits" can still leave a pod pending, but a
+//! "does not fit" is certain for the resources counted (CPU, memory, pod slots).
+
+use std::fmt;
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Resources {
+    pub cpu_millis: i64,
+    pub memory_bytes: i64,
+}
+
+impl Resources {
+    pub fn add(&mut self, other: Resources) {
+        self.cpu_millis += other.cpu_millis;
+        self.memory_bytes += other.memory_bytes;
+    }
+}
+
+impl fmt::Display for Resources {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} CPU, {:.1} GiB",
+            self.cpu_millis as f64 / 1000.0,
+            self.memory_bytes as f64 / (1u64 << 30) as f64
+        )
+    }
+}
+
+/// A pod that must move (a VMI's virt-launcher pod or a pod to evict).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Workload {
+    pub name: String,
+    pub requests: Resources,
+}
+
+/// A node that can take workloads: what it has left.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Target {
+    pub name: String,
+    pub free: Resources,
+    pub pods_free: i64,
+}
+
+/// `Ok` when every workload fits somewhere, else a message naming what does not.
+pub fn check(workloads: &[Workload], targets: &[Target]) -> Result<(), String> {
+    if workloads.is_empty() {
+        return Ok(());
+    }
+    let mut targets: Vec<Target> = targets.to_vec();
+    let mut order: Vec<&Workload> = workloads.iter().collect();
+    order.sort_by(|a, b| {
+        (b.requests.memory_bytes, b.requests.cpu_millis, &a.name).cmp(&(
+            a.requests.memory_bytes,
+            a.requests.cpu_millis,
+            &b.name,
+        ))
+    });
+    let mut stranded: Vec<&Workload> = Vec::new();
+    for w in order {
+        let slot = targets.iter_mut().find(|t| {
+            t.pods_free > 0
+                && t.free.cpu_millis >= w.requests.cpu_millis
+                && t.free.memory_bytes >= w.requests.memory_bytes
+        });
+        match slot {
+            Some(t) => {
+                t.free.cpu_millis -= w.requests.cpu_millis;
+                t.free.memory_bytes -= w.requests.memory_bytes;
+                t.pods_free -= 1;
+            }
+            None => stranded.push(w),
+        }
+    }
+    let Some(first) = stranded.first() else {
+        return Ok(());
+    };
+    let mut total_free = Resources::default();
+    for t in &targets {
+        total_free.add(t.free);
+    }
+    Err(format!(
+        "the schedulable nodes that would remain ({}) cannot hold {} of the {} VMs and pods to move, e.g. {} (requests {}); {} would be left free",
+        targets.len(),
+        stranded.len(),
+        workloads.len(),
+        first.name,
+        first.requests,
+        total_free,
+    ))
+}
+
+/// Parses a Kubernetes quantity (`500m`, `2`, `4Gi`, `1.5G`, `1e3`) in units of `1/scale`:
+/// `parse_quantity("500m", 1000)` is 500 (millicores), `parse_quantity("1Ki", 1)` is 1024.
+pub fn parse_quantity(text: &str, scale: i64) -> Option<i64> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '+' || c == '-'))
+        .unwrap_or(text.len());
+    let (number, suffix) = text.split_at(split);
+    let number: f64 = number.parse().ok()?;
+    let factor: f64 = match suffix {
+        "" => 1.0,
+        "n" => 1e-9,
+        "u" => 1e-6,
+        "m" => 1e-3,
+        "k" => 1e3,
+        "M" => 1e6,
+        "G" => 1e9,
+        "T" => 1e12,
+        "P" => 1e15,
+        "E" => 1e18,
+        "Ki" => 1024.0,
+        "Mi" => 1024f64.powi(2),
+        "Gi" => 1024f64.powi(3),
+        "Ti" => 1024f64.powi(4),
+        "Pi" => 1024f64.powi(5),
+        "Ei" => 1024f64.powi(6),
+        s if s.starts_with(['e', 'E']) => 10f64.powi(s[1..].parse().ok()?),
+        _ => return None,
+    };
+    let value = number * factor * scale as f64;
+    value.is_finite().then(|| value.ceil() as i64)
+}

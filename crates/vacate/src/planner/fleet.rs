@@ -1,0 +1,204 @@
+//! Safe concurrency across the fleet: whether one more node may go into maintenance.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+
+use super::state::{BlockReason, Phase, StateAnnotation};
+use crate::config::{Config, LabelSelector, Limit};
+
+/// Why a drain may not start now, and when to look again.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Gate {
+    pub reason: BlockReason,
+    pub message: String,
+    pub retry_at: Option<DateTime<Utc>>,
+}
+
+impl Gate {
+    pub fn new(reason: BlockReason, message: impl Into<String>) -> Self {
+        Self {
+            reason,
+            message: message.into(),
+            retry_at: None,
+        }
+    }
+}
+
+/// One node handled by vacate, as the fleet limits see it.
+#[derive(Debug, Clone)]
+pub struct FleetNode {
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    pub ready: bool,
+    pub unschedulable: bool,
+    /// Holds a maintenance slot: from vacate's cordon to its uncordon (a failed drain that
+    /// keeps the node cordoned holds it too, so a rollout stops at a failure).
+    pub in_maintenance: bool,
+    pub started_at: Option<DateTime<Utc>>,
+    /// Value of the maintenance request label.
+    pub request_value: Option<String>,
+}
+
+impl FleetNode {
+    pub fn from_state(
+        name: String,
+        labels: BTreeMap<String, String>,
+        ready: bool,
+        unschedulable: bool,
+        state: &StateAnnotation,
+        request_label: &str,
+    ) -> Self {
+        let valid = state.valid();
+        let in_maintenance = valid.is_some_and(|s| match s.phase {
+            Phase::Idle | Phase::Pending => false,
+            Phase::Failed => s.cordoned_by_vacate && unschedulable,
+            _ => true,
+        });
+        Self {
+            request_value: labels.get(request_label).cloned(),
+            name,
+            labels,
+            ready,
+            unschedulable,
+            in_maintenance,
+            started_at: valid.filter(|_| in_maintenance).map(|s| s.started_at),
+        }
+    }
+
+    fn schedulable(&self) -> bool {
+        self.ready && !self.unschedulable
+    }
+}
+
+/// Checks the fleet-wide and pool limits, the rollout's own concurrency and the delay
+/// between drains for `node`, which is about to start. `nodes` are all nodes vacate handles.
+pub fn check(
+    config: &Config,
+    node: &str,
+    nodes: &[FleetNode],
+    last_start: Option<DateTime<Utc>>,
+    now: DateTime<Utc>,
+) -> Result<(), Gate> {
+    let Some(me) = nodes.iter().find(|n| n.name == node) else {
+        return Ok(());
+    };
+    let fleet = &config.fleet;
+    let everyone = |_: &FleetNode| true;
+    limit_in(
+        "the fleet",
+        "fleet",
+        nodes,
+        me,
+        everyone,
+        fleet.max_draining,
+        fleet.min_schedulable,
+    )?;
+    for pool in &fleet.pools {
+        if pool.selector.matches(&me.labels) {
+            let selector: &LabelSelector = &pool.selector;
+            limit_in(
+                &format!("pool {}", pool.name),
+                &format!("fleet.pools {}", pool.name),
+                nodes,
+                me,
+                |n| selector.matches(&n.labels),
+                pool.max_draining,
+                pool.min_schedulable,
+            )?;
+        }
+    }
+    if let Some(schedule) = me
+        .request_value
+        .as_deref()
+        .and_then(|v| config.schedule_of(v))
+    {
+        let prefix = format!("{}.", schedule.name);
+        let busy: Vec<&str> = nodes
+            .iter()
+            .filter(|n| n.name != me.name && n.in_maintenance)
+            .filter(|n| {
+                n.request_value
+                    .as_deref()
+                    .is_some_and(|v| v.starts_with(&prefix))
+            })
+            .map(|n| n.name.as_str())
+            .collect();
+        if busy.len() >= schedule.concurrency as usize {
+            return Err(Gate::new(
+                BlockReason::FleetLimit,
+                format!(
+                    "schedule {} works through {} node(s) at a time; in maintenance now: {}",
+                    schedule.name,
+                    schedule.concurrency,
+                    busy.join(", ")
+                ),
+            ));
+        }
+    }
+    let delay = fleet.delay_between_nodes.get();
+    if !delay.is_zero() {
+        let latest = nodes
+            .iter()
+            .filter(|n| n.name != me.name)
+            .filter_map(|n| n.started_at)
+            .chain(last_start)
+            .max();
+        if let Some(latest) = latest {
+            let next = latest + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::MAX);
+            if next > now {
+                return Err(Gate {
+                    reason: BlockReason::FleetLimit,
+                    message: format!(
+                        "the previous drain started at {}; the next may start at {} (fleet.delay_between_nodes = {})",
+                        latest.format("%H:%M:%S"),
+                        next.format("%H:%M:%S"),
+                        fleet.delay_between_nodes
+                    ),
+                    retry_at: Some(next),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+fn limit_in(
+    scope: &str,
+    keys: &str,
+    nodes: &[FleetNode],
+    me: &FleetNode,
+    member: impl Fn(&FleetNode) -> bool,
+    max: Limit,
+    min_schedulable: u32,
+) -> Result<(), Gate> {
+    let members: Vec<&FleetNode> = nodes.iter().filter(|n| member(n)).collect();
+    let allowed = max.of(members.len());
+    let busy: Vec<&str> = members
+        .iter()
+        .filter(|n| n.name != me.name && n.in_maintenance)
+        .map(|n| n.name.as_str())
+        .collect();
+    if busy.len() >= allowed {
+        return Err(Gate::new(
+            BlockReason::FleetLimit,
+            format!(
+                "{} of at most {allowed} node(s) of {scope} are in maintenance ({keys} max_draining = {max}): {}",
+                busy.len(),
+                busy.join(", ")
+            ),
+        ));
+    }
+    if min_schedulable > 0 && me.schedulable() {
+        let schedulable = members.iter().filter(|n| n.schedulable()).count();
+        if schedulable <= min_schedulable as usize {
+            return Err(Gate::new(
+                BlockReason::MinSchedulable,
+                format!(
+                    "{scope} has {schedulable} schedulable Ready node(s); draining this one would leave fewer than {min_schedulable} ({keys} min_schedulable)"
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
