@@ -3,6 +3,7 @@
 //! migration count seen by one node's plan includes what the previous plan created.
 
 pub mod execute;
+pub mod prometheus;
 pub mod snapshot;
 pub mod watch;
 

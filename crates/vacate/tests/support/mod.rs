@@ -4,6 +4,8 @@
 
 #![allow(dead_code)]
 
+pub mod prometheus;
+
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::net::TcpListener;
@@ -354,26 +356,12 @@ impl Env {
         .await
     }
 
-    pub async fn wait<F, Fut>(&self, what: &str, timeout: Duration, mut check: F) -> Result<()>
+    pub async fn wait<F, Fut>(&self, what: &str, timeout: Duration, check: F) -> Result<()>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<bool>>,
     {
-        let deadline = tokio::time::Instant::now() + timeout;
-        let mut last_error = None;
-        loop {
-            match check().await {
-                Ok(true) => return Ok(()),
-                Ok(false) => {}
-                Err(e) => last_error = Some(e),
-            }
-            if tokio::time::Instant::now() > deadline {
-                bail!(
-                    "timed out after {timeout:?} waiting for {what} (last error: {last_error:?})"
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
+        wait_for(what, timeout, check).await
     }
 
     pub async fn get_node(&self, name: &str) -> Result<Node> {
@@ -475,6 +463,27 @@ pub fn is_unschedulable(node: &Node) -> bool {
 
 pub fn has_label(node: &Node, key: &str) -> bool {
     node.labels().contains_key(key)
+}
+
+/// Polls `check` every 250 ms until it says true; fails after `timeout` with the last error.
+pub async fn wait_for<F, Fut>(what: &str, timeout: Duration, mut check: F) -> Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<bool>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut last_error = None;
+    loop {
+        match check().await {
+            Ok(true) => return Ok(()),
+            Ok(false) => {}
+            Err(e) => last_error = Some(e),
+        }
+        if tokio::time::Instant::now() > deadline {
+            bail!("timed out after {timeout:?} waiting for {what} (last error: {last_error:?})");
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
 }
 
 fn free_port() -> u16 {
