@@ -4,12 +4,11 @@
 
 mod support;
 
-use std::net::TcpListener;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Context, Result, ensure};
+use support::prometheus::Prometheus;
 use support::*;
 use vacate::planner::Phase;
 
@@ -29,171 +28,6 @@ const GRAFANA_VARIABLES: [(&str, &str); 3] = [
     ("$__interval", "1s"),
     ("$__range", "5m"),
 ];
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
-}
-
-/// The prometheus binary; installed from Debian when missing. Not finding it fails the test.
-fn prometheus_bin() -> Result<PathBuf> {
-    let find = || {
-        std::env::var_os("PATH").and_then(|paths| {
-            std::env::split_paths(&paths)
-                .map(|d| d.join("prometheus"))
-                .find(|p| p.is_file())
-        })
-    };
-    if let Some(p) = find() {
-        return Ok(p);
-    }
-    eprintln!("prometheus is not installed: apt-get install -y prometheus");
-    let status = Command::new("apt-get")
-        .args([
-            "install",
-            "-y",
-            "-qq",
-            "--no-install-recommends",
-            "prometheus",
-        ])
-        .env("DEBIAN_FRONTEND", "noninteractive")
-        .status();
-    match (status, find()) {
-        (_, Some(p)) => Ok(p),
-        (Ok(s), None) => {
-            bail!("prometheus is needed and `apt-get install prometheus` failed ({s})")
-        }
-        (Err(e), None) => bail!("prometheus is needed and apt-get could not run: {e}"),
-    }
-}
-
-/// A Prometheus server scraping one target every second; killed when dropped.
-struct Prometheus {
-    child: Child,
-    port: u16,
-    log_path: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl Prometheus {
-    async fn start(target_port: u16) -> Result<Prometheus> {
-        let bin = prometheus_bin()?;
-        let dir = tempfile::tempdir()?;
-        let config = dir.path().join("prometheus.yml");
-        std::fs::write(
-            &config,
-            format!(
-                "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n\
-                 scrape_configs:\n  - job_name: vacate\n    scrape_interval: 1s\n    \
-                 static_configs:\n      - targets: ['127.0.0.1:{target_port}']\n"
-            ),
-        )?;
-        let port = free_port();
-        let log_path = dir.path().join("prometheus.log");
-        let child = Command::new(&bin)
-            .arg(format!("--config.file={}", config.display()))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                dir.path().join("data").display()
-            ))
-            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-            .arg("--log.level=warn")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log_path)?)
-            .spawn()
-            .with_context(|| format!("starting {}", bin.display()))?;
-        let mut prometheus = Prometheus {
-            child,
-            port,
-            log_path,
-            _dir: dir,
-        };
-        prometheus.wait_ready().await?;
-        Ok(prometheus)
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log_path).unwrap_or_default()
-    }
-
-    async fn wait_ready(&mut self) -> Result<()> {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(status) = self.child.try_wait()? {
-                bail!("prometheus exited with {status}:\n{}", self.log());
-            }
-            if let Ok((200, _)) = self.get("/-/ready").await {
-                return Ok(());
-            }
-            if tokio::time::Instant::now() > deadline {
-                bail!("prometheus was not ready within 30 s:\n{}", self.log());
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    }
-
-    /// GET over HTTP/1.0, so the answer is neither chunked nor kept alive.
-    async fn get(&self, path_and_query: &str) -> Result<(u16, String)> {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await?;
-        stream
-            .write_all(
-                format!("GET {path_and_query} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes(),
-            )
-            .await?;
-        let mut response = String::new();
-        stream.read_to_string(&mut response).await?;
-        let (head, body) = response
-            .split_once("\r\n\r\n")
-            .context("an HTTP response without a body")?;
-        let status = head
-            .split_whitespace()
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .context("an HTTP response without a status")?;
-        Ok((status, body.to_string()))
-    }
-
-    /// An instant query; returns the result vector (an error for anything else).
-    async fn query(&self, expr: &str) -> Result<Vec<serde_json::Value>> {
-        let (status, body) = self
-            .get(&format!("/api/v1/query?query={}", percent_encode(expr)))
-            .await?;
-        let answer: serde_json::Value =
-            serde_json::from_str(&body).with_context(|| format!("HTTP {status}: {body}"))?;
-        ensure!(
-            status == 200 && answer["status"] == "success",
-            "HTTP {status}: {body}"
-        );
-        match answer["data"]["resultType"].as_str() {
-            Some("vector") => Ok(answer["data"]["result"]
-                .as_array()
-                .cloned()
-                .unwrap_or_default()),
-            other => bail!("a {other:?} result, not an instant vector: {body}"),
-        }
-    }
-}
-
-impl Drop for Prometheus {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn percent_encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
 
 /// Every `expr` of the dashboard, with the panel title it belongs to.
 fn dashboard_queries(path: &Path) -> Result<Vec<(String, String)>> {

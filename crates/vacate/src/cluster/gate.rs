@@ -61,18 +61,18 @@ impl Context {
             match prometheus.check().await {
                 Ok(None) => {}
                 Ok(Some(summary)) => {
-                    return Ok(Err(Gate::new(
+                    return Ok(Err(self.ask_again(Gate::new(
                         BlockReason::PrometheusAlert,
                         format!(
                             "the Prometheus query of blockers.prometheus_query returns {summary}"
                         ),
-                    )));
+                    ))));
                 }
                 Err(message) => {
-                    return Ok(Err(Gate::new(
+                    return Ok(Err(self.ask_again(Gate::new(
                         BlockReason::PrometheusUnavailable,
                         format!("cannot ask Prometheus whether drains may start: {message}"),
-                    )));
+                    ))));
                 }
             }
         }
@@ -80,6 +80,18 @@ impl Context {
             return self.capacity(node).await;
         }
         Ok(Ok(()))
+    }
+
+    /// Prometheus is asked again once its answer may have changed.
+    fn ask_again(&self, mut gate: Gate) -> Gate {
+        let every = self
+            .config
+            .blockers
+            .prometheus_interval
+            .get()
+            .max(std::time::Duration::from_secs(1));
+        gate.retry_at = Some(Utc::now() + chrono::Duration::from_std(every).unwrap_or_default());
+        gate
     }
 
     /// Pods matching `blockers.pods` on the node (as kured's blocking pod selector).
@@ -148,10 +160,14 @@ impl Context {
             &self.config.node.request_label,
             &self.config.upgrade.request_label,
         ];
-        let targets: Vec<Target> = self
-            .stores
-            .nodes
-            .state()
+        // Every node of the cluster, not only those vacate handles: VMs and pods may go anywhere.
+        let nodes: Api<Node> = Api::all(self.client.clone());
+        let all_nodes = nodes
+            .list(&ListParams::default())
+            .await
+            .map_err(Error::kube("listing nodes for the capacity check"))?;
+        let targets: Vec<Target> = all_nodes
+            .items
             .iter()
             .filter(|n| n.name_any() != name)
             .filter(|n| {

@@ -203,6 +203,15 @@ impl Context {
         });
     }
 
+    fn wake_pending(&self, except: &str) {
+        let reports = self.reports.lock().expect("report map lock");
+        for (node, report) in reports.iter() {
+            if node != except && report.phase == Phase::Pending {
+                let _ = self.trigger.send(node.clone());
+            }
+        }
+    }
+
     fn set_report(&self, node: &str, report: Option<NodeReport>) {
         let mut reports = self.reports.lock().expect("report map lock");
         match report {
@@ -463,7 +472,17 @@ impl Context {
             state: state.clone(),
         };
         let phase = report.phase;
+        let released = snap
+            .node
+            .state
+            .valid()
+            .is_some_and(|s| s.phase != Phase::Pending)
+            && matches!(phase, Phase::Idle | Phase::Pending | Phase::Failed);
         self.set_report(name, Some(report));
+        if released {
+            // A maintenance slot may have come free: nodes waiting for one look again now.
+            self.wake_pending(name);
+        }
         self.metrics.update_fleet(config, &self.fleet_nodes());
         if phase == Phase::Idle && snap.node.request_value.is_none() {
             self.pods.stop(name);

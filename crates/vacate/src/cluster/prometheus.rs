@@ -547,6 +547,102 @@ mod tests {
         assert_eq!(redact("http://host/p"), "http://host/p");
     }
 
+    /// A loopback server that records each request's head and answers `body`, or keeps
+    /// the connection open without a word when `body` is None.
+    async fn fake_prometheus(
+        body: Option<&'static str>,
+    ) -> (u16, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let heads = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = heads.clone();
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let mut head = vec![0; 4096];
+                let n = stream.read(&mut head).await.unwrap_or(0);
+                seen.lock()
+                    .unwrap()
+                    .push(String::from_utf8_lossy(&head[..n]).into_owned());
+                let Some(body) = body else {
+                    tokio::spawn(async move {
+                        tokio::time::sleep(Duration::from_secs(60)).await;
+                        drop(stream)
+                    });
+                    continue;
+                };
+                let response = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = stream.write_all(response.as_bytes()).await;
+            }
+        });
+        (port, heads)
+    }
+
+    #[tokio::test]
+    async fn answers_are_cached_and_credentials_sent_as_basic_auth() {
+        let body = r#"{"status":"success","data":{"resultType":"vector","result":[{"metric":{"__name__":"ALERTS","alertname":"NodeDown"},"value":[1,"1"]}]}}"#;
+        let (port, heads) = fake_prometheus(Some(body)).await;
+        let url = format!("http://vacate:hunter2@127.0.0.1:{port}/prom/");
+        let gate = PrometheusGate::new(
+            &url,
+            "ALERTS",
+            Duration::from_secs(3600),
+            Duration::from_secs(5),
+        )
+        .unwrap();
+        for _ in 0..3 {
+            assert_eq!(
+                gate.check().await,
+                Ok(Some(
+                    r#"1 series, e.g. ALERTS{alertname="NodeDown"}"#.into()
+                ))
+            );
+        }
+        let heads = heads.lock().unwrap().clone();
+        assert_eq!(heads.len(), 1, "one query for three checks: {heads:?}");
+        let head = heads[0].to_ascii_lowercase();
+        assert!(
+            head.starts_with("get /prom/api/v1/query?query=alerts http/1.1\r\n"),
+            "{head}"
+        );
+        assert!(
+            head.contains("authorization: basic dmfjyxrlomh1bnrlcji="),
+            "{head}"
+        );
+        assert!(head.contains("host: 127.0.0.1:"), "{head}");
+        assert!(!head.contains("hunter2"), "{head}");
+    }
+
+    #[tokio::test]
+    async fn silence_and_closed_ports_are_errors() {
+        let (port, _) = fake_prometheus(None).await;
+        let url = format!("http://vacate:hunter2@127.0.0.1:{port}");
+        let gate =
+            PrometheusGate::new(&url, "up", Duration::ZERO, Duration::from_millis(300)).unwrap();
+        let error = gate.check().await.unwrap_err();
+        assert_eq!(
+            error,
+            format!("Prometheus at http://127.0.0.1:{port} did not answer within 300ms")
+        );
+
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = closed.local_addr().unwrap().port();
+        drop(closed);
+        let url = format!("http://vacate:hunter2@127.0.0.1:{port}");
+        let gate = PrometheusGate::new(&url, "up", Duration::ZERO, Duration::from_secs(5)).unwrap();
+        let error = gate.check().await.unwrap_err();
+        assert!(
+            error.starts_with(&format!(
+                "Prometheus at http://127.0.0.1:{port} could not be asked: "
+            )),
+            "{error}"
+        );
+        assert!(!error.contains("hunter2"), "{error}");
+    }
+
     #[tokio::test]
     async fn debug_output_holds_no_credentials() {
         let gate = PrometheusGate::new(

@@ -186,7 +186,7 @@ fn identity() -> String {
         })
 }
 
-fn lease_namespace(config: &Config) -> String {
+pub(crate) fn lease_namespace(config: &Config) -> String {
     if !config.leader_election.namespace.is_empty() {
         return config.leader_election.namespace.clone();
     }

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use k8s_openapi::api::core::v1::Node;
@@ -11,9 +11,10 @@ use kube::api::ListParams;
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, ResourceExt};
 
+use crate::cluster::schedule;
 use crate::cluster::snapshot::node_view;
-use crate::config::Config;
-use crate::planner::{DrainState, StateAnnotation};
+use crate::config::{Config, OnClose};
+use crate::planner::{DrainState, FleetNode, StateAnnotation, windows};
 
 /// One row of the status table.
 #[derive(Debug, Clone, PartialEq)]
@@ -61,14 +62,16 @@ pub fn row(node: &Node, config: &Config) -> Option<Row> {
             detail: format!("state written by a newer vacate (version {v})"),
             since: String::new(),
         }),
-        StateAnnotation::Absent if view.request_value.is_some() => Some(Row {
-            node: name,
-            phase: "Requested".into(),
-            vmis: (0, 0),
-            pods: (0, 0),
-            detail: "waiting for vacate to pick it up".into(),
-            since: String::new(),
-        }),
+        StateAnnotation::Absent if view.request_value.is_some() || view.upgrade_to.is_some() => {
+            Some(Row {
+                node: name,
+                phase: "Requested".into(),
+                vmis: (0, 0),
+                pods: (0, 0),
+                detail: "waiting for vacate to pick it up".into(),
+                since: String::new(),
+            })
+        }
         StateAnnotation::Absent => None,
     }
 }
@@ -96,14 +99,143 @@ pub fn table(rows: &[Row]) -> String {
     out
 }
 
+/// The maintenance windows, schedules and fleet limits, below the node table.
+pub fn fleet_summary(
+    config: &Config,
+    now: DateTime<Utc>,
+    nodes: &[FleetNode],
+    last_runs: &BTreeMap<String, DateTime<Utc>>,
+) -> String {
+    let time = |t: DateTime<Utc>| t.format("%Y-%m-%d %H:%M:%S UTC").to_string();
+    let mut out = String::new();
+    if !config.windows.is_empty() {
+        let width = config
+            .windows
+            .iter()
+            .map(|w| w.name.len())
+            .max()
+            .unwrap_or(6)
+            .max(6);
+        out = format!(
+            "\n{:<width$}  {:<6}  {:<32}  GATES\n",
+            "WINDOW", "STATE", "WHEN"
+        );
+        for w in &config.windows {
+            let st = windows::status(w, now);
+            let when = match (st.closes_at, st.next_open) {
+                (Some(close), _) => format!("closes {}", time(close)),
+                (None, Some(open)) => format!("opens {}", time(open)),
+                (None, None) => "never opens again".into(),
+            };
+            let gates: Vec<&str> = w.applies_to.iter().map(|k| k.as_str()).collect();
+            out.push_str(&format!(
+                "{:<width$}  {:<6}  {:<32}  {} ({} {}, {} long, on close: {})\n",
+                w.name,
+                if st.open { "open" } else { "closed" },
+                when,
+                gates.join(", "),
+                w.cron,
+                w.timezone,
+                w.duration,
+                match w.on_close {
+                    OnClose::Finish => "finish",
+                    OnClose::Abort => "abort",
+                }
+            ));
+        }
+    }
+    if !config.schedules.is_empty() {
+        let width = config
+            .schedules
+            .iter()
+            .map(|s| s.name.len())
+            .max()
+            .unwrap_or(8)
+            .max(8);
+        out.push_str(&format!(
+            "\n{:<width$}  {:<23}  {:<23}  NODES IN ROLLOUT\n",
+            "SCHEDULE", "LAST RUN", "NEXT RUN"
+        ));
+        for s in &config.schedules {
+            let prefix = format!("{}.", s.name);
+            let in_rollout: Vec<&str> = nodes
+                .iter()
+                .filter(|n| {
+                    n.request_value
+                        .as_deref()
+                        .is_some_and(|v| v.starts_with(&prefix))
+                })
+                .map(|n| n.name.as_str())
+                .collect();
+            out.push_str(&format!(
+                "{:<width$}  {:<23}  {:<23}  {}\n",
+                s.name,
+                last_runs.get(&s.name).map_or("never".into(), |t| time(*t)),
+                s.cron.next(now, &s.timezone).map_or("never".into(), time),
+                if in_rollout.is_empty() {
+                    "-".to_string()
+                } else {
+                    in_rollout.join(", ")
+                }
+            ));
+        }
+    }
+    let busy: Vec<&str> = nodes
+        .iter()
+        .filter(|n| n.in_maintenance)
+        .map(|n| n.name.as_str())
+        .collect();
+    out.push_str(&format!(
+        "\nFleet: {} of at most {} node(s) in maintenance (fleet.max_draining = {}){}\n",
+        busy.len(),
+        config.fleet.max_draining.of(nodes.len()),
+        config.fleet.max_draining,
+        if busy.is_empty() {
+            String::new()
+        } else {
+            format!(": {}", busy.join(", "))
+        }
+    ));
+    out
+}
+
 pub async fn status(config: Config, watch: bool) -> anyhow::Result<()> {
     let client = super::client().await?;
-    let nodes: Api<Node> = Api::all(client);
+    let nodes: Api<Node> = Api::all(client.clone());
     if !watch {
         let list = nodes.list(&ListParams::default()).await?;
         let mut rows: Vec<Row> = list.items.iter().filter_map(|n| row(n, &config)).collect();
         rows.sort_by(|a, b| a.node.cmp(&b.node));
         print!("{}", table(&rows));
+        let fleet: Vec<FleetNode> = list
+            .items
+            .iter()
+            .filter(|n| config.node.selector.matches(n.labels()))
+            .map(|n| {
+                let v = node_view(n, &config);
+                FleetNode::from_state(
+                    v.name,
+                    v.labels,
+                    v.ready,
+                    v.unschedulable,
+                    &v.state,
+                    &config.node.request_label,
+                )
+            })
+            .collect();
+        let last_runs = if config.schedules.is_empty() {
+            BTreeMap::new()
+        } else {
+            let namespace = super::run::lease_namespace(&config);
+            match schedule::read_record(&client, &namespace).await {
+                Ok(cm) => cm.as_ref().map(schedule::parse_record).unwrap_or_default(),
+                Err(e) => {
+                    eprintln!("cannot read the schedules' last runs: {e}");
+                    BTreeMap::new()
+                }
+            }
+        };
+        print!("{}", fleet_summary(&config, Utc::now(), &fleet, &last_runs));
         return Ok(());
     }
     // Progress bars on a terminal; one line per change when the output is a file or pipe.

@@ -493,22 +493,20 @@ impl Config {
         }
         let b = &self.blockers;
         if !b.prometheus_url.is_empty() {
-            let ok =
-                b.prometheus_url.parse::<hyper::Uri>().ok().filter(|u| {
-                    matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some()
-                });
-            if ok.is_none() {
-                return Err(key(
-                    "blockers.prometheus_url".into(),
-                    "must be an http:// or https:// URL such as http://prometheus:9090",
-                ));
-            }
             if b.prometheus_query.trim().is_empty() {
                 return Err(key(
                     "blockers.prometheus_query".into(),
                     "must not be empty when blockers.prometheus_url is set",
                 ));
             }
+            // The same checks as when vacate starts asking (scheme, host, port, TLS roots).
+            crate::cluster::prometheus::PrometheusGate::new(
+                &b.prometheus_url,
+                &b.prometheus_query,
+                b.prometheus_interval.get(),
+                std::time::Duration::from_secs(10),
+            )
+            .map_err(|m| key("blockers.prometheus_url".into(), m))?;
         }
         Ok(())
     }

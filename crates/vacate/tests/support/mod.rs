@@ -4,6 +4,8 @@
 
 #![allow(dead_code)]
 
+pub mod prometheus;
+
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::net::TcpListener;
@@ -78,11 +80,16 @@ impl Vm {
 
 impl Env {
     pub async fn new(prefix: &str, nodes: usize) -> Result<Env> {
+        Self::with_template(prefix, nodes, NodeTemplate::default()).await
+    }
+
+    /// A namespace and `nodes` nodes made from `template`.
+    pub async fn with_template(prefix: &str, nodes: usize, template: NodeTemplate) -> Result<Env> {
         let cluster = TestCluster::shared().await?;
         cluster.require_kubevirt()?;
         let client = cluster.client();
         let ns = cluster.namespace(prefix).await?;
-        let nodes = cluster.node_set(nodes, NodeTemplate::default()).await?;
+        let nodes = cluster.node_set(nodes, template).await?;
         nodes.wait_ready(&client, Duration::from_secs(60)).await?;
         Ok(Env {
             cluster,
@@ -354,26 +361,12 @@ impl Env {
         .await
     }
 
-    pub async fn wait<F, Fut>(&self, what: &str, timeout: Duration, mut check: F) -> Result<()>
+    pub async fn wait<F, Fut>(&self, what: &str, timeout: Duration, check: F) -> Result<()>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<bool>>,
     {
-        let deadline = tokio::time::Instant::now() + timeout;
-        let mut last_error = None;
-        loop {
-            match check().await {
-                Ok(true) => return Ok(()),
-                Ok(false) => {}
-                Err(e) => last_error = Some(e),
-            }
-            if tokio::time::Instant::now() > deadline {
-                bail!(
-                    "timed out after {timeout:?} waiting for {what} (last error: {last_error:?})"
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
+        wait_for(what, timeout, check).await
     }
 
     pub async fn get_node(&self, name: &str) -> Result<Node> {
@@ -477,6 +470,27 @@ pub fn has_label(node: &Node, key: &str) -> bool {
     node.labels().contains_key(key)
 }
 
+/// Polls `check` every 250 ms until it says true; fails after `timeout` with the last error.
+pub async fn wait_for<F, Fut>(what: &str, timeout: Duration, mut check: F) -> Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<bool>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut last_error = None;
+    loop {
+        match check().await {
+            Ok(true) => return Ok(()),
+            Ok(false) => {}
+            Err(e) => last_error = Some(e),
+        }
+        if tokio::time::Instant::now() > deadline {
+            bail!("timed out after {timeout:?} waiting for {what} (last error: {last_error:?})");
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -494,6 +508,7 @@ pub struct Vacate {
     pub metrics_port: u16,
     pub config_path: PathBuf,
     pub log_path: PathBuf,
+    pub kubeconfig: PathBuf,
     _dir: tempfile::TempDir,
 }
 
@@ -537,6 +552,7 @@ impl Vacate {
             metrics_port: port,
             config_path,
             log_path,
+            kubeconfig: kubeconfig.to_path_buf(),
             _dir: dir,
         })
     }
