@@ -393,7 +393,14 @@ async fn the_capacity_check_holds_a_drain_the_rest_of_the_cluster_cannot_absorb(
     };
     let env = Env::with_template("vacate-capacity", 1, big.clone()).await?;
     let node = env.node(0).to_string();
-    env.migratable_vms_on(0, 1, "300Gi").await?;
+    env.place_on(0, || async {
+        let mut vm =
+            Vm::migratable("vm-0").annotate("simulator.vacate.io/effective-bandwidth", "100Gi");
+        vm.memory = "300Gi";
+        env.create_vm(&vm).await?;
+        env.wait_vmis_running_on(&node, 1).await
+    })
+    .await?;
     let vacate = env.vacate(FAST).await?;
     env.request(&node, Some("true")).await?;
     let message = wait_pending_for(&env, &node, BlockReason::InsufficientCapacity).await?;

@@ -321,7 +321,8 @@ impl Context {
             return Ok(None);
         }
         let view = snapshot::node_view(&node, config);
-        let involved = view.request_value.is_some() || view.state != StateAnnotation::Absent;
+        let involved =
+            planner::request_of(&view).is_some() || view.state != StateAnnotation::Absent;
         if !involved && !include_idle {
             self.pods.stop(name);
             self.metrics.forget_node(name);
@@ -484,7 +485,7 @@ impl Context {
             self.wake_pending(name);
         }
         self.metrics.update_fleet(config, &self.fleet_nodes());
-        if phase == Phase::Idle && snap.node.request_value.is_none() {
+        if phase == Phase::Idle && planner::request_of(&snap.node).is_none() {
             self.pods.stop(name);
         }
         if let Some(blocked) = &state.as_ref().and_then(|s| s.blocked.clone()) {

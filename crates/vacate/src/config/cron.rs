@@ -8,7 +8,7 @@
 
 use std::fmt;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, Timelike, Utc};
 use croner::Cron;
 use croner::parser::{CronParser, Seconds};
 use serde::{Deserialize, Deserializer};
@@ -56,6 +56,8 @@ impl CronExpr {
 
     /// The last time the expression matched at or before `now`, in `zone`.
     pub fn previous(&self, now: DateTime<Utc>, zone: &Zone) -> Option<DateTime<Utc>> {
+        // Matches are whole seconds; croner keeps the fraction of an inclusive `now`.
+        let now = now.with_nanosecond(0).unwrap_or(now);
         self.cron
             .find_previous_occurrence(&now.with_timezone(&zone.0), true)
             .ok()

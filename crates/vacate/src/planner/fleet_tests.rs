@@ -480,3 +480,14 @@ fn quantities_parse_as_kubernetes_writes_them() {
     assert_eq!(parse_quantity("1e3", 1), Some(1000));
     assert_eq!(parse_quantity("12Qi", 1), None);
 }
+
+#[test]
+fn a_run_is_the_whole_second_the_cron_expression_matched() {
+    let c = config("[[schedules]]\nname = \"s\"\ncron = \"26 27 1 * * *\"");
+    let s = &c.schedules[0];
+    let now = at(2026, 11, 26, 1, 27, 26) + chrono::Duration::milliseconds(312);
+    let run = s.cron.previous(now, &s.timezone).unwrap();
+    assert_eq!(run, at(2026, 11, 26, 1, 27, 26));
+    let later = now + chrono::Duration::milliseconds(300);
+    assert_eq!(s.cron.previous(later, &s.timezone), Some(run));
+}

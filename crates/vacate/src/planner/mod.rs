@@ -103,12 +103,16 @@ pub fn wants_to_start(s: &Snapshot, config: &Config) -> bool {
         )
 }
 
-/// Name of the migration vacate creates for a VMI: recognisably vacate's, unique per drain
-/// and attempt, and the same every time it is computed, so a restarted vacate that repeats
-/// a create gets `AlreadyExists` instead of a second migration.
-pub fn migration_name(state: &DrainState, vmi: &str, attempt: u32) -> String {
-    let drain = state.started_at.timestamp();
-    let suffix = format!("-{drain:x}-{attempt}");
+/// Name of the migration vacate creates for a VMI: recognisably vacate's, unique per node,
+/// drain and attempt (two nodes' drains may start in the same second and meet the same VMI),
+/// and the same every time it is computed, so a restarted vacate that repeats a create gets
+/// `AlreadyExists` instead of a second migration.
+pub fn migration_name(node: &str, state: &DrainState, vmi: &str, attempt: u32) -> String {
+    let drain = fnv1a(&format!(
+        "{node}/{}",
+        state.started_at.timestamp_nanos_opt().unwrap_or_default()
+    ));
+    let suffix = format!("-{drain:08x}-{attempt}");
     let max_vmi = 253 - "vacate-".len() - suffix.len();
     let vmi = if vmi.len() > max_vmi {
         &vmi[..max_vmi]
@@ -116,6 +120,17 @@ pub fn migration_name(state: &DrainState, vmi: &str, attempt: u32) -> String {
         vmi
     };
     format!("vacate-{}{suffix}", vmi.trim_end_matches(['-', '.']))
+}
+
+/// FNV-1a folded to 32 bits: stable across vacate versions, unlike std's hasher, so a
+/// newer vacate computes the same migration names as the one that started the drain.
+fn fnv1a(text: &str) -> u32 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in text.bytes() {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    (hash ^ (hash >> 32)) as u32
 }
 
 /// Decides the next step for one node.
@@ -397,7 +412,7 @@ impl<'a> Planner<'a> {
                 continue;
             };
             if record.attempts == 0
-                || m.name != migration_name(state, &m.vmi_name, record.attempts)
+                || m.name != migration_name(&s.node.name, state, &m.vmi_name, record.attempts)
                 || record.outcome != VmiOutcome::Migrating
             {
                 continue;
@@ -488,7 +503,7 @@ impl<'a> Planner<'a> {
                     m.ours
                         && m.phase == MigrationPhase::Unfinished
                         && m.vmi_key() == **key
-                        && m.name == migration_name(state, &m.vmi_name, r.attempts)
+                        && m.name == migration_name(&s.node.name, state, &m.vmi_name, r.attempts)
                 })
             })
             .map(|(key, _)| key.clone())
@@ -527,7 +542,7 @@ impl<'a> Planner<'a> {
                 .vmis
                 .get(&key)
                 .filter(|r| r.attempts > 0)
-                .map(|r| migration_name(state, &vmi.name, r.attempts));
+                .map(|r| migration_name(&s.node.name, state, &vmi.name, r.attempts));
             let record = state.vmis.entry(key.clone()).or_default();
             if unfinished(vmi) {
                 // Ours or someone else's (KubeVirt's evacuation): either way, wait for it.
@@ -618,7 +633,7 @@ impl<'a> Planner<'a> {
         let (repeats, fresh): (Vec<_>, Vec<_>) = candidates.into_iter().partition(|(_, r)| *r);
         for (vmi, _) in repeats {
             let record = &state.vmis[&vmi.key()];
-            let name = migration_name(state, &vmi.name, record.attempts);
+            let name = migration_name(&s.node.name, state, &vmi.name, record.attempts);
             self.actions.push(Action::CreateMigration {
                 namespace: vmi.namespace.clone(),
                 name,
@@ -662,7 +677,7 @@ impl<'a> Planner<'a> {
         for (vmi, _) in fresh.into_iter().take(slots) {
             let key = vmi.key();
             let attempt = state.vmis[&key].attempts + 1;
-            let name = migration_name(state, &vmi.name, attempt);
+            let name = migration_name(&s.node.name, state, &vmi.name, attempt);
             let record = state.vmis.get_mut(&key).expect("entry created above");
             record.attempts = attempt;
             record.outcome = VmiOutcome::Migrating;

@@ -63,7 +63,7 @@ fn pod(name: &str, controller: Option<&str>) -> PodView {
 fn migration(state: &DrainState, vmi: &str, attempt: u32, phase: MigrationPhase) -> MigrationView {
     MigrationView {
         namespace: "vms".into(),
-        name: migration_name(state, vmi, attempt),
+        name: migration_name("worker-1", state, vmi, attempt),
         vmi_name: vmi.into(),
         phase,
         ours: true,
@@ -362,7 +362,7 @@ fn failed_migration_is_retried_with_backoff_then_falls_back() {
     let (p, state) = step(&s2, &state, &config);
     assert_eq!(migrations_created(&p), vec!["vm-0"]);
     assert_eq!(state.vmis["vms/vm-0"].attempts, 2);
-    let name2 = migration_name(&state, "vm-0", 2);
+    let name2 = migration_name("worker-1", &state, "vm-0", 2);
     assert!(
         p.actions
             .iter()
@@ -389,7 +389,7 @@ fn interrupted_create_is_repeated_under_the_same_name() {
     let mut s2 = s.clone();
     s2.now = t(1);
     let (p, next) = step(&s2, &state, &config);
-    let first = migration_name(&state, "vm-0", 1);
+    let first = migration_name("worker-1", &state, "vm-0", 1);
     assert!(
         p.actions
             .iter()
@@ -755,7 +755,10 @@ fn abort_cancels_own_unfinished_migrations_and_uncordons() {
             _ => None,
         })
         .collect();
-    assert_eq!(cancelled, vec![migration_name(&state, "vm-0", 1)]);
+    assert_eq!(
+        cancelled,
+        vec![migration_name("worker-1", &state, "vm-0", 1)]
+    );
     assert!(p.actions.contains(&Action::Uncordon));
     assert!(has_event(&p, "DrainAborted"));
     assert_eq!(p.state, NextState::Clear);
@@ -931,16 +934,27 @@ fn backoff_grows_and_is_capped() {
 fn migration_names_are_valid_and_unique_per_attempt() {
     let state = DrainState::new(t(0), true, 1);
     let long = "v".repeat(300);
-    let name = migration_name(&state, &long, 1);
+    let name = migration_name("worker-1", &state, &long, 1);
     assert!(name.len() <= 253);
     assert_ne!(
-        migration_name(&state, "a", 1),
-        migration_name(&state, "a", 2)
+        migration_name("worker-1", &state, "a", 1),
+        migration_name("worker-1", &state, "a", 2)
     );
     let later = DrainState::new(t(10), true, 1);
     assert_ne!(
-        migration_name(&state, "a", 1),
-        migration_name(&later, "a", 1)
+        migration_name("worker-1", &state, "a", 1),
+        migration_name("worker-1", &later, "a", 1)
+    );
+    // Drains of two nodes that start in the same second and meet the same VMI (it moved
+    // from one to the other) must not share a migration name.
+    assert_ne!(
+        migration_name("worker-1", &state, "a", 1),
+        migration_name("worker-2", &state, "a", 1)
+    );
+    // Stable across versions: the name a restarted vacate computes is the one it created.
+    assert_eq!(
+        migration_name("worker-1", &state, "a", 1),
+        "vacate-a-905bfda5-1"
     );
 }
 
