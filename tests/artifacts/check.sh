@@ -198,10 +198,12 @@ check_apply() {
 }
 
 # Asks the API server's authorizer (a SubjectAccessReview) whether vacate's ServiceAccount
-# may VERB GROUP RESOURCE[/SUBRESOURCE] [in NAMESPACE]; prints true or false.
+# may VERB GROUP RESOURCE[/SUBRESOURCE][:NAME] [in NAMESPACE]; prints true or false.
 may() {
-  local group="$1" resource="${2%%/*}" subresource="" verb="$3" namespace="${4:-}"
-  [[ "$2" == */* ]] && subresource="${2#*/}"
+  local group="$1" target="${2%%:*}" name="" verb="$3" namespace="${4:-}"
+  [[ "$2" == *:* ]] && name="${2#*:}"
+  local resource="${target%%/*}" subresource=""
+  [[ "$target" == */* ]] && subresource="${target#*/}"
   "$kubectl" create -o jsonpath='{.status.allowed}' -f - <<EOF
 apiVersion: authorization.k8s.io/v1
 kind: SubjectAccessReview
@@ -212,6 +214,7 @@ spec:
     group: "$group"
     resource: "$resource"
     subresource: "$subresource"
+    name: "$name"
     verb: "$verb"
     namespace: "$namespace"
 EOF
@@ -250,9 +253,15 @@ true  events.k8s.io       events                           patch   default
 true  coordination.k8s.io leases                           get     vacate-system
 true  coordination.k8s.io leases                           create  vacate-system
 true  coordination.k8s.io leases                           patch   vacate-system
+true  core                configmaps:vacate-schedules      get     vacate-system
+true  core                configmaps:vacate-schedules      patch   vacate-system
+true  core                configmaps                       create  vacate-system
 false core                secrets                          get
 false core                secrets                          list    vacate-system
 false core                configmaps                       list
+false core                configmaps                       get     vacate-system
+false core                configmaps:vacate-config         patch   vacate-system
+false core                configmaps                       create  default
 false core                nodes                            update
 false core                nodes                            delete
 false core                nodes/status                     patch

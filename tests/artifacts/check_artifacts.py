@@ -38,9 +38,12 @@ EXPECTED_CLUSTER_RULES = {
     ("kubevirt.io", "kubevirts"): {"list", "watch"},
     ("events.k8s.io", "events"): {"create", "patch"},
 }
-# Leader election: a Lease in vacate's namespace.
+# Leader election (a Lease) and the schedules' record (a ConfigMap, reached by name once it
+# exists) in vacate's namespace.
 EXPECTED_NAMESPACED_RULES = {
     ("coordination.k8s.io", "leases"): {"get", "create", "patch"},
+    ("", "configmaps"): {"create"},
+    ("", "configmaps:vacate-schedules"): {"get", "patch"},
 }
 NAMESPACE = "vacate-system"
 SERVICE_ACCOUNT = "vacate"
@@ -249,14 +252,15 @@ def granted(rules: list[dict], where: str) -> dict[tuple[str, str], set[str]]:
     for rule in rules:
         if rule.get("nonResourceURLs"):
             fail(f"{where}: grants nonResourceURLs {rule['nonResourceURLs']}")
-        if rule.get("resourceNames"):
-            fail(f"{where}: unexpected resourceNames {rule['resourceNames']}")
+        names = rule.get("resourceNames") or [None]
         for group in rule.get("apiGroups", []):
             for resource in rule.get("resources", []):
                 for verb in rule.get("verbs", []):
                     if "*" in (group, resource, verb):
                         fail(f"{where}: wildcard in {group!r}/{resource!r}/{verb!r}")
-                    result.setdefault((group, resource), set()).add(verb)
+                    for name in names:
+                        key = resource if name is None else f"{resource}:{name}"
+                        result.setdefault((group, key), set()).add(verb)
     return result
 
 

@@ -13,6 +13,10 @@ use support::*;
 use vacate::planner::Phase;
 
 const FAST: &str = r#"
+[[windows]]
+name = "always"
+cron = "* * * * *"
+duration = "1h"
 [migration]
 batch_interval = "1s"
 retry_backoff = "1s"
