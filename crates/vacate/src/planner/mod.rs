@@ -629,8 +629,11 @@ impl<'a> Planner<'a> {
         }
         let s = self.s;
         let m = &self.config.migration;
-        // Repeats of interrupted creates are not a new batch and need no new slot.
+        // Repeats of interrupted creates are not a new batch, but each takes a slot: no
+        // migration of theirs is counted in flight yet.
         let (repeats, fresh): (Vec<_>, Vec<_>) = candidates.into_iter().partition(|(_, r)| *r);
+        let node_in_flight = node_in_flight + repeats.len() as u32;
+        let cluster_in_flight = s.cluster.migrations_in_flight + repeats.len() as u32;
         for (vmi, _) in repeats {
             let record = &state.vmis[&vmi.key()];
             let name = migration_name(&s.node.name, state, &vmi.name, record.attempts);
@@ -646,7 +649,7 @@ impl<'a> Planner<'a> {
         let node_cap = m.max_in_flight_per_node.min(s.cluster.kubevirt_per_node);
         let cluster_cap = m.max_in_flight_cluster.min(s.cluster.kubevirt_per_cluster);
         let node_free = node_cap.saturating_sub(node_in_flight);
-        let cluster_free = cluster_cap.saturating_sub(s.cluster.migrations_in_flight);
+        let cluster_free = cluster_cap.saturating_sub(cluster_in_flight);
         if let Some(last) = state.last_batch_at {
             let next = last + chrono_duration(m.batch_interval.get());
             if next > s.now {
@@ -667,8 +670,7 @@ impl<'a> Planner<'a> {
                 )
             } else {
                 format!(
-                    "a migration slot in the cluster ({} of {cluster_cap} in flight; {} VMIs to go)",
-                    s.cluster.migrations_in_flight,
+                    "a migration slot in the cluster ({cluster_in_flight} of {cluster_cap} in flight; {} VMIs to go)",
                     fresh.len()
                 )
             });

@@ -415,6 +415,24 @@ fn restart_after_crash_does_not_duplicate_running_migration() {
 }
 
 #[test]
+fn repeated_create_takes_a_node_slot() {
+    let mut s = snapshot(node(Some("true"), false));
+    s.vmis = (0..6).map(|i| vmi(&format!("vm-{i}"))).collect();
+    let config = Config::default(); // batch 2, 2 per node
+    let state = written(&plan(&s, &config));
+    assert_eq!(state.vmis["vms/vm-1"].outcome, VmiOutcome::Migrating);
+    // vacate died between the two creates of its batch: vm-0's migration runs, vm-1's is
+    // missing. The repeat of vm-1's create fills the node's second slot; nothing else starts.
+    let mut s2 = s.clone();
+    s2.now = t(60);
+    s2.migrations = vec![migration(&state, "vm-0", 1, MigrationPhase::Unfinished)];
+    let (p, next) = step(&s2, &state, &config);
+    assert_eq!(migrations_created(&p), vec!["vm-1"]);
+    assert_eq!(next.vmis["vms/vm-2"].attempts, 0);
+    assert!(next.waiting_for.unwrap().contains("slot on the node"));
+}
+
+#[test]
 fn non_migratable_policy_block_waits_and_says_why() {
     let mut s = snapshot(node(Some("true"), false));
     s.vmis = vec![not_migratable("db")];
