@@ -16,8 +16,22 @@ use crate::error::{Error, Result};
 use crate::planner::capacity::{self, Resources, Target, Workload};
 use crate::planner::{self, BlockReason, FleetNode, Gate};
 
+/// A node as the fleet limits see it.
+pub fn fleet_node(node: &Node, config: &crate::config::Config) -> FleetNode {
+    let view = snapshot::node_view(node, config);
+    FleetNode::from_state(
+        view.name,
+        view.labels,
+        view.ready,
+        view.unschedulable,
+        &view.state,
+        &config.node.request_label,
+    )
+}
+
 impl Context {
-    /// The fleet's nodes as the limits see them: every node vacate handles.
+    /// The fleet's nodes as the watch cache shows them: every node vacate handles (for
+    /// metrics; `vacate drain` watches one node only).
     pub fn fleet_nodes(&self) -> Vec<FleetNode> {
         let config = &self.config;
         self.stores
@@ -25,18 +39,24 @@ impl Context {
             .state()
             .iter()
             .filter(|n| config.node.selector.matches(n.labels()))
-            .map(|n| {
-                let view = snapshot::node_view(n, config);
-                FleetNode::from_state(
-                    view.name,
-                    view.labels,
-                    view.ready,
-                    view.unschedulable,
-                    &view.state,
-                    &config.node.request_label,
-                )
-            })
+            .map(|n| fleet_node(n, config))
             .collect()
+    }
+
+    /// The fleet's nodes read from the API server: a consistent view that includes the
+    /// drain started a moment ago, also for `vacate drain`, which watches one node only.
+    async fn fleet_nodes_now(&self) -> Result<Vec<FleetNode>> {
+        let config = &self.config;
+        let nodes: Api<Node> = Api::all(self.client.clone());
+        let mut params = ListParams::default();
+        if !config.node.selector.is_empty() {
+            params = params.labels(config.node.selector.as_str());
+        }
+        let list = nodes
+            .list(&params)
+            .await
+            .map_err(Error::kube("listing nodes for the fleet limits"))?;
+        Ok(list.items.iter().map(|n| fleet_node(n, config)).collect())
     }
 
     pub(super) async fn start_gate(
@@ -48,7 +68,7 @@ impl Context {
         if let Err(gate) = planner::fleet::check(
             &self.config,
             &name,
-            &self.fleet_nodes(),
+            &self.fleet_nodes_now().await?,
             last_start,
             Utc::now(),
         ) {
@@ -148,6 +168,11 @@ impl Context {
                             pod.name_any()
                         ),
                         requests,
+                        node_selector: pod
+                            .spec
+                            .as_ref()
+                            .and_then(|s| s.node_selector.clone())
+                            .unwrap_or_default(),
                     });
                 }
                 continue;
@@ -182,6 +207,7 @@ impl Context {
                 let (u, count) = used.get(&n.name_any()).copied().unwrap_or_default();
                 Target {
                     name: n.name_any(),
+                    labels: n.labels().clone(),
                     free: Resources {
                         cpu_millis: alloc.cpu_millis - u.cpu_millis,
                         memory_bytes: alloc.memory_bytes - u.memory_bytes,

@@ -3,7 +3,7 @@
 //! migration count seen by one node's plan includes what the previous plan created.
 
 pub mod execute;
-mod gate;
+pub mod gate;
 pub mod prometheus;
 pub mod schedule;
 pub mod snapshot;

@@ -11,6 +11,7 @@ use kube::api::ListParams;
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, ResourceExt};
 
+use crate::cluster::gate::fleet_node;
 use crate::cluster::schedule;
 use crate::cluster::snapshot::node_view;
 use crate::config::{Config, OnClose};
@@ -211,17 +212,7 @@ pub async fn status(config: Config, watch: bool) -> anyhow::Result<()> {
             .items
             .iter()
             .filter(|n| config.node.selector.matches(n.labels()))
-            .map(|n| {
-                let v = node_view(n, &config);
-                FleetNode::from_state(
-                    v.name,
-                    v.labels,
-                    v.ready,
-                    v.unschedulable,
-                    &v.state,
-                    &config.node.request_label,
-                )
-            })
+            .map(|n| fleet_node(n, &config))
             .collect();
         let last_runs = if config.schedules.is_empty() {
             BTreeMap::new()

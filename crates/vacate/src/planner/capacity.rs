@@ -1,10 +1,11 @@
 //! Whether the VMs and pods of a node have somewhere to go: their resource requests packed
 //! onto the free allocatable of the schedulable nodes that remain (first fit, largest first).
 //!
-//! An estimate on the safe side of what the scheduler will do: it ignores taints, affinity
-//! and node selectors of the workloads, so a "fits" can still leave a pod pending, but a
-//! "does not fit" is certain for the resources counted (CPU, memory, pod slots).
+//! An estimate of what the scheduler will do: each pod's node selector is respected, taints
+//! and affinity are not, so a "fits" can still leave a pod pending, but a "does not fit" is
+//! certain for what is counted (CPU, memory, pod slots, node selectors).
 
+use std::collections::BTreeMap;
 use std::fmt;
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -36,12 +37,15 @@ impl fmt::Display for Resources {
 pub struct Workload {
     pub name: String,
     pub requests: Resources,
+    /// The pod's `nodeSelector`: only nodes with all these labels can take it.
+    pub node_selector: BTreeMap<String, String>,
 }
 
 /// A node that can take workloads: what it has left.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Target {
     pub name: String,
+    pub labels: BTreeMap<String, String>,
     pub free: Resources,
     pub pods_free: i64,
 }
@@ -63,7 +67,10 @@ pub fn check(workloads: &[Workload], targets: &[Target]) -> Result<(), String> {
     let mut stranded: Vec<&Workload> = Vec::new();
     for w in order {
         let slot = targets.iter_mut().find(|t| {
-            t.pods_free > 0
+            w.node_selector
+                .iter()
+                .all(|(k, v)| t.labels.get(k) == Some(v))
+                && t.pods_free > 0
                 && t.free.cpu_millis >= w.requests.cpu_millis
                 && t.free.memory_bytes >= w.requests.memory_bytes
         });

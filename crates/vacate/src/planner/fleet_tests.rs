@@ -449,9 +449,11 @@ fn capacity_packs_the_largest_first_and_names_what_does_not_fit() {
             cpu_millis: 1000,
             memory_bytes: mem * gib,
         },
+        node_selector: Default::default(),
     };
     let target = |name: &str, mem: i64| Target {
         name: name.into(),
+        labels: [("pool".to_string(), name.to_string())].into(),
         free: Resources {
             cpu_millis: 8000,
             memory_bytes: mem * gib,
@@ -464,6 +466,17 @@ fn capacity_packs_the_largest_first_and_names_what_does_not_fit() {
     assert!(err.contains("1 of the 3"), "{err}");
     assert!(capacity::check(&load, &[]).is_err());
     assert!(capacity::check(&[], &[]).is_ok());
+    // A pod pinned to a pool fits only there.
+    let mut pinned = w("vm-pinned", 2);
+    pinned.node_selector.insert("pool".into(), "y".into());
+    assert!(
+        capacity::check(
+            std::slice::from_ref(&pinned),
+            &[target("x", 64), target("y", 4)]
+        )
+        .is_ok()
+    );
+    assert!(capacity::check(&[pinned], &[target("x", 64), target("y", 1)]).is_err());
     // Pod slots count too.
     let mut full = target("x", 64);
     full.pods_free = 0;
