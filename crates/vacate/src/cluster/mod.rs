@@ -527,7 +527,9 @@ impl Context {
     }
 
     fn update_node_metrics(&self, node: &str, state: Option<&DrainState>) {
-        let Some(state) = state else {
+        // A Pending node is not cordoned and nothing moves yet: it has no progress to show,
+        // and a long wait for a window must not look like a node cordoned for too long.
+        let Some(state) = state.filter(|s| s.phase != Phase::Pending) else {
             self.metrics.forget_node(node);
             return;
         };
