@@ -302,3 +302,68 @@ pub async fn status(config: Config, watch: bool) -> anyhow::Result<()> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use chrono::TimeZone;
+
+    use super::*;
+
+    #[test]
+    fn the_summary_shows_windows_schedules_and_the_fleet() {
+        let config = Config::from_toml_and_env(
+            r#"
+            [fleet]
+            max_draining = 2
+            [[windows]]
+            name = "nightly"
+            cron = "0 2 * * *"
+            duration = "4h"
+            [[schedules]]
+            name = "monthly"
+            cron = "0 3 1 * *"
+            "#,
+            Vec::<(String, String)>::new(),
+        )
+        .unwrap();
+        let now = Utc.with_ymd_and_hms(2026, 11, 26, 12, 0, 0).unwrap();
+        let node = |name: &str, value: Option<&str>, busy: bool| FleetNode {
+            name: name.into(),
+            labels: Default::default(),
+            ready: true,
+            unschedulable: busy,
+            in_maintenance: busy,
+            started_at: None,
+            request_value: value.map(String::from),
+        };
+        let nodes = [
+            node("a", Some("monthly.20261101T030000Z"), true),
+            node("b", Some("monthly.20261101T030000Z"), false),
+            node("c", None, false),
+        ];
+        let last = BTreeMap::from([(
+            "monthly".to_string(),
+            Utc.with_ymd_and_hms(2026, 11, 1, 3, 0, 0).unwrap(),
+        )]);
+        let text = fleet_summary(&config, now, &nodes, &last);
+        assert!(
+            text.contains("nightly") && text.contains("closed"),
+            "{text}"
+        );
+        assert!(text.contains("opens 2026-11-27 02:00:00 UTC"), "{text}");
+        assert!(text.contains("2026-11-01 03:00:00 UTC"), "{text}");
+        assert!(text.contains("2026-12-01 03:00:00 UTC"), "{text}");
+        assert!(text.contains("a, b"), "{text}");
+        assert!(
+            text.contains("Fleet: 1 of at most 2 node(s) in maintenance"),
+            "{text}"
+        );
+        let open = fleet_summary(
+            &config,
+            Utc.with_ymd_and_hms(2026, 11, 26, 3, 0, 0).unwrap(),
+            &nodes,
+            &last,
+        );
+        assert!(open.contains("closes 2026-11-26 06:00:00 UTC"), "{open}");
+    }
+}
