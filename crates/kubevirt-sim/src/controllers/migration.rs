@@ -49,7 +49,7 @@ use kubevirt_api::{
 use serde_json::json;
 
 use super::{
-    Context, age, key_of, pod_is_down, pod_is_ready, pod_node, pod_unschedulable,
+    Context, age, key_of, pod_is_down, pod_is_ready, pod_node, pod_unschedulable, replacing,
     retry_after_error, since,
 };
 use crate::error::{Error, Result, kube_not_found};
@@ -633,7 +633,8 @@ impl Job<'_> {
     }
 
     /// virt-controller hands the migration to virt-handler: the VMI's migration state names
-    /// source and target, the target pod joins `activePods`.
+    /// source and target, the target pod joins `activePods`. The state replaces that of an
+    /// earlier migration as a whole: nothing of it (`completed`, timestamps) carries over.
     async fn hand_off(
         &self,
         vmi: &VirtualMachineInstance,
@@ -660,7 +661,7 @@ impl Job<'_> {
         let patch = json!({
             "metadata": {"labels": {MIGRATION_TARGET_NODE_NAME_LABEL: target_node}},
             "status": {
-                "migrationState": state,
+                "migrationState": replacing(vmi.migration_state(), &state)?,
                 "activePods": {target_uid: target_node},
             },
         });
@@ -695,7 +696,8 @@ impl Job<'_> {
             )));
         }
         change(&mut state);
-        let patch = json!({"status": {"migrationState": state}});
+        let patch =
+            json!({"status": {"migrationState": replacing(vmi.migration_state(), &state)?}});
         self.ctx
             .patch_vmi(
                 &self.namespace,
@@ -722,8 +724,9 @@ impl Job<'_> {
                 .await?;
             return Ok(Action::await_change());
         };
-        if state.completed && !state.failed {
-            // Completed by an earlier reconcile whose status write did not land.
+        if state.completed && !state.failed && vmi.node_name() == state.target_node.as_deref() {
+            // Completed by an earlier reconcile whose status write did not land (that
+            // reconcile moved the VMI to the target in the same write).
             status.migration_state = Some(state.clone());
             self.enter(
                 status,
@@ -811,7 +814,7 @@ impl Job<'_> {
         }
         let mut status_patch = json!({
             "nodeName": target_node,
-            "migrationState": state,
+            "migrationState": replacing(vmi.migration_state(), &state)?,
             "activePods": active,
         });
         // virt-handler clears the eviction mark once the VMI has left the evacuated node.
@@ -892,7 +895,10 @@ impl Job<'_> {
                     .collect();
                 let patch = json!({
                     "metadata": {"labels": {MIGRATION_TARGET_NODE_NAME_LABEL: null}},
-                    "status": {"migrationState": state, "activePods": active},
+                    "status": {
+                        "migrationState": replacing(vmi.migration_state(), &state)?,
+                        "activePods": active,
+                    },
                 });
                 self.ctx
                     .patch_vmi(

@@ -288,6 +288,38 @@ impl Context {
     }
 }
 
+/// A JSON merge patch value that replaces `old` by `new` as a whole (as KubeVirt's JSON
+/// patches `replace` do): a merge patch only changes the fields it names, so every field of
+/// `old` that `new` lacks (including those skipped when serialized, as `completed: false`)
+/// is set to null, in nested objects too. Without this a new value keeps the old one's
+/// leftovers.
+pub fn replacing<T: serde::Serialize>(old: Option<&T>, new: &T) -> Result<serde_json::Value> {
+    let new = serde_json::to_value(new)?;
+    Ok(match old {
+        Some(old) => null_removed(&serde_json::to_value(old)?, new),
+        None => new,
+    })
+}
+
+fn null_removed(old: &serde_json::Value, new: serde_json::Value) -> serde_json::Value {
+    match (old, new) {
+        (serde_json::Value::Object(old), serde_json::Value::Object(mut new)) => {
+            for (key, value) in old {
+                match new.remove(key) {
+                    None => {
+                        new.insert(key.clone(), serde_json::Value::Null);
+                    }
+                    Some(v) => {
+                        new.insert(key.clone(), null_removed(value, v));
+                    }
+                }
+            }
+            serde_json::Value::Object(new)
+        }
+        (_, new) => new,
+    }
+}
+
 /// What every controller does with a failed reconcile: log it and retry soon. Conflicts and
 /// vanished objects are routine (another writer was faster) and logged quietly.
 pub fn retry_after_error<K>(_obj: Arc<K>, error: &Error, _ctx: Arc<Context>) -> Action {
@@ -381,4 +413,42 @@ pub fn since(t: &k8s_openapi::jiff::Timestamp) -> Duration {
     let now = k8s_openapi::jiff::Timestamp::now();
     let span = now.duration_since(*t);
     Duration::try_from(span).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kubevirt_api::VirtualMachineInstanceMigrationState;
+    use serde_json::json;
+
+    #[test]
+    fn replacing_nulls_what_the_new_value_lacks() {
+        let old = VirtualMachineInstanceMigrationState {
+            migration_uid: Some("a".into()),
+            target_node: Some("n0".into()),
+            completed: true,
+            mode: Some("PreCopy".into()),
+            ..Default::default()
+        };
+        let new = VirtualMachineInstanceMigrationState {
+            migration_uid: Some("b".into()),
+            target_node: Some("n4".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            replacing(Some(&old), &new).unwrap(),
+            json!({"migrationUid": "b", "targetNode": "n4", "completed": null, "mode": null})
+        );
+        assert_eq!(
+            replacing(None, &new).unwrap(),
+            json!({"migrationUid": "b", "targetNode": "n4"})
+        );
+        assert_eq!(
+            null_removed(
+                &json!({"a": {"x": 1, "y": 2}, "b": 1}),
+                json!({"a": {"x": 3}})
+            ),
+            json!({"a": {"x": 3, "y": null}, "b": null})
+        );
+    }
 }

@@ -313,3 +313,87 @@ async fn fault_knobs() -> Result<()> {
     .await?;
     Ok(())
 }
+
+/// Several VMIs, each migrated and, as soon as that migration succeeded, migrated again (a
+/// rolling drain moves VMs twice). Each VMI stays where its last migration took it, with that
+/// pod alone in `activePods`, through the controllers' resyncs.
+#[tokio::test]
+async fn a_vmi_migrated_twice_stays_on_the_last_target() -> Result<()> {
+    let env = Env::new("sim-twice", 3).await?;
+    let names: Vec<String> = (0..4).map(|i| format!("twice{i}")).collect();
+    let vmis: Vec<_> = names
+        .iter()
+        .map(|n| env.vmi(n, "1Gi", Some("LiveMigrate"), |_| {}))
+        .collect();
+    env.start_vmis(&vmis).await?;
+
+    let mut chains = Vec::new();
+    for name in &names {
+        let env = &env;
+        chains.push(async move {
+            let mut last = None;
+            for _ in 0..2 {
+                let m = env.migrate(name).await?;
+                let m = m.metadata.name.unwrap_or_default();
+                let done = env.wait_migration(&m, "final", |m| m.is_final()).await?;
+                ensure!(
+                    done.phase() == Some(MigrationPhase::Succeeded),
+                    "{m} of {name}: {:?}",
+                    done.status
+                );
+                last = done.migration_state().and_then(|s| s.target_node.clone());
+            }
+            last.ok_or_else(|| anyhow::anyhow!("{name}: no target node"))
+        });
+    }
+    let targets: Vec<String> = futures::future::try_join_all(chains).await?;
+
+    // Twice the VMI controller's resync, and the migration controller's re-reconciles of
+    // both finished migrations. The VMI must be on the target from the start; its source pod
+    // goes within seconds (grace period 0), and from then on the target pod alone remains.
+    let until = tokio::time::Instant::now() + Duration::from_secs(40);
+    let mut pods_settled = false;
+    loop {
+        let mut wrong = Vec::new();
+        let mut all_pods_settled = true;
+        for (name, target) in names.iter().zip(&targets) {
+            let v = env.vmis().get(name).await?;
+            let status = v.status.clone().unwrap_or_default();
+            let pods = env.launcher_pods(&v).await?;
+            let node_of = |p: &k8s_openapi::api::core::v1::Pod| {
+                p.spec.as_ref().and_then(|s| s.node_name.clone())
+            };
+            let on_target = pods.len() == 1 && node_of(&pods[0]).as_ref() == Some(target);
+            let active_is_target = on_target
+                && status.active_pods.len() == 1
+                && status
+                    .active_pods
+                    .get(pods[0].metadata.uid.as_deref().unwrap_or_default())
+                    == Some(target);
+            let vmi_on_target = v.node_name() == Some(target.as_str())
+                && labels(&v).get(NODE_NAME_LABEL) == Some(target)
+                && v.is_running();
+            all_pods_settled &= active_is_target;
+            if !vmi_on_target || (pods_settled && !active_is_target) {
+                let pods: Vec<_> = pods
+                    .iter()
+                    .map(|p| (p.metadata.name.clone(), node_of(p)))
+                    .collect();
+                wrong.push(format!(
+                    "{name}: expected on {target}, node {:?} phase {:?} activePods {:?} pods {pods:?}",
+                    v.node_name(),
+                    v.phase(),
+                    status.active_pods,
+                ));
+            }
+        }
+        ensure!(wrong.is_empty(), "{wrong:#?}");
+        pods_settled |= all_pods_settled;
+        if tokio::time::Instant::now() >= until {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    ensure!(pods_settled, "the source pods never went away");
+    Ok(())
+}
