@@ -181,10 +181,6 @@ impl Context {
             entry.0.add(requests);
             entry.1 += 1;
         }
-        let request_labels = [
-            &self.config.node.request_label,
-            &self.config.upgrade.request_label,
-        ];
         // Every node of the cluster, not only those vacate handles: VMs and pods may go anywhere.
         let nodes: Api<Node> = Api::all(self.client.clone());
         let all_nodes = nodes
@@ -196,11 +192,10 @@ impl Context {
             .iter()
             .filter(|n| n.name_any() != name)
             .filter(|n| {
+                // Nodes waiting for their own drain count: in a rollout every node is waiting,
+                // and the VMs of the first ones can only go to the later ones.
                 let view = snapshot::node_view(n, &self.config);
-                // Nodes about to be drained themselves are no place to go.
-                view.ready
-                    && !view.unschedulable
-                    && !request_labels.iter().any(|l| view.labels.contains_key(*l))
+                view.ready && !view.unschedulable
             })
             .map(|n| {
                 let (alloc, pods_alloc) = snapshot::allocatable(n);
