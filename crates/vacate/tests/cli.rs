@@ -24,6 +24,18 @@ fn bad_config_exits_2_naming_the_key() {
             "[non_migratable]\npolicy = \"pray\"\n",
             "non_migratable.policy",
         ),
+        (
+            "[[windows]]\nname = \"w\"\ncron = \"0 2 * *\"\nduration = \"1h\"\n",
+            "windows[0].cron",
+        ),
+        (
+            "[[windows]]\nname = \"w\"\ncron = \"0 2 * * *\"\nduration = \"1h\"\ntimezone = \"Europe/Atlantis\"\n",
+            "windows[0].timezone",
+        ),
+        (
+            "[[schedules]]\nname = \"s\"\ncron = \"0 2 * * MONDAY-ish\"\n",
+            "schedules[0].cron",
+        ),
     ];
     for (text, key) in cases {
         let path = dir.path().join("bad.toml");
@@ -204,5 +216,37 @@ async fn drain_exits_non_zero_with_the_reason() -> anyhow::Result<()> {
         stderr.contains("was not drained") && stderr.contains("pinned"),
         "{stderr}"
     );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_gives_up_on_a_node_that_cannot_start() -> anyhow::Result<()> {
+    let env = Env::new("cli-window", 1).await?;
+    let node = env.node(0).to_string();
+    let config = tempfile::NamedTempFile::new()?;
+    // A window that opens once a year, at a moment that is not now.
+    let closed = (chrono::Utc::now() + chrono::Duration::days(180)).format("0 0 %d %m *");
+    std::fs::write(
+        config.path(),
+        format!("[[windows]]\nname = \"yearly\"\ncron = \"{closed}\"\nduration = \"1m\"\n"),
+    )?;
+    let kubeconfig = env.cluster.kubeconfig_path().to_path_buf();
+    let path = config.path().to_path_buf();
+    let node2 = node.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        vacate()
+            .args(["drain", &node2, "--timeout", "5s", "--config"])
+            .arg(path)
+            .env("KUBECONFIG", kubeconfig)
+            .output()
+    })
+    .await??;
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("did not start draining") && stderr.contains("window yearly opens"),
+        "{stderr}"
+    );
+    assert!(!is_unschedulable(&env.get_node(&node).await?));
     Ok(())
 }

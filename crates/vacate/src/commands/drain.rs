@@ -103,12 +103,29 @@ pub async fn drain(
     let (stop_tx, stop_rx) = watch::channel(false);
     let engine = tokio::spawn(shell.run(stop_rx));
     let mut last_line = String::new();
+    // A drain that starts is bounded by drain.timeout (it ends in Failed); one that cannot
+    // start (a closed window, the fleet limits, a blocker) is given up after as long.
+    let mut give_up = tokio::time::Instant::now() + config.drain.timeout.get();
     let outcome = loop {
         tokio::select! {
             changed = reports.changed() => {
                 if changed.is_err() {
                     break Err(anyhow::anyhow!("the drain engine stopped unexpectedly"));
                 }
+            }
+            _ = tokio::time::sleep_until(give_up) => {
+                let report = reports.borrow().get(node).cloned();
+                if report.as_ref().is_some_and(|r| r.phase == Phase::Pending) {
+                    let why = report
+                        .and_then(|r| r.state)
+                        .and_then(|s| s.blocked)
+                        .map_or_else(|| "unknown reason".into(), |b| b.message);
+                    eprintln!("node {node} did not start draining within {}: {why}; it stays requested, `vacate uncordon {node}` withdraws the request", config.drain.timeout);
+                    break Ok(ExitCode::from(1));
+                }
+                // Started after all: the planner's own timeout ends it; look again later.
+                give_up = tokio::time::Instant::now() + Duration::from_secs(5);
+                continue;
             }
             _ = tokio::signal::ctrl_c() => {
                 println!("\ninterrupted: node {node} stays requested; `vacate uncordon {node}` ends the maintenance");
