@@ -533,7 +533,15 @@ impl<'a> Planner<'a> {
                     && m.vmi_name == vmi.name
             })
         };
-        let node_in_flight = active.iter().filter(|v| unfinished(v)).count() as u32;
+        // Every unfinished migration off this node takes a slot, also one whose VMI already
+        // shows the target node while KubeVirt finishes it (KubeVirt counts it outbound).
+        let node_in_flight = s
+            .migrations
+            .iter()
+            .filter(|m| m.phase == MigrationPhase::Unfinished)
+            .map(|m| (&m.namespace, &m.name))
+            .collect::<BTreeSet<_>>()
+            .len() as u32;
 
         let mut candidates: Vec<(&VmiView, bool)> = Vec::new();
         for vmi in &active {

@@ -433,6 +433,30 @@ fn repeated_create_takes_a_node_slot() {
 }
 
 #[test]
+fn a_migration_finishing_after_its_vmi_left_still_takes_a_slot() {
+    let mut s = snapshot(node(Some("true"), false));
+    s.vmis = (0..4).map(|i| vmi(&format!("vm-{i}"))).collect();
+    let config = Config::default(); // batch 2, 2 per node
+    let state = written(&plan(&s, &config));
+    // vm-0 already shows the target node, but its migration is not Succeeded yet; vm-1's
+    // runs. Both count: no third migration starts.
+    let mut s2 = s.clone();
+    s2.now = t(60);
+    s2.vmis.retain(|v| v.name != "vm-0");
+    s2.migrations = vec![
+        migration(&state, "vm-0", 1, MigrationPhase::Unfinished),
+        migration(&state, "vm-1", 1, MigrationPhase::Unfinished),
+    ];
+    let (p, next) = step(&s2, &state, &config);
+    assert!(
+        migrations_created(&p).is_empty(),
+        "{:?}",
+        migrations_created(&p)
+    );
+    assert!(next.waiting_for.unwrap().contains("slot on the node"));
+}
+
+#[test]
 fn non_migratable_policy_block_waits_and_says_why() {
     let mut s = snapshot(node(Some("true"), false));
     s.vmis = vec![not_migratable("db")];
