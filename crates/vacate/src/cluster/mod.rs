@@ -373,7 +373,12 @@ impl Context {
             migrations,
             pods: pods.iter().map(snapshot::pod_view).collect(),
             cluster,
-            start_gate: Ok(()),
+            // Closed until asked (reconcile asks when the plan may start a drain), so that no
+            // drain ever starts without the fleet limits, capacity and blockers checked.
+            start_gate: Err(planner::Gate::new(
+                BlockReason::FleetLimit,
+                "the fleet limits were not checked yet",
+            )),
             node: view,
         };
         Ok(Some((node, snap)))

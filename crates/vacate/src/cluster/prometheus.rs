@@ -244,10 +244,8 @@ impl Base {
 /// before the last `@` of the authority-and-path counts as credentials.
 fn redact(url: &str) -> String {
     let start = url.find("://").map_or(0, |i| i + 3);
-    let end = url[start..]
-        .find(['?', '#'])
-        .map_or(url.len(), |i| start + i);
-    match url[start..end].rfind('@') {
+    // The last `@` anywhere: a password may hold an unencoded `?`, `#` or `/`.
+    match url[start..].rfind('@') {
         Some(at) => format!("{}{}", &url[..start], &url[start + at + 1..]),
         None => url.to_string(),
     }
@@ -541,9 +539,10 @@ mod tests {
         }
         assert_eq!(
             redact("http://a:b@host:1/p@th?q=x@y"),
-            "http://th?q=x@y",
-            "everything up to the last @ before the query counts as credentials"
+            "http://y",
+            "everything up to the last @ counts as credentials: rather too much hidden than a password shown"
         );
+        assert_eq!(redact("http://u:pa#ss@prom:9090"), "http://prom:9090");
         assert_eq!(redact("http://host/p"), "http://host/p");
     }
 

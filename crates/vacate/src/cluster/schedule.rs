@@ -66,6 +66,12 @@ pub async fn run(ctx: Arc<Context>, namespace: String, mut stop: watch::Receiver
     if ctx.config.schedules.is_empty() {
         return;
     }
+    // A run started from a half-filled node cache would label some nodes and be recorded
+    // as started all the same.
+    if let Err(error) = ctx.stores.wait_until_ready(Duration::from_secs(120)).await {
+        tracing::warn!(%error, "the watch caches did not fill; no scheduled maintenance starts");
+        return;
+    }
     let (tx, mut rx) = mpsc::unbounded_channel::<()>();
     let scheduler = match start_scheduler(&ctx, tx).await {
         Ok(s) => Some(s),
@@ -161,9 +167,11 @@ async fn check(ctx: &Arc<Context>, namespace: &str) -> Result<()> {
             },
             "data": {&schedule.name: run.to_rfc3339()},
         });
+        // One field manager per schedule: server-side apply removes the keys a manager
+        // stops sending, so a shared manager would erase the other schedules' runs.
         api.patch(
             RECORD_NAME,
-            &PatchParams::apply("vacate").force(),
+            &PatchParams::apply(&format!("vacate-schedule-{}", schedule.name)).force(),
             &Patch::Apply(&cm),
         )
         .await

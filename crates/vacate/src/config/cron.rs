@@ -58,16 +58,38 @@ impl CronExpr {
     pub fn previous(&self, now: DateTime<Utc>, zone: &Zone) -> Option<DateTime<Utc>> {
         // Matches are whole seconds; croner keeps the fraction of an inclusive `now`.
         let now = now.with_nanosecond(0).unwrap_or(now);
-        self.cron
+        let mut found = self
+            .cron
             .find_previous_occurrence(&now.with_timezone(&zone.0), true)
             .ok()
-            .map(|t| t.with_timezone(&Utc))
+            .map(|t| t.with_timezone(&Utc))?;
+        // croner searches local clock time: in the hour a clock goes back it can answer an
+        // earlier match than the latest one. Step forward over later matches not after `now`.
+        for _ in 0..4 {
+            match self.raw_next(found, zone) {
+                Some(later) if later <= now => found = later,
+                _ => break,
+            }
+        }
+        Some(found)
     }
 
     /// The next time the expression matches after `now`, in `zone`.
     pub fn next(&self, now: DateTime<Utc>, zone: &Zone) -> Option<DateTime<Utc>> {
+        let mut found = self.raw_next(now, zone)?;
+        // Around a clock going back croner may answer a time already past.
+        for _ in 0..4 {
+            if found > now {
+                return Some(found);
+            }
+            found = self.raw_next(found, zone)?;
+        }
+        (found > now).then_some(found)
+    }
+
+    fn raw_next(&self, after: DateTime<Utc>, zone: &Zone) -> Option<DateTime<Utc>> {
         self.cron
-            .find_next_occurrence(&now.with_timezone(&zone.0), false)
+            .find_next_occurrence(&after.with_timezone(&zone.0), false)
             .ok()
             .map(|t| t.with_timezone(&Utc))
     }

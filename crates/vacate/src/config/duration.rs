@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
 
+const MAX: Duration = Duration::from_secs(10 * 366 * 24 * 3600);
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
 pub struct ConfigDuration(Duration);
 
@@ -37,12 +39,17 @@ impl fmt::Display for ConfigDuration {
 impl<'de> Deserialize<'de> for ConfigDuration {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let text = String::deserialize(deserializer)?;
-        humantime::parse_duration(text.trim())
-            .map(Self)
-            .map_err(|e| {
-                serde::de::Error::custom(format!(
-                    "`{text}` is not a duration such as 30s, 5m or 1h30m ({e})"
-                ))
-            })
+        let d = humantime::parse_duration(text.trim()).map_err(|e| {
+            serde::de::Error::custom(format!(
+                "`{text}` is not a duration such as 30s, 5m or 1h30m ({e})"
+            ))
+        })?;
+        // Far beyond any sensible setting, and safe to add to any date vacate handles.
+        if d > MAX {
+            return Err(serde::de::Error::custom(format!(
+                "`{text}` is longer than 10 years"
+            )));
+        }
+        Ok(Self(d))
     }
 }

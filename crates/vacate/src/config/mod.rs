@@ -450,6 +450,9 @@ impl Config {
             if w.duration.is_zero() {
                 return Err(key(at("duration"), "must be longer than zero"));
             }
+            if w.cron.next(chrono::Utc::now(), &w.timezone).is_none() {
+                return Err(key(at("cron"), format!("`{}` never matches", w.cron)));
+            }
             if w.applies_to.is_empty() {
                 return Err(key(
                     at("applies_to"),
@@ -483,12 +486,28 @@ impl Config {
             if s.concurrency == 0 {
                 return Err(key(at("concurrency"), "must be at least 1"));
             }
+            if s.cron.next(chrono::Utc::now(), &s.timezone).is_none() {
+                return Err(key(at("cron"), format!("`{}` never matches", s.cron)));
+            }
             if !s.until_label.is_empty() {
                 selector::validate_qualified_name(&s.until_label)
                     .map_err(|m| key(at("until_label"), m))?;
+                if [
+                    &self.node.request_label,
+                    &self.node.drained_label,
+                    &self.upgrade.request_label,
+                ]
+                .contains(&&s.until_label)
+                {
+                    return Err(key(
+                        at("until_label"),
+                        "must differ from the request, drained and upgrade labels",
+                    ));
+                }
             }
-            if s.start_deadline.is_zero() {
-                return Err(key(at("start_deadline"), "must be longer than zero"));
+            // The runner looks every 15 s; a shorter deadline could skip a run it woke late for.
+            if s.start_deadline.get() < std::time::Duration::from_secs(60) {
+                return Err(key(at("start_deadline"), "must be at least 1m"));
             }
         }
         let b = &self.blockers;

@@ -245,6 +245,16 @@ fn bad_fleet_settings_name_their_key() {
             "blockers.prometheus_url",
         ),
         ("[blockers]\npods = \"app in (x)\"".into(), "blockers.pods"),
+        (window("").replace("0 2 * * *", "0 0 30 2 *"), "windows[0].cron"),
+        (
+            "[[schedules]]\nname = \"s\"\ncron = \"0 2 * * *\"\nuntil_label = \"vacate.io/maintenance\"".into(),
+            "schedules[0].until_label",
+        ),
+        (
+            "[[schedules]]\nname = \"s\"\ncron = \"0 2 * * *\"\nstart_deadline = \"10s\"".into(),
+            "schedules[0].start_deadline",
+        ),
+        ("[fleet]\ndelay_between_nodes = \"500years\"".into(), "fleet.delay_between_nodes"),
     ] {
         let err = parse(&toml).expect_err(&toml);
         assert_eq!(key_of(err), expected, "{toml}");

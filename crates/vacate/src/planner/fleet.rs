@@ -51,7 +51,8 @@ impl FleetNode {
     ) -> Self {
         let valid = state.valid();
         let in_maintenance = valid.is_some_and(|s| match s.phase {
-            Phase::Idle | Phase::Pending => false,
+            // An aborted drain whose cordon is not lifted yet still takes the node out.
+            Phase::Idle | Phase::Pending => s.cordoned_by_vacate && unschedulable,
             Phase::Failed => s.cordoned_by_vacate && unschedulable,
             _ => true,
         });

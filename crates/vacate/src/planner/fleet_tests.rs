@@ -143,8 +143,26 @@ fn a_drain_in_progress_finishes_or_is_aborted_when_its_window_closes() {
     assert_eq!(p.phase, Phase::Pending);
     assert_eq!(p.blocked, Some(BlockReason::OutsideWindow));
     let pending = written(&p);
-    assert!(!pending.cordoned_by_vacate);
     assert_eq!(pending.request_value, "true");
+    // The state is written before the uncordon runs, so it still calls the cordon vacate's:
+    // if the uncordon failed, the next look lifts it...
+    assert!(pending.cordoned_by_vacate);
+    let mut s = with_state(s, &pending);
+    let p = plan(&s, &abort);
+    assert!(p.actions.contains(&Action::Uncordon));
+    assert_eq!(p.phase, Phase::Pending);
+    // ...and once it is lifted the cordon is nobody's, and the node waits untouched.
+    s.node.unschedulable = false;
+    let p = plan(&s, &abort);
+    assert!(!p.actions.contains(&Action::Uncordon));
+    assert!(!written(&p).cordoned_by_vacate);
+    // Withdrawing the request while a vacate cordon is left lifts it too.
+    let mut s2 = with_state(s.clone(), &pending);
+    s2.node.unschedulable = true;
+    s2.node.request_value = None;
+    let p = plan(&s2, &abort);
+    assert!(p.actions.contains(&Action::Uncordon));
+    assert_eq!(p.state, NextState::Clear);
 }
 
 fn fleet_node(name: &str, in_maintenance: bool, labels: &[(&str, &str)]) -> FleetNode {
@@ -503,4 +521,21 @@ fn a_run_is_the_whole_second_the_cron_expression_matched() {
     assert_eq!(run, at(2026, 11, 26, 1, 27, 26));
     let later = now + chrono::Duration::milliseconds(300);
     assert_eq!(s.cron.previous(later, &s.timezone), Some(run));
+}
+
+#[test]
+fn windows_read_right_in_the_hour_a_clock_goes_back() {
+    // Berlin, 2026-10-25: 03:00 summer time becomes 02:00 winter time; 02:30 local happens
+    // at 00:30 and again at 01:30 UTC.
+    let c = config(
+        "[[windows]]\nname = \"w\"\ncron = \"30 2 * * *\"\nduration = \"1h\"\ntimezone = \"Europe/Berlin\"",
+    );
+    let w = &c.windows[0];
+    for minute in [35, 50, 65, 80] {
+        let now = at(2026, 10, 25, 0, 0, 0) + chrono::Duration::minutes(minute);
+        assert!(windows::status(w, now).open, "closed at {now}");
+        let next = w.cron.next(now, &w.timezone).unwrap();
+        assert!(next > now, "next opening {next} is not after {now}");
+    }
+    assert!(!windows::status(w, at(2026, 10, 25, 2, 31, 0)).open);
 }

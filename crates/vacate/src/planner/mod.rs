@@ -77,15 +77,29 @@ pub fn version_reached(kubelet: &str, target: &str) -> bool {
             .is_some_and(|rest| rest.is_empty() || rest.starts_with(['+', '-']))
 }
 
+/// An upgrade request the node already meets (Ready, on the version, no maintenance
+/// request, no drain under way) is cleared without a drain.
+fn upgrade_needs_no_drain(node: &NodeView, request: &Request) -> bool {
+    let Request::Upgrade { version } = request else {
+        return false;
+    };
+    let idle = node
+        .state
+        .valid()
+        .is_none_or(|st| matches!(st.phase, Phase::Idle | Phase::Pending));
+    idle && node.request_value.is_none()
+        && node.ready
+        && version_reached(&node.kubelet_version, version)
+}
+
 /// Whether the next plan for this node may start a drain, so that the shell evaluates the
-/// (costly) start gate only then.
+/// (costly) start gate only then. A plan that starts a drain without it finds the gate
+/// closed: the shell's snapshot holds a closed gate until it is asked.
 pub fn wants_to_start(s: &Snapshot, config: &Config) -> bool {
     let Some((request, value)) = request_of(&s.node) else {
         return false;
     };
-    if let Request::Upgrade { version } = &request
-        && version_reached(&s.node.kubelet_version, version)
-    {
+    if upgrade_needs_no_drain(&s.node, &request) {
         return false;
     }
     let startable = match s.node.state.valid() {
@@ -198,16 +212,17 @@ impl<'a> Planner<'a> {
             StateAnnotation::Absent => None,
         };
         let request = request_of(node);
-        if let Some((Request::Upgrade { version }, _)) = &request
-            && self.upgrade_needs_no_drain(version, current.as_ref())
+        if let Some((r @ Request::Upgrade { version }, _)) = &request
+            && upgrade_needs_no_drain(node, r)
         {
+            self.clear_fulfilled_upgrade(version, current.is_some());
             return;
         }
         match (request.as_ref().map(|(_, v)| v), current) {
             (None, None) => {}
             (Some(_), None) => self.start(1, false),
             (Some(value), Some(state)) => match state.phase {
-                Phase::Idle | Phase::Pending => self.start(state.attempt, false),
+                Phase::Idle | Phase::Pending => self.start(state.attempt, state.cordoned_by_vacate),
                 Phase::Cordoned | Phase::Migrating | Phase::Evicting => {
                     if !self.window_closed_abort(&state) {
                         self.drain(state, false)
@@ -222,7 +237,12 @@ impl<'a> Planner<'a> {
                 Phase::Failed => self.state = Some(state),
             },
             (None, Some(state)) => match state.phase {
-                Phase::Idle | Phase::Pending => self.clear = true,
+                Phase::Idle | Phase::Pending => {
+                    // A drain aborted at a window's close may not have lifted its cordon yet.
+                    let mut note = String::new();
+                    self.release_node(&state, &mut note);
+                    self.clear = true;
+                }
                 Phase::Cordoned | Phase::Migrating | Phase::Evicting => self.abort(state),
                 Phase::Drained | Phase::Uncordoning | Phase::Failed => self.end(state),
             },
@@ -245,7 +265,7 @@ impl<'a> Planner<'a> {
             _ => s.start_gate.clone().err(),
         };
         if let Some(gate) = gate {
-            self.pend(attempt, request, value, gate);
+            self.pend(attempt, request, value, gate, cordoned_by_vacate_before);
             return;
         }
         let cordoned_by_vacate = cordoned_by_vacate_before || !s.node.unschedulable;
@@ -317,7 +337,14 @@ impl<'a> Planner<'a> {
     }
 
     /// The request waits for a window or the start gate; the node is left untouched.
-    fn pend(&mut self, attempt: u32, request: Request, value: String, gate: Gate) {
+    fn pend(
+        &mut self,
+        attempt: u32,
+        request: Request,
+        value: String,
+        gate: Gate,
+        cordoned_by_vacate: bool,
+    ) {
         let now = self.s.now;
         let mut state = self
             .original
@@ -325,6 +352,12 @@ impl<'a> Planner<'a> {
             .filter(|st| st.phase == Phase::Pending)
             .unwrap_or_else(|| DrainState::new(now, false, attempt));
         state.set_phase(Phase::Pending, now);
+        // A cordon of vacate's that an aborted drain has not lifted yet (the uncordon failed)
+        // is lifted now; until then the state remembers it is vacate's.
+        state.cordoned_by_vacate = cordoned_by_vacate && self.s.node.unschedulable;
+        if state.cordoned_by_vacate {
+            self.actions.push(Action::Uncordon);
+        }
         state.request = request;
         state.request_value = value;
         self.state = Some(state);
@@ -335,15 +368,12 @@ impl<'a> Planner<'a> {
     }
 
     /// An upgrade request for the version the node already runs needs no drain: it is
-    /// cleared at once. Returns whether that was the case.
-    fn upgrade_needs_no_drain(&mut self, version: &str, current: Option<&DrainState>) -> bool {
+    /// cleared at once (and a Pending state with it).
+    fn clear_fulfilled_upgrade(&mut self, version: &str, had_state: bool) {
         let node = &self.s.node;
-        let idle = current.is_none_or(|st| matches!(st.phase, Phase::Idle | Phase::Pending));
-        if !idle || node.request_value.is_some() || !node.ready {
-            return false;
-        }
-        if !version_reached(&node.kubelet_version, version) {
-            return false;
+        if let Some(state) = node.state.valid() {
+            let mut note = String::new();
+            self.release_node(state, &mut note);
         }
         self.actions.push(Action::RemoveLabel(
             self.config.upgrade.request_label.clone(),
@@ -355,8 +385,7 @@ impl<'a> Planner<'a> {
                 node.kubelet_version
             ),
         ));
-        self.clear = current.is_some();
-        true
+        self.clear = had_state;
     }
 
     /// A window closed during the drain and asks for drains to be aborted: cancel vacate's
@@ -382,7 +411,9 @@ impl<'a> Planner<'a> {
             result: DrainResult::Aborted,
             duration: (s.now - state.started_at).to_std().unwrap_or_default(),
         });
-        let mut pending = DrainState::new(s.now, false, state.attempt);
+        // Written before the uncordon runs: if it fails, the Pending state still says the
+        // cordon is vacate's, and the next plan lifts it.
+        let mut pending = DrainState::new(s.now, state.cordoned_by_vacate, state.attempt);
         pending.set_phase(Phase::Pending, s.now);
         pending.request = state.request.clone();
         pending.request_value = state.request_value.clone();
@@ -1095,9 +1126,14 @@ impl<'a> Planner<'a> {
 
     fn finish(self) -> Plan {
         let now = self.s.now;
-        let requeue_after = self
-            .wake
-            .map(|w| (w - now).to_std().unwrap_or(Duration::ZERO));
+        // Never sooner than a second: a wake time in the past (a clock going back) must not
+        // turn into a tight loop.
+        let requeue_after = self.wake.map(|w| {
+            (w - now)
+                .to_std()
+                .unwrap_or(Duration::ZERO)
+                .max(Duration::from_secs(1))
+        });
         let (next, phase) = match self.state {
             Some(mut state) => {
                 if !matches!(state.phase, Phase::Drained | Phase::Failed) {
