@@ -61,15 +61,10 @@ pub async fn read_record(client: &kube::Client, namespace: &str) -> Result<Optio
     )))
 }
 
-/// Starts the runs of every schedule as they come due, until `stop` turns true.
+/// Starts the runs of every schedule as they come due, until `stop` turns true. Call it
+/// once the watch caches are filled.
 pub async fn run(ctx: Arc<Context>, namespace: String, mut stop: watch::Receiver<bool>) {
     if ctx.config.schedules.is_empty() {
-        return;
-    }
-    // A run started from a half-filled node cache would label some nodes and be recorded
-    // as started all the same.
-    if let Err(error) = ctx.stores.wait_until_ready(Duration::from_secs(120)).await {
-        tracing::warn!(%error, "the watch caches did not fill; no scheduled maintenance starts");
         return;
     }
     let (tx, mut rx) = mpsc::unbounded_channel::<()>();

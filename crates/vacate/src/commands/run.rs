@@ -146,11 +146,6 @@ async fn act(
             .then(|| config.node.selector.as_str().to_string()),
     };
     let shell = Shell::start(client.clone(), config.clone(), metrics.clone(), filter);
-    let schedules = tokio::spawn(crate::cluster::schedule::run(
-        shell.ctx.clone(),
-        lease_namespace(config),
-        stop.clone(),
-    ));
     shell
         .ctx
         .stores
@@ -164,6 +159,13 @@ async fn act(
         selector = %config.node.selector,
         "vacate is running"
     );
+    // Started once the caches are filled: a run started from a half-filled node cache would
+    // label some nodes and be recorded as started all the same.
+    let schedules = tokio::spawn(crate::cluster::schedule::run(
+        shell.ctx.clone(),
+        lease_namespace(config),
+        stop.clone(),
+    ));
     shell.run(stop).await;
     let _ = schedules.await;
     Ok(())
