@@ -96,7 +96,11 @@ async fn drain_dry_run_drain_status_and_uncordon() -> anyhow::Result<()> {
     .await?;
     let kubeconfig = env.cluster.kubeconfig_path().to_path_buf();
     let config = tempfile::NamedTempFile::new()?;
-    std::fs::write(config.path(), "[migration]\nbatch_interval = \"1s\"\n")?;
+    // Other tests drain nodes of the same cluster at the same time.
+    std::fs::write(
+        config.path(),
+        "[migration]\nbatch_interval = \"1s\"\n[fleet]\nmax_draining = \"100%\"\n",
+    )?;
     let run = |args: &[&str]| {
         let kubeconfig = kubeconfig.clone();
         let config = config.path().to_path_buf();
@@ -198,7 +202,10 @@ async fn drain_exits_non_zero_with_the_reason() -> anyhow::Result<()> {
     })
     .await?;
     let config = tempfile::NamedTempFile::new()?;
-    std::fs::write(config.path(), "[non_migratable]\npolicy = \"block\"\n")?;
+    std::fs::write(
+        config.path(),
+        "[non_migratable]\npolicy = \"block\"\n[fleet]\nmax_draining = \"100%\"\n",
+    )?;
     let kubeconfig = env.cluster.kubeconfig_path().to_path_buf();
     let path = config.path().to_path_buf();
     let node2 = node.clone();

@@ -262,19 +262,27 @@ async fn a_scheduled_rollout_drains_five_nodes_two_at_a_time_across_a_leader_dea
     )
     .await?;
     first.kill();
-    for i in 0..5 {
-        let n = env.wait_idle(env.node(i), Duration::from_secs(300)).await;
-        n.map_err(|e| anyhow::anyhow!("{e:#}\nsecond replica's log:\n{}", second.log()))?;
-    }
-    for i in 0..5 {
-        let n = env.get_node(env.node(i)).await?;
-        ensure!(!is_unschedulable(&n), "{} stays cordoned", env.node(i));
-        ensure!(
-            !has_label(&n, REQUEST_LABEL),
-            "{} keeps its request",
-            env.node(i)
-        );
-    }
+    // Released: request gone, state gone, uncordoned — every node of the rollout. (A node
+    // not picked up yet has no state either, so the state alone says nothing.)
+    let released = env
+        .wait(
+            "every node of the rollout to be released",
+            Duration::from_secs(300),
+            || async {
+                let nodes = nodes
+                    .list(&ListParams::default().labels(&env.selector()))
+                    .await?
+                    .items;
+                Ok(nodes.len() == 5
+                    && nodes.iter().all(|n| {
+                        !has_label(n, REQUEST_LABEL)
+                            && !is_unschedulable(n)
+                            && !n.annotations().contains_key(STATE_ANNOTATION)
+                    }))
+            },
+        )
+        .await;
+    released.map_err(|e| anyhow::anyhow!("{e:#}\nsecond replica's log:\n{}", second.log()))?;
     let (most_at_once, drained) = {
         let seen = rollout.lock().unwrap();
         (seen.most_at_once, seen.drained.clone())
