@@ -191,6 +191,24 @@ async fn drain_dry_run_drain_status_and_uncordon() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `vacate drain NODE --timeout 5s` with the given configuration file.
+async fn drain_for_5s(
+    env: &Env,
+    node: &str,
+    config: &std::path::Path,
+) -> anyhow::Result<std::process::Output> {
+    let kubeconfig = env.cluster.kubeconfig_path().to_path_buf();
+    let (node, config) = (node.to_string(), config.to_path_buf());
+    Ok(tokio::task::spawn_blocking(move || {
+        vacate()
+            .args(["drain", &node, "--timeout", "5s", "--config"])
+            .arg(config)
+            .env("KUBECONFIG", kubeconfig)
+            .output()
+    })
+    .await??)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drain_exits_non_zero_with_the_reason() -> anyhow::Result<()> {
     let env = Env::new("cli-fail", 2).await?;
@@ -206,17 +224,7 @@ async fn drain_exits_non_zero_with_the_reason() -> anyhow::Result<()> {
         config.path(),
         "[non_migratable]\npolicy = \"block\"\n[fleet]\nmax_draining = \"100%\"\n",
     )?;
-    let kubeconfig = env.cluster.kubeconfig_path().to_path_buf();
-    let path = config.path().to_path_buf();
-    let node2 = node.clone();
-    let out = tokio::task::spawn_blocking(move || {
-        vacate()
-            .args(["drain", &node2, "--timeout", "5s", "--config"])
-            .arg(path)
-            .env("KUBECONFIG", kubeconfig)
-            .output()
-    })
-    .await??;
+    let out = drain_for_5s(&env, &node, config.path()).await?;
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -237,17 +245,7 @@ async fn drain_gives_up_on_a_node_that_cannot_start() -> anyhow::Result<()> {
         config.path(),
         format!("[[windows]]\nname = \"yearly\"\ncron = \"{closed}\"\nduration = \"1m\"\n"),
     )?;
-    let kubeconfig = env.cluster.kubeconfig_path().to_path_buf();
-    let path = config.path().to_path_buf();
-    let node2 = node.clone();
-    let out = tokio::task::spawn_blocking(move || {
-        vacate()
-            .args(["drain", &node2, "--timeout", "5s", "--config"])
-            .arg(path)
-            .env("KUBECONFIG", kubeconfig)
-            .output()
-    })
-    .await??;
+    let out = drain_for_5s(&env, &node, config.path()).await?;
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(

@@ -13,16 +13,6 @@ use vacate::planner::{BlockReason, Phase, VmiOutcome};
 const DRAIN: Duration = Duration::from_secs(180);
 
 /// Fast retries so failure paths finish quickly on the testbed.
-const FAST: &str = r#"
-[migration]
-batch_interval = "1s"
-retry_backoff = "1s"
-retry_backoff_max = "2s"
-[pods]
-eviction_backoff = "1s"
-eviction_backoff_max = "3s"
-"#;
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn happy_path_migrates_in_limited_batches_and_uncordons() -> anyhow::Result<()> {
     let env = Env::new("happy", 3).await?;

@@ -23,16 +23,6 @@ use vacate::planner::{BlockReason, Phase, StateAnnotation};
 
 const UPGRADE_LABEL: &str = "vacate.io/upgrade";
 
-const FAST: &str = r#"
-[migration]
-batch_interval = "1s"
-retry_backoff = "1s"
-retry_backoff_max = "2s"
-[pods]
-eviction_backoff = "1s"
-eviction_backoff_max = "3s"
-"#;
-
 /// A 6-field cron expression that matches once a day, at `at` (UTC).
 fn cron_at(at: DateTime<Utc>) -> String {
     at.format("%S %M %H * * *").to_string()

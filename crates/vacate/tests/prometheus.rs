@@ -12,18 +12,12 @@ use support::prometheus::Prometheus;
 use support::*;
 use vacate::planner::Phase;
 
-const FAST: &str = r#"
+/// A window that is always open, so that the dashboard's window panel has a series.
+const ALWAYS_OPEN: &str = r#"
 [[windows]]
 name = "always"
 cron = "* * * * *"
 duration = "1h"
-[migration]
-batch_interval = "1s"
-retry_backoff = "1s"
-retry_backoff_max = "2s"
-[pods]
-eviction_backoff = "1s"
-eviction_backoff_max = "3s"
 "#;
 
 /// Grafana's interval variables, as the dashboard would resolve them over a short range.
@@ -84,7 +78,7 @@ async fn every_dashboard_query_returns_data_during_a_drain() -> Result<()> {
     let node = env.node(0).to_string();
     env.busy_node(0, 3, 2, 1).await?;
 
-    let vacate = env.vacate(FAST).await?;
+    let vacate = env.vacate(&format!("{FAST}{ALWAYS_OPEN}")).await?;
     let prometheus = Prometheus::start(vacate.metrics_port).await?;
     let result = drain_and_query(&env, &node, &prometheus, &queries).await;
     result.map_err(|e| {

@@ -28,16 +28,6 @@ const NAMESPACE: &str = "vacate-system";
 const SERVICE_ACCOUNT: &str = "vacate";
 const FIELD_MANAGER: &str = "vacate-rbac-test";
 
-const FAST: &str = r#"
-[migration]
-batch_interval = "1s"
-retry_backoff = "1s"
-retry_backoff_max = "2s"
-[pods]
-eviction_backoff = "1s"
-eviction_backoff_max = "3s"
-"#;
-
 fn deploy_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy")
 }

@@ -43,35 +43,27 @@ impl Context {
             .collect()
     }
 
-    /// The fleet's nodes read from the API server: a consistent view that includes the
-    /// drain started a moment ago, also for `vacate drain`, which watches one node only.
-    async fn fleet_nodes_now(&self) -> Result<Vec<FleetNode>> {
-        let config = &self.config;
-        let nodes: Api<Node> = Api::all(self.client.clone());
-        let mut params = ListParams::default();
-        if !config.node.selector.is_empty() {
-            params = params.labels(config.node.selector.as_str());
-        }
-        let list = nodes
-            .list(&params)
-            .await
-            .map_err(Error::kube("listing nodes for the fleet limits"))?;
-        Ok(list.items.iter().map(|n| fleet_node(n, config)).collect())
-    }
-
     pub(super) async fn start_gate(
         self: &Arc<Self>,
         node: &Node,
     ) -> Result<std::result::Result<(), Gate>> {
         let name = node.name_any();
+        let config = &self.config;
+        // Read from the API server, not the watch cache: a consistent view that includes the
+        // drain started a moment ago, also for `vacate drain`, which watches one node only.
+        // The fleet limits look at the nodes vacate handles, the capacity check at all.
+        let all_nodes = Api::<Node>::all(self.client.clone())
+            .list(&ListParams::default())
+            .await
+            .map_err(Error::kube("listing nodes for the fleet limits"))?
+            .items;
+        let fleet: Vec<FleetNode> = all_nodes
+            .iter()
+            .filter(|n| config.node.selector.matches(n.labels()))
+            .map(|n| fleet_node(n, config))
+            .collect();
         let last_start = *self.last_start.lock().expect("last start lock");
-        if let Err(gate) = planner::fleet::check(
-            &self.config,
-            &name,
-            &self.fleet_nodes_now().await?,
-            last_start,
-            Utc::now(),
-        ) {
+        if let Err(gate) = planner::fleet::check(config, &name, &fleet, last_start, Utc::now()) {
             return Ok(Err(gate));
         }
         if let Err(gate) = self.blocking_pods(&name).await? {
@@ -97,7 +89,7 @@ impl Context {
             }
         }
         if self.config.fleet.capacity_check {
-            return self.capacity(node).await;
+            return self.capacity(&name, &all_nodes).await;
         }
         Ok(Ok(()))
     }
@@ -145,8 +137,11 @@ impl Context {
     }
 
     /// Whether the node's VMs and pods fit on the schedulable nodes that remain.
-    async fn capacity(&self, node: &Node) -> Result<std::result::Result<(), Gate>> {
-        let name = node.name_any();
+    async fn capacity(
+        &self,
+        name: &str,
+        all_nodes: &[Node],
+    ) -> Result<std::result::Result<(), Gate>> {
         let pods: Api<Pod> = Api::all(self.client.clone());
         let list = pods
             .list(&ListParams::default().fields("status.phase!=Succeeded,status.phase!=Failed"))
@@ -182,13 +177,7 @@ impl Context {
             entry.1 += 1;
         }
         // Every node of the cluster, not only those vacate handles: VMs and pods may go anywhere.
-        let nodes: Api<Node> = Api::all(self.client.clone());
-        let all_nodes = nodes
-            .list(&ListParams::default())
-            .await
-            .map_err(Error::kube("listing nodes for the capacity check"))?;
         let targets: Vec<Target> = all_nodes
-            .items
             .iter()
             .filter(|n| n.name_any() != name)
             .filter(|n| {

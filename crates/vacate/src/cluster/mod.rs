@@ -489,7 +489,12 @@ impl Context {
             // A maintenance slot may have come free: nodes waiting for one look again now.
             self.wake_pending(name);
         }
-        self.metrics.update_fleet(config, &self.fleet_nodes());
+        let phase_before = snap.node.state.valid().map_or(Phase::Idle, |s| s.phase);
+        if phase_before != phase || plan.actions.contains(&planner::Action::Uncordon) {
+            // Only a change of phase (or a cordon lifted) changes who is in maintenance; the
+            // fleet gauges read every node, which is not worth doing on every reconciliation.
+            self.metrics.update_fleet(config, &self.fleet_nodes());
+        }
         if phase == Phase::Idle && planner::request_of(&snap.node).is_none() {
             self.pods.stop(name);
         }

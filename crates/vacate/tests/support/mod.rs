@@ -32,6 +32,17 @@ pub const REQUEST_LABEL: &str = "vacate.io/maintenance";
 pub const DRAINED_LABEL: &str = "vacate.io/drained";
 pub const STATE_ANNOTATION: &str = "vacate.io/state";
 
+/// Short batch intervals and backoffs, so that tests do not wait for production pacing.
+pub const FAST: &str = r#"
+[migration]
+batch_interval = "1s"
+retry_backoff = "1s"
+retry_backoff_max = "2s"
+[pods]
+eviction_backoff = "1s"
+eviction_backoff_max = "3s"
+"#;
+
 pub struct Env {
     pub cluster: Arc<TestCluster>,
     pub client: Client,
