@@ -200,7 +200,8 @@ impl Context {
                 }
             })
             .collect();
-        Ok(capacity::check(&workloads, &targets)
-            .map_err(|message| Gate::new(BlockReason::InsufficientCapacity, message)))
+        Ok(capacity::check(&workloads, &targets).map_err(|message| {
+            Gate::new(BlockReason::InsufficientCapacity, message).recheck_after(Utc::now())
+        }))
     }
 }

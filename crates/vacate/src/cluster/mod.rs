@@ -29,10 +29,10 @@ use crate::planner::{
     Snapshot, StateAnnotation,
 };
 use execute::Executor;
-use watch::{NodeFilter, PodWatches, Stores, Trigger};
+use futures::StreamExt;
+use kube::runtime::controller::{Action as Requeue, Config as ControllerConfig, applier};
+use watch::{NodeFilter, PodWatches, Stores, Trigger, Wake};
 
-/// How often a node in a drain is looked at even when nothing changes.
-const RESYNC_DRAINING: Duration = Duration::from_secs(30);
 /// Wait after a failed reconciliation before the next attempt.
 const ERROR_BACKOFF: Duration = Duration::from_secs(5);
 /// How long a just-created migration counts as in flight before the watch cache shows it.
@@ -63,7 +63,6 @@ pub struct Context {
     ledger: Mutex<Ledger>,
     reports: Mutex<HashMap<String, NodeReport>>,
     report_tx: tokio_watch::Sender<HashMap<String, NodeReport>>,
-    wakes: Mutex<HashMap<String, Instant>>,
     /// When this daemon last started a drain (the delay between drains counts from it).
     last_start: Mutex<Option<chrono::DateTime<Utc>>>,
     prometheus: Option<prometheus::PrometheusGate>,
@@ -72,7 +71,7 @@ pub struct Context {
 /// A running shell: its context and the receiver of node triggers.
 pub struct Shell {
     pub ctx: Arc<Context>,
-    rx: mpsc::UnboundedReceiver<String>,
+    rx: mpsc::UnboundedReceiver<Wake>,
     _tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -115,7 +114,6 @@ impl Shell {
             ledger: Mutex::new(Ledger::default()),
             reports: Mutex::new(HashMap::new()),
             report_tx,
-            wakes: Mutex::new(HashMap::new()),
             last_start: Mutex::new(None),
             prometheus,
         });
@@ -131,83 +129,99 @@ impl Shell {
         self.ctx.report_tx.subscribe()
     }
 
-    /// Reconciles nodes as triggers arrive, until `stop` turns true.
-    pub async fn run(mut self, mut stop: tokio_watch::Receiver<bool>) {
-        let ctx = self.ctx.clone();
+    /// Reconciles nodes as wake-ups arrive, one at a time (the cluster-wide migration count
+    /// one plan sees includes what the previous plan created), until `stop` turns true.
+    /// kube-runtime's applier keeps the queue: a node woken while it is being reconciled is
+    /// looked at once more afterwards, and of several wake times the earliest wins.
+    pub async fn run(self, mut stop: tokio_watch::Receiver<bool>) {
+        let ctx = self.ctx;
         for node in ctx.stores.nodes.state() {
-            let _ = ctx.trigger.send(node.name_any());
+            let _ = ctx.trigger.send(Wake::Node(node.name_any()));
         }
-        loop {
-            let first = tokio::select! {
-                next = self.rx.recv() => match next {
-                    Some(node) => node,
-                    None => return,
-                },
-                _ = stop.changed() => return,
-            };
-            if *stop.borrow() {
-                return;
-            }
-            let mut batch = BTreeSet::from([first]);
-            while let Ok(node) = self.rx.try_recv() {
-                batch.insert(node);
-            }
-            for node in batch {
-                if *stop.borrow() {
+        let stopped = async move {
+            while !*stop.borrow_and_update() {
+                if stop.changed().await.is_err() {
                     return;
                 }
-                let started = Instant::now();
-                let span = tracing::info_span!("node", node = %node);
-                let next = match ctx.reconcile(&node).instrument(span).await {
-                    Ok(next) => next,
-                    Err(error) => {
-                        ctx.metrics
-                            .reconcile_errors
-                            .with_label_values(&[error.metric_label()])
-                            .inc();
-                        tracing::warn!(node = %node, %error, "reconciliation failed; retrying");
-                        Some(ERROR_BACKOFF)
-                    }
-                };
-                tracing::trace!(node = %node, took = ?started.elapsed(), "reconciled");
-                if let Some(after) = next {
-                    ctx.wake_later(&node, after);
-                }
             }
-        }
+        };
+        let expand = Arc::clone(&ctx);
+        let wakes = futures::stream::unfold(self.rx, |mut rx| async move {
+            rx.recv().await.map(|wake| (wake, rx))
+        });
+        let queue = wakes
+            .flat_map(move |wake| futures::stream::iter(expand.nodes_to_wake(wake)))
+            .map(Ok::<_, std::convert::Infallible>)
+            .take_until(stopped);
+        let results = applier(
+            |node: Arc<Node>, ctx: Arc<Context>| {
+                Box::pin(async move {
+                    let name = node.name_any();
+                    let span = tracing::info_span!("node", node = %name);
+                    let next = ctx.reconcile(&name).instrument(span).await?;
+                    Ok::<_, Error>(next.map_or_else(Requeue::await_change, Requeue::requeue))
+                })
+            },
+            |node: Arc<Node>, error: &Error, ctx: Arc<Context>| {
+                ctx.metrics
+                    .reconcile_errors
+                    .with_label_values(&[error.metric_label()])
+                    .inc();
+                tracing::warn!(node = %node.name_any(), %error, "reconciliation failed; retrying");
+                Requeue::requeue(ERROR_BACKOFF)
+            },
+            Arc::clone(&ctx),
+            ctx.stores.nodes.clone(),
+            queue,
+            ControllerConfig::default().concurrency(1),
+        );
+        results
+            .for_each(|result| async move {
+                if let Err(error) = result {
+                    tracing::trace!(%error, "reconcile request ended without a reconciliation");
+                }
+            })
+            .await;
     }
 }
 
 impl Context {
-    fn wake_later(self: &Arc<Self>, node: &str, after: Duration) {
-        let at = Instant::now() + after;
-        {
-            let mut wakes = self.wakes.lock().expect("wake map lock");
-            match wakes.get(node) {
-                Some(existing) if *existing <= at && *existing > Instant::now() => return,
-                _ => {
-                    wakes.insert(node.to_string(), at);
+    /// The nodes a wake-up concerns. A node gone from the cache is forgotten here, as there
+    /// is nothing left to reconcile.
+    fn nodes_to_wake(&self, wake: Wake) -> Vec<ObjectRef<Node>> {
+        match wake {
+            Wake::Node(name) => {
+                let node = ObjectRef::new(&name);
+                if self.stores.nodes.get(&node).is_some() {
+                    vec![node]
+                } else {
+                    self.forget(&name);
+                    Vec::new()
                 }
             }
-        }
-        let ctx = Arc::clone(self);
-        let node = node.to_string();
-        tokio::spawn(async move {
-            tokio::time::sleep_until(at.into()).await;
-            let mut wakes = ctx.wakes.lock().expect("wake map lock");
-            if wakes.get(&node) == Some(&at) {
-                wakes.remove(&node);
+            Wake::Draining => {
+                let reports = self.reports.lock().expect("report map lock");
+                reports
+                    .iter()
+                    .filter(|(_, r)| r.phase.is_draining())
+                    .map(|(name, _)| ObjectRef::new(name))
+                    .collect()
             }
-            drop(wakes);
-            let _ = ctx.trigger.send(node);
-        });
+        }
+    }
+
+    /// Drops everything kept for a node that left the cache or the drain.
+    fn forget(&self, node: &str) {
+        self.pods.stop(node);
+        self.metrics.forget_node(node);
+        self.set_report(node, None);
     }
 
     fn wake_pending(&self, except: &str) {
         let reports = self.reports.lock().expect("report map lock");
         for (node, report) in reports.iter() {
             if node != except && report.phase == Phase::Pending {
-                let _ = self.trigger.send(node.clone());
+                let _ = self.trigger.send(Wake::Node(node.clone()));
             }
         }
     }
@@ -312,9 +326,7 @@ impl Context {
         let config = &self.config;
         let Some(node) = self.stores.nodes.get(&ObjectRef::new(name)) else {
             // Deleted, or outside the node filter.
-            self.pods.stop(name);
-            self.metrics.forget_node(name);
-            self.set_report(name, None);
+            self.forget(name);
             return Ok(None);
         };
         if !config.node.selector.matches(node.labels()) {
@@ -324,9 +336,7 @@ impl Context {
         let involved =
             planner::request_of(&view).is_some() || view.state != StateAnnotation::Absent;
         if !involved && !include_idle {
-            self.pods.stop(name);
-            self.metrics.forget_node(name);
-            self.set_report(name, None);
+            self.forget(name);
             return Ok(None);
         }
         let pods = self.pods.pods(&self.client, name, &self.trigger).await?;
@@ -510,7 +520,9 @@ impl Context {
             next = Some(next.map_or(Duration::from_secs(1), |n| n.min(Duration::from_secs(1))));
         }
         if phase.is_draining() || phase == Phase::Uncordoning || phase == Phase::Pending {
-            next = Some(next.map_or(RESYNC_DRAINING, |n| n.min(RESYNC_DRAINING)));
+            // A safety net only: every step of a drain is woken by what it waits for.
+            let resync = config.drain.resync.get();
+            next = Some(next.map_or(resync, |n| n.min(resync)));
         }
         Ok(next)
     }

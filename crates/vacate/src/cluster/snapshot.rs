@@ -127,6 +127,7 @@ pub fn vmi_view(
             .iter()
             .any(|o| o.kind == "VirtualMachine" && o.controller == Some(true)),
         deleting: vmi.metadata.deletion_timestamp.is_some(),
+        memory: vmi.guest_memory_bytes().unwrap_or(0),
     }
 }
 
@@ -194,6 +195,7 @@ pub fn pod_view(pod: &Pod) -> PodView {
         virt_launcher: pod.labels().get(kv_labels::APP_LABEL).map(String::as_str)
             == Some(kv_labels::VIRT_LAUNCHER),
         deleting: pod.metadata.deletion_timestamp.is_some(),
+        labels: pod.labels().clone(),
     }
 }
 

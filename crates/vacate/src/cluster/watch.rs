@@ -18,8 +18,22 @@ use tokio::task::JoinHandle;
 use super::snapshot::MIGRATION_NODE_ANNOTATION;
 use crate::error::{Error, Result};
 
-/// Sends the names of nodes that need another look.
-pub type Trigger = UnboundedSender<String>;
+/// What needs another look.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Wake {
+    /// One node, by name.
+    Node(String),
+    /// Every node in a drain: a cluster-wide limit changed or a migration slot came free.
+    Draining,
+}
+
+/// Sends the wake-ups of the reconciler.
+pub type Trigger = UnboundedSender<Wake>;
+
+/// Wakes each named node.
+fn wake_nodes(names: impl IntoIterator<Item = String>) -> Vec<Wake> {
+    names.into_iter().map(Wake::Node).collect()
+}
 
 #[derive(Clone)]
 pub struct Stores {
@@ -69,7 +83,7 @@ pub fn start(
         Api::<Node>::all(client.clone()),
         node_config,
         trigger.clone(),
-        |node: &Node| vec![node.name_any()],
+        |node: &Node, _| wake_nodes([node.name_any()]),
         "nodes",
     );
     tasks.push(task);
@@ -78,13 +92,13 @@ pub fn start(
         Api::<VirtualMachineInstance>::all(client.clone()),
         watcher::Config::default(),
         trigger.clone(),
-        |vmi: &VirtualMachineInstance| {
-            let mut nodes: Vec<String> = vmi.node_name().map(String::from).into_iter().collect();
+        |vmi: &VirtualMachineInstance, _| {
+            let mut names: Vec<String> = vmi.node_name().map(String::from).into_iter().collect();
             if let Some(state) = vmi.migration_state() {
-                nodes.extend(state.source_node.clone());
-                nodes.extend(state.target_node.clone());
+                names.extend(state.source_node.clone());
+                names.extend(state.target_node.clone());
             }
-            nodes
+            wake_nodes(names)
         },
         "virtualmachineinstances",
     );
@@ -95,21 +109,27 @@ pub fn start(
         Api::<VirtualMachineInstanceMigration>::all(client.clone()),
         watcher::Config::default(),
         trigger.clone(),
-        move |m: &VirtualMachineInstanceMigration| {
-            let mut nodes: Vec<String> = m
+        move |m: &VirtualMachineInstanceMigration, deleted| {
+            let mut names: Vec<String> = m
                 .annotations()
                 .get(MIGRATION_NODE_ANNOTATION)
                 .cloned()
                 .into_iter()
                 .collect();
-            nodes.extend(m.source_node().map(String::from));
+            names.extend(m.source_node().map(String::from));
             let vmi = ObjectRef::new(&m.spec.vmi_name).within(&m.namespace().unwrap_or_default());
-            nodes.extend(
+            names.extend(
                 vmi_store
                     .get(&vmi)
                     .and_then(|v| v.node_name().map(String::from)),
             );
-            nodes
+            let mut wakes = wake_nodes(names);
+            // A migration that ended or went away frees a cluster-wide slot: every drain
+            // waiting for one may go on.
+            if deleted || m.is_final() || m.metadata.deletion_timestamp.is_some() {
+                wakes.push(Wake::Draining);
+            }
+            wakes
         },
         "virtualmachineinstancemigrations",
     );
@@ -119,7 +139,8 @@ pub fn start(
         Api::<KubeVirt>::all(client.clone()),
         watcher::Config::default(),
         trigger,
-        |_: &KubeVirt| Vec::new(),
+        // The limits of the KubeVirt CR bound every drain's migrations.
+        |_: &KubeVirt, _| vec![Wake::Draining],
         "kubevirts",
     );
     tasks.push(task);
@@ -139,7 +160,7 @@ fn reflect<K>(
     api: Api<K>,
     config: watcher::Config,
     trigger: Trigger,
-    nodes_of: impl Fn(&K) -> Vec<String> + Send + 'static,
+    wakes_of: impl Fn(&K, bool) -> Vec<Wake> + Send + 'static,
     what: &'static str,
 ) -> (Store<K>, JoinHandle<()>)
 where
@@ -147,21 +168,21 @@ where
     K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
 {
     let (reader, writer) = reflector::store();
-    let stream = reflector::reflector(writer, watcher(api, config))
-        .default_backoff()
-        .touched_objects();
+    let stream = reflector::reflector(writer, watcher(api, config)).default_backoff();
     let task = tokio::spawn(async move {
         futures::pin_mut!(stream);
         while let Some(item) = stream.next().await {
-            match item {
-                Ok(object) => {
-                    for node in nodes_of(&object) {
-                        let _ = trigger.send(node);
-                    }
-                }
+            let (object, deleted) = match item {
+                Ok(watcher::Event::Apply(o) | watcher::Event::InitApply(o)) => (o, false),
+                Ok(watcher::Event::Delete(o)) => (o, true),
+                Ok(watcher::Event::Init | watcher::Event::InitDone) => continue,
                 Err(error) => {
                     tracing::warn!(%error, "watching {what} failed; retrying with backoff");
+                    continue;
                 }
+            };
+            for wake in wakes_of(&object, deleted) {
+                let _ = trigger.send(wake);
             }
         }
     });
@@ -192,7 +213,7 @@ impl PodWatches {
                         Api::<Pod>::all(client.clone()),
                         watcher::Config::default().fields(&format!("spec.nodeName={node}")),
                         trigger.clone(),
-                        move |_: &Pod| vec![name.clone()],
+                        move |_: &Pod, _| vec![Wake::Node(name.clone())],
                         "pods",
                     );
                     watches.insert(

@@ -113,6 +113,9 @@ pub struct DrainConfig {
     pub timeout: ConfigDuration,
     /// Uncordon a failed node if vacate cordoned it (default: keep it cordoned).
     pub uncordon_on_failure: bool,
+    /// How often a node in a drain is looked at although nothing changed. Every step of a
+    /// drain is woken by the event it waits for; this is only a safety net.
+    pub resync: ConfigDuration,
 }
 
 impl Default for DrainConfig {
@@ -120,6 +123,7 @@ impl Default for DrainConfig {
         Self {
             timeout: ConfigDuration::from_secs(3600),
             uncordon_on_failure: false,
+            resync: ConfigDuration::from_secs(300),
         }
     }
 }
@@ -212,6 +216,10 @@ pub struct PodConfig {
     pub eviction_backoff: ConfigDuration,
     /// Upper bound of the eviction retry wait.
     pub eviction_backoff_max: ConfigDuration,
+    /// Pods matching this selector are evicted only once every VMI has left the node (a
+    /// storage or network agent the VMs need while they migrate, say). Empty, the default:
+    /// every pod is evicted while the VMIs migrate.
+    pub evict_after_vmis: LabelSelector,
 }
 
 impl Default for PodConfig {
@@ -221,6 +229,7 @@ impl Default for PodConfig {
             unmanaged: PodPolicy::Block,
             eviction_backoff: ConfigDuration::from_secs(5),
             eviction_backoff_max: ConfigDuration::from_secs(120),
+            evict_after_vmis: LabelSelector::default(),
         }
     }
 }
@@ -372,6 +381,9 @@ impl Config {
         }
         if self.drain.timeout.is_zero() {
             return Err(key("drain.timeout", "must be longer than zero"));
+        }
+        if self.drain.resync.get() < std::time::Duration::from_secs(1) {
+            return Err(key("drain.resync", "must be at least 1s"));
         }
         if self.server.listen.parse::<std::net::SocketAddr>().is_err() {
             return Err(key(

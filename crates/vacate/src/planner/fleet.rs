@@ -15,7 +15,26 @@ pub struct Gate {
     pub retry_at: Option<DateTime<Utc>>,
 }
 
+/// How soon a gate that depends on other nodes (their readiness, their room) is asked
+/// again: no event of this node says when it opens.
+pub const GATE_RECHECK: std::time::Duration = std::time::Duration::from_secs(10);
+
 impl Gate {
+    /// Too few schedulable nodes is ended by other nodes coming back: look again soon.
+    fn recheck_if_min_schedulable(self, now: DateTime<Utc>) -> Self {
+        if self.reason == BlockReason::MinSchedulable {
+            self.recheck_after(now)
+        } else {
+            self
+        }
+    }
+
+    /// Asks for the gate to be looked at again after [`GATE_RECHECK`].
+    pub fn recheck_after(mut self, now: DateTime<Utc>) -> Self {
+        self.retry_at = Some(now + chrono::Duration::from_std(GATE_RECHECK).unwrap_or_default());
+        self
+    }
+
     pub fn new(reason: BlockReason, message: impl Into<String>) -> Self {
         Self {
             reason,
@@ -94,7 +113,8 @@ pub fn check(
         everyone,
         fleet.max_draining,
         fleet.min_schedulable,
-    )?;
+    )
+    .map_err(|gate| gate.recheck_if_min_schedulable(now))?;
     for pool in &fleet.pools {
         if pool.selector.matches(&me.labels) {
             let selector: &LabelSelector = &pool.selector;
@@ -106,7 +126,8 @@ pub fn check(
                 |n| selector.matches(&n.labels),
                 pool.max_draining,
                 pool.min_schedulable,
-            )?;
+            )
+            .map_err(|gate| gate.recheck_if_min_schedulable(now))?;
         }
     }
     if let Some(schedule) = me

@@ -307,16 +307,16 @@ impl<'a> Planner<'a> {
         if self.state_failed(&state) {
             return;
         }
+        // The other pods go while the VMIs migrate, so that their grace periods and any
+        // PodDisruptionBudget back-off pass inside the migrations' time, not after it.
+        let pods_left = self.handle_pods(&mut state, vmis_left > 0);
         if vmis_left > 0 {
             state.set_phase(Phase::Migrating, now);
+        } else if pods_left > 0 {
+            state.set_phase(Phase::Evicting, now);
         } else {
-            let pods_left = self.handle_pods(&mut state);
-            if pods_left > 0 {
-                state.set_phase(Phase::Evicting, now);
-            } else {
-                self.finish_drain(state);
-                return;
-            }
+            self.finish_drain(state);
+            return;
         }
         if now >= deadline {
             let why = match (&self.blocked, &self.waiting_for) {
@@ -700,6 +700,10 @@ impl<'a> Planner<'a> {
                 return;
             }
         }
+        // Largest first (longest processing time first): with P slots the node empties near
+        // max(total / P, largest) instead of leaving a big VM to start last.
+        let mut fresh = fresh;
+        fresh.sort_by(|(a, _), (b, _)| b.memory.cmp(&a.memory).then_with(|| a.key().cmp(&b.key())));
         let slots = m.batch_size.min(node_free).min(cluster_free) as usize;
         if slots == 0 {
             self.waiting_for = Some(if node_free == 0 {
@@ -822,8 +826,9 @@ impl<'a> Planner<'a> {
         );
     }
 
-    /// Evicts the remaining pods; returns how many still hold up the drain.
-    fn handle_pods(&mut self, state: &mut DrainState) -> usize {
+    /// Evicts the remaining pods; returns how many still hold up the drain. While VMIs are
+    /// still on the node (`vmis_remain`), pods that must outlast them wait.
+    fn handle_pods(&mut self, state: &mut DrainState, vmis_remain: bool) -> usize {
         let s = self.s;
         let now = s.now;
         let mut pods: Vec<&PodView> = s.pods.iter().collect();
@@ -865,6 +870,13 @@ impl<'a> Planner<'a> {
                         record.retry_at = None;
                         continue;
                     }
+                    if vmis_remain && self.waits_for_vmis(pod) {
+                        record.outcome = PodOutcome::Waiting;
+                        self.waiting_for.get_or_insert_with(|| {
+                            format!("the VMIs to leave before pod {key} is evicted")
+                        });
+                        continue;
+                    }
                     match (record.outcome, record.retry_at) {
                         (PodOutcome::RetryWaiting, Some(at)) if at > now => {
                             let message = record.last_refusal.clone().unwrap_or_default();
@@ -901,6 +913,15 @@ impl<'a> Planner<'a> {
             }
         }
         left
+    }
+
+    /// Pods evicted only once the VMIs are gone: those matching `pods.evict_after_vmis`, and
+    /// pods controlled by a pod (a virt-launcher's hotplug volume pods, which KubeVirt
+    /// refuses to evict while their VMI runs and removes once it has left).
+    fn waits_for_vmis(&self, pod: &PodView) -> bool {
+        let after = &self.config.pods.evict_after_vmis;
+        pod.controller_kind.as_deref() == Some("Pod")
+            || (!after.is_empty() && after.matches(&pod.labels))
     }
 
     fn finish_drain(&mut self, mut state: DrainState) {

@@ -77,6 +77,9 @@ pub struct VmiView {
     /// The VMI is controlled by a VirtualMachine that starts it again when it stops.
     pub restartable: bool,
     pub deleting: bool,
+    /// Guest memory in bytes (0 when the VMI states none): the size of its migration, by
+    /// which the largest VMs are started first.
+    pub memory: u64,
 }
 
 impl VmiView {
@@ -124,6 +127,7 @@ pub struct PodView {
     pub has_emptydir: bool,
     pub virt_launcher: bool,
     pub deleting: bool,
+    pub labels: BTreeMap<String, String>,
 }
 
 impl PodView {

@@ -33,6 +33,7 @@ pub(super) fn vmi(name: &str) -> VmiView {
         launcher_pod: Some(format!("virt-launcher-{name}-abcde")),
         restartable: true,
         deleting: false,
+        memory: 4 << 30,
     }
 }
 
@@ -57,6 +58,7 @@ fn pod(name: &str, controller: Option<&str>) -> PodView {
         has_emptydir: false,
         virt_launcher: false,
         deleting: false,
+        labels: Default::default(),
     }
 }
 
@@ -627,15 +629,6 @@ fn pods_follow_kubectl_drain_rules() {
 }
 
 #[test]
-fn pods_wait_for_vmis_first() {
-    let mut s = snapshot(node(Some("true"), false));
-    s.vmis = vec![vmi("vm-0")];
-    s.pods = vec![pod("web-1", Some("ReplicaSet"))];
-    let p = plan(&s, &Config::default());
-    assert!(evicted(&p).is_empty());
-}
-
-#[test]
 fn unmanaged_and_emptydir_pods_block_by_default() {
     let mut s = snapshot(node(Some("true"), false));
     s.pods = vec![pod("bare", None)];
@@ -1084,4 +1077,130 @@ fn rejected_eviction_is_its_own_blocker() {
     let (p, _) = step(&s, &state, &config);
     assert_eq!(p.blocked, Some(BlockReason::EvictionRejected));
     assert!(evicted(&p).is_empty(), "retried only after the backoff");
+}
+
+#[test]
+fn pods_are_evicted_while_the_vmis_migrate() {
+    let mut s = snapshot(node(Some("true"), false));
+    s.vmis = (0..4).map(|i| vmi(&format!("vm-{i}"))).collect();
+    s.pods = vec![
+        pod("web-1", Some("ReplicaSet")),
+        pod("cache", Some("ReplicaSet")),
+    ];
+    let p = plan(&s, &Config::default());
+    assert_eq!(migrations_created(&p), vec!["vm-0", "vm-1"]);
+    assert_eq!(evicted(&p), vec!["cache", "web-1"]);
+    assert_eq!(written(&p).phase, Phase::Migrating);
+}
+
+#[test]
+fn pods_selected_to_go_last_wait_for_the_vmis() {
+    let mut s = snapshot(node(Some("true"), false));
+    s.vmis = vec![vmi("vm-0")];
+    let mut agent = pod("storage-agent", Some("ReplicaSet"));
+    agent.labels.insert("role".into(), "storage".into());
+    s.pods = vec![agent, pod("web-1", Some("ReplicaSet"))];
+    let mut config = Config::default();
+    config.pods.evict_after_vmis = crate::config::LabelSelector::parse("role=storage").unwrap();
+    let (p, state) = step(&s, &DrainState::new(t(0), true, 1), &config);
+    assert_eq!(evicted(&p), vec!["web-1"]);
+    assert!(
+        state
+            .waiting_for
+            .as_deref()
+            .is_some_and(|w| w.contains("storage-agent")),
+        "{:?}",
+        state.waiting_for
+    );
+
+    // The VMI has left: now the agent goes.
+    s.vmis.clear();
+    s.pods.retain(|p| p.name == "storage-agent");
+    let (p, state) = step(&s, &state, &config);
+    assert_eq!(evicted(&p), vec!["storage-agent"]);
+    assert_eq!(state.phase, Phase::Evicting);
+}
+
+#[test]
+fn hotplug_volume_pods_wait_for_their_vmi() {
+    let mut s = snapshot(node(Some("true"), false));
+    s.vmis = vec![vmi("vm-0")];
+    s.pods = vec![pod("hp-volume-abcde", Some("Pod"))];
+    let p = plan(&s, &Config::default());
+    assert!(evicted(&p).is_empty());
+    s.vmis.clear();
+    let p = plan(&s, &Config::default());
+    assert_eq!(evicted(&p), vec!["hp-volume-abcde"]);
+}
+
+fn sized(name: &str, gib: u64) -> VmiView {
+    VmiView {
+        memory: gib << 30,
+        ..vmi(name)
+    }
+}
+
+#[test]
+fn largest_vmis_start_first_and_ties_go_by_name() {
+    let mut s = snapshot(node(Some("true"), false));
+    s.vmis = vec![
+        sized("a-small", 1),
+        sized("b-huge", 32),
+        sized("c-mid", 8),
+        sized("d-huge", 32),
+    ];
+    let p = plan(&s, &Config::default());
+    assert_eq!(migrations_created(&p), vec!["b-huge", "d-huge"]);
+}
+
+/// Drives the planner through a whole node of VMIs of very different sizes, each migration
+/// taking its memory over a fixed bandwidth, and returns when the last one ended.
+fn makespan(sizes_gib: &[u64], per_node: u32) -> u64 {
+    let mut config = Config::default();
+    config.migration.batch_size = per_node;
+    config.migration.max_in_flight_per_node = per_node;
+    config.migration.batch_interval = crate::config::ConfigDuration::from_secs(0);
+    let mut s = snapshot(node(Some("true"), true));
+    s.cluster.kubevirt_per_node = per_node;
+    s.vmis = sizes_gib
+        .iter()
+        .enumerate()
+        .map(|(i, g)| sized(&format!("vm-{i:02}"), *g))
+        .collect();
+    let mut state = DrainState::new(t(0), true, 1);
+    state.phase = Phase::Migrating;
+    // (vmi, ends at) of migrations in flight; one second per GiB.
+    let mut running: Vec<(String, i64)> = Vec::new();
+    let mut now = 0;
+    for _ in 0..100 {
+        s.now = t(now);
+        s.migrations = running
+            .iter()
+            .map(|(v, _)| migration(&state, v, 1, MigrationPhase::Unfinished))
+            .collect();
+        let (p, next) = step(&s, &state, &config);
+        state = next;
+        for v in migrations_created(&p) {
+            let gib = s.vmis.iter().find(|x| x.name == v).unwrap().memory >> 30;
+            running.push((v, now + gib as i64));
+        }
+        if state.phase == Phase::Drained {
+            return now as u64;
+        }
+        // Jump to the next migration's end; its VMI leaves the node.
+        running.sort_by_key(|(_, end)| *end);
+        let (done, end) = running.remove(0);
+        now = end;
+        s.vmis.retain(|v| v.name != done);
+        state.vmis.get_mut(&format!("vms/{done}")).unwrap().outcome = VmiOutcome::Migrated;
+    }
+    panic!("the drain did not end");
+}
+
+#[test]
+fn mixed_sizes_finish_at_the_makespan_bound() {
+    // Total 63 GiB over 2 slots: no schedule ends before max(63 / 2, 32) = 32 s.
+    assert_eq!(makespan(&[1, 2, 4, 8, 16, 32], 2), 32);
+    // Smallest-first order from the names must not matter either.
+    assert_eq!(makespan(&[32, 1, 1, 1, 1, 1, 1, 16, 16], 2), 35);
 }
