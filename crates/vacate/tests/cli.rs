@@ -10,7 +10,9 @@ use support::*;
 use vacate::planner::Phase;
 
 fn vacate() -> Command {
-    Command::new(vacate_bin())
+    let mut command = Command::new(vacate_bin());
+    command.env("VACATE_DRAIN__RESYNC", RESYNC);
+    command
 }
 
 #[test]

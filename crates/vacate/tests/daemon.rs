@@ -483,3 +483,49 @@ async fn garbage_state_and_a_deleted_node_are_survived() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pods_are_evicted_while_the_vmis_migrate() -> anyhow::Result<()> {
+    let env = Env::new("overlap", 2).await?;
+    let node = env.node(0).to_string();
+    env.place_on(0, || async {
+        for i in 0..4 {
+            let mut vm = Vm::migratable(format!("vm-{i}"));
+            vm.memory = "2Gi";
+            env.create_vm(&vm).await?;
+        }
+        env.create_deployment("web", 2, None).await?;
+        env.wait_vmis_running_on(&node, 4).await?;
+        env.wait_pods_running_on(&node, 6).await
+    })
+    .await?;
+    let _vacate = env.vacate(FAST).await?;
+    env.request(&node, Some("true")).await?;
+
+    // The first moment no pod of `web` waits for its eviction, vacate's migrations still run:
+    // the pods went alongside the VMIs, not after them.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let migrating = env.vacate_migrations().await?.iter().any(|m| !m.is_final());
+        let web_waiting = env.pods_on(&node).await?.iter().any(|p| {
+            p.labels().get("app").map(String::as_str) == Some("web")
+                && p.metadata.deletion_timestamp.is_none()
+        });
+        if !web_waiting {
+            anyhow::ensure!(
+                migrating,
+                "web's pods were evicted only after every migration had ended"
+            );
+            break;
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "web's pods were never evicted"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let state = env.wait_phase(&node, Phase::Drained, DRAIN).await?;
+    assert_eq!(state.vmis_done(), 4, "{state:#?}");
+    assert_eq!(state.pods_done(), 2, "{state:#?}");
+    Ok(())
+}

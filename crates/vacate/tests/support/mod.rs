@@ -32,6 +32,9 @@ pub const REQUEST_LABEL: &str = "vacate.io/maintenance";
 pub const DRAINED_LABEL: &str = "vacate.io/drained";
 pub const STATE_ANNOTATION: &str = "vacate.io/state";
 
+/// `drain.resync` of every vacate the integration tests start.
+pub const RESYNC: &str = "1h";
+
 /// Short batch intervals and backoffs, so that tests do not wait for production pacing.
 pub const FAST: &str = r#"
 [migration]
@@ -554,6 +557,9 @@ impl Vacate {
             .arg(&config_path)
             .env("KUBECONFIG", kubeconfig)
             .env("VACATE_LOG__LEVEL", "vacate=debug,info")
+            // The periodic look at draining nodes is a safety net: at an hour, every drain
+            // of the suite must still end, woken only by the events it waits for.
+            .env("VACATE_DRAIN__RESYNC", RESYNC)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
