@@ -1,0 +1,161 @@
+//! What the shell's actions came to, folded back into the state, and how the state reads.
+
+use super::*;
+
+/// Folds the result of one action into the state written after the actions ran.
+pub fn record_outcome(
+    state: &mut DrainState,
+    action: &Action,
+    result: &ActionResult,
+    now: DateTime<Utc>,
+    config: &Config,
+) {
+    match (action, result) {
+        (
+            Action::EvictPod {
+                namespace,
+                vmi: Some(vmi),
+                ..
+            },
+            ActionResult::Done | ActionResult::Gone,
+        ) => {
+            state
+                .vmis
+                .entry(format!("{namespace}/{vmi}"))
+                .or_default()
+                .outcome = VmiOutcome::Evicting;
+        }
+        (Action::RestartVmi { namespace, name }, ActionResult::Done | ActionResult::Gone) => {
+            state
+                .vmis
+                .entry(format!("{namespace}/{name}"))
+                .or_default()
+                .outcome = VmiOutcome::Restarting;
+        }
+        (
+            Action::EvictPod {
+                namespace,
+                name,
+                vmi: None,
+            },
+            ActionResult::Done,
+        ) => {
+            if let Some(record) = state.pods.get_mut(&format!("{namespace}/{name}")) {
+                record.outcome = PodOutcome::Evicting;
+            }
+        }
+        (
+            Action::EvictPod {
+                namespace,
+                vmi: Some(vmi),
+                ..
+            },
+            ActionResult::Refused(_) | ActionResult::Rejected(_),
+        ) => {
+            let record = state.vmis.entry(format!("{namespace}/{vmi}")).or_default();
+            record.eviction_refused = true;
+            record.outcome = VmiOutcome::Waiting;
+        }
+        (
+            Action::EvictPod {
+                namespace,
+                name,
+                vmi: None,
+            },
+            ActionResult::Refused(message) | ActionResult::Rejected(message),
+        ) => {
+            let rejected = matches!(result, ActionResult::Rejected(_));
+            let key = format!("{namespace}/{name}");
+            let record = state.pods.entry(key.clone()).or_default();
+            record.rejected = rejected;
+            record.retries += 1;
+            let wait = backoff(
+                config.pods.eviction_backoff.get(),
+                config.pods.eviction_backoff_max.get(),
+                record.retries,
+                &key,
+            );
+            record.outcome = PodOutcome::RetryWaiting;
+            record.retry_at = Some(now + chrono_duration(wait));
+            record.last_refusal = Some(message.clone());
+            if state.blocked.is_none() {
+                state.blocked = Some(Blocker {
+                    reason: if rejected {
+                        BlockReason::EvictionRejected
+                    } else {
+                        BlockReason::PodDisruptionBudget
+                    },
+                    message: format!("eviction of pod {key} refused: {message}"),
+                });
+            }
+        }
+        (
+            Action::EvictPod {
+                namespace,
+                name,
+                vmi: None,
+            },
+            ActionResult::Gone,
+        ) => {
+            if let Some(record) = state.pods.get_mut(&format!("{namespace}/{name}")) {
+                record.outcome = PodOutcome::Evicted;
+            }
+        }
+        (
+            Action::CreateMigration { namespace, vmi, .. },
+            ActionResult::Refused(_) | ActionResult::Rejected(_),
+        ) => {
+            // KubeVirt's admission refused the migration (e.g. another one is running, or
+            // the VMI stopped being migratable): count it as a failed attempt.
+            let key = format!("{namespace}/{vmi}");
+            let record = state.vmis.entry(key.clone()).or_default();
+            record.outcome = VmiOutcome::RetryWaiting;
+            record.retry_at = Some(
+                now + chrono_duration(backoff(
+                    config.migration.retry_backoff.get(),
+                    config.migration.retry_backoff_max.get(),
+                    record.attempts,
+                    &key,
+                )),
+            );
+        }
+        _ => {}
+    }
+}
+
+/// Exponential backoff with up to 50 % jitter. The jitter is derived from the object and
+/// the attempt, so the planner stays deterministic while retries of different pods spread out.
+pub fn backoff(base: Duration, max: Duration, attempt: u32, key: &str) -> Duration {
+    let exponent = attempt.saturating_sub(1).min(20);
+    let raw = base.saturating_mul(1u32 << exponent).min(max);
+    let mut hasher = DefaultHasher::new();
+    (key, attempt).hash(&mut hasher);
+    let jitter = (hasher.finish() % 1000) as f64 / 2000.0;
+    raw.mul_f64(1.0 + jitter).min(max.max(base))
+}
+
+/// "8/8 VMIs (6 migrated, 1 evicted, 1 restarted), 5/5 pods evicted".
+pub fn summary(state: &DrainState) -> String {
+    let count = |o: VmiOutcome| state.vmis.values().filter(|r| r.outcome == o).count();
+    format!(
+        "{}/{} VMIs done ({} migrated, {} evicted, {} restarted, {} left on their own), {}/{} pods evicted",
+        state.vmis_done(),
+        state.vmis.len(),
+        count(VmiOutcome::Migrated),
+        count(VmiOutcome::Evicted),
+        count(VmiOutcome::Restarted),
+        count(VmiOutcome::Left),
+        state.pods_done(),
+        state.pods.len(),
+    )
+}
+
+pub(super) fn progress(state: &DrainState) -> String {
+    format!(
+        "{}/{} VMIs, {}/{} pods",
+        state.vmis_done(),
+        state.vmis.len(),
+        state.pods_done(),
+        state.pods.len()
+    )
+}

@@ -1,0 +1,104 @@
+//! The other pods of a draining node: evicted while the VMIs migrate, as `kubectl drain`
+//! would, except those that must outlast the VMIs.
+
+use super::*;
+
+impl Planner<'_> {
+    /// Evicts the remaining pods; returns how many still hold up the drain. While VMIs are
+    /// still on the node (`vmis_remain`), pods that must outlast them wait.
+    pub(super) fn handle_pods(&mut self, state: &mut DrainState, vmis_remain: bool) -> usize {
+        let s = self.s;
+        let now = s.now;
+        let mut pods: Vec<&PodView> = s.pods.iter().collect();
+        pods.sort_by_key(|p| p.key());
+        let present: BTreeSet<(String, String)> =
+            pods.iter().map(|p| (p.key(), p.uid.clone())).collect();
+        // Pods that are gone (or replaced by a new pod of the same name) were evicted.
+        for (key, record) in state.pods.iter_mut() {
+            if record.outcome != PodOutcome::Evicted
+                && !present.contains(&(key.clone(), record.uid.clone()))
+            {
+                record.outcome = PodOutcome::Evicted;
+                record.retry_at = None;
+            }
+        }
+        let mut left = 0;
+        for pod in pods {
+            let key = pod.key();
+            match classify(pod, &self.config.pods) {
+                PodVerdict::Skip(_) => {}
+                PodVerdict::Block(reason, message) => {
+                    left += 1;
+                    let record = state.pods.entry(key).or_default();
+                    record.uid = pod.uid.clone();
+                    record.outcome = PodOutcome::Blocked;
+                    self.block(reason, message);
+                }
+                PodVerdict::Evict => {
+                    left += 1;
+                    let record = state.pods.entry(key.clone()).or_default();
+                    if record.uid != pod.uid {
+                        *record = PodRecord {
+                            uid: pod.uid.clone(),
+                            ..PodRecord::default()
+                        };
+                    }
+                    if pod.deleting {
+                        record.outcome = PodOutcome::Evicting;
+                        record.retry_at = None;
+                        continue;
+                    }
+                    if vmis_remain && self.waits_for_vmis(pod) {
+                        record.outcome = PodOutcome::Waiting;
+                        self.waiting_for.get_or_insert_with(|| {
+                            format!("the VMIs to leave before pod {key} is evicted")
+                        });
+                        continue;
+                    }
+                    match (record.outcome, record.retry_at) {
+                        (PodOutcome::RetryWaiting, Some(at)) if at > now => {
+                            let message = record.last_refusal.clone().unwrap_or_default();
+                            let reason = if record.rejected {
+                                BlockReason::EvictionRejected
+                            } else {
+                                BlockReason::PodDisruptionBudget
+                            };
+                            self.wake_at(at);
+                            self.block(
+                                reason,
+                                format!(
+                                    "eviction of pod {key} refused {} times, retrying at {}: {message}",
+                                    record.retries,
+                                    at.format("%H:%M:%S")
+                                ),
+                            );
+                        }
+                        (PodOutcome::Evicting, _) => {
+                            // Accepted; the deletion has not reached the watch cache yet.
+                        }
+                        _ => {
+                            // Evicting once the eviction is accepted (record_outcome).
+                            record.outcome = PodOutcome::Waiting;
+                            record.retry_at = None;
+                            self.actions.push(Action::EvictPod {
+                                namespace: pod.namespace.clone(),
+                                name: pod.name.clone(),
+                                vmi: None,
+                            });
+                        }
+                    }
+                }
+            }
+        }
+        left
+    }
+
+    /// Pods evicted only once the VMIs are gone: those matching `pods.evict_after_vmis`, and
+    /// pods controlled by a pod (a virt-launcher's hotplug volume pods, which KubeVirt
+    /// refuses to evict while their VMI runs and removes once it has left).
+    pub(super) fn waits_for_vmis(&self, pod: &PodView) -> bool {
+        let after = &self.config.pods.evict_after_vmis;
+        pod.controller_kind.as_deref() == Some("Pod")
+            || (!after.is_empty() && after.matches(&pod.labels))
+    }
+}

@@ -1,0 +1,450 @@
+//! The VMIs of a draining node: follow vacate's migrations, start new ones largest first
+//! within every limit, and apply the non-migratable policy to the VMIs that cannot move.
+
+use super::*;
+
+impl Planner<'_> {
+    /// Notes what became of vacate's own migrations since the last look.
+    pub(super) fn follow_migrations(&mut self, state: &mut DrainState) {
+        let s = self.s;
+        let max_attempts = self.config.migration.max_attempts;
+        for m in s.migrations.iter().filter(|m| m.ours) {
+            let key = m.vmi_key();
+            let Some(record) = state.vmis.get(&key) else {
+                continue;
+            };
+            if record.attempts == 0
+                || m.name != migration_name(&s.node.name, state, &m.vmi_name, record.attempts)
+                || record.outcome != VmiOutcome::Migrating
+            {
+                continue;
+            }
+            let duration = match (m.created_at, m.finished_at) {
+                (Some(a), Some(b)) => (b - a).to_std().ok(),
+                _ => None,
+            };
+            let record = state.vmis.get_mut(&key).expect("checked above");
+            match m.phase {
+                MigrationPhase::Unfinished => {}
+                MigrationPhase::Succeeded => {
+                    record.outcome = VmiOutcome::Migrated;
+                    self.observations.push(Observation::MigrationFinished {
+                        result: MigrationResult::Succeeded,
+                        duration,
+                    });
+                    self.actions.push(
+                        Action::event(
+                            "MigrationSucceeded",
+                            format!("VMI {key} live-migrated ({})", m.name),
+                        )
+                        .about_vmi(&m.namespace, &m.vmi_name),
+                    );
+                }
+                MigrationPhase::Failed => {
+                    self.observations.push(Observation::MigrationFinished {
+                        result: MigrationResult::Failed,
+                        duration,
+                    });
+                    let attempts = record.attempts;
+                    if attempts < max_attempts {
+                        let retry_at = s.now
+                            + chrono_duration(backoff(
+                                self.config.migration.retry_backoff.get(),
+                                self.config.migration.retry_backoff_max.get(),
+                                attempts,
+                                &key,
+                            ));
+                        record.outcome = VmiOutcome::RetryWaiting;
+                        record.retry_at = Some(retry_at);
+                        self.actions.push(
+                            Action::warning(
+                                "MigrationFailed",
+                                format!(
+                                    "migration {} of VMI {key} failed (attempt {attempts} of {max_attempts}); retrying at {}",
+                                    m.name,
+                                    retry_at.format("%H:%M:%S")
+                                ),
+                            )
+                            .about_vmi(&m.namespace, &m.vmi_name),
+                        );
+                    } else {
+                        record.outcome = VmiOutcome::Waiting;
+                        self.actions.push(
+                            Action::warning(
+                                "MigrationFailed",
+                                format!(
+                                    "migration {} of VMI {key} failed; all {max_attempts} attempts used, applying the non-migratable policy",
+                                    m.name
+                                ),
+                            )
+                            .about_vmi(&m.namespace, &m.vmi_name),
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    /// Moves every VMI off the node; returns how many are still on it.
+    pub(super) fn handle_vmis(&mut self, state: &mut DrainState) -> usize {
+        let s = self.s;
+        let now = s.now;
+        let mut active: Vec<&VmiView> = s.vmis.iter().filter(|v| !v.finished).collect();
+        active.sort_by_key(|v| v.key());
+        let active_keys: BTreeSet<String> = active.iter().map(|v| v.key()).collect();
+
+        // VMIs that have left the node are done, whichever way they went; a VMI that left
+        // while the watch cache still shows vacate's migration unfinished is finished by
+        // `follow_migrations` once the migration's result arrives, so its metrics are kept.
+        let awaiting_result: BTreeSet<String> = state
+            .vmis
+            .iter()
+            .filter(|(_, r)| r.outcome == VmiOutcome::Migrating && r.attempts > 0)
+            .filter(|(key, r)| {
+                s.migrations.iter().any(|m| {
+                    m.ours
+                        && m.phase == MigrationPhase::Unfinished
+                        && m.vmi_key() == **key
+                        && m.name == migration_name(&s.node.name, state, &m.vmi_name, r.attempts)
+                })
+            })
+            .map(|(key, _)| key.clone())
+            .collect();
+        let mut lagging = 0;
+        for (key, record) in state.vmis.iter_mut() {
+            if active_keys.contains(key) || record.outcome.is_done() {
+                continue;
+            }
+            if awaiting_result.contains(key) {
+                lagging += 1;
+                continue;
+            }
+            record.outcome = match record.outcome {
+                VmiOutcome::Migrating | VmiOutcome::MigratingExternally => VmiOutcome::Migrated,
+                VmiOutcome::Evicting => VmiOutcome::Evicted,
+                VmiOutcome::Restarting => VmiOutcome::Restarted,
+                _ => VmiOutcome::Left,
+            };
+            record.retry_at = None;
+        }
+
+        let unfinished = |vmi: &VmiView| {
+            s.migrations.iter().any(|m| {
+                m.phase == MigrationPhase::Unfinished
+                    && m.namespace == vmi.namespace
+                    && m.vmi_name == vmi.name
+            })
+        };
+        // Every unfinished migration off this node takes a slot, also one whose VMI already
+        // shows the target node while KubeVirt finishes it (KubeVirt counts it outbound).
+        let node_in_flight = s
+            .migrations
+            .iter()
+            .filter(|m| m.phase == MigrationPhase::Unfinished)
+            .map(|m| (&m.namespace, &m.name))
+            .collect::<BTreeSet<_>>()
+            .len() as u32;
+
+        let mut candidates: Vec<(&VmiView, bool)> = Vec::new();
+        for vmi in &active {
+            let key = vmi.key();
+            let current = state
+                .vmis
+                .get(&key)
+                .filter(|r| r.attempts > 0)
+                .map(|r| migration_name(&s.node.name, state, &vmi.name, r.attempts));
+            let record = state.vmis.entry(key.clone()).or_default();
+            if unfinished(vmi) {
+                // Ours or someone else's (KubeVirt's evacuation): either way, wait for it.
+                let ours = s.migrations.iter().any(|m| {
+                    m.phase == MigrationPhase::Unfinished
+                        && m.vmi_key() == key
+                        && Some(&m.name) == current.as_ref()
+                });
+                if !ours {
+                    record.outcome = VmiOutcome::MigratingExternally;
+                }
+                continue;
+            }
+            match record.outcome {
+                VmiOutcome::Evicting | VmiOutcome::Restarting => continue,
+                VmiOutcome::Migrated | VmiOutcome::Evicted | VmiOutcome::Restarted => {
+                    // Finished, but the VMI has not been seen leaving yet.
+                    continue;
+                }
+                VmiOutcome::RetryWaiting => match record.retry_at {
+                    Some(at) if at > now => {
+                        self.wake_at(at);
+                        self.waiting_for
+                            .get_or_insert_with(|| format!("retry of VMI {key}'s migration"));
+                        continue;
+                    }
+                    _ => {
+                        record.outcome = VmiOutcome::Waiting;
+                        record.retry_at = None;
+                    }
+                },
+                VmiOutcome::Migrating => {
+                    // State says a migration was created, yet none is running: either it is
+                    // not in the watch cache yet, or a create was interrupted. Repeating the
+                    // create under the same name is safe either way.
+                    candidates.push((vmi, true));
+                    continue;
+                }
+                VmiOutcome::MigratingExternally => {
+                    // That migration ended and the VMI is still here: take it up again.
+                    record.outcome = VmiOutcome::Waiting;
+                }
+                VmiOutcome::Waiting | VmiOutcome::Blocked | VmiOutcome::Left => {}
+            }
+            let exhausted = record.attempts >= self.config.migration.max_attempts;
+            let strategy_allows = vmi.eviction_strategy != EvictionStrategy::None;
+            match (&vmi.migratability, strategy_allows, exhausted) {
+                (Migratability::Migratable, true, false) => candidates.push((vmi, false)),
+                (Migratability::Unknown, true, false) => {
+                    self.waiting_for.get_or_insert_with(|| {
+                        format!("KubeVirt to report whether VMI {key} can live-migrate")
+                    });
+                }
+                (migratability, _, _) => {
+                    let why = if exhausted {
+                        format!("{} migration attempts failed", record.attempts)
+                    } else if !strategy_allows {
+                        "its evictionStrategy is None".to_string()
+                    } else if let Migratability::NotMigratable { reason, message } = migratability {
+                        format!("{reason}: {message}")
+                    } else {
+                        "it cannot live-migrate".to_string()
+                    };
+                    self.fallback(state, vmi, why);
+                    if self.state_failed(state) {
+                        return active.len();
+                    }
+                }
+            }
+        }
+        self.start_migrations(state, candidates, node_in_flight);
+        active.len() + lagging
+    }
+
+    /// Creates the next batch of migrations, within every limit.
+    pub(super) fn start_migrations(
+        &mut self,
+        state: &mut DrainState,
+        candidates: Vec<(&VmiView, bool)>,
+        node_in_flight: u32,
+    ) {
+        if candidates.is_empty() {
+            return;
+        }
+        let s = self.s;
+        let m = &self.config.migration;
+        // Repeats of interrupted creates are not a new batch, but each takes a slot: no
+        // migration of theirs is counted in flight yet.
+        let (repeats, fresh): (Vec<_>, Vec<_>) = candidates.into_iter().partition(|(_, r)| *r);
+        let node_in_flight = node_in_flight + repeats.len() as u32;
+        let cluster_in_flight = s.cluster.migrations_in_flight + repeats.len() as u32;
+        for (vmi, _) in repeats {
+            let record = &state.vmis[&vmi.key()];
+            let name = migration_name(&s.node.name, state, &vmi.name, record.attempts);
+            self.actions.push(Action::CreateMigration {
+                namespace: vmi.namespace.clone(),
+                name,
+                vmi: vmi.name.clone(),
+            });
+        }
+        if fresh.is_empty() {
+            return;
+        }
+        let node_cap = m.max_in_flight_per_node.min(s.cluster.kubevirt_per_node);
+        let cluster_cap = m.max_in_flight_cluster.min(s.cluster.kubevirt_per_cluster);
+        let node_free = node_cap.saturating_sub(node_in_flight);
+        let cluster_free = cluster_cap.saturating_sub(cluster_in_flight);
+        if let Some(last) = state.last_batch_at {
+            let next = last + chrono_duration(m.batch_interval.get());
+            if next > s.now {
+                self.wake_at(next);
+                self.waiting_for = Some(format!(
+                    "the next migration batch ({} VMIs to go)",
+                    fresh.len()
+                ));
+                return;
+            }
+        }
+        // Largest first (longest processing time first): with P slots the node empties near
+        // max(total / P, largest) instead of leaving a big VM to start last.
+        let mut fresh = fresh;
+        fresh.sort_by(|(a, _), (b, _)| b.memory.cmp(&a.memory).then_with(|| a.key().cmp(&b.key())));
+        let slots = m.batch_size.min(node_free).min(cluster_free) as usize;
+        if slots == 0 {
+            self.waiting_for = Some(if node_free == 0 {
+                format!(
+                    "a migration slot on the node ({node_in_flight} of {node_cap} in flight; {} VMIs to go)",
+                    fresh.len()
+                )
+            } else {
+                format!(
+                    "a migration slot in the cluster ({cluster_in_flight} of {cluster_cap} in flight; {} VMIs to go)",
+                    fresh.len()
+                )
+            });
+            return;
+        }
+        for (vmi, _) in fresh.into_iter().take(slots) {
+            let key = vmi.key();
+            let attempt = state.vmis[&key].attempts + 1;
+            let name = migration_name(&s.node.name, state, &vmi.name, attempt);
+            let record = state.vmis.get_mut(&key).expect("entry created above");
+            record.attempts = attempt;
+            record.outcome = VmiOutcome::Migrating;
+            record.retry_at = None;
+            self.actions.push(Action::CreateMigration {
+                namespace: vmi.namespace.clone(),
+                name: name.clone(),
+                vmi: vmi.name.clone(),
+            });
+            self.actions.push(
+                Action::event(
+                    "MigrationStarted",
+                    format!("live-migrating VMI {key} (attempt {attempt}, migration {name})"),
+                )
+                .about_vmi(&vmi.namespace, &vmi.name),
+            );
+        }
+        state.last_batch_at = Some(s.now);
+    }
+
+    /// Applies the non-migratable policy to one VMI.
+    pub(super) fn fallback(&mut self, state: &mut DrainState, vmi: &VmiView, why: String) {
+        let key = vmi.key();
+        let policy = &self.config.non_migratable;
+        let record = state.vmis.get(&key).cloned().unwrap_or_default();
+        match policy.policy {
+            NonMigratablePolicy::Block => {
+                state.vmis.entry(key.clone()).or_default().outcome = VmiOutcome::Blocked;
+                self.block(
+                    BlockReason::NonMigratableVmi,
+                    format!(
+                        "VMI {key} cannot live-migrate ({why}) and non_migratable.policy is \"block\""
+                    ),
+                );
+            }
+            NonMigratablePolicy::Restart => self.restart(state, vmi, &why),
+            NonMigratablePolicy::Evict if record.eviction_refused => {
+                match policy.on_eviction_refused {
+                    EvictionRefusedPolicy::Restart => self.restart(state, vmi, &why),
+                    EvictionRefusedPolicy::Fail => {
+                        let message = format!(
+                            "KubeVirt refused to evict VMI {key}, which cannot live-migrate ({why}), and non_migratable.on_eviction_refused is \"fail\""
+                        );
+                        self.fail(state.clone(), message);
+                    }
+                }
+            }
+            NonMigratablePolicy::Evict => {
+                let Some(pod) = &vmi.launcher_pod else {
+                    self.waiting_for
+                        .get_or_insert_with(|| format!("VMI {key}'s virt-launcher pod"));
+                    return;
+                };
+                // The outcome becomes Evicting when the eviction is accepted (record_outcome).
+                self.actions.push(Action::EvictPod {
+                    namespace: vmi.namespace.clone(),
+                    name: pod.clone(),
+                    vmi: Some(vmi.name.clone()),
+                });
+                self.actions.push(
+                    Action::event(
+                        "VmiEvicted",
+                        format!("evicting VMI {key} (virt-launcher pod {pod}): {why}"),
+                    )
+                    .about_vmi(&vmi.namespace, &vmi.name),
+                );
+            }
+        }
+    }
+
+    pub(super) fn restart(&mut self, state: &mut DrainState, vmi: &VmiView, why: &str) {
+        let key = vmi.key();
+        let record = state.vmis.entry(key.clone()).or_default();
+        if !vmi.restartable {
+            record.outcome = VmiOutcome::Blocked;
+            self.block(
+                BlockReason::EvictionRefused,
+                format!(
+                    "VMI {key} cannot live-migrate ({why}) and has no VirtualMachine that would start it again; move or stop it by hand"
+                ),
+            );
+            return;
+        }
+        if vmi.deleting {
+            record.outcome = VmiOutcome::Restarting;
+            return;
+        }
+        // The outcome becomes Restarting when the stop is accepted (record_outcome).
+        self.actions.push(Action::RestartVmi {
+            namespace: vmi.namespace.clone(),
+            name: vmi.name.clone(),
+        });
+        self.actions.push(
+            Action::event(
+                "VmiRestarted",
+                format!(
+                    "stopping VMI {key} so that its VirtualMachine starts it on another node: {why}"
+                ),
+            )
+            .about_vmi(&vmi.namespace, &vmi.name),
+        );
+    }
+
+    pub(super) fn cancel_own_migrations(&mut self) -> usize {
+        let mut cancelled = 0;
+        for m in self
+            .s
+            .migrations
+            .iter()
+            .filter(|m| m.ours && m.phase == MigrationPhase::Unfinished && !m.deleting)
+        {
+            cancelled += 1;
+            self.actions.push(Action::CancelMigration {
+                namespace: m.namespace.clone(),
+                name: m.name.clone(),
+            });
+            self.observations.push(Observation::MigrationFinished {
+                result: MigrationResult::Cancelled,
+                duration: None,
+            });
+        }
+        cancelled
+    }
+}
+
+/// Name of the migration vacate creates for a VMI: recognisably vacate's, unique per node,
+/// drain and attempt (two nodes' drains may start in the same second and meet the same VMI),
+/// and the same every time it is computed, so a restarted vacate that repeats a create gets
+/// `AlreadyExists` instead of a second migration.
+pub fn migration_name(node: &str, state: &DrainState, vmi: &str, attempt: u32) -> String {
+    let drain = fnv1a(&format!(
+        "{node}/{}",
+        state.started_at.timestamp_nanos_opt().unwrap_or_default()
+    ));
+    let suffix = format!("-{drain:08x}-{attempt}");
+    let max_vmi = 253 - "vacate-".len() - suffix.len();
+    let vmi = if vmi.len() > max_vmi {
+        &vmi[..max_vmi]
+    } else {
+        vmi
+    };
+    format!("vacate-{}{suffix}", vmi.trim_end_matches(['-', '.']))
+}
+
+/// FNV-1a folded to 32 bits: stable across vacate versions, unlike std's hasher, so a
+/// newer vacate computes the same migration names as the one that started the drain.
+fn fnv1a(text: &str) -> u32 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in text.bytes() {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    (hash ^ (hash >> 32)) as u32
+}
