@@ -15,7 +15,6 @@ use super::snapshot::{
 };
 use crate::config::Config;
 use crate::error::{Error, Result, status_code, status_message};
-use crate::metrics::Metrics;
 use crate::planner::{Action, ActionResult, EventType, Subject};
 
 /// The longest one API call of an action may take.
@@ -24,7 +23,6 @@ pub const ACTION_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3
 pub struct Executor<'a> {
     pub client: &'a Client,
     pub config: &'a Config,
-    pub metrics: &'a Metrics,
     pub recorder: &'a Recorder,
     pub node: &'a Node,
     pub written_version: std::sync::Mutex<Option<String>>,
@@ -142,7 +140,6 @@ impl Executor<'_> {
                 let result = api.create(&PostParams::default(), &migration).await;
                 let outcome = done(result, &format!("creating migration {namespace}/{name}"))?;
                 match &outcome {
-                    ActionResult::Done => self.metrics.migrations_started.inc(),
                     ActionResult::Refused(m) | ActionResult::Rejected(m) => {
                         self.publish(
                             EventType::Warning,
@@ -162,24 +159,11 @@ impl Executor<'_> {
                 done(result, &format!("cancelling migration {namespace}/{name}"))
             }
             Action::EvictPod {
-                namespace,
-                name,
-                vmi,
+                namespace, name, ..
             } => {
                 let api: Api<Pod> = Api::namespaced(self.client.clone(), namespace);
                 let result = api.evict(name, &EvictParams::default()).await;
                 let outcome = done(result, &format!("evicting pod {namespace}/{name}"))?;
-                let kind = if vmi.is_some() { "vmi" } else { "pod" };
-                let label = match &outcome {
-                    ActionResult::Done => "evicted",
-                    ActionResult::Refused(_) => "refused",
-                    ActionResult::Gone => "gone",
-                    ActionResult::AlreadyExists | ActionResult::Rejected(_) => "rejected",
-                };
-                self.metrics
-                    .evictions
-                    .with_label_values(&[kind, label])
-                    .inc();
                 match &outcome {
                     ActionResult::Done => {
                         let subject = Subject {
@@ -196,11 +180,6 @@ impl Executor<'_> {
                         .await;
                     }
                     ActionResult::Refused(message) => {
-                        let refuser = if vmi.is_some() { "kubevirt" } else { "pdb" };
-                        self.metrics
-                            .eviction_retries
-                            .with_label_values(&[refuser])
-                            .inc();
                         tracing::info!(pod = %name, %namespace, %message, "eviction refused");
                     }
                     ActionResult::Rejected(message) => {
@@ -219,11 +198,7 @@ impl Executor<'_> {
                 let api: Api<VirtualMachineInstance> =
                     Api::namespaced(self.client.clone(), namespace);
                 let result = api.delete(name, &DeleteParams::default()).await;
-                let outcome = done(result, &format!("stopping VMI {namespace}/{name}"))?;
-                if outcome == ActionResult::Done {
-                    self.metrics.vmi_restarts.inc();
-                }
-                Ok(outcome)
+                done(result, &format!("stopping VMI {namespace}/{name}"))
             }
             Action::Event {
                 event_type,

@@ -42,7 +42,7 @@ pub use explain::{PlanLine, explain};
 pub use fleet::{FleetNode, Gate};
 pub use model::{
     ClusterView, EvictionStrategy, Migratability, MigrationPhase, MigrationView, NodeView, PodView,
-    Snapshot, VmiView,
+    Snapshot, StartGate, VmiView,
 };
 pub use outcomes::{backoff, record_outcome, summary};
 pub use pod_filters::{PodVerdict, classify};
@@ -176,7 +176,7 @@ impl<'a> Planner<'a> {
         self.wake = Some(self.wake.map_or(at, |w| w.min(at)));
     }
 
-    fn finish(self) -> Plan {
+    fn finish(mut self) -> Plan {
         let now = self.s.now;
         // Never sooner than a second: a wake time in the past (a clock going back) must not
         // turn into a tight loop.
@@ -207,6 +207,17 @@ impl<'a> Planner<'a> {
             None if self.clear => (NextState::Clear, Phase::Idle),
             None => (NextState::Unchanged, Phase::Idle),
         };
+        let from = self.original.as_ref().map_or(Phase::Idle, |s| s.phase);
+        if from != phase {
+            self.observations
+                .push(Observation::PhaseChanged { from, to: phase });
+        }
+        let left_maintenance = !matches!(from, Phase::Idle | Phase::Pending)
+            && matches!(phase, Phase::Idle | Phase::Pending | Phase::Failed)
+            && from != phase;
+        if left_maintenance || self.actions.contains(&Action::Uncordon) {
+            self.observations.push(Observation::PlaceReleased);
+        }
         Plan {
             actions: self.actions,
             state: next,

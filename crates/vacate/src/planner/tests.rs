@@ -83,7 +83,7 @@ pub(super) fn snapshot(node: NodeView) -> Snapshot {
         migrations: vec![],
         pods: vec![],
         cluster: ClusterView::default(),
-        start_gate: Ok(()),
+        start_gate: StartGate::Open,
     }
 }
 
@@ -918,7 +918,7 @@ fn garbage_state_is_reported_and_replaced() {
 #[test]
 fn start_gate_holds_drain_in_pending() {
     let mut s = snapshot(node(Some("true"), false));
-    s.start_gate = Err(Gate::new(BlockReason::FleetLimit, "1 of at most 1 node"));
+    s.start_gate = StartGate::Closed(Gate::new(BlockReason::FleetLimit, "1 of at most 1 node"));
     let p = plan(&s, &Config::default());
     assert!(!p.actions.contains(&Action::Cordon));
     assert_eq!(p.phase, Phase::Pending);
@@ -1203,4 +1203,46 @@ fn mixed_sizes_finish_at_the_makespan_bound() {
     assert_eq!(makespan(&[1, 2, 4, 8, 16, 32], 2), 32);
     // Smallest-first order from the names must not matter either.
     assert_eq!(makespan(&[32, 1, 1, 1, 1, 1, 1, 16, 16], 2), 35);
+}
+
+#[test]
+fn the_plan_announces_its_transitions() {
+    let has = |p: &Plan, o: &Observation| p.observations.contains(o);
+    // A request starts a drain.
+    let mut s = snapshot(node(Some("true"), false));
+    s.vmis = vec![vmi("vm-0")];
+    let p = plan(&s, &Config::default());
+    assert!(has(&p, &Observation::DrainStarted));
+    assert!(has(
+        &p,
+        &Observation::PhaseChanged {
+            from: Phase::Idle,
+            to: Phase::Migrating
+        }
+    ));
+    assert!(!has(&p, &Observation::PlaceReleased));
+
+    // A drain still under way announces nothing new.
+    let state = written(&p);
+    let mut s2 = with_state(s.clone(), &state);
+    s2.node.unschedulable = true;
+    s2.migrations = vec![migration(&state, "vm-0", 1, MigrationPhase::Unfinished)];
+    let p = plan(&s2, &Config::default());
+    assert!(p.observations.is_empty(), "{:?}", p.observations);
+
+    // The request removed mid-drain: the place in the fleet is given back.
+    s2.node.request_value = None;
+    let p = plan(&s2, &Config::default());
+    assert!(has(&p, &Observation::PlaceReleased));
+    assert!(!has(&p, &Observation::DrainStarted));
+}
+
+#[test]
+fn a_gate_not_asked_keeps_the_drain_from_starting() {
+    let mut s = snapshot(node(Some("true"), false));
+    s.start_gate = StartGate::NotAsked;
+    let p = plan(&s, &Config::default());
+    assert!(!p.actions.contains(&Action::Cordon));
+    assert_eq!(p.phase, Phase::Pending);
+    assert!(!p.observations.contains(&Observation::DrainStarted));
 }
