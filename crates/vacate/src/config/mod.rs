@@ -151,7 +151,7 @@ impl Default for MigrationConfig {
     fn default() -> Self {
         Self {
             batch_size: 2,
-            batch_interval: ConfigDuration::from_secs(5),
+            batch_interval: ConfigDuration::from_secs(0),
             max_in_flight_per_node: 2,
             max_in_flight_cluster: 5,
             max_attempts: 3,

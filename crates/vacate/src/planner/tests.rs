@@ -266,6 +266,7 @@ fn batch_interval_spaces_batches() {
     s.vmis = (0..4).map(|i| vmi(&format!("vm-{i}"))).collect();
     let mut config = Config::default();
     config.migration.max_in_flight_per_node = 10;
+    config.migration.batch_interval = crate::config::ConfigDuration::from_secs(5);
     s.cluster.kubevirt_per_node = 10;
     let state = written(&plan(&s, &config));
     let mut s2 = s.clone();
