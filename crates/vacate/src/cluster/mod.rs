@@ -8,6 +8,8 @@ pub mod prometheus;
 mod read;
 pub mod schedule;
 pub mod snapshot;
+#[cfg(test)]
+mod tests;
 pub mod watch;
 
 use std::collections::HashMap;
