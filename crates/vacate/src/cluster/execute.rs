@@ -214,11 +214,14 @@ impl Executor<'_> {
     }
 
     /// Writes (or removes) the state annotation. With `resource_version`, the write only
-    /// succeeds if the node has not changed since the snapshot was taken.
+    /// succeeds if the node has not changed since the snapshot was taken. With `cordon`,
+    /// the same write cordons the node: a drain's start is one request, state and cordon
+    /// together or neither.
     pub async fn write_state(
         &self,
         json: Option<String>,
         resource_version: Option<&str>,
+        cordon: bool,
     ) -> Result<()> {
         let node = self.node_name();
         let nodes: Api<Node> = Api::all(self.client.clone());
@@ -226,7 +229,11 @@ impl Executor<'_> {
         if let Some(rv) = resource_version {
             metadata["resourceVersion"] = json!(rv);
         }
-        let patch = Patch::Merge(json!({ "metadata": metadata }));
+        let mut patch = json!({ "metadata": metadata });
+        if cordon {
+            patch["spec"] = json!({"unschedulable": true});
+        }
+        let patch = Patch::Merge(patch);
         let params = PatchParams::default();
         let write = nodes.patch(&node, &params, &patch);
         let written = tokio::time::timeout(ACTION_TIMEOUT, write)

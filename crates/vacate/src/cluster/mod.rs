@@ -299,10 +299,15 @@ impl Context {
             node,
             written_version: Default::default(),
         };
+        // A cordon that starts a drain goes out with the state that records it.
+        let cordon_with_state =
+            matches!(plan.state, NextState::Write(_)) && plan.actions.contains(&Action::Cordon);
         let mut state = match &plan.state {
             NextState::Write(s) => {
                 let rv = node.resource_version();
-                if let Err(error) = executor.write_state(Some(s.to_json()), rv.as_deref()).await {
+                let write =
+                    executor.write_state(Some(s.to_json()), rv.as_deref(), cordon_with_state);
+                if let Err(error) = write.await {
                     if let Error::Kube { source, .. } = &error
                         && status_code(source) == Some(409)
                     {
@@ -318,7 +323,11 @@ impl Context {
         let written = state.clone();
         let mut replan_at = None;
         for action in &plan.actions {
-            let result = executor.run(action).await?;
+            let result = if cordon_with_state && *action == Action::Cordon {
+                ActionResult::Done
+            } else {
+                executor.run(action).await?
+            };
             self.metrics.record_action(action, &result);
             if let (
                 Action::CreateMigration {
@@ -339,9 +348,9 @@ impl Context {
             }
         }
         match (&plan.state, &state) {
-            (NextState::Clear, _) => executor.write_state(None, None).await?,
+            (NextState::Clear, _) => executor.write_state(None, None, false).await?,
             (_, Some(s)) if state != written => {
-                executor.write_state(Some(s.to_json()), None).await?
+                executor.write_state(Some(s.to_json()), None, false).await?
             }
             _ => {}
         }

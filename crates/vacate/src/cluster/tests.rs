@@ -271,12 +271,14 @@ async fn the_intent_is_written_before_anything_is_done() {
                 .contains("\"resourceVersion\":\"10\""),
         "the first write is the state, conditional on the snapshot's version: {seen:#?}"
     );
-    let cordon = seen.iter().position(Seen::cordons).expect("a cordon");
+    // The cordon goes out in the same request: state and cordon together or neither.
+    assert!(seen[first_write].cordons(), "{seen:#?}");
+    assert_eq!(seen.iter().filter(|s| s.cordons()).count(), 1, "{seen:#?}");
     let create = seen
         .iter()
         .position(Seen::creates_migration)
         .expect("a migration");
-    assert!(first_write < cordon && cordon < create, "{seen:#?}");
+    assert!(first_write < create, "{seen:#?}");
     assert_eq!(seen.iter().filter(|s| s.creates_migration()).count(), 2);
     assert_eq!(fake.last_state().phase, Phase::Migrating);
 }
@@ -288,13 +290,14 @@ async fn a_conflicting_state_write_plans_again_and_does_nothing() {
     let next = fake.ctx.reconcile(NODE).await.expect("reconcile");
     assert_eq!(next, Some(Duration::from_millis(200)));
     let seen = fake.seen();
-    assert!(!seen.iter().any(Seen::cordons), "{seen:#?}");
-    assert!(!seen.iter().any(Seen::creates_migration), "{seen:#?}");
+    let writes: Vec<&Seen> = seen.iter().filter(|s| s.method != "GET").collect();
+    assert_eq!(writes.len(), 1, "only the refused state write: {seen:#?}");
+    assert!(writes[0].writes_state());
     assert!(fake.ctx.reports.lock().unwrap().get(NODE).is_none());
 
     // The next look (fresh data) goes ahead.
     fake.ctx.reconcile(NODE).await.expect("reconcile");
-    assert!(fake.seen().iter().any(Seen::cordons));
+    assert!(fake.seen().iter().any(Seen::creates_migration));
 }
 
 #[tokio::test]
