@@ -69,7 +69,7 @@ pub struct Context {
 pub struct Shell {
     pub ctx: Arc<Context>,
     rx: mpsc::UnboundedReceiver<Wake>,
-    _tasks: Vec<tokio::task::JoinHandle<()>>,
+    _tasks: watch::Tasks,
 }
 
 impl Shell {

@@ -74,6 +74,8 @@ pub enum EvictionStrategy {
     LiveMigrate,
     LiveMigrateIfPossible,
     External,
+    /// A strategy this vacate does not know (a newer KubeVirt's).
+    Unrecognized,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1247,3 +1247,25 @@ fn a_gate_not_asked_keeps_the_drain_from_starting() {
     assert_eq!(p.phase, Phase::Pending);
     assert!(!p.observations.contains(&Observation::DrainStarted));
 }
+
+#[test]
+fn a_vmi_with_an_unknown_eviction_strategy_is_left_alone_and_named() {
+    let mut s = snapshot(node(Some("true"), false));
+    s.vmis = vec![
+        VmiView {
+            eviction_strategy: EvictionStrategy::Unrecognized,
+            ..vmi("future")
+        },
+        vmi("vm-1"),
+    ];
+    let p = plan(&s, &Config::default());
+    assert_eq!(migrations_created(&p), vec!["vm-1"]);
+    assert!(evicted(&p).is_empty());
+    assert!(
+        !p.actions
+            .iter()
+            .any(|a| matches!(a, Action::RestartVmi { .. }))
+    );
+    assert_eq!(p.blocked, Some(BlockReason::NonMigratableVmi));
+    assert_eq!(written(&p).vmis["vms/future"].outcome, VmiOutcome::Blocked);
+}
