@@ -237,7 +237,8 @@ impl Default for BlockersConfig {
         Self {
             pods: LabelSelector::default(),
             prometheus_url: String::new(),
-            prometheus_query: r#"ALERTS{alertstate="firing",alertname!~"Watchdog|InfoInhibitor"}"#.into(),
+            prometheus_query: r#"ALERTS{alertstate="firing",alertname!~"Watchdog|InfoInhibitor"}"#
+                .into(),
             prometheus_interval: ConfigDuration::from_secs(15),
         }
     }

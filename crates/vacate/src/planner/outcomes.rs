@@ -113,18 +113,26 @@ pub fn record_outcome(
         }
         (
             Action::CreateMigration { namespace, vmi, .. },
-            ActionResult::Refused(_) | ActionResult::Rejected(_),
+            ActionResult::Refused(message) | ActionResult::Rejected(message),
         ) => {
-            // KubeVirt's admission refused the migration (e.g. another one is running, or
-            // the VMI stopped being migratable): count it as a failed attempt.
             let key = format!("{namespace}/{vmi}");
             let record = state.vmis.entry(key.clone()).or_default();
+            // "Try again later" (a 429 from API priority and fairness or a webhook), or
+            // KubeVirt's migration-create admitter finding another migration of the VMI in
+            // flight (migration-create-admitter.go: "in-flight migration detected"), says
+            // nothing about whether the VMI can migrate: it uses up no attempt. Any other
+            // refusal (the VMI stopped being migratable, say) counts as a failed attempt.
+            let transient = matches!(result, ActionResult::Refused(_))
+                || message.contains("in-flight migration detected");
+            if transient {
+                record.attempts = record.attempts.saturating_sub(1);
+            }
             record.outcome = VmiOutcome::RetryWaiting;
             let retry_at = now
                 + chrono_duration(backoff(
                     config.migration.retry_backoff.get(),
                     config.migration.retry_backoff_max.get(),
-                    record.attempts,
+                    record.attempts.max(1),
                     &key,
                 ));
             record.retry_at = Some(retry_at);

@@ -1269,3 +1269,39 @@ fn a_vmi_with_an_unknown_eviction_strategy_is_left_alone_and_named() {
     assert_eq!(p.blocked, Some(BlockReason::NonMigratableVmi));
     assert_eq!(written(&p).vmis["vms/future"].outcome, VmiOutcome::Blocked);
 }
+
+/// The state after the first create of vm-0's migration was answered with `result`.
+fn after_refused_create(result: ActionResult) -> DrainState {
+    let mut s = snapshot(node(Some("true"), false));
+    s.vmis = vec![vmi("vm-0")];
+    let config = Config::default();
+    let p = plan(&s, &config);
+    let mut state = written(&p);
+    let create = p
+        .actions
+        .iter()
+        .find(|a| matches!(a, Action::CreateMigration { .. }))
+        .unwrap();
+    let replan = record_outcome(&mut state, create, &result, t(0), &config);
+    assert!(replan.is_some_and(|at| at > t(0)), "a retry is timed");
+    assert_eq!(state.vmis["vms/vm-0"].outcome, VmiOutcome::RetryWaiting);
+    state
+}
+
+#[test]
+fn a_create_refused_for_now_uses_no_attempt() {
+    let state = after_refused_create(ActionResult::Refused("too many requests".into()));
+    assert_eq!(state.vmis["vms/vm-0"].attempts, 0);
+    let state = after_refused_create(ActionResult::Rejected(
+        "admission webhook \"migration-create-validator.kubevirt.io\" denied the request: in-flight migration detected. Active migration job (abc) is currently already in progress for VMI vm-0.".into(),
+    ));
+    assert_eq!(state.vmis["vms/vm-0"].attempts, 0);
+}
+
+#[test]
+fn a_create_rejected_for_good_counts_as_an_attempt() {
+    let state = after_refused_create(ActionResult::Rejected(
+        "cannot migrate VMI: DisksNotLiveMigratable".into(),
+    ));
+    assert_eq!(state.vmis["vms/vm-0"].attempts, 1);
+}
