@@ -37,6 +37,11 @@ fn classify(error: kube::Error, doing: &str) -> Result<ActionResult> {
         Some(code) if (400..500).contains(&code) && code != 401 => {
             Ok(ActionResult::Rejected(status_message(&error)))
         }
+        // The Eviction API answers 500 for a pod under two PodDisruptionBudgets (eviction.go in
+        // Kubernetes): no retry changes that, so it is a rejection shown to the user.
+        Some(500) if status_message(&error).contains("more than one PodDisruptionBudget") => {
+            Ok(ActionResult::Rejected(status_message(&error)))
+        }
         _ => Err(Error::Kube {
             doing: doing.to_string(),
             source: error,

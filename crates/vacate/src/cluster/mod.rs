@@ -265,12 +265,20 @@ impl Context {
             snap.start_gate = self.start_gate(&node).await?;
         }
         let plan = planner::plan(&snap, config);
-        let Applied { state, replan_at } = match self.apply(&node, &plan, &snap).await? {
+        let Applied {
+            state,
+            replan_at,
+            failed,
+        } = match self.apply(&node, &plan, &snap).await? {
             Some(applied) => applied,
             // Someone changed the node since the snapshot: plan again with fresh data.
             None => return Ok(Some(Duration::from_millis(200))),
         };
         self.report(name, &snap, &plan, state.as_ref(), ours_in_flight);
+        if let Some(error) = failed {
+            // The other actions ran; this one is tried again after the error back-off.
+            return Err(error);
+        }
 
         let mut next = plan.requeue_after;
         if let Some(at) = replan_at {
@@ -322,11 +330,22 @@ impl Context {
         };
         let written = state.clone();
         let mut replan_at = None;
+        let mut failed = None;
         for action in &plan.actions {
             let result = if cordon_with_state && *action == Action::Cordon {
                 ActionResult::Done
             } else {
-                executor.run(action).await?
+                match executor.run(action).await {
+                    Ok(result) => result,
+                    // Nothing may move off a node that is not cordoned.
+                    Err(error) if *action == Action::Cordon => return Err(error),
+                    // One failing call (a webhook down, a 5xx) does not hold up the others.
+                    Err(error) => {
+                        tracing::warn!(?action, %error, "an action failed; the others go on");
+                        failed.get_or_insert(error);
+                        continue;
+                    }
+                }
             };
             self.metrics.record_action(action, &result);
             if let (
@@ -359,7 +378,11 @@ impl Context {
         if let Some(version) = executor.written_version() {
             self.wait_for_cache(&name, &version).await;
         }
-        Ok(Some(Applied { state, replan_at }))
+        Ok(Some(Applied {
+            state,
+            replan_at,
+            failed,
+        }))
     }
 
     /// Tells everyone what the plan did: metrics, `vacate drain` and the tests through the
@@ -451,6 +474,8 @@ impl Context {
 struct Applied {
     state: Option<DrainState>,
     replan_at: Option<chrono::DateTime<Utc>>,
+    /// The first action that failed, if one did.
+    failed: Option<Error>,
 }
 
 /// Looks up a node, for commands that act on one.

@@ -45,6 +45,10 @@ impl Seen {
 struct Script {
     /// Answer the next conditional state write (one with a resourceVersion) with 409.
     conflict_on_state_write: bool,
+    /// The pods on the node.
+    pods: Vec<Value>,
+    /// Evictions answered with this status code and message, by pod name.
+    eviction_errors: HashMap<String, (u16, String)>,
 }
 
 struct Fake {
@@ -129,11 +133,28 @@ async fn serve(
             held.push(respond);
             continue;
         } else if method == "GET" && path.starts_with("/api/v1/pods") {
+            let pods = script.lock().unwrap().pods.clone();
             json_response(
                 StatusCode::OK,
                 &json!({"apiVersion": "v1", "kind": "PodList",
-                        "metadata": {"resourceVersion": "5"}, "items": []}),
+                        "metadata": {"resourceVersion": "5"}, "items": pods}),
             )
+        } else if method == "POST" && parts.uri.path().ends_with("/eviction") {
+            let pod = parts
+                .uri
+                .path()
+                .trim_end_matches("/eviction")
+                .rsplit('/')
+                .next()
+                .unwrap_or("");
+            match script.lock().unwrap().eviction_errors.get(pod) {
+                Some((code, message)) => {
+                    let mut body = status(*code, "InternalError");
+                    body["message"] = json!(message);
+                    json_response(StatusCode::from_u16(*code).unwrap(), &body)
+                }
+                None => json_response(StatusCode::CREATED, &status(201, "Created")),
+            }
         } else if method == "GET" && path.starts_with("/api/v1/nodes") {
             let node = node_now.lock().unwrap().clone();
             json_response(
@@ -331,4 +352,72 @@ async fn migrations_not_yet_in_the_cache_hold_their_slots() {
     );
     let report = fake.ctx.reports.lock().unwrap()[NODE].clone();
     assert_eq!(report.phase, Phase::Migrating);
+}
+
+fn pod(name: &str) -> Value {
+    json!({"apiVersion": "v1", "kind": "Pod",
+           "metadata": {"name": name, "namespace": "apps", "uid": format!("uid-{name}"),
+                        "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet",
+                                             "name": "web", "uid": "rs", "controller": true}]},
+           "spec": {"nodeName": NODE, "containers": []},
+           "status": {"phase": "Running"}})
+}
+
+fn evictions(seen: &[Seen]) -> Vec<String> {
+    seen.iter()
+        .map(|s| s.path.split('?').next().unwrap_or_default())
+        .filter(|path| path.ends_with("/eviction"))
+        .map(|path| {
+            path.trim_end_matches("/eviction")
+                .rsplit('/')
+                .next()
+                .unwrap()
+                .to_string()
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn one_failing_action_does_not_hold_up_the_others() {
+    let fake = Fake::new(config(), requested(), vec![]);
+    {
+        let mut script = fake.script.lock().unwrap();
+        script.pods = vec![pod("a"), pod("b")];
+        script
+            .eviction_errors
+            .insert("a".into(), (500, "etcdserver: request timed out".into()));
+    }
+    let result = fake.ctx.reconcile(NODE).await;
+    assert!(result.is_err(), "the failure is reported: {result:?}");
+    assert_eq!(evictions(&fake.seen()), vec!["a", "b"]);
+    let report = fake.ctx.reports.lock().unwrap()[NODE].clone();
+    assert_eq!(report.phase, Phase::Evicting);
+}
+
+#[tokio::test]
+async fn a_pod_under_two_disruption_budgets_is_a_rejection_shown_to_the_user() {
+    let fake = Fake::new(config(), requested(), vec![]);
+    {
+        let mut script = fake.script.lock().unwrap();
+        script.pods = vec![pod("a")];
+        script.eviction_errors.insert(
+            "a".into(),
+            (
+                500,
+                "This pod has more than one PodDisruptionBudget, which the eviction subresource does not support.".into(),
+            ),
+        );
+    }
+    fake.ctx
+        .reconcile(NODE)
+        .await
+        .expect("not an error: a rejection");
+    let state = fake.last_state();
+    let blocked = state.blocked.expect("the drain says what blocks it");
+    assert_eq!(blocked.reason, BlockReason::EvictionRejected);
+    assert!(
+        blocked
+            .message
+            .contains("more than one PodDisruptionBudget")
+    );
 }
