@@ -54,6 +54,9 @@ pub enum RunStrategy {
     Once,
     /// Waits to receive a VMI through a cross-cluster migration (KubeVirt ≥ 1.6).
     WaitAsReceiver,
+    /// A strategy of a KubeVirt newer than this build: read, never acted on as if known.
+    #[serde(other)]
+    Unrecognized,
 }
 
 /// `VirtualMachineInstanceTemplateSpec`.

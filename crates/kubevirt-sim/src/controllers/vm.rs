@@ -72,7 +72,7 @@ async fn reconcile(vm: Arc<VirtualMachine>, ctx: Arc<Context>) -> Result<Action>
         RunStrategy::RerunOnFailure => vmi
             .as_ref()
             .is_none_or(|v| v.phase() != Some(VmiPhase::Succeeded)),
-        RunStrategy::Halted => false,
+        RunStrategy::Halted | RunStrategy::Unrecognized => false,
         RunStrategy::Manual | RunStrategy::Once | RunStrategy::WaitAsReceiver => vmi.is_some(),
     };
 

@@ -87,7 +87,10 @@ impl Context {
             now: Utc::now(),
             vmis: vmis
                 .iter()
-                .map(|v| snapshot::vmi_view(v, default_strategy, &pods))
+                .map(|v| {
+                    let restarts = snapshot::restarts_when_stopped(v, &self.stores.vms);
+                    snapshot::vmi_view(v, default_strategy, &pods, restarts)
+                })
                 .collect(),
             migrations,
             pods: pods.iter().map(snapshot::pod_view).collect(),

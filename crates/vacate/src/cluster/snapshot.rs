@@ -7,8 +7,10 @@ use std::collections::BTreeMap;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::ResourceExt;
+use kube::runtime::reflector::{ObjectRef, Store};
 use kubevirt_api::{
-    KubeVirt, VirtualMachineInstance, VirtualMachineInstanceMigration, labels as kv_labels,
+    KubeVirt, RunStrategy, VirtualMachine, VirtualMachineInstance, VirtualMachineInstanceMigration,
+    labels as kv_labels,
 };
 
 use crate::config::Config;
@@ -93,10 +95,29 @@ fn eviction_strategy(s: kubevirt_api::EvictionStrategy) -> EvictionStrategy {
     }
 }
 
+/// Whether KubeVirt starts a VMI again once it is stopped: only a VirtualMachine whose run
+/// strategy resolves to Always does (vm.go, v1.7.4 and v1.9.0: RerunOnFailure restarts only a
+/// failed VMI; Manual, Halted, Once and WaitAsReceiver leave a deleted VMI stopped).
+pub fn restarts_when_stopped(vmi: &VirtualMachineInstance, vms: &Store<VirtualMachine>) -> bool {
+    let Some(owner) = vmi
+        .owner_references()
+        .iter()
+        .find(|o| o.kind == "VirtualMachine" && o.controller == Some(true))
+    else {
+        return false;
+    };
+    let vm = ObjectRef::new(&owner.name).within(&vmi.namespace().unwrap_or_default());
+    vms.get(&vm).is_some_and(|vm| {
+        vm.uid().as_deref() == Some(owner.uid.as_str())
+            && vm.effective_run_strategy() == RunStrategy::Always
+    })
+}
+
 pub fn vmi_view(
     vmi: &VirtualMachineInstance,
     cluster_default: Option<kubevirt_api::EvictionStrategy>,
     pods: &[Pod],
+    restartable: bool,
 ) -> VmiView {
     let migratability = match vmi.live_migratable() {
         Some(m) if m.migratable => Migratability::Migratable,
@@ -123,10 +144,7 @@ pub fn vmi_view(
         migratability,
         eviction_strategy: eviction_strategy(strategy),
         launcher_pod,
-        restartable: vmi
-            .owner_references()
-            .iter()
-            .any(|o| o.kind == "VirtualMachine" && o.controller == Some(true)),
+        restartable,
         deleting: vmi.metadata.deletion_timestamp.is_some(),
         memory: vmi.guest_memory_bytes().unwrap_or(0),
     }
@@ -276,6 +294,57 @@ pub fn moves_in_drain(pod: &Pod) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use kube::runtime::{reflector, watcher};
+    use serde_json::json;
+
+    fn vm(run: serde_json::Value) -> VirtualMachine {
+        let mut spec = json!({"template": {"spec": {"domain": {"devices": {}}}}});
+        for (k, v) in run.as_object().unwrap() {
+            spec[k] = v.clone();
+        }
+        serde_json::from_value(json!({
+            "apiVersion": "kubevirt.io/v1", "kind": "VirtualMachine",
+            "metadata": {"name": "db", "namespace": "vms", "uid": "vm-uid"},
+            "spec": spec
+        }))
+        .unwrap()
+    }
+
+    fn owned_vmi() -> VirtualMachineInstance {
+        serde_json::from_value(json!({
+            "apiVersion": "kubevirt.io/v1", "kind": "VirtualMachineInstance",
+            "metadata": {"name": "db", "namespace": "vms", "ownerReferences": [
+                {"apiVersion": "kubevirt.io/v1", "kind": "VirtualMachine", "name": "db",
+                 "uid": "vm-uid", "controller": true}]},
+            "spec": {"domain": {"devices": {}}}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn only_a_vm_that_runs_always_starts_a_stopped_vmi_again() {
+        let cases = [
+            (json!({"runStrategy": "Always"}), true),
+            (json!({"running": true}), true),
+            (json!({"runStrategy": "RerunOnFailure"}), false),
+            (json!({"runStrategy": "Manual"}), false),
+            (json!({"runStrategy": "Halted"}), false),
+            (json!({"runStrategy": "Once"}), false),
+            (json!({"runStrategy": "SomethingNewer"}), false),
+        ];
+        for (run, restarts) in cases {
+            let (store, mut writer) = reflector::store::<VirtualMachine>();
+            writer.apply_watcher_event(&watcher::Event::Apply(vm(run.clone())));
+            assert_eq!(
+                restarts_when_stopped(&owned_vmi(), &store),
+                restarts,
+                "{run}"
+            );
+        }
+        // No VirtualMachine in the cache: nothing would start it.
+        let (store, _) = reflector::store::<VirtualMachine>();
+        assert!(!restarts_when_stopped(&owned_vmi(), &store));
+    }
 
     #[test]
     fn long_node_names_make_valid_unique_label_values() {

@@ -202,6 +202,7 @@ impl Fake {
         }
         let (migrations, _) = reflector::store::<VirtualMachineInstanceMigration>();
         let (kubevirt, _) = reflector::store::<KubeVirt>();
+        let (vms, _) = reflector::store::<kubevirt_api::VirtualMachine>();
         let (trigger, rx) = mpsc::unbounded_channel();
         let (report_tx, _) = tokio_watch::channel(HashMap::new());
         let ctx = Arc::new(Context {
@@ -217,6 +218,7 @@ impl Fake {
             metrics: Metrics::new(),
             stores: Stores {
                 nodes,
+                vms,
                 vmis: vmi_store,
                 migrations,
                 kubevirt,

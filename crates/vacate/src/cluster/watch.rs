@@ -11,7 +11,9 @@ use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
-use kubevirt_api::{KubeVirt, VirtualMachineInstance, VirtualMachineInstanceMigration};
+use kubevirt_api::{
+    KubeVirt, VirtualMachine, VirtualMachineInstance, VirtualMachineInstanceMigration,
+};
 use tokio::sync::mpsc::UnboundedSender;
 use tokio::task::JoinHandle;
 
@@ -38,6 +40,7 @@ fn wake_nodes(names: impl IntoIterator<Item = String>) -> Vec<Wake> {
 #[derive(Clone)]
 pub struct Stores {
     pub nodes: Store<Node>,
+    pub vms: Store<VirtualMachine>,
     pub vmis: Store<VirtualMachineInstance>,
     pub migrations: Store<VirtualMachineInstanceMigration>,
     pub kubevirt: Store<KubeVirt>,
@@ -47,6 +50,7 @@ impl Stores {
     pub async fn wait_until_ready(&self, timeout: Duration) -> Result<()> {
         let all = async {
             let _ = self.nodes.wait_until_ready().await;
+            let _ = self.vms.wait_until_ready().await;
             let _ = self.vmis.wait_until_ready().await;
             let _ = self.migrations.wait_until_ready().await;
             let _ = self.kubevirt.wait_until_ready().await;
@@ -94,12 +98,35 @@ pub fn start(client: &Client, filter: &NodeFilter, trigger: Trigger) -> (Stores,
     if let Some(selector) = &filter.label_selector {
         node_config = node_config.labels(selector);
     }
-    let (nodes, task) = reflect(
+    let (nodes, task) = reflect_stripped(
         Api::<Node>::all(client.clone()),
         node_config,
         trigger.clone(),
         |node: &Node, _| wake_nodes([node.name_any()]),
         "nodes",
+        |node| {
+            strip_managed_fields(node);
+            // Container images are most of a node object and nothing vacate reads.
+            if let Some(status) = node.status.as_mut() {
+                status.images = None;
+            }
+        },
+    );
+    tasks.push(task);
+
+    // Only whether a VirtualMachine starts its VMI again (its run strategy) is read.
+    let (vms, task) = reflect_stripped(
+        Api::<VirtualMachine>::all(client.clone()),
+        watcher::Config::default(),
+        trigger.clone(),
+        |_: &VirtualMachine, _| Vec::new(),
+        "virtualmachines",
+        |vm| {
+            strip_managed_fields(vm);
+            vm.metadata.annotations = None;
+            vm.spec.template = Default::default();
+            vm.status = None;
+        },
     );
     tasks.push(task);
 
@@ -163,12 +190,18 @@ pub fn start(client: &Client, filter: &NodeFilter, trigger: Trigger) -> (Stores,
     (
         Stores {
             nodes,
+            vms,
             vmis,
             migrations,
             kubevirt,
         },
         tasks,
     )
+}
+
+/// Drops what no cache of vacate's reads: the managed fields of every object.
+fn strip_managed_fields<K: Resource>(object: &mut K) {
+    object.meta_mut().managed_fields = None;
 }
 
 fn reflect<K>(
@@ -182,8 +215,24 @@ where
     K: Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
     K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
 {
+    reflect_stripped(api, config, trigger, wakes_of, what, strip_managed_fields)
+}
+
+/// As [`reflect`], keeping of each object only what `strip` leaves.
+fn reflect_stripped<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    trigger: Trigger,
+    wakes_of: impl Fn(&K, bool) -> Vec<Wake> + Send + 'static,
+    what: &'static str,
+    strip: fn(&mut K),
+) -> (Store<K>, JoinHandle<()>)
+where
+    K: Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
+{
     let (reader, writer) = reflector::store();
-    let stream = reflector::reflector(writer, watcher(api, config)).default_backoff();
+    let stream = reflector::reflector(writer, watcher(api, config).modify(strip)).default_backoff();
     let task = tokio::spawn(async move {
         futures::pin_mut!(stream);
         while let Some(item) = stream.next().await {

@@ -415,7 +415,7 @@ impl Planner<'_> {
             self.block(
                 BlockReason::EvictionRefused,
                 format!(
-                    "VMI {key} cannot live-migrate ({why}) and has no VirtualMachine that would start it again; move or stop it by hand"
+                    "VMI {key} cannot live-migrate ({why}) and has no VirtualMachine with runStrategy Always that would start it again elsewhere; move or stop it by hand"
                 ),
             );
             return;
