@@ -94,9 +94,9 @@ impl Shell {
         let recorder = Recorder::new(client.clone(), reporter);
         let (report_tx, _) = tokio_watch::channel(HashMap::new());
         let b = &config.blockers;
-        let prometheus = (!b.prometheus_url.is_empty()).then(|| {
+        let prometheus = b.prometheus_url.as_ref().map(|url| {
             prometheus::PrometheusGate::new(
-                &b.prometheus_url,
+                url,
                 &b.prometheus_query,
                 b.prometheus_interval.get(),
                 Duration::from_secs(10),
@@ -362,6 +362,7 @@ impl Context {
                 config
                     .migration
                     .max_in_flight_per_node
+                    .get()
                     .min(cluster.kubevirt_per_node) as i64,
             );
         self.metrics
@@ -371,6 +372,7 @@ impl Context {
                 config
                     .migration
                     .max_in_flight_cluster
+                    .get()
                     .min(cluster.kubevirt_per_cluster) as i64,
             );
         let now = Utc::now();

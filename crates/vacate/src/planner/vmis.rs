@@ -7,7 +7,7 @@ impl Planner<'_> {
     /// Notes what became of vacate's own migrations since the last look.
     pub(super) fn follow_migrations(&mut self, state: &mut DrainState) {
         let s = self.s;
-        let max_attempts = self.config.migration.max_attempts;
+        let max_attempts = self.config.migration.max_attempts.get();
         for m in s.migrations.iter().filter(|m| m.ours) {
             let key = m.vmi_key();
             let Some(record) = state.vmis.get(&key) else {
@@ -197,7 +197,7 @@ impl Planner<'_> {
                 }
                 VmiOutcome::Waiting | VmiOutcome::Blocked | VmiOutcome::Left => {}
             }
-            let exhausted = record.attempts >= self.config.migration.max_attempts;
+            let exhausted = record.attempts >= self.config.migration.max_attempts.get();
             let strategy_allows = vmi.eviction_strategy != EvictionStrategy::None;
             match (&vmi.migratability, strategy_allows, exhausted) {
                 (Migratability::Migratable, true, false) => candidates.push((vmi, false)),
@@ -256,8 +256,14 @@ impl Planner<'_> {
         if fresh.is_empty() {
             return;
         }
-        let node_cap = m.max_in_flight_per_node.min(s.cluster.kubevirt_per_node);
-        let cluster_cap = m.max_in_flight_cluster.min(s.cluster.kubevirt_per_cluster);
+        let node_cap = m
+            .max_in_flight_per_node
+            .get()
+            .min(s.cluster.kubevirt_per_node);
+        let cluster_cap = m
+            .max_in_flight_cluster
+            .get()
+            .min(s.cluster.kubevirt_per_cluster);
         let node_free = node_cap.saturating_sub(node_in_flight);
         let cluster_free = cluster_cap.saturating_sub(cluster_in_flight);
         if let Some(last) = state.last_batch_at {
@@ -275,7 +281,7 @@ impl Planner<'_> {
         // max(total / P, largest) instead of leaving a big VM to start last.
         let mut fresh = fresh;
         fresh.sort_by(|(a, _), (b, _)| b.memory.cmp(&a.memory).then_with(|| a.key().cmp(&b.key())));
-        let slots = m.batch_size.min(node_free).min(cluster_free) as usize;
+        let slots = m.batch_size.get().min(node_free).min(cluster_free) as usize;
         if slots == 0 {
             self.waiting_for = Some(if node_free == 0 {
                 format!(
