@@ -430,7 +430,9 @@ impl Planner<'_> {
 /// and the same every time it is computed, so a restarted vacate that repeats a create gets
 /// `AlreadyExists` instead of a second migration.
 pub fn migration_name(node: &str, state: &DrainState, vmi: &str, attempt: u32) -> String {
-    let drain = fnv1a(&format!(
+    // Stable across vacate versions, so a newer vacate computes the same names as the one
+    // that started the drain.
+    let drain = kubevirt_api::hash::fnv1a_32(&format!(
         "{node}/{}",
         state.started_at.timestamp_nanos_opt().unwrap_or_default()
     ));
@@ -442,15 +444,4 @@ pub fn migration_name(node: &str, state: &DrainState, vmi: &str, attempt: u32) -
         vmi
     };
     format!("vacate-{}{suffix}", vmi.trim_end_matches(['-', '.']))
-}
-
-/// FNV-1a folded to 32 bits: stable across vacate versions, unlike std's hasher, so a
-/// newer vacate computes the same migration names as the one that started the drain.
-fn fnv1a(text: &str) -> u32 {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in text.bytes() {
-        hash ^= u64::from(byte);
-        hash = hash.wrapping_mul(0x0100_0000_01b3);
-    }
-    (hash ^ (hash >> 32)) as u32
 }
