@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::{Result, anyhow, bail, ensure};
 use support::prometheus::{FlagExporter, Prometheus, PrometheusSetup};
-use support::wait_for;
+use testbed::wait_for;
 use vacate::cluster::prometheus::PrometheusGate;
 use vacate::config::PrometheusUrl;
 
