@@ -15,6 +15,10 @@ pub enum EvictionStrategy {
     LiveMigrateIfPossible,
     /// Eviction is refused and `status.evacuationNodeName` is set for an external controller.
     External,
+    /// A strategy of a KubeVirt newer than this build: read, so that one such VMI does not
+    /// make a whole list unreadable, but never acted on as if it were known.
+    #[serde(other)]
+    Unrecognized,
 }
 
 impl EvictionStrategy {
@@ -25,6 +29,7 @@ impl EvictionStrategy {
             EvictionStrategy::LiveMigrate => "LiveMigrate",
             EvictionStrategy::LiveMigrateIfPossible => "LiveMigrateIfPossible",
             EvictionStrategy::External => "External",
+            EvictionStrategy::Unrecognized => "Unrecognized",
         }
     }
 }

@@ -298,3 +298,28 @@ fn crds_look_like_kubevirts() {
         true
     );
 }
+
+#[test]
+fn a_list_with_an_eviction_strategy_from_a_newer_kubevirt_still_reads() {
+    let list: serde_json::Value = serde_json::json!({
+        "apiVersion": "kubevirt.io/v1", "kind": "VirtualMachineInstanceList",
+        "metadata": {}, "items": [
+            {"apiVersion": "kubevirt.io/v1", "kind": "VirtualMachineInstance",
+             "metadata": {"name": "future", "namespace": "vms"},
+             "spec": {"domain": {"devices": {}}, "evictionStrategy": "MoveToTheMoon"}},
+            {"apiVersion": "kubevirt.io/v1", "kind": "VirtualMachineInstance",
+             "metadata": {"name": "today", "namespace": "vms"},
+             "spec": {"domain": {"devices": {}}, "evictionStrategy": "LiveMigrate"}}
+        ]
+    });
+    let items: Vec<VirtualMachineInstance> =
+        serde_json::from_value(list["items"].clone()).expect("the list reads");
+    assert_eq!(
+        items[0].spec.eviction_strategy,
+        Some(EvictionStrategy::Unrecognized)
+    );
+    assert_eq!(
+        items[1].spec.eviction_strategy,
+        Some(EvictionStrategy::LiveMigrate)
+    );
+}

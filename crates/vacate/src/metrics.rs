@@ -6,9 +6,13 @@ use prometheus::{
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
+use std::collections::HashMap;
+
 use crate::config::Config;
+use crate::error::Error;
 use crate::planner::{
-    BlockReason, DrainResult, FleetNode, MigrationResult, Observation, Phase, windows,
+    Action, ActionResult, BlockReason, DrainResult, DrainState, FleetNode, MigrationResult,
+    Observation, Phase, windows,
 };
 
 /// Buckets for drains: from a minute to a few hours.
@@ -360,6 +364,94 @@ impl Metrics {
         }
     }
 
+    /// Counts what one action of a plan came to.
+    pub fn record_action(&self, action: &Action, result: &ActionResult) {
+        match (action, result) {
+            (Action::CreateMigration { .. }, ActionResult::Done) => self.migrations_started.inc(),
+            (Action::RestartVmi { .. }, ActionResult::Done) => self.vmi_restarts.inc(),
+            (Action::EvictPod { vmi, .. }, result) => {
+                let kind = if vmi.is_some() { "vmi" } else { "pod" };
+                let label = match result {
+                    ActionResult::Done => "evicted",
+                    ActionResult::Refused(_) => "refused",
+                    ActionResult::Gone => "gone",
+                    ActionResult::AlreadyExists | ActionResult::Rejected(_) => "rejected",
+                };
+                self.evictions.with_label_values(&[kind, label]).inc();
+                if let ActionResult::Refused(_) = result {
+                    let refuser = if vmi.is_some() { "kubevirt" } else { "pdb" };
+                    self.eviction_retries.with_label_values(&[refuser]).inc();
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Counts a reconciliation that failed.
+    pub fn record_error(&self, error: &Error) {
+        self.reconcile_errors
+            .with_label_values(&[error.metric_label()])
+            .inc();
+    }
+
+    /// The nodes in each phase and blocked for each reason, from every node's last plan.
+    pub fn record_phases(&self, nodes: impl Iterator<Item = (Phase, Option<BlockReason>)>) {
+        let mut phases: HashMap<Phase, i64> = HashMap::new();
+        let mut blocked: HashMap<BlockReason, i64> = HashMap::new();
+        for (phase, reason) in nodes {
+            *phases.entry(phase).or_default() += 1;
+            if let Some(reason) = reason {
+                *blocked.entry(reason).or_default() += 1;
+            }
+        }
+        for phase in Phase::ALL {
+            // Idle nodes are not counted: there are as many as the cluster has nodes.
+            let count = if phase == Phase::Idle {
+                0
+            } else {
+                phases.get(&phase).copied().unwrap_or(0)
+            };
+            self.nodes.with_label_values(&[phase.as_str()]).set(count);
+        }
+        for reason in BlockReason::ALL {
+            self.nodes_blocked
+                .with_label_values(&[reason.as_str()])
+                .set(blocked.get(&reason).copied().unwrap_or(0));
+        }
+    }
+
+    /// The progress of one node's drain; a node not draining has no such series.
+    pub fn record_node(&self, node: &str, state: Option<&DrainState>) {
+        // A Pending node is not cordoned and nothing moves yet: it has no progress to show,
+        // and a long wait for a window must not look like a node cordoned for too long.
+        let Some(state) = state.filter(|s| s.phase != Phase::Pending) else {
+            self.forget_node(node);
+            return;
+        };
+        let set = |gauge: &IntGaugeVec, which: &str, value: usize| {
+            gauge.with_label_values(&[node, which]).set(value as i64);
+        };
+        set(&self.node_vmis, "total", state.vmis.len());
+        set(&self.node_vmis, "done", state.vmis_done());
+        set(&self.node_pods, "total", state.pods.len());
+        set(&self.node_pods, "done", state.pods_done());
+        self.node_drain_started
+            .with_label_values(&[node])
+            .set(state.started_at.timestamp() as f64);
+    }
+
+    /// The migration limits in force (vacate's configuration capped by the KubeVirt CR)
+    /// and vacate's own migrations in flight.
+    pub fn record_migrations(&self, per_node: u32, per_cluster: u32, ours_in_flight: usize) {
+        self.migration_limit
+            .with_label_values(&["node"])
+            .set(per_node as i64);
+        self.migration_limit
+            .with_label_values(&["cluster"])
+            .set(per_cluster as i64);
+        self.migrations_in_flight.set(ours_in_flight as i64);
+    }
+
     pub fn observe(&self, observation: &Observation) {
         match observation {
             Observation::MigrationFinished { result, duration } => {
@@ -381,6 +473,9 @@ impl Metrics {
             Observation::InvalidState { .. } => {
                 self.invalid_states.inc();
             }
+            Observation::DrainStarted
+            | Observation::PhaseChanged { .. }
+            | Observation::PlaceReleased => {}
         }
     }
 

@@ -529,3 +529,39 @@ async fn pods_are_evicted_while_the_vmis_migrate() -> anyhow::Result<()> {
     assert_eq!(state.pods_done(), 2, "{state:#?}");
     Ok(())
 }
+
+/// Two drains share one cluster-wide migration slot. The drain waiting for it is woken when
+/// the other's migration ends, not by the periodic resync (an hour in these tests).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_freed_cluster_slot_wakes_the_drain_waiting_for_it() -> anyhow::Result<()> {
+    let env = Env::new("slots", 3).await?;
+    for target in 0..2 {
+        let node = env.node(target).to_string();
+        env.place_on(target, || async {
+            for i in 0..2 {
+                env.create_vm(&Vm::migratable(format!("vm-{target}-{i}")))
+                    .await?;
+            }
+            env.wait_vmis_running_on(&node, 2).await
+        })
+        .await?;
+    }
+    let (monitor, _watch) = MigrationMonitor::start(&env);
+    let _vacate = env
+        .vacate(concat!(
+            "[migration]\nbatch_interval = \"1s\"\nmax_in_flight_cluster = 1\n",
+            "[fleet]\nmax_draining = 2\n",
+        ))
+        .await?;
+    let (a, b) = (env.node(0).to_string(), env.node(1).to_string());
+    env.request(&a, Some("true")).await?;
+    env.request(&b, Some("true")).await?;
+    for node in [&a, &b] {
+        let state = env
+            .wait_phase(node, Phase::Drained, Duration::from_secs(120))
+            .await?;
+        assert_eq!(state.vmis_done(), state.vmis.len(), "{state:#?}");
+    }
+    assert!(monitor.max_in_flight_on(&a) == 1 && monitor.max_in_flight_on(&b) == 1);
+    Ok(())
+}

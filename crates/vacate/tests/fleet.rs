@@ -455,6 +455,8 @@ async fn blockers_hold_new_drains_while_pods_match_or_prometheus_alerts_fire() -
     let prometheus = PrometheusSetup::default()
         .scrape("flag", flag.port)
         .alert("VacateTestBlock", &format!("{} == 1", FlagExporter::METRIC))
+        // Fires forever, as in kube-prometheus-stack: the default query must not wait for it.
+        .alert("Watchdog", "vector(1)")
         .start()
         .await?;
     env.wait("the alert to fire", Duration::from_secs(60), || async {

@@ -76,7 +76,7 @@ pub async fn admit(ctx: &Context, req: &AdmissionRequest) -> Verdict {
         }
         EvictionStrategy::LiveMigrateIfPossible => vmi.is_migratable(),
         EvictionStrategy::External => true,
-        EvictionStrategy::None => false,
+        EvictionStrategy::None | EvictionStrategy::Unrecognized => false,
     };
     if !mark {
         return Verdict::Allow;

@@ -15,7 +15,6 @@ use super::snapshot::{
 };
 use crate::config::Config;
 use crate::error::{Error, Result, status_code, status_message};
-use crate::metrics::Metrics;
 use crate::planner::{Action, ActionResult, EventType, Subject};
 
 /// The longest one API call of an action may take.
@@ -24,7 +23,6 @@ pub const ACTION_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3
 pub struct Executor<'a> {
     pub client: &'a Client,
     pub config: &'a Config,
-    pub metrics: &'a Metrics,
     pub recorder: &'a Recorder,
     pub node: &'a Node,
     pub written_version: std::sync::Mutex<Option<String>>,
@@ -37,6 +35,11 @@ fn classify(error: kube::Error, doing: &str) -> Result<ActionResult> {
         Some(409) => Ok(ActionResult::AlreadyExists),
         Some(429) => Ok(ActionResult::Refused(status_message(&error))),
         Some(code) if (400..500).contains(&code) && code != 401 => {
+            Ok(ActionResult::Rejected(status_message(&error)))
+        }
+        // The Eviction API answers 500 for a pod under two PodDisruptionBudgets (eviction.go in
+        // Kubernetes): no retry changes that, so it is a rejection shown to the user.
+        Some(500) if status_message(&error).contains("more than one PodDisruptionBudget") => {
             Ok(ActionResult::Rejected(status_message(&error)))
         }
         _ => Err(Error::Kube {
@@ -142,7 +145,6 @@ impl Executor<'_> {
                 let result = api.create(&PostParams::default(), &migration).await;
                 let outcome = done(result, &format!("creating migration {namespace}/{name}"))?;
                 match &outcome {
-                    ActionResult::Done => self.metrics.migrations_started.inc(),
                     ActionResult::Refused(m) | ActionResult::Rejected(m) => {
                         self.publish(
                             EventType::Warning,
@@ -162,24 +164,11 @@ impl Executor<'_> {
                 done(result, &format!("cancelling migration {namespace}/{name}"))
             }
             Action::EvictPod {
-                namespace,
-                name,
-                vmi,
+                namespace, name, ..
             } => {
                 let api: Api<Pod> = Api::namespaced(self.client.clone(), namespace);
                 let result = api.evict(name, &EvictParams::default()).await;
                 let outcome = done(result, &format!("evicting pod {namespace}/{name}"))?;
-                let kind = if vmi.is_some() { "vmi" } else { "pod" };
-                let label = match &outcome {
-                    ActionResult::Done => "evicted",
-                    ActionResult::Refused(_) => "refused",
-                    ActionResult::Gone => "gone",
-                    ActionResult::AlreadyExists | ActionResult::Rejected(_) => "rejected",
-                };
-                self.metrics
-                    .evictions
-                    .with_label_values(&[kind, label])
-                    .inc();
                 match &outcome {
                     ActionResult::Done => {
                         let subject = Subject {
@@ -196,11 +185,6 @@ impl Executor<'_> {
                         .await;
                     }
                     ActionResult::Refused(message) => {
-                        let refuser = if vmi.is_some() { "kubevirt" } else { "pdb" };
-                        self.metrics
-                            .eviction_retries
-                            .with_label_values(&[refuser])
-                            .inc();
                         tracing::info!(pod = %name, %namespace, %message, "eviction refused");
                     }
                     ActionResult::Rejected(message) => {
@@ -219,11 +203,7 @@ impl Executor<'_> {
                 let api: Api<VirtualMachineInstance> =
                     Api::namespaced(self.client.clone(), namespace);
                 let result = api.delete(name, &DeleteParams::default()).await;
-                let outcome = done(result, &format!("stopping VMI {namespace}/{name}"))?;
-                if outcome == ActionResult::Done {
-                    self.metrics.vmi_restarts.inc();
-                }
-                Ok(outcome)
+                done(result, &format!("stopping VMI {namespace}/{name}"))
             }
             Action::Event {
                 event_type,
@@ -239,11 +219,14 @@ impl Executor<'_> {
     }
 
     /// Writes (or removes) the state annotation. With `resource_version`, the write only
-    /// succeeds if the node has not changed since the snapshot was taken.
+    /// succeeds if the node has not changed since the snapshot was taken. With `cordon`,
+    /// the same write cordons the node: a drain's start is one request, state and cordon
+    /// together or neither.
     pub async fn write_state(
         &self,
         json: Option<String>,
         resource_version: Option<&str>,
+        cordon: bool,
     ) -> Result<()> {
         let node = self.node_name();
         let nodes: Api<Node> = Api::all(self.client.clone());
@@ -251,7 +234,11 @@ impl Executor<'_> {
         if let Some(rv) = resource_version {
             metadata["resourceVersion"] = json!(rv);
         }
-        let patch = Patch::Merge(json!({ "metadata": metadata }));
+        let mut patch = json!({ "metadata": metadata });
+        if cordon {
+            patch["spec"] = json!({"unschedulable": true});
+        }
+        let patch = Patch::Merge(patch);
         let params = PatchParams::default();
         let write = nodes.patch(&node, &params, &patch);
         let written = tokio::time::timeout(ACTION_TIMEOUT, write)

@@ -14,7 +14,7 @@ use kube::{Api, ResourceExt};
 use super::{Context, snapshot};
 use crate::error::{Error, Result};
 use crate::planner::capacity::{self, Resources, Target, Workload};
-use crate::planner::{self, BlockReason, FleetNode, Gate};
+use crate::planner::{self, BlockReason, FleetNode, Gate, StartGate};
 
 /// A node as the fleet limits see it.
 pub fn fleet_node(node: &Node, config: &crate::config::Config) -> FleetNode {
@@ -43,10 +43,15 @@ impl Context {
             .collect()
     }
 
-    pub(super) async fn start_gate(
-        self: &Arc<Self>,
-        node: &Node,
-    ) -> Result<std::result::Result<(), Gate>> {
+    /// Whether a drain of `node` may start now: fleet limits, blockers, capacity.
+    pub(super) async fn start_gate(self: &Arc<Self>, node: &Node) -> Result<StartGate> {
+        Ok(match self.check_start(node).await? {
+            Ok(()) => StartGate::Open,
+            Err(gate) => StartGate::Closed(gate),
+        })
+    }
+
+    async fn check_start(self: &Arc<Self>, node: &Node) -> Result<std::result::Result<(), Gate>> {
         let name = node.name_any();
         let config = &self.config;
         // Read from the API server, not the watch cache: a consistent view that includes the

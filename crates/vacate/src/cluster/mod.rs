@@ -5,16 +5,21 @@
 pub mod execute;
 pub mod gate;
 pub mod prometheus;
+mod read;
 pub mod schedule;
 pub mod snapshot;
+#[cfg(test)]
+mod tests;
 pub mod watch;
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
+use futures::StreamExt;
 use k8s_openapi::api::core::v1::Node;
+use kube::runtime::controller::{Action as Requeue, Config as ControllerConfig, applier};
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::ObjectRef;
 use kube::{Client, ResourceExt};
@@ -25,18 +30,16 @@ use crate::config::Config;
 use crate::error::{Error, Result, status_code};
 use crate::metrics::Metrics;
 use crate::planner::{
-    self, ActionResult, BlockReason, DrainState, MigrationPhase, MigrationView, NextState, Phase,
-    Snapshot, StateAnnotation,
+    self, Action, ActionResult, BlockReason, DrainState, NextState, Observation, Phase, Plan,
+    Snapshot,
 };
 use execute::Executor;
-use futures::StreamExt;
-use kube::runtime::controller::{Action as Requeue, Config as ControllerConfig, applier};
+use read::Ledger;
+pub use read::{Look, Read};
 use watch::{NodeFilter, PodWatches, Stores, Trigger, Wake};
 
 /// Wait after a failed reconciliation before the next attempt.
 const ERROR_BACKOFF: Duration = Duration::from_secs(5);
-/// How long a just-created migration counts as in flight before the watch cache shows it.
-const LEDGER_TTL: Duration = Duration::from_secs(120);
 
 /// What one reconciliation left behind, for metrics, `vacate drain` and tests.
 #[derive(Debug, Clone, PartialEq)]
@@ -44,12 +47,6 @@ pub struct NodeReport {
     pub phase: Phase,
     pub blocked: Option<BlockReason>,
     pub state: Option<DrainState>,
-}
-
-/// Migrations created but not yet seen by the watch cache.
-#[derive(Default)]
-struct Ledger {
-    created: HashMap<(String, String), (String, String, Instant)>,
 }
 
 pub struct Context {
@@ -72,7 +69,7 @@ pub struct Context {
 pub struct Shell {
     pub ctx: Arc<Context>,
     rx: mpsc::UnboundedReceiver<Wake>,
-    _tasks: Vec<tokio::task::JoinHandle<()>>,
+    _tasks: watch::Tasks,
 }
 
 impl Shell {
@@ -163,10 +160,7 @@ impl Shell {
                 })
             },
             |node: Arc<Node>, error: &Error, ctx: Arc<Context>| {
-                ctx.metrics
-                    .reconcile_errors
-                    .with_label_values(&[error.metric_label()])
-                    .inc();
+                ctx.metrics.record_error(error);
                 tracing::warn!(node = %node.name_any(), %error, "reconciliation failed; retrying");
                 Requeue::requeue(ERROR_BACKOFF)
             },
@@ -217,6 +211,7 @@ impl Context {
         self.set_report(node, None);
     }
 
+    /// Nodes waiting in Pending look again: a place in the fleet may have come free.
     fn wake_pending(&self, except: &str) {
         let reports = self.reports.lock().expect("report map lock");
         for (node, report) in reports.iter() {
@@ -236,196 +231,95 @@ impl Context {
                 reports.remove(node);
             }
         }
-        let mut phases: HashMap<Phase, i64> = HashMap::new();
-        let mut blocked: HashMap<BlockReason, i64> = HashMap::new();
-        for r in reports.values() {
-            *phases.entry(r.phase).or_default() += 1;
-            if let Some(b) = r.blocked {
-                *blocked.entry(b).or_default() += 1;
-            }
-        }
-        for phase in Phase::ALL {
-            let count = if phase == Phase::Idle {
-                0
-            } else {
-                phases.get(&phase).copied().unwrap_or(0)
-            };
-            self.metrics
-                .nodes
-                .with_label_values(&[phase.as_str()])
-                .set(count);
-        }
-        for reason in BlockReason::ALL {
-            self.metrics
-                .nodes_blocked
-                .with_label_values(&[reason.as_str()])
-                .set(blocked.get(&reason).copied().unwrap_or(0));
-        }
+        self.metrics
+            .record_phases(reports.values().map(|r| (r.phase, r.blocked)));
         self.report_tx.send_replace(reports.clone());
     }
 
-    /// Unfinished migrations cluster-wide and the views of a node's migrations, including
-    /// migrations created moments ago that the watch cache has not delivered yet.
-    fn migrations_for(
-        &self,
-        node: &str,
-        vmi_keys: &BTreeSet<(String, String)>,
-    ) -> (u32, Vec<MigrationView>) {
-        let all = self.stores.migrations.state();
-        let mut ledger = self.ledger.lock().expect("ledger lock");
-        ledger.created.retain(|(ns, name), (_, _, at)| {
-            at.elapsed() < LEDGER_TTL
-                && self
-                    .stores
-                    .migrations
-                    .get(&ObjectRef::new(name).within(ns))
-                    .is_none()
-        });
-        let mut in_flight = all.iter().filter(|m| m.is_unfinished()).count() as u32;
-        in_flight += ledger.created.len() as u32;
-        let ours_in_flight = all
-            .iter()
-            .filter(|m| m.is_unfinished() && snapshot::is_ours(m))
-            .count()
-            + ledger.created.len();
-        self.metrics.migrations_in_flight.set(ours_in_flight as i64);
-        let mut views: Vec<MigrationView> = all
-            .iter()
-            .filter(|m| {
-                snapshot::is_ours_for(m, node)
-                    || vmi_keys
-                        .contains(&(m.namespace().unwrap_or_default(), m.spec.vmi_name.clone()))
-            })
-            .map(|m| snapshot::migration_view(m, node))
-            .collect();
-        for ((namespace, name), (for_node, vmi, at)) in &ledger.created {
-            if for_node == node {
-                views.push(MigrationView {
-                    namespace: namespace.clone(),
-                    name: name.clone(),
-                    vmi_name: vmi.clone(),
-                    phase: MigrationPhase::Unfinished,
-                    ours: true,
-                    created_at: None,
-                    finished_at: None,
-                    deleting: false,
-                });
-                tracing::trace!(migration = %name, age = ?at.elapsed(), "counting a migration not yet in the cache");
-            }
-        }
-        (in_flight, views)
+    /// The planner's snapshot of a node (see [`Context::look`]); `None` when there is
+    /// nothing to plan for it.
+    pub async fn snapshot(&self, name: &str, include_idle: bool) -> Result<Option<Snapshot>> {
+        Ok(match self.look(name, include_idle).await? {
+            Look::Node(read) => Some(read.snapshot),
+            Look::Gone | Look::NotInvolved => None,
+        })
     }
 
-    /// Builds the planner's snapshot of a node from the watch caches; `None` when the node
-    /// is gone, outside the selector, or not involved in any drain.
-    pub async fn snapshot(
-        self: &Arc<Self>,
-        name: &str,
-        include_idle: bool,
-    ) -> Result<Option<(Arc<Node>, Snapshot)>> {
-        let config = &self.config;
-        let Some(node) = self.stores.nodes.get(&ObjectRef::new(name)) else {
-            // Deleted, or outside the node filter.
-            self.forget(name);
-            return Ok(None);
-        };
-        if !config.node.selector.matches(node.labels()) {
-            return Ok(None);
-        }
-        let view = snapshot::node_view(&node, config);
-        let involved =
-            planner::request_of(&view).is_some() || view.state != StateAnnotation::Absent;
-        if !involved && !include_idle {
-            self.forget(name);
-            return Ok(None);
-        }
-        let pods = self.pods.pods(&self.client, name, &self.trigger).await?;
-        let kubevirt = self.stores.kubevirt.state().first().cloned();
-        let default_strategy = kubevirt.as_ref().and_then(|kv| kv.eviction_strategy());
-        let vmis: Vec<_> = self
-            .stores
-            .vmis
-            .state()
-            .into_iter()
-            .filter(|v| v.node_name() == Some(name))
-            .collect();
-        let vmi_keys: BTreeSet<(String, String)> = vmis
-            .iter()
-            .map(|v| (v.namespace().unwrap_or_default(), v.name_any()))
-            .collect();
-        let (in_flight, migrations) = self.migrations_for(name, &vmi_keys);
-        let cluster = snapshot::cluster_view(kubevirt.as_deref(), in_flight);
-        self.metrics
-            .migration_limit
-            .with_label_values(&["node"])
-            .set(
-                config
-                    .migration
-                    .max_in_flight_per_node
-                    .get()
-                    .min(cluster.kubevirt_per_node) as i64,
-            );
-        self.metrics
-            .migration_limit
-            .with_label_values(&["cluster"])
-            .set(
-                config
-                    .migration
-                    .max_in_flight_cluster
-                    .get()
-                    .min(cluster.kubevirt_per_cluster) as i64,
-            );
-        let now = Utc::now();
-        let snap = Snapshot {
-            now,
-            vmis: vmis
-                .iter()
-                .map(|v| snapshot::vmi_view(v, default_strategy, &pods))
-                .collect(),
-            migrations,
-            pods: pods.iter().map(snapshot::pod_view).collect(),
-            cluster,
-            // Closed until asked (reconcile asks when the plan may start a drain), so that no
-            // drain ever starts without the fleet limits, capacity and blockers checked.
-            start_gate: Err(planner::Gate::new(
-                BlockReason::FleetLimit,
-                "the fleet limits were not checked yet",
-            )),
-            node: view,
-        };
-        Ok(Some((node, snap)))
-    }
-
-    /// Looks at one node and takes the next step. Returns when to look again.
+    /// Looks at one node and takes the next step, in four stages: read the snapshot, ask
+    /// the start gate if a drain may begin, plan, carry the plan out, and report. Returns
+    /// when to look again.
     pub async fn reconcile(self: &Arc<Self>, name: &str) -> Result<Option<Duration>> {
         let config = &self.config;
-        let Some((node, mut snap)) = self.snapshot(name, false).await? else {
-            return Ok(None);
+        let Read {
+            node,
+            snapshot: mut snap,
+            ours_in_flight,
+        } = match self.look(name, false).await? {
+            Look::Node(read) => *read,
+            Look::Gone | Look::NotInvolved => {
+                self.forget(name);
+                return Ok(None);
+            }
         };
         if planner::wants_to_start(&snap, config) {
             snap.start_gate = self.start_gate(&node).await?;
         }
         let plan = planner::plan(&snap, config);
+        let Applied {
+            state,
+            replan_at,
+            failed,
+        } = match self.apply(&node, &plan, &snap).await? {
+            Some(applied) => applied,
+            // Someone changed the node since the snapshot: plan again with fresh data.
+            None => return Ok(Some(Duration::from_millis(200))),
+        };
+        self.report(name, &snap, &plan, state.as_ref(), ours_in_flight);
+        if let Some(error) = failed {
+            // The other actions ran; this one is tried again after the error back-off.
+            return Err(error);
+        }
+
+        let mut next = plan.requeue_after;
+        if let Some(at) = replan_at {
+            let after = (at - Utc::now()).to_std().unwrap_or_default();
+            next = Some(next.map_or(after, |n| n.min(after)));
+        }
+        if plan.phase.is_draining() || matches!(plan.phase, Phase::Uncordoning | Phase::Pending) {
+            // A safety net only: every step of a drain is woken by what it waits for.
+            let resync = config.drain.resync.get();
+            next = Some(next.map_or(resync, |n| n.min(resync)));
+        }
+        Ok(next)
+    }
+
+    /// Carries the plan out: the new state first (a vacate that dies after an action and
+    /// before recording it finds the intent on restart and repeats the idempotent action),
+    /// then the actions, then what their results changed. `None` when the node changed
+    /// since the snapshot and the plan must be made again.
+    async fn apply(&self, node: &Node, plan: &Plan, snap: &Snapshot) -> Result<Option<Applied>> {
+        let config = &self.config;
+        let name = node.name_any();
         let executor = Executor {
             client: &self.client,
             config,
-            metrics: &self.metrics,
             recorder: &self.recorder,
-            node: &node,
+            node,
             written_version: Default::default(),
         };
-
-        // Write the intent first: a vacate that dies after an action and before recording
-        // it finds the intent on restart and repeats the (idempotent) action.
+        // A cordon that starts a drain goes out with the state that records it.
+        let cordon_with_state =
+            matches!(plan.state, NextState::Write(_)) && plan.actions.contains(&Action::Cordon);
         let mut state = match &plan.state {
             NextState::Write(s) => {
                 let rv = node.resource_version();
-                if let Err(error) = executor.write_state(Some(s.to_json()), rv.as_deref()).await {
+                let write =
+                    executor.write_state(Some(s.to_json()), rv.as_deref(), cordon_with_state);
+                if let Err(error) = write.await {
                     if let Error::Kube { source, .. } = &error
                         && status_code(source) == Some(409)
                     {
-                        // Someone changed the node since the snapshot: plan again with fresh data.
-                        return Ok(Some(Duration::from_millis(200)));
+                        return Ok(None);
                     }
                     return Err(error);
                 }
@@ -435,98 +329,126 @@ impl Context {
             NextState::Clear => None,
         };
         let written = state.clone();
-        if plan.actions.contains(&planner::Action::Cordon)
-            || state.as_ref().is_some_and(|s| s.phase.is_draining())
-                && snap
-                    .node
-                    .state
-                    .valid()
-                    .is_none_or(|o| !o.phase.is_draining())
-        {
-            *self.last_start.lock().expect("last start lock") = Some(snap.now);
-        }
-        let mut refused = false;
+        let mut replan_at = None;
+        let mut failed = None;
         for action in &plan.actions {
-            let result = executor.run(action).await?;
-            if let planner::Action::CreateMigration {
-                namespace,
-                name: m,
-                vmi,
-            } = action
-                && result == ActionResult::Done
+            let result = if cordon_with_state && *action == Action::Cordon {
+                ActionResult::Done
+            } else {
+                match executor.run(action).await {
+                    Ok(result) => result,
+                    // Nothing may move off a node that is not cordoned.
+                    Err(error) if *action == Action::Cordon => return Err(error),
+                    // One failing call (a webhook down, a 5xx) does not hold up the others.
+                    Err(error) => {
+                        tracing::warn!(?action, %error, "an action failed; the others go on");
+                        failed.get_or_insert(error);
+                        continue;
+                    }
+                }
+            };
+            self.metrics.record_action(action, &result);
+            if let (
+                Action::CreateMigration {
+                    namespace,
+                    name: m,
+                    vmi,
+                },
+                ActionResult::Done,
+            ) = (action, &result)
             {
-                self.ledger.lock().expect("ledger lock").created.insert(
-                    (namespace.clone(), m.clone()),
-                    (name.to_string(), vmi.clone(), Instant::now()),
-                );
+                let mut ledger = self.ledger.lock().expect("ledger lock");
+                ledger.created(namespace, m, &name, vmi);
             }
-            refused |= matches!(result, ActionResult::Refused(_) | ActionResult::Rejected(_));
-            if let Some(s) = state.as_mut() {
-                planner::record_outcome(s, action, &result, Utc::now(), config);
+            if let Some(s) = state.as_mut()
+                && let Some(at) = planner::record_outcome(s, action, &result, Utc::now(), config)
+            {
+                replan_at = Some(replan_at.map_or(at, |r: chrono::DateTime<Utc>| r.min(at)));
             }
         }
         match (&plan.state, &state) {
-            (NextState::Clear, _) => executor.write_state(None, None).await?,
+            (NextState::Clear, _) => executor.write_state(None, None, false).await?,
             (_, Some(s)) if state != written => {
-                executor.write_state(Some(s.to_json()), None).await?
+                executor.write_state(Some(s.to_json()), None, false).await?
             }
             _ => {}
         }
         // The next look at this node must see what was just written, not an older copy
         // from the watch cache: wait (briefly) until the cache has caught up.
         if let Some(version) = executor.written_version() {
-            self.wait_for_cache(name, &version).await;
+            self.wait_for_cache(&name, &version).await;
         }
+        Ok(Some(Applied {
+            state,
+            replan_at,
+            failed,
+        }))
+    }
+
+    /// Tells everyone what the plan did: metrics, `vacate drain` and the tests through the
+    /// reports, and the nodes that the plan's transitions concern.
+    fn report(
+        &self,
+        name: &str,
+        snap: &Snapshot,
+        plan: &Plan,
+        state: Option<&DrainState>,
+        ours_in_flight: usize,
+    ) {
+        let config = &self.config;
+        let m = &config.migration;
+        let cluster = &snap.cluster;
+        self.metrics.record_migrations(
+            m.max_in_flight_per_node
+                .get()
+                .min(cluster.kubevirt_per_node),
+            m.max_in_flight_cluster
+                .get()
+                .min(cluster.kubevirt_per_cluster),
+            ours_in_flight,
+        );
+        self.metrics.record_node(name, state);
+        self.set_report(
+            name,
+            Some(NodeReport {
+                phase: plan.phase,
+                blocked: plan.blocked,
+                state: state.cloned(),
+            }),
+        );
+        let mut fleet_changed = false;
         for observation in &plan.observations {
             self.metrics.observe(observation);
-            if let planner::Observation::InvalidState { message } = observation {
-                tracing::warn!(%message, "replaced an unreadable state annotation");
+            match observation {
+                Observation::DrainStarted => {
+                    *self.last_start.lock().expect("last start lock") = Some(snap.now);
+                }
+                Observation::PhaseChanged { .. } => fleet_changed = true,
+                Observation::PlaceReleased => {
+                    fleet_changed = true;
+                    self.wake_pending(name);
+                }
+                Observation::InvalidState { message } => {
+                    tracing::warn!(%message, "replaced an unreadable state annotation");
+                }
+                Observation::MigrationFinished { .. } | Observation::DrainFinished { .. } => {}
             }
         }
-        self.update_node_metrics(name, state.as_ref());
-        let report = NodeReport {
-            phase: plan.phase,
-            blocked: plan.blocked,
-            state: state.clone(),
-        };
-        let phase = report.phase;
-        let released = snap
-            .node
-            .state
-            .valid()
-            .is_some_and(|s| s.phase != Phase::Pending)
-            && matches!(phase, Phase::Idle | Phase::Pending | Phase::Failed);
-        self.set_report(name, Some(report));
-        if released {
-            // A maintenance slot may have come free: nodes waiting for one look again now.
-            self.wake_pending(name);
-        }
-        let phase_before = snap.node.state.valid().map_or(Phase::Idle, |s| s.phase);
-        if phase_before != phase || plan.actions.contains(&planner::Action::Uncordon) {
-            // Only a change of phase (or a cordon lifted) changes who is in maintenance; the
-            // fleet gauges read every node, which is not worth doing on every reconciliation.
+        if fleet_changed {
+            // The fleet gauges read every node: only worth it when who is in maintenance changed.
             self.metrics.update_fleet(config, &self.fleet_nodes());
         }
-        if phase == Phase::Idle && planner::request_of(&snap.node).is_none() {
+        if plan.phase == Phase::Idle && planner::request_of(&snap.node).is_none() {
             self.pods.stop(name);
         }
-        if let Some(blocked) = &state.as_ref().and_then(|s| s.blocked.clone()) {
-            tracing::info!(phase = %phase, reason = blocked.reason.as_str(), message = %blocked.message, "drain blocked");
-        } else {
-            tracing::debug!(phase = %phase, actions = plan.actions.len(), "reconciled");
+        match state.and_then(|s| s.blocked.as_ref()) {
+            Some(b) => {
+                tracing::info!(phase = %plan.phase, reason = b.reason.as_str(), message = %b.message, "drain blocked")
+            }
+            None => {
+                tracing::debug!(phase = %plan.phase, actions = plan.actions.len(), "reconciled")
+            }
         }
-
-        let mut next = plan.requeue_after;
-        if refused {
-            // A refusal changed the state: plan again soon with it.
-            next = Some(next.map_or(Duration::from_secs(1), |n| n.min(Duration::from_secs(1))));
-        }
-        if phase.is_draining() || phase == Phase::Uncordoning || phase == Phase::Pending {
-            // A safety net only: every step of a drain is woken by what it waits for.
-            let resync = config.drain.resync.get();
-            next = Some(next.map_or(resync, |n| n.min(resync)));
-        }
-        Ok(next)
     }
 
     async fn wait_for_cache(&self, node: &str, written: &str) {
@@ -549,31 +471,15 @@ impl Context {
         }
         tracing::debug!(node, "the watch cache lags behind vacate's own write");
     }
+}
 
-    fn update_node_metrics(&self, node: &str, state: Option<&DrainState>) {
-        // A Pending node is not cordoned and nothing moves yet: it has no progress to show,
-        // and a long wait for a window must not look like a node cordoned for too long.
-        let Some(state) = state.filter(|s| s.phase != Phase::Pending) else {
-            self.metrics.forget_node(node);
-            return;
-        };
-        let m = &self.metrics;
-        m.node_vmis
-            .with_label_values(&[node, "total"])
-            .set(state.vmis.len() as i64);
-        m.node_vmis
-            .with_label_values(&[node, "done"])
-            .set(state.vmis_done() as i64);
-        m.node_pods
-            .with_label_values(&[node, "total"])
-            .set(state.pods.len() as i64);
-        m.node_pods
-            .with_label_values(&[node, "done"])
-            .set(state.pods_done() as i64);
-        m.node_drain_started
-            .with_label_values(&[node])
-            .set(state.started_at.timestamp() as f64);
-    }
+/// What carrying out a plan left: the state as written, and when the action results ask
+/// for the next plan.
+struct Applied {
+    state: Option<DrainState>,
+    replan_at: Option<chrono::DateTime<Utc>>,
+    /// The first action that failed, if one did.
+    failed: Option<Error>,
 }
 
 /// Looks up a node, for commands that act on one.

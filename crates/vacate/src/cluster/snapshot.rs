@@ -87,6 +87,7 @@ fn eviction_strategy(s: kubevirt_api::EvictionStrategy) -> EvictionStrategy {
             EvictionStrategy::LiveMigrateIfPossible
         }
         kubevirt_api::EvictionStrategy::External => EvictionStrategy::External,
+        kubevirt_api::EvictionStrategy::Unrecognized => EvictionStrategy::Unrecognized,
     }
 }
 

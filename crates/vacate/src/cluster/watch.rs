@@ -64,13 +64,28 @@ pub struct NodeFilter {
     pub label_selector: Option<String>,
 }
 
+/// Background tasks that end when their owner goes: a shell dropped after its leadership
+/// was lost leaves no watch running behind it.
+#[derive(Default)]
+pub struct Tasks(Vec<JoinHandle<()>>);
+
+impl Tasks {
+    pub fn push(&mut self, task: JoinHandle<()>) {
+        self.0.push(task);
+    }
+}
+
+impl Drop for Tasks {
+    fn drop(&mut self) {
+        for task in &self.0 {
+            task.abort();
+        }
+    }
+}
+
 /// Starts the cluster-wide reflectors; every change is turned into node triggers.
-pub fn start(
-    client: &Client,
-    filter: &NodeFilter,
-    trigger: Trigger,
-) -> (Stores, Vec<JoinHandle<()>>) {
-    let mut tasks = Vec::new();
+pub fn start(client: &Client, filter: &NodeFilter, trigger: Trigger) -> (Stores, Tasks) {
+    let mut tasks = Tasks::default();
 
     let mut node_config = watcher::Config::default();
     if let Some(name) = &filter.name {
@@ -194,6 +209,12 @@ struct PodWatch {
     task: JoinHandle<()>,
 }
 
+impl Drop for PodWatch {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
 /// Pod caches for the nodes being drained, one field-selected watch per node.
 #[derive(Default)]
 pub struct PodWatches {
@@ -237,13 +258,48 @@ impl PodWatches {
 
     /// Stops the pod watch of a node that no longer needs one.
     pub fn stop(&self, node: &str) {
-        if let Some(w) = self
-            .watches
+        // Dropping the watch ends its task.
+        self.watches
             .lock()
             .expect("pod watch map lock")
-            .remove(node)
-        {
-            w.task.abort();
+            .remove(node);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use super::Tasks;
+
+    /// Sets its flag when the task holding it ends, however it ends.
+    struct Ended(Arc<AtomicBool>);
+
+    impl Drop for Ended {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::SeqCst);
         }
+    }
+
+    #[tokio::test]
+    async fn dropped_tasks_end() {
+        let ended = Arc::new(AtomicBool::new(false));
+        let guard = Ended(ended.clone());
+        let mut tasks = Tasks::default();
+        tasks.push(tokio::spawn(async move {
+            let _guard = guard;
+            std::future::pending::<()>().await;
+        }));
+        tokio::task::yield_now().await;
+        assert!(!ended.load(Ordering::SeqCst));
+        drop(tasks);
+        for _ in 0..100 {
+            if ended.load(Ordering::SeqCst) {
+                return;
+            }
+            tokio::task::yield_now().await;
+        }
+        panic!("a dropped task kept running");
     }
 }

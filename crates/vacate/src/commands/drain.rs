@@ -41,7 +41,7 @@ pub async fn dry_run(config: Config, node: &str) -> anyhow::Result<ExitCode> {
     let client = super::client().await?;
     get_node(&client, node).await?;
     let shell = start_shell(&client, &config, node).await?;
-    let Some((_, snapshot)) = shell.ctx.snapshot(node, true).await? else {
+    let Some(snapshot) = shell.ctx.snapshot(node, true).await? else {
         anyhow::bail!(
             "node {node} does not match node.selector `{}`",
             config.node.selector

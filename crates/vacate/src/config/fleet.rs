@@ -396,7 +396,8 @@ impl Default for BlockersConfig {
         Self {
             pods: LabelSelector::default(),
             prometheus_url: None,
-            prometheus_query: r#"ALERTS{alertstate="firing"}"#.into(),
+            prometheus_query: r#"ALERTS{alertstate="firing",alertname!~"Watchdog|InfoInhibitor"}"#
+                .into(),
             prometheus_interval: ConfigDuration::from_secs(15),
         }
     }

@@ -237,7 +237,7 @@ impl Default for MigrationConfig {
     fn default() -> Self {
         Self {
             batch_size: count(2),
-            batch_interval: ConfigDuration::from_secs(5),
+            batch_interval: ConfigDuration::from_secs(0),
             max_in_flight_per_node: count(2),
             max_in_flight_cluster: count(5),
             max_attempts: count(3),

@@ -109,9 +109,20 @@ pub enum NextState {
     Clear,
 }
 
-/// Facts for metrics, reported once, at the transition that produces them.
+/// Transitions the plan makes, announced once, when they happen: the shell keeps its
+/// metrics and wakes other nodes from them instead of deriving them again.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Observation {
+    /// A drain begins (the delay between drains counts from here).
+    DrainStarted,
+    /// The node moved from one phase to another.
+    PhaseChanged {
+        from: Phase,
+        to: Phase,
+    },
+    /// The node gave its place in the fleet back (its drain ended, failed or went back to
+    /// waiting, or a cordon of vacate's was lifted): nodes waiting for a place may start.
+    PlaceReleased,
     MigrationFinished {
         result: MigrationResult,
         duration: Option<Duration>,

@@ -367,7 +367,14 @@ fn versions_match_with_or_without_v_and_with_build_suffixes() {
     assert!(version_reached("v1.34.2", "1.34.2"));
     assert!(version_reached("v1.34.2+k3s1", "v1.34.2"));
     assert!(version_reached("v1.34.2-eks-1", "v1.34.2"));
-    assert!(!version_reached("v1.34.20", "v1.34.2"));
+    // At least the target: a node already ahead is not drained for nothing.
+    assert!(version_reached("v1.34.20", "v1.34.2"));
+    assert!(version_reached("v1.35.0", "v1.34.2"));
+    assert!(version_reached("v2.0.0+k3s1", "v1.34.2"));
+    assert!(!version_reached("v1.33.9", "v1.34.2"));
+    // Not major.minor.patch: exact (build suffixes aside).
+    assert!(version_reached("v1.34-custom", "v1.34-custom"));
+    assert!(!version_reached("v1.34.2", "v1.34"));
     assert!(!version_reached("v1.34.1", "v1.34.2"));
     assert!(!version_reached("v1.34.2", ""));
 }
@@ -538,4 +545,23 @@ fn windows_read_right_in_the_hour_a_clock_goes_back() {
         assert!(next > now, "next opening {next} is not after {now}");
     }
     assert!(!windows::status(w, at(2026, 10, 25, 2, 31, 0)).open);
+}
+
+#[test]
+fn an_upgrade_to_a_version_the_node_is_already_past_needs_no_drain() {
+    let mut n = node(None, false);
+    n.upgrade_to = Some("v1.34.2".into());
+    n.kubelet_version = "v1.35.0".into();
+    let mut s = snapshot(n);
+    s.vmis = vec![vmi("vm-0")];
+    let p = plan(&s, &Config::default());
+    assert!(!p.actions.contains(&Action::Cordon));
+    assert!(
+        p.actions
+            .iter()
+            .any(|a| matches!(a, Action::Event { reason, .. } if *reason == "UpgradeNotNeeded"))
+    );
+    assert!(p.actions.contains(&Action::RemoveLabel(
+        Config::default().upgrade.request_label
+    )));
 }

@@ -85,7 +85,7 @@ impl Planner<'_> {
                 message,
                 retry_at: next_open,
             }),
-            _ => s.start_gate.clone().err(),
+            _ => s.start_gate.closed(),
         };
         if let Some(gate) = gate {
             self.pend(attempt, request, value, gate, cordoned_by_vacate_before);
@@ -110,6 +110,7 @@ impl Planner<'_> {
             ));
         }
         self.clear = false;
+        self.observations.push(Observation::DrainStarted);
         self.drain(state, true);
     }
 

@@ -42,7 +42,7 @@ pub use explain::{PlanLine, explain};
 pub use fleet::{FleetNode, Gate};
 pub use model::{
     ClusterView, EvictionStrategy, Migratability, MigrationPhase, MigrationView, NodeView, PodView,
-    Snapshot, VmiView,
+    Snapshot, StartGate, VmiView,
 };
 pub use outcomes::{backoff, record_outcome, summary};
 pub use pod_filters::{PodVerdict, classify};
@@ -75,15 +75,30 @@ impl Request {
     }
 }
 
-/// Whether the kubelet runs the requested version: `v1.34.2` is met by `v1.34.2`,
-/// `1.34.2` and by builds of it such as `v1.34.2+k3s1` or `v1.34.2-eks-1`.
+/// Whether the kubelet runs the requested version or a newer one: `v1.34.2` is met by
+/// `v1.34.2`, `1.34.2`, builds of it such as `v1.34.2+k3s1` or `v1.34.2-eks-1`, and by
+/// `v1.34.10` or `v1.35.0`. A node already ahead of the target needs no drain. Versions
+/// that are not `major.minor.patch` must match exactly (build suffixes aside).
 pub fn version_reached(kubelet: &str, target: &str) -> bool {
     let kubelet = kubelet.trim().trim_start_matches('v');
     let target = target.trim().trim_start_matches('v');
-    !target.is_empty()
-        && kubelet
+    if target.is_empty() {
+        return false;
+    }
+    match (release(kubelet), release(target)) {
+        (Some(k), Some(t)) => k >= t,
+        _ => kubelet
             .strip_prefix(target)
-            .is_some_and(|rest| rest.is_empty() || rest.starts_with(['+', '-']))
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with(['+', '-'])),
+    }
+}
+
+/// The numeric `major.minor.patch` of a version (build and pre-release suffixes dropped).
+fn release(version: &str) -> Option<(u64, u64, u64)> {
+    let core = version.split(['+', '-']).next()?;
+    let mut parts = core.split('.').map(|p| p.parse::<u64>().ok());
+    let release = (parts.next()??, parts.next()??, parts.next()??);
+    parts.next().is_none().then_some(release)
 }
 
 /// An upgrade request the node already meets (Ready, on the version, no maintenance
@@ -176,7 +191,7 @@ impl<'a> Planner<'a> {
         self.wake = Some(self.wake.map_or(at, |w| w.min(at)));
     }
 
-    fn finish(self) -> Plan {
+    fn finish(mut self) -> Plan {
         let now = self.s.now;
         // Never sooner than a second: a wake time in the past (a clock going back) must not
         // turn into a tight loop.
@@ -207,6 +222,17 @@ impl<'a> Planner<'a> {
             None if self.clear => (NextState::Clear, Phase::Idle),
             None => (NextState::Unchanged, Phase::Idle),
         };
+        let from = self.original.as_ref().map_or(Phase::Idle, |s| s.phase);
+        if from != phase {
+            self.observations
+                .push(Observation::PhaseChanged { from, to: phase });
+        }
+        let left_maintenance = !matches!(from, Phase::Idle | Phase::Pending)
+            && matches!(phase, Phase::Idle | Phase::Pending | Phase::Failed)
+            && from != phase;
+        if left_maintenance || self.actions.contains(&Action::Uncordon) {
+            self.observations.push(Observation::PlaceReleased);
+        }
         Plan {
             actions: self.actions,
             state: next,

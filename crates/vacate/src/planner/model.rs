@@ -22,9 +22,33 @@ pub struct Snapshot {
     /// Pods whose `spec.nodeName` is this node.
     pub pods: Vec<PodView>,
     pub cluster: ClusterView,
-    /// Whether the fleet limits and blockers let a new drain start now; `Err` says why not.
-    /// Maintenance windows are not part of it: the planner reads them from the config.
-    pub start_gate: Result<(), Gate>,
+    /// Whether the fleet limits and blockers let a new drain start now. Maintenance windows
+    /// are not part of it: the planner reads them from the config.
+    pub start_gate: StartGate,
+}
+
+/// The answer of the fleet limits, capacity check and blockers for a drain about to start.
+/// Asking costs API calls, so the shell asks only when [`super::wants_to_start`] says so; a
+/// gate not asked keeps the drain from starting.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StartGate {
+    NotAsked,
+    Open,
+    Closed(Gate),
+}
+
+impl StartGate {
+    /// Why a drain may not start now, if it may not.
+    pub fn closed(&self) -> Option<Gate> {
+        match self {
+            StartGate::Open => None,
+            StartGate::Closed(gate) => Some(gate.clone()),
+            StartGate::NotAsked => Some(Gate::new(
+                super::BlockReason::FleetLimit,
+                "the fleet limits were not checked yet",
+            )),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -50,6 +74,8 @@ pub enum EvictionStrategy {
     LiveMigrate,
     LiveMigrateIfPossible,
     External,
+    /// A strategy this vacate does not know (a newer KubeVirt's).
+    Unrecognized,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -2,14 +2,16 @@
 
 use super::*;
 
-/// Folds the result of one action into the state written after the actions ran.
+/// Folds the result of one action into the state written after the actions ran. Returns
+/// when the node must be planned again because of it (a refusal changes what comes next),
+/// if that is sooner than anything the plan already waits for.
 pub fn record_outcome(
     state: &mut DrainState,
     action: &Action,
     result: &ActionResult,
     now: DateTime<Utc>,
     config: &Config,
-) {
+) -> Option<DateTime<Utc>> {
     match (action, result) {
         (
             Action::EvictPod {
@@ -24,6 +26,7 @@ pub fn record_outcome(
                 .entry(format!("{namespace}/{vmi}"))
                 .or_default()
                 .outcome = VmiOutcome::Evicting;
+            None
         }
         (Action::RestartVmi { namespace, name }, ActionResult::Done | ActionResult::Gone) => {
             state
@@ -31,6 +34,7 @@ pub fn record_outcome(
                 .entry(format!("{namespace}/{name}"))
                 .or_default()
                 .outcome = VmiOutcome::Restarting;
+            None
         }
         (
             Action::EvictPod {
@@ -43,6 +47,7 @@ pub fn record_outcome(
             if let Some(record) = state.pods.get_mut(&format!("{namespace}/{name}")) {
                 record.outcome = PodOutcome::Evicting;
             }
+            None
         }
         (
             Action::EvictPod {
@@ -55,6 +60,8 @@ pub fn record_outcome(
             let record = state.vmis.entry(format!("{namespace}/{vmi}")).or_default();
             record.eviction_refused = true;
             record.outcome = VmiOutcome::Waiting;
+            // The policy for refused evictions decides at the next plan.
+            Some(now)
         }
         (
             Action::EvictPod {
@@ -76,7 +83,8 @@ pub fn record_outcome(
                 &key,
             );
             record.outcome = PodOutcome::RetryWaiting;
-            record.retry_at = Some(now + chrono_duration(wait));
+            let retry_at = now + chrono_duration(wait);
+            record.retry_at = Some(retry_at);
             record.last_refusal = Some(message.clone());
             if state.blocked.is_none() {
                 state.blocked = Some(Blocker {
@@ -88,6 +96,7 @@ pub fn record_outcome(
                     message: format!("eviction of pod {key} refused: {message}"),
                 });
             }
+            Some(retry_at)
         }
         (
             Action::EvictPod {
@@ -100,26 +109,36 @@ pub fn record_outcome(
             if let Some(record) = state.pods.get_mut(&format!("{namespace}/{name}")) {
                 record.outcome = PodOutcome::Evicted;
             }
+            None
         }
         (
             Action::CreateMigration { namespace, vmi, .. },
-            ActionResult::Refused(_) | ActionResult::Rejected(_),
+            ActionResult::Refused(message) | ActionResult::Rejected(message),
         ) => {
-            // KubeVirt's admission refused the migration (e.g. another one is running, or
-            // the VMI stopped being migratable): count it as a failed attempt.
             let key = format!("{namespace}/{vmi}");
             let record = state.vmis.entry(key.clone()).or_default();
+            // "Try again later" (a 429 from API priority and fairness or a webhook), or
+            // KubeVirt's migration-create admitter finding another migration of the VMI in
+            // flight (migration-create-admitter.go: "in-flight migration detected"), says
+            // nothing about whether the VMI can migrate: it uses up no attempt. Any other
+            // refusal (the VMI stopped being migratable, say) counts as a failed attempt.
+            let transient = matches!(result, ActionResult::Refused(_))
+                || message.contains("in-flight migration detected");
+            if transient {
+                record.attempts = record.attempts.saturating_sub(1);
+            }
             record.outcome = VmiOutcome::RetryWaiting;
-            record.retry_at = Some(
-                now + chrono_duration(backoff(
+            let retry_at = now
+                + chrono_duration(backoff(
                     config.migration.retry_backoff.get(),
                     config.migration.retry_backoff_max.get(),
-                    record.attempts,
+                    record.attempts.max(1),
                     &key,
-                )),
-            );
+                ));
+            record.retry_at = Some(retry_at);
+            Some(retry_at)
         }
-        _ => {}
+        _ => None,
     }
 }
 

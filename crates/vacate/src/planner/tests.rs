@@ -85,7 +85,7 @@ pub(super) fn snapshot(node: NodeView) -> Snapshot {
         migrations: vec![],
         pods: vec![],
         cluster: ClusterView::default(),
-        start_gate: Ok(()),
+        start_gate: StartGate::Open,
     }
 }
 
@@ -268,6 +268,7 @@ fn batch_interval_spaces_batches() {
     s.vmis = (0..4).map(|i| vmi(&format!("vm-{i}"))).collect();
     let mut config = Config::default();
     config.migration.max_in_flight_per_node = NonZeroU32::new(10).unwrap();
+    config.migration.batch_interval = crate::config::ConfigDuration::from_secs(5);
     s.cluster.kubevirt_per_node = 10;
     let state = written(&plan(&s, &config));
     let mut s2 = s.clone();
@@ -920,7 +921,7 @@ fn garbage_state_is_reported_and_replaced() {
 #[test]
 fn start_gate_holds_drain_in_pending() {
     let mut s = snapshot(node(Some("true"), false));
-    s.start_gate = Err(Gate::new(BlockReason::FleetLimit, "1 of at most 1 node"));
+    s.start_gate = StartGate::Closed(Gate::new(BlockReason::FleetLimit, "1 of at most 1 node"));
     let p = plan(&s, &Config::default());
     assert!(!p.actions.contains(&Action::Cordon));
     assert_eq!(p.phase, Phase::Pending);
@@ -1205,4 +1206,104 @@ fn mixed_sizes_finish_at_the_makespan_bound() {
     assert_eq!(makespan(&[1, 2, 4, 8, 16, 32], 2), 32);
     // Smallest-first order from the names must not matter either.
     assert_eq!(makespan(&[32, 1, 1, 1, 1, 1, 1, 16, 16], 2), 35);
+}
+
+#[test]
+fn the_plan_announces_its_transitions() {
+    let has = |p: &Plan, o: &Observation| p.observations.contains(o);
+    // A request starts a drain.
+    let mut s = snapshot(node(Some("true"), false));
+    s.vmis = vec![vmi("vm-0")];
+    let p = plan(&s, &Config::default());
+    assert!(has(&p, &Observation::DrainStarted));
+    assert!(has(
+        &p,
+        &Observation::PhaseChanged {
+            from: Phase::Idle,
+            to: Phase::Migrating
+        }
+    ));
+    assert!(!has(&p, &Observation::PlaceReleased));
+
+    // A drain still under way announces nothing new.
+    let state = written(&p);
+    let mut s2 = with_state(s.clone(), &state);
+    s2.node.unschedulable = true;
+    s2.migrations = vec![migration(&state, "vm-0", 1, MigrationPhase::Unfinished)];
+    let p = plan(&s2, &Config::default());
+    assert!(p.observations.is_empty(), "{:?}", p.observations);
+
+    // The request removed mid-drain: the place in the fleet is given back.
+    s2.node.request_value = None;
+    let p = plan(&s2, &Config::default());
+    assert!(has(&p, &Observation::PlaceReleased));
+    assert!(!has(&p, &Observation::DrainStarted));
+}
+
+#[test]
+fn a_gate_not_asked_keeps_the_drain_from_starting() {
+    let mut s = snapshot(node(Some("true"), false));
+    s.start_gate = StartGate::NotAsked;
+    let p = plan(&s, &Config::default());
+    assert!(!p.actions.contains(&Action::Cordon));
+    assert_eq!(p.phase, Phase::Pending);
+    assert!(!p.observations.contains(&Observation::DrainStarted));
+}
+
+#[test]
+fn a_vmi_with_an_unknown_eviction_strategy_is_left_alone_and_named() {
+    let mut s = snapshot(node(Some("true"), false));
+    s.vmis = vec![
+        VmiView {
+            eviction_strategy: EvictionStrategy::Unrecognized,
+            ..vmi("future")
+        },
+        vmi("vm-1"),
+    ];
+    let p = plan(&s, &Config::default());
+    assert_eq!(migrations_created(&p), vec!["vm-1"]);
+    assert!(evicted(&p).is_empty());
+    assert!(
+        !p.actions
+            .iter()
+            .any(|a| matches!(a, Action::RestartVmi { .. }))
+    );
+    assert_eq!(p.blocked, Some(BlockReason::NonMigratableVmi));
+    assert_eq!(written(&p).vmis["vms/future"].outcome, VmiOutcome::Blocked);
+}
+
+/// The state after the first create of vm-0's migration was answered with `result`.
+fn after_refused_create(result: ActionResult) -> DrainState {
+    let mut s = snapshot(node(Some("true"), false));
+    s.vmis = vec![vmi("vm-0")];
+    let config = Config::default();
+    let p = plan(&s, &config);
+    let mut state = written(&p);
+    let create = p
+        .actions
+        .iter()
+        .find(|a| matches!(a, Action::CreateMigration { .. }))
+        .unwrap();
+    let replan = record_outcome(&mut state, create, &result, t(0), &config);
+    assert!(replan.is_some_and(|at| at > t(0)), "a retry is timed");
+    assert_eq!(state.vmis["vms/vm-0"].outcome, VmiOutcome::RetryWaiting);
+    state
+}
+
+#[test]
+fn a_create_refused_for_now_uses_no_attempt() {
+    let state = after_refused_create(ActionResult::Refused("too many requests".into()));
+    assert_eq!(state.vmis["vms/vm-0"].attempts, 0);
+    let state = after_refused_create(ActionResult::Rejected(
+        "admission webhook \"migration-create-validator.kubevirt.io\" denied the request: in-flight migration detected. Active migration job (abc) is currently already in progress for VMI vm-0.".into(),
+    ));
+    assert_eq!(state.vmis["vms/vm-0"].attempts, 0);
+}
+
+#[test]
+fn a_create_rejected_for_good_counts_as_an_attempt() {
+    let state = after_refused_create(ActionResult::Rejected(
+        "cannot migrate VMI: DisksNotLiveMigratable".into(),
+    ));
+    assert_eq!(state.vmis["vms/vm-0"].attempts, 1);
 }

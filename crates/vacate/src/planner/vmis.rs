@@ -197,6 +197,18 @@ impl Planner<'_> {
                 }
                 VmiOutcome::Waiting | VmiOutcome::Blocked | VmiOutcome::Left => {}
             }
+            if vmi.eviction_strategy == EvictionStrategy::Unrecognized {
+                // What KubeVirt does with such a VMI on eviction is not known here: leave it
+                // alone and say so rather than guess.
+                record.outcome = VmiOutcome::Blocked;
+                self.block(
+                    BlockReason::NonMigratableVmi,
+                    format!(
+                        "VMI {key} has an evictionStrategy this vacate does not know; move it by hand or run a newer vacate"
+                    ),
+                );
+                continue;
+            }
             let exhausted = record.attempts >= self.config.migration.max_attempts.get();
             let strategy_allows = vmi.eviction_strategy != EvictionStrategy::None;
             match (&vmi.migratability, strategy_allows, exhausted) {

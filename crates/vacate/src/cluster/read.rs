@@ -1,0 +1,156 @@
+//! The first stage of a reconciliation: one node's snapshot, read from the watch caches
+//! without side effects, and the ledger of migrations created moments ago that the caches
+//! do not show yet.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use k8s_openapi::api::core::v1::Node;
+use kube::ResourceExt;
+use kube::runtime::reflector::ObjectRef;
+
+use super::Context;
+use super::snapshot;
+use crate::error::Result;
+use crate::planner::{self, MigrationPhase, MigrationView, Snapshot, StartGate, StateAnnotation};
+
+/// How long a just-created migration counts as in flight before the watch cache shows it.
+const LEDGER_TTL: Duration = Duration::from_secs(120);
+
+/// Migrations created but not yet seen by the watch cache: (namespace, name) to the node
+/// they drain, the VMI and when they were created.
+#[derive(Default)]
+pub(super) struct Ledger {
+    created: HashMap<(String, String), (String, String, Instant)>,
+}
+
+impl Ledger {
+    pub(super) fn created(&mut self, namespace: &str, name: &str, node: &str, vmi: &str) {
+        self.created.insert(
+            (namespace.to_string(), name.to_string()),
+            (node.to_string(), vmi.to_string(), Instant::now()),
+        );
+    }
+}
+
+/// What reading a node found.
+pub enum Look {
+    /// Deleted, or outside the watch's node filter.
+    Gone,
+    /// Outside `node.selector`, or in no drain: nothing to do.
+    NotInvolved,
+    Node(Box<Read>),
+}
+
+pub struct Read {
+    pub node: Arc<Node>,
+    pub snapshot: Snapshot,
+    /// vacate's own migrations in flight, cluster-wide.
+    pub ours_in_flight: usize,
+}
+
+impl Context {
+    /// Reads a node and everything its plan needs. `include_idle` reads a node in no drain
+    /// too (for `vacate drain`, which shows what it is about to do).
+    pub async fn look(&self, name: &str, include_idle: bool) -> Result<Look> {
+        let config = &self.config;
+        let Some(node) = self.stores.nodes.get(&ObjectRef::new(name)) else {
+            return Ok(Look::Gone);
+        };
+        if !config.node.selector.matches(node.labels()) {
+            return Ok(Look::NotInvolved);
+        }
+        let view = snapshot::node_view(&node, config);
+        let involved =
+            planner::request_of(&view).is_some() || view.state != StateAnnotation::Absent;
+        if !involved && !include_idle {
+            return Ok(Look::NotInvolved);
+        }
+        let pods = self.pods.pods(&self.client, name, &self.trigger).await?;
+        let kubevirt = self.stores.kubevirt.state().first().cloned();
+        let default_strategy = kubevirt.as_ref().and_then(|kv| kv.eviction_strategy());
+        let vmis: Vec<_> = self
+            .stores
+            .vmis
+            .state()
+            .into_iter()
+            .filter(|v| v.node_name() == Some(name))
+            .collect();
+        let vmi_keys: BTreeSet<(String, String)> = vmis
+            .iter()
+            .map(|v| (v.namespace().unwrap_or_default(), v.name_any()))
+            .collect();
+        let (in_flight, ours_in_flight, migrations) = self.migrations_for(name, &vmi_keys);
+        let snapshot = Snapshot {
+            now: Utc::now(),
+            vmis: vmis
+                .iter()
+                .map(|v| snapshot::vmi_view(v, default_strategy, &pods))
+                .collect(),
+            migrations,
+            pods: pods.iter().map(snapshot::pod_view).collect(),
+            cluster: snapshot::cluster_view(kubevirt.as_deref(), in_flight),
+            // The reconciliation asks the gate only when the plan may start a drain.
+            start_gate: StartGate::NotAsked,
+            node: view,
+        };
+        Ok(Look::Node(Box::new(Read {
+            node,
+            snapshot,
+            ours_in_flight,
+        })))
+    }
+
+    /// Unfinished migrations cluster-wide, vacate's among them, and the views of a node's
+    /// migrations, including migrations created moments ago that the watch cache has not
+    /// delivered yet.
+    fn migrations_for(
+        &self,
+        node: &str,
+        vmi_keys: &BTreeSet<(String, String)>,
+    ) -> (u32, usize, Vec<MigrationView>) {
+        let all = self.stores.migrations.state();
+        let mut ledger = self.ledger.lock().expect("ledger lock");
+        ledger.created.retain(|(ns, name), (_, _, at)| {
+            at.elapsed() < LEDGER_TTL
+                && self
+                    .stores
+                    .migrations
+                    .get(&ObjectRef::new(name).within(ns))
+                    .is_none()
+        });
+        let not_yet_seen = ledger.created.len();
+        let in_flight = all.iter().filter(|m| m.is_unfinished()).count() + not_yet_seen;
+        let ours_in_flight = all
+            .iter()
+            .filter(|m| m.is_unfinished() && snapshot::is_ours(m))
+            .count()
+            + not_yet_seen;
+        let mut views: Vec<MigrationView> = all
+            .iter()
+            .filter(|m| {
+                snapshot::is_ours_for(m, node)
+                    || vmi_keys
+                        .contains(&(m.namespace().unwrap_or_default(), m.spec.vmi_name.clone()))
+            })
+            .map(|m| snapshot::migration_view(m, node))
+            .collect();
+        for ((namespace, name), (for_node, vmi, _)) in &ledger.created {
+            if for_node == node {
+                views.push(MigrationView {
+                    namespace: namespace.clone(),
+                    name: name.clone(),
+                    vmi_name: vmi.clone(),
+                    phase: MigrationPhase::Unfinished,
+                    ours: true,
+                    created_at: None,
+                    finished_at: None,
+                    deleting: false,
+                });
+            }
+        }
+        (in_flight as u32, ours_in_flight, views)
+    }
+}

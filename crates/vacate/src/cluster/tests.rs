@@ -1,0 +1,423 @@
+//! The shell against a scripted API server: what `reconcile` writes, in which order, and what
+//! it does when the API answers otherwise than expected. Between the planner's unit tests and
+//! the end-to-end tests on the testbed: the watch caches are filled by hand, and a fake API
+//! (kube's client over a tower-test mock service) answers and records every request.
+
+use std::sync::{Arc, Mutex};
+
+use http::{Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use kube::client::Body;
+use kube::runtime::reflector::{self, store::Writer};
+use kube::runtime::watcher;
+use serde_json::{Value, json};
+
+use super::*;
+use crate::planner::DrainState;
+
+const NODE: &str = "worker-1";
+
+/// One request the fake API server saw.
+#[derive(Debug, Clone)]
+struct Seen {
+    method: String,
+    path: String,
+    body: String,
+}
+
+impl Seen {
+    fn is_node_patch(&self) -> bool {
+        self.method == "PATCH" && self.path.starts_with(&format!("/api/v1/nodes/{NODE}"))
+    }
+    fn writes_state(&self) -> bool {
+        self.is_node_patch() && self.body.contains("vacate.io/state")
+    }
+    fn cordons(&self) -> bool {
+        self.is_node_patch() && self.body.contains("\"unschedulable\":true")
+    }
+    fn creates_migration(&self) -> bool {
+        self.method == "POST" && self.path.contains("/virtualmachineinstancemigrations")
+    }
+}
+
+/// How the fake API answers.
+#[derive(Default)]
+struct Script {
+    /// Answer the next conditional state write (one with a resourceVersion) with 409.
+    conflict_on_state_write: bool,
+    /// The pods on the node.
+    pods: Vec<Value>,
+    /// Evictions answered with this status code and message, by pod name.
+    eviction_errors: HashMap<String, (u16, String)>,
+}
+
+struct Fake {
+    ctx: Arc<Context>,
+    seen: Arc<Mutex<Vec<Seen>>>,
+    script: Arc<Mutex<Script>>,
+    nodes: Writer<Node>,
+    _rx: mpsc::UnboundedReceiver<Wake>,
+}
+
+fn json_response(status: StatusCode, body: &Value) -> Response<Body> {
+    Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .body(Body::from(serde_json::to_vec(body).expect("JSON")))
+        .expect("response")
+}
+
+fn status(code: u16, reason: &str) -> Value {
+    json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": code,
+           "reason": reason, "message": reason, "metadata": {}})
+}
+
+fn node(labels: Value, annotations: Value, unschedulable: bool) -> Node {
+    serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Node",
+        "metadata": {"name": NODE, "resourceVersion": "10", "labels": labels,
+                     "annotations": annotations, "uid": "node-uid"},
+        "spec": {"unschedulable": unschedulable},
+        "status": {"conditions": [{"type": "Ready", "status": "True"}],
+                   "nodeInfo": {"kubeletVersion": "v1.37.2", "machineID": "", "systemUUID": "",
+                                "bootID": "", "kernelVersion": "", "osImage": "",
+                                "containerRuntimeVersion": "", "kubeProxyVersion": "",
+                                "operatingSystem": "linux", "architecture": "amd64"}}
+    }))
+    .expect("node")
+}
+
+fn vmi(name: &str) -> VirtualMachineInstance {
+    serde_json::from_value(json!({
+        "apiVersion": "kubevirt.io/v1", "kind": "VirtualMachineInstance",
+        "metadata": {"name": name, "namespace": "vms", "uid": format!("uid-{name}")},
+        "spec": {"domain": {"devices": {}, "memory": {"guest": "1Gi"}},
+                 "evictionStrategy": "LiveMigrate"},
+        "status": {"phase": "Running", "nodeName": NODE,
+                   "conditions": [{"type": "LiveMigratable", "status": "True"}]}
+    }))
+    .expect("vmi")
+}
+
+use kubevirt_api::{KubeVirt, VirtualMachineInstance, VirtualMachineInstanceMigration};
+
+/// Answers every request from the script, recording it. Watches are held open unanswered.
+async fn serve(
+    mut handle: tower_test::mock::Handle<Request<Body>, Response<Body>>,
+    seen: Arc<Mutex<Vec<Seen>>>,
+    script: Arc<Mutex<Script>>,
+    node_now: Arc<Mutex<Node>>,
+) {
+    let mut held = Vec::new();
+    while let Some((request, respond)) = handle.next_request().await {
+        let (parts, body) = request.into_parts();
+        let body = body
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        let body = String::from_utf8_lossy(&body).to_string();
+        let path = parts
+            .uri
+            .path_and_query()
+            .map(|p| p.to_string())
+            .unwrap_or_default();
+        let method = parts.method.to_string();
+        let entry = Seen {
+            method: method.clone(),
+            path: path.clone(),
+            body: body.clone(),
+        };
+        seen.lock().unwrap().push(entry.clone());
+        let response = if path.contains("watch=true") {
+            held.push(respond);
+            continue;
+        } else if method == "GET" && path.starts_with("/api/v1/pods") {
+            let pods = script.lock().unwrap().pods.clone();
+            json_response(
+                StatusCode::OK,
+                &json!({"apiVersion": "v1", "kind": "PodList",
+                        "metadata": {"resourceVersion": "5"}, "items": pods}),
+            )
+        } else if method == "POST" && parts.uri.path().ends_with("/eviction") {
+            let pod = parts
+                .uri
+                .path()
+                .trim_end_matches("/eviction")
+                .rsplit('/')
+                .next()
+                .unwrap_or("");
+            match script.lock().unwrap().eviction_errors.get(pod) {
+                Some((code, message)) => {
+                    let mut body = status(*code, "InternalError");
+                    body["message"] = json!(message);
+                    json_response(StatusCode::from_u16(*code).unwrap(), &body)
+                }
+                None => json_response(StatusCode::CREATED, &status(201, "Created")),
+            }
+        } else if method == "GET" && path.starts_with("/api/v1/nodes") {
+            let node = node_now.lock().unwrap().clone();
+            json_response(
+                StatusCode::OK,
+                &json!({"apiVersion": "v1", "kind": "NodeList",
+                        "metadata": {"resourceVersion": "10"}, "items": [node]}),
+            )
+        } else if entry.is_node_patch() {
+            let conditional = body.contains("resourceVersion");
+            let mut script = script.lock().unwrap();
+            if entry.writes_state() && conditional && script.conflict_on_state_write {
+                script.conflict_on_state_write = false;
+                json_response(StatusCode::CONFLICT, &status(409, "Conflict"))
+            } else {
+                // Older than what the cache holds: the shell does not wait for the cache.
+                let mut node = serde_json::to_value(&*node_now.lock().unwrap()).unwrap();
+                node["metadata"]["resourceVersion"] = json!("1");
+                json_response(StatusCode::OK, &node)
+            }
+        } else if method == "POST" {
+            let mut object: Value = serde_json::from_str(&body).unwrap_or(json!({}));
+            object["metadata"]["resourceVersion"] = json!("1");
+            json_response(StatusCode::CREATED, &object)
+        } else {
+            json_response(StatusCode::NOT_FOUND, &status(404, "NotFound"))
+        };
+        respond.send_response(response);
+    }
+}
+
+impl Fake {
+    fn new(config: Config, node: Node, vmis: Vec<VirtualMachineInstance>) -> Fake {
+        let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let client = Client::new(service, "default");
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let script = Arc::new(Mutex::new(Script::default()));
+        let node_now = Arc::new(Mutex::new(node.clone()));
+        tokio::spawn(serve(handle, seen.clone(), script.clone(), node_now));
+
+        let (nodes, mut node_writer) = reflector::store::<Node>();
+        node_writer.apply_watcher_event(&watcher::Event::Apply(node));
+        let (vmi_store, mut vmi_writer) = reflector::store::<VirtualMachineInstance>();
+        for v in vmis {
+            vmi_writer.apply_watcher_event(&watcher::Event::Apply(v));
+        }
+        let (migrations, _) = reflector::store::<VirtualMachineInstanceMigration>();
+        let (kubevirt, _) = reflector::store::<KubeVirt>();
+        let (trigger, rx) = mpsc::unbounded_channel();
+        let (report_tx, _) = tokio_watch::channel(HashMap::new());
+        let ctx = Arc::new(Context {
+            recorder: Recorder::new(
+                client.clone(),
+                Reporter {
+                    controller: "vacate".into(),
+                    instance: None,
+                },
+            ),
+            client,
+            config: Arc::new(config),
+            metrics: Metrics::new(),
+            stores: Stores {
+                nodes,
+                vmis: vmi_store,
+                migrations,
+                kubevirt,
+            },
+            pods: PodWatches::default(),
+            trigger,
+            ledger: Mutex::new(Ledger::default()),
+            reports: Mutex::new(HashMap::new()),
+            report_tx,
+            last_start: Mutex::new(None),
+            prometheus: None,
+        });
+        Fake {
+            ctx,
+            seen,
+            script,
+            nodes: node_writer,
+            _rx: rx,
+        }
+    }
+
+    /// Requests seen so far, watches left out.
+    fn seen(&self) -> Vec<Seen> {
+        self.seen
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|s| !s.path.contains("watch=true"))
+            .cloned()
+            .collect()
+    }
+
+    /// The state annotation of the last state write.
+    fn last_state(&self) -> DrainState {
+        let seen = self.seen();
+        let write = seen
+            .iter()
+            .rev()
+            .find(|s| s.writes_state())
+            .expect("a state write");
+        let patch: Value = serde_json::from_str(&write.body).unwrap();
+        let text = patch["metadata"]["annotations"]["vacate.io/state"]
+            .as_str()
+            .expect("state text");
+        serde_json::from_str(text).expect("state JSON")
+    }
+}
+
+fn config() -> Config {
+    let mut config = Config::default();
+    config.fleet.capacity_check = false;
+    config
+}
+
+fn requested() -> Node {
+    node(json!({"vacate.io/maintenance": "true"}), json!({}), false)
+}
+
+#[tokio::test]
+async fn the_intent_is_written_before_anything_is_done() {
+    let fake = Fake::new(config(), requested(), vec![vmi("vm-0"), vmi("vm-1")]);
+    let next = fake.ctx.reconcile(NODE).await.expect("reconcile");
+    assert!(next.is_some());
+    let seen = fake.seen();
+    let first_write = seen
+        .iter()
+        .position(|s| s.method != "GET")
+        .expect("a write");
+    assert!(
+        seen[first_write].writes_state()
+            && seen[first_write]
+                .body
+                .contains("\"resourceVersion\":\"10\""),
+        "the first write is the state, conditional on the snapshot's version: {seen:#?}"
+    );
+    // The cordon goes out in the same request: state and cordon together or neither.
+    assert!(seen[first_write].cordons(), "{seen:#?}");
+    assert_eq!(seen.iter().filter(|s| s.cordons()).count(), 1, "{seen:#?}");
+    let create = seen
+        .iter()
+        .position(Seen::creates_migration)
+        .expect("a migration");
+    assert!(first_write < create, "{seen:#?}");
+    assert_eq!(seen.iter().filter(|s| s.creates_migration()).count(), 2);
+    assert_eq!(fake.last_state().phase, Phase::Migrating);
+}
+
+#[tokio::test]
+async fn a_conflicting_state_write_plans_again_and_does_nothing() {
+    let fake = Fake::new(config(), requested(), vec![vmi("vm-0")]);
+    fake.script.lock().unwrap().conflict_on_state_write = true;
+    let next = fake.ctx.reconcile(NODE).await.expect("reconcile");
+    assert_eq!(next, Some(Duration::from_millis(200)));
+    let seen = fake.seen();
+    let writes: Vec<&Seen> = seen.iter().filter(|s| s.method != "GET").collect();
+    assert_eq!(writes.len(), 1, "only the refused state write: {seen:#?}");
+    assert!(writes[0].writes_state());
+    assert!(fake.ctx.reports.lock().unwrap().get(NODE).is_none());
+
+    // The next look (fresh data) goes ahead.
+    fake.ctx.reconcile(NODE).await.expect("reconcile");
+    assert!(fake.seen().iter().any(Seen::creates_migration));
+}
+
+#[tokio::test]
+async fn migrations_not_yet_in_the_cache_hold_their_slots() {
+    let mut fake = Fake::new(
+        config(),
+        requested(),
+        vec![vmi("vm-0"), vmi("vm-1"), vmi("vm-2")],
+    );
+    fake.ctx.reconcile(NODE).await.expect("reconcile");
+    assert_eq!(
+        fake.seen().iter().filter(|s| s.creates_migration()).count(),
+        2,
+        "two slots on the node"
+    );
+    // The node as written (cordoned, with the state), but no migration in the watch cache yet.
+    let state = fake.last_state();
+    let written = node(
+        json!({"vacate.io/maintenance": "true"}),
+        json!({"vacate.io/state": state.to_json()}),
+        true,
+    );
+    fake.nodes
+        .apply_watcher_event(&watcher::Event::Apply(written));
+    fake.seen.lock().unwrap().clear();
+    fake.ctx.reconcile(NODE).await.expect("reconcile");
+    let seen = fake.seen();
+    assert!(
+        !seen.iter().any(Seen::creates_migration),
+        "the migrations created a moment ago still count: {seen:#?}"
+    );
+    let report = fake.ctx.reports.lock().unwrap()[NODE].clone();
+    assert_eq!(report.phase, Phase::Migrating);
+}
+
+fn pod(name: &str) -> Value {
+    json!({"apiVersion": "v1", "kind": "Pod",
+           "metadata": {"name": name, "namespace": "apps", "uid": format!("uid-{name}"),
+                        "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet",
+                                             "name": "web", "uid": "rs", "controller": true}]},
+           "spec": {"nodeName": NODE, "containers": []},
+           "status": {"phase": "Running"}})
+}
+
+fn evictions(seen: &[Seen]) -> Vec<String> {
+    seen.iter()
+        .map(|s| s.path.split('?').next().unwrap_or_default())
+        .filter(|path| path.ends_with("/eviction"))
+        .map(|path| {
+            path.trim_end_matches("/eviction")
+                .rsplit('/')
+                .next()
+                .unwrap()
+                .to_string()
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn one_failing_action_does_not_hold_up_the_others() {
+    let fake = Fake::new(config(), requested(), vec![]);
+    {
+        let mut script = fake.script.lock().unwrap();
+        script.pods = vec![pod("a"), pod("b")];
+        script
+            .eviction_errors
+            .insert("a".into(), (500, "etcdserver: request timed out".into()));
+    }
+    let result = fake.ctx.reconcile(NODE).await;
+    assert!(result.is_err(), "the failure is reported: {result:?}");
+    assert_eq!(evictions(&fake.seen()), vec!["a", "b"]);
+    let report = fake.ctx.reports.lock().unwrap()[NODE].clone();
+    assert_eq!(report.phase, Phase::Evicting);
+}
+
+#[tokio::test]
+async fn a_pod_under_two_disruption_budgets_is_a_rejection_shown_to_the_user() {
+    let fake = Fake::new(config(), requested(), vec![]);
+    {
+        let mut script = fake.script.lock().unwrap();
+        script.pods = vec![pod("a")];
+        script.eviction_errors.insert(
+            "a".into(),
+            (
+                500,
+                "This pod has more than one PodDisruptionBudget, which the eviction subresource does not support.".into(),
+            ),
+        );
+    }
+    fake.ctx
+        .reconcile(NODE)
+        .await
+        .expect("not an error: a rejection");
+    let state = fake.last_state();
+    let blocked = state.blocked.expect("the drain says what blocks it");
+    assert_eq!(blocked.reason, BlockReason::EvictionRejected);
+    assert!(
+        blocked
+            .message
+            .contains("more than one PodDisruptionBudget")
+    );
+}
