@@ -194,6 +194,7 @@ pub fn pod_view(pod: &Pod) -> PodView {
         virt_launcher: pod.labels().get(kv_labels::APP_LABEL).map(String::as_str)
             == Some(kv_labels::VIRT_LAUNCHER),
         deleting: pod.metadata.deletion_timestamp.is_some(),
+        delete_by: pod.metadata.deletion_timestamp.as_ref().map(to_chrono),
         labels: pod.labels().clone(),
     }
 }

@@ -73,6 +73,9 @@ impl FleetNode {
             // An aborted drain whose cordon is not lifted yet still takes the node out.
             Phase::Idle | Phase::Pending => s.cordoned_by_vacate && unschedulable,
             Phase::Failed => s.cordoned_by_vacate && unschedulable,
+            // The maintenance is over; only the node is not back (not Ready). A node that
+            // never comes back must not hold the rollout up.
+            Phase::Uncordoning => false,
             _ => true,
         });
         Self {

@@ -565,3 +565,18 @@ fn an_upgrade_to_a_version_the_node_is_already_past_needs_no_drain() {
         Config::default().upgrade.request_label
     )));
 }
+
+#[test]
+fn a_node_waiting_to_be_uncordoned_holds_no_place_in_the_fleet() {
+    let mut state = DrainState::new(t(0), true, 1);
+    state.phase = Phase::Uncordoning;
+    let node = FleetNode::from_state(
+        "down".into(),
+        Default::default(),
+        false,
+        true,
+        &StateAnnotation::Valid(Box::new(state)),
+        "vacate.io/maintenance",
+    );
+    assert!(!node.in_maintenance);
+}

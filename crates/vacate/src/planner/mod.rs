@@ -228,7 +228,10 @@ impl<'a> Planner<'a> {
                 .push(Observation::PhaseChanged { from, to: phase });
         }
         let left_maintenance = !matches!(from, Phase::Idle | Phase::Pending)
-            && matches!(phase, Phase::Idle | Phase::Pending | Phase::Failed)
+            && matches!(
+                phase,
+                Phase::Idle | Phase::Pending | Phase::Failed | Phase::Uncordoning
+            )
             && from != phase;
         if left_maintenance || self.actions.contains(&Action::Uncordon) {
             self.observations.push(Observation::PlaceReleased);

@@ -153,6 +153,8 @@ pub struct PodView {
     pub has_emptydir: bool,
     pub virt_launcher: bool,
     pub deleting: bool,
+    /// When the pod's grace period ends (`metadata.deletionTimestamp`), once it is deleted.
+    pub delete_by: Option<DateTime<Utc>>,
     pub labels: BTreeMap<String, String>,
 }
 

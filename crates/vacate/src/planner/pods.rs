@@ -3,6 +3,9 @@
 
 use super::*;
 
+/// How long past its grace period a pod deleted on a node that is not Ready holds up the drain.
+const STUCK_TERMINATING: Duration = Duration::from_secs(60);
+
 impl Planner<'_> {
     /// Evicts the remaining pods; returns how many still hold up the drain. While VMIs are
     /// still on the node (`vmis_remain`), pods that must outlast them wait.
@@ -44,6 +47,29 @@ impl Planner<'_> {
                         };
                     }
                     if pod.deleting {
+                        // A node that does not answer never confirms a deletion: past its
+                        // grace period by STUCK_TERMINATING, such a pod no longer holds up the
+                        // drain (kubectl drain's --skip-wait-for-delete-timeout).
+                        let stuck = !s.node.ready
+                            && pod
+                                .delete_by
+                                .is_some_and(|by| now >= by + chrono_duration(STUCK_TERMINATING));
+                        if stuck {
+                            left -= 1;
+                            if record.outcome != PodOutcome::Evicted {
+                                self.actions.push(Action::warning(
+                                    "PodStuckTerminating",
+                                    format!(
+                                        "pod {key} was deleted but the node is not Ready and cannot confirm it; no longer waiting for it"
+                                    ),
+                                ));
+                            }
+                            record.outcome = PodOutcome::Evicted;
+                            continue;
+                        }
+                        if let Some(by) = pod.delete_by.filter(|_| !s.node.ready) {
+                            self.wake_at(by + chrono_duration(STUCK_TERMINATING));
+                        }
                         record.outcome = PodOutcome::Evicting;
                         record.retry_at = None;
                         continue;

@@ -60,6 +60,7 @@ fn pod(name: &str, controller: Option<&str>) -> PodView {
         has_emptydir: false,
         virt_launcher: false,
         deleting: false,
+        delete_by: None,
         labels: Default::default(),
     }
 }
@@ -1306,4 +1307,43 @@ fn a_create_rejected_for_good_counts_as_an_attempt() {
         "cannot migrate VMI: DisksNotLiveMigratable".into(),
     ));
     assert_eq!(state.vmis["vms/vm-0"].attempts, 1);
+}
+
+#[test]
+fn a_pod_stuck_terminating_on_a_node_that_is_not_ready_stops_holding_the_drain() {
+    let mut n = node(Some("true"), true);
+    n.ready = false;
+    let mut s = snapshot(n);
+    s.pods = vec![PodView {
+        deleting: true,
+        delete_by: Some(t(0)),
+        ..pod("web-1", Some("ReplicaSet"))
+    }];
+    let mut state = DrainState::new(t(-100), true, 1);
+    state.phase = Phase::Evicting;
+    // Within a minute of its grace period's end it is still awaited, with a wake-up for then.
+    s.now = t(30);
+    let (p, state) = step(&s, &state, &Config::default());
+    assert_eq!(state.phase, Phase::Evicting);
+    assert_eq!(p.requeue_after, Some(Duration::from_secs(30)));
+    // Past that, the node that cannot confirm the deletion no longer holds the drain.
+    s.now = t(61);
+    let (p, state) = step(&s, &state, &Config::default());
+    assert_eq!(state.phase, Phase::Drained);
+    assert!(has_event(&p, "PodStuckTerminating"));
+}
+
+#[test]
+fn a_pod_terminating_on_a_ready_node_is_awaited() {
+    let mut s = snapshot(node(Some("true"), true));
+    s.pods = vec![PodView {
+        deleting: true,
+        delete_by: Some(t(0)),
+        ..pod("web-1", Some("ReplicaSet"))
+    }];
+    let mut state = DrainState::new(t(-100), true, 1);
+    state.phase = Phase::Evicting;
+    s.now = t(600);
+    let (_, state) = step(&s, &state, &Config::default());
+    assert_eq!(state.phase, Phase::Evicting);
 }
