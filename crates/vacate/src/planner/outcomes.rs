@@ -2,6 +2,14 @@
 
 use super::*;
 
+/// Whether KubeVirt's 429 to a virt-launcher pod's eviction means it took the VMI over
+/// rather than refused: pod-eviction-admitter.go (v1.7.4 and v1.9.0) answers "Eviction
+/// triggered evacuation of VMI ..." when it marks the VMI, and "Evacuation in progress: ..."
+/// when the VMI was marked already.
+fn kubevirt_took_over(message: &str) -> bool {
+    message.contains("Eviction triggered evacuation") || message.contains("Evacuation in progress")
+}
+
 /// Folds the result of one action into the state written after the actions ran. Returns
 /// when the node must be planned again because of it (a refusal changes what comes next),
 /// if that is sooner than anything the plan already waits for.
@@ -55,9 +63,15 @@ pub fn record_outcome(
                 vmi: Some(vmi),
                 ..
             },
-            ActionResult::Refused(_) | ActionResult::Rejected(_),
+            ActionResult::Refused(message) | ActionResult::Rejected(message),
         ) => {
             let record = state.vmis.entry(format!("{namespace}/{vmi}")).or_default();
+            if kubevirt_took_over(message) {
+                // Not a refusal: KubeVirt marked the VMI and moves it itself (its evacuation
+                // for LiveMigrate, an external controller for External). Wait for it to leave.
+                record.outcome = VmiOutcome::Evicting;
+                return None;
+            }
             record.eviction_refused = true;
             record.outcome = VmiOutcome::Waiting;
             // The policy for refused evictions decides at the next plan.

@@ -1347,3 +1347,104 @@ fn a_pod_terminating_on_a_ready_node_is_awaited() {
     let (_, state) = step(&s, &state, &Config::default());
     assert_eq!(state.phase, Phase::Evicting);
 }
+
+const TRIGGERED: &str = "Eviction triggered evacuation of VMI \"vms/ext\"";
+
+#[test]
+fn external_vmis_are_handed_to_kubevirt_not_migrated() {
+    let mut s = snapshot(node(Some("true"), false));
+    s.vmis = vec![VmiView {
+        eviction_strategy: EvictionStrategy::External,
+        ..vmi("ext")
+    }];
+    let config = Config::default();
+    let p = plan(&s, &config);
+    assert!(migrations_created(&p).is_empty());
+    assert_eq!(evicted(&p), vec!["virt-launcher-ext-abcde"]);
+    let mut state = written(&p);
+    let evict = p
+        .actions
+        .iter()
+        .find(|a| matches!(a, Action::EvictPod { .. }))
+        .unwrap();
+    record_outcome(
+        &mut state,
+        evict,
+        &ActionResult::Refused(TRIGGERED.into()),
+        t(0),
+        &config,
+    );
+    assert_eq!(state.vmis["vms/ext"].outcome, VmiOutcome::Evicting);
+    assert!(!state.vmis["vms/ext"].eviction_refused);
+    // Waiting for the external controller: nothing more is asked, nothing is deleted.
+    let mut s2 = s.clone();
+    s2.node.unschedulable = true;
+    let (p, _) = step(&s2, &state, &config);
+    assert!(p.actions.iter().all(|a| !matches!(
+        a,
+        Action::EvictPod { .. } | Action::RestartVmi { .. } | Action::CreateMigration { .. }
+    )));
+}
+
+#[test]
+fn an_eviction_that_triggered_kubevirts_evacuation_never_restarts_the_vmi() {
+    // A LiveMigrate VMI whose attempts ran out goes to the eviction policy; KubeVirt answers
+    // 429 because it marked the VMI and migrates it itself: that is not a refusal.
+    let mut s = snapshot(node(Some("true"), true));
+    s.vmis = vec![vmi("vm-0")];
+    let config = Config::default();
+    let mut state = DrainState::new(t(0), true, 1);
+    state.phase = Phase::Migrating;
+    state.vmis.insert(
+        "vms/vm-0".into(),
+        VmiRecord {
+            attempts: config.migration.max_attempts.get(),
+            ..Default::default()
+        },
+    );
+    let (p, base) = step(&s, &state, &config);
+    let evict = p
+        .actions
+        .iter()
+        .find(|a| matches!(a, Action::EvictPod { .. }))
+        .expect("the eviction policy applies")
+        .clone();
+    for message in [
+        "Eviction triggered evacuation of VMI \"vms/vm-0\"".to_string(),
+        "Evacuation in progress: Eviction triggered evacuation of VMI \"vms/vm-0\"".to_string(),
+    ] {
+        let mut next = base.clone();
+        record_outcome(
+            &mut next,
+            &evict,
+            &ActionResult::Refused(message),
+            t(0),
+            &config,
+        );
+        s.now = t(5);
+        let (p2, _) = step(&s, &next, &config);
+        assert!(
+            !p2.actions
+                .iter()
+                .any(|a| matches!(a, Action::RestartVmi { .. })),
+            "{p2:#?}"
+        );
+    }
+    // A true refusal still goes to on_eviction_refused.
+    let mut next = base.clone();
+    record_outcome(
+        &mut next,
+        &evict,
+        &ActionResult::Refused(
+            "VMI vm-0 is configured with an eviction strategy but is not live-migratable".into(),
+        ),
+        t(0),
+        &config,
+    );
+    let (p3, _) = step(&s, &next, &config);
+    assert!(
+        p3.actions
+            .iter()
+            .any(|a| matches!(a, Action::RestartVmi { .. }))
+    );
+}

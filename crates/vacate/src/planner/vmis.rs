@@ -209,6 +209,12 @@ impl Planner<'_> {
                 );
                 continue;
             }
+            if vmi.eviction_strategy == EvictionStrategy::External {
+                // KubeVirt leaves these to an external controller, which an eviction asks
+                // (KubeVirt sets status.evacuationNodeName): vacate does not migrate them.
+                self.request_evacuation(vmi);
+                continue;
+            }
             let exhausted = record.attempts >= self.config.migration.max_attempts.get();
             let strategy_allows = vmi.eviction_strategy != EvictionStrategy::None;
             match (&vmi.migratability, strategy_allows, exhausted) {
@@ -380,6 +386,31 @@ impl Planner<'_> {
                 );
             }
         }
+    }
+
+    /// Asks KubeVirt, through an eviction of the virt-launcher pod, to have a VMI with the
+    /// External strategy moved by its external controller.
+    fn request_evacuation(&mut self, vmi: &VmiView) {
+        let key = vmi.key();
+        let Some(pod) = &vmi.launcher_pod else {
+            self.waiting_for
+                .get_or_insert_with(|| format!("VMI {key}'s virt-launcher pod"));
+            return;
+        };
+        self.actions.push(Action::EvictPod {
+            namespace: vmi.namespace.clone(),
+            name: pod.clone(),
+            vmi: Some(vmi.name.clone()),
+        });
+        self.actions.push(
+            Action::event(
+                "EvacuationRequested",
+                format!(
+                    "VMI {key} has evictionStrategy External: evicting its virt-launcher pod {pod} so that KubeVirt hands it to the external controller"
+                ),
+            )
+            .about_vmi(&vmi.namespace, &vmi.name),
+        );
     }
 
     pub(super) fn restart(&mut self, state: &mut DrainState, vmi: &VmiView, why: &str) {
