@@ -8,10 +8,12 @@
 //! always parse.
 //!
 //! Both the vacate daemon and the KubeVirt simulator of the testbed use these types, so what the
-//! simulator writes is exactly what vacate reads.
+//! simulator writes is exactly what vacate reads. The testbed uses them too, and [`hash`], the
+//! one stable hash of the workspace.
 
 pub mod common;
 pub mod crds;
+pub mod hash;
 pub mod kubevirt;
 pub mod labels;
 pub mod migration;

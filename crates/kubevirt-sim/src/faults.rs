@@ -51,12 +51,7 @@ impl FaultKnobs {
         if self.migration_failure_rate <= 0.0 {
             return false;
         }
-        // FNV-1a: stable across runs and platforms.
-        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-        for b in migration_uid.bytes() {
-            hash ^= u64::from(b);
-            hash = hash.wrapping_mul(0x0100_0000_01b3);
-        }
+        let hash = kubevirt_api::hash::fnv1a(migration_uid);
         (hash % 10_000) as f64 / 10_000.0 < self.migration_failure_rate
     }
 }

@@ -3,7 +3,7 @@
 //! the kubelets, and the KubeVirt simulator, all on loopback. See docs/testbed.md.
 //!
 //! The `testbed` binary starts and stops it for people; [`TestCluster`] gives integration
-//! tests a cluster, isolated namespaces and node sets.
+//! tests a cluster, isolated namespaces and node sets, and [`TestEnv`] one test's share of it.
 
 pub mod control_plane;
 pub mod https;
@@ -22,5 +22,5 @@ pub use control_plane::{ControlPlane, KUBE_VERSION, Options};
 pub use nodes::NodeTemplate;
 pub use scenario::Scenario;
 pub use seed::{SeedOptions, SeedReport};
-pub use test_support::{NodeSet, Seeded, TestCluster, TestNamespace};
+pub use test_support::{NodeSet, Seeded, TestCluster, TestEnv, TestNamespace};
 pub use wait::{WaitError, wait_for, wait_until};

@@ -112,10 +112,7 @@ impl NodeTemplate {
 
 /// A stable made-up address in 10.64.0.0/10 for a node name (nothing listens there).
 fn node_ip(name: &str) -> String {
-    // FNV-1a: stable across runs and platforms.
-    let h = name.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
-    });
+    let h = kubevirt_api::hash::fnv1a(name);
     format!(
         "10.{}.{}.{}",
         64 + (h % 64),

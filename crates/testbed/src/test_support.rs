@@ -1,5 +1,7 @@
 //! The test-support API: a cluster per test process (or a running testbed), isolated
-//! namespaces and node sets, scenario seeding.
+//! namespaces and node sets, scenario seeding, and [`TestEnv`], what the integration tests
+//! of vacate and of the KubeVirt simulator start from (each crate's tests add their own
+//! helpers on top). Tests wait with [`crate::wait_for`] or [`crate::wait_until`].
 //!
 //! ```no_run
 //! # async fn demo() -> anyhow::Result<()> {
@@ -16,6 +18,7 @@
 //! temporary state folder is removed at exit (or, after a crash, by the next start).
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
@@ -23,8 +26,8 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use k8s_openapi::api::core::v1::{Namespace, Node, PersistentVolume};
-use kube::api::{Api, DeleteParams, DynamicObject, ListParams, PostParams};
-use serde_json::json;
+use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
+use serde_json::{Value, json};
 use tokio::sync::OnceCell;
 
 use crate::control_plane::{ControlPlane, Options};
@@ -167,6 +170,15 @@ impl TestCluster {
             .expect("a client from a kubeconfig that already produced one")
     }
 
+    /// A new client that does not retry 429 answers, as kube's client does by default: for
+    /// tests that want to see them, as kubectl and vacate do.
+    pub fn client_without_retries(&self) -> kube::Client {
+        let mut config = self.config.clone();
+        config.default_retry = false;
+        kube::Client::try_from(config)
+            .expect("a client from a kubeconfig that already produced one")
+    }
+
     /// The admin kubeconfig (for kubectl, vacate, ...).
     pub fn kubeconfig_path(&self) -> &Path {
         &self.kubeconfig
@@ -269,6 +281,111 @@ impl Drop for TestCluster {
             cp.stop();
             let _ = std::fs::remove_dir_all(&cp.layout.root);
         }
+    }
+}
+
+/// What an integration test works in: the shared cluster, which runs the KubeVirt simulator,
+/// a namespace and a node set of the test's own, and a client.
+pub struct TestEnv {
+    pub cluster: Arc<TestCluster>,
+    pub client: kube::Client,
+    pub ns: TestNamespace,
+    pub nodes: NodeSet,
+}
+
+impl TestEnv {
+    /// A namespace `<prefix>-<id>` and `nodes` Ready nodes made from `template`.
+    pub async fn new(prefix: &str, nodes: usize, template: NodeTemplate) -> Result<TestEnv> {
+        let cluster = TestCluster::shared().await?;
+        cluster.require_kubevirt()?;
+        let ns = cluster.namespace(prefix).await?;
+        let nodes = cluster.node_set(nodes, template).await?;
+        Ok(TestEnv {
+            client: cluster.client(),
+            cluster,
+            ns,
+            nodes,
+        })
+    }
+
+    /// The same environment with a client that does not retry 429 answers (see
+    /// [`TestCluster::client_without_retries`]).
+    pub fn without_retries(mut self) -> TestEnv {
+        self.client = self.cluster.client_without_retries();
+        self
+    }
+
+    /// The name of node `i` of the set.
+    pub fn node(&self, i: usize) -> &str {
+        &self.nodes.names()[i]
+    }
+
+    /// Cordons a node (`unschedulable`) or uncordons it.
+    pub async fn cordon(&self, node: &str, unschedulable: bool) -> Result<()> {
+        Api::<Node>::all(self.client.clone())
+            .patch(
+                node,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"spec": {"unschedulable": unschedulable}})),
+            )
+            .await
+            .with_context(|| {
+                format!("setting spec.unschedulable of node {node} to {unschedulable}")
+            })?;
+        Ok(())
+    }
+
+    /// Runs `create` while every other node of the set is cordoned, so that what it creates
+    /// (and waits for) is scheduled onto node `target`; then uncordons the others, whether
+    /// `create` succeeded or not.
+    pub async fn place_on<T, F, Fut>(&self, target: usize, create: F) -> Result<T>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<T>>,
+    {
+        let others: Vec<&String> = (self.nodes.names().iter().enumerate())
+            .filter(|(i, _)| *i != target)
+            .map(|(_, n)| n)
+            .collect();
+        for node in &others {
+            self.cordon(node, true).await?;
+        }
+        let result = create().await;
+        for node in &others {
+            self.cordon(node, false).await?;
+        }
+        result
+    }
+
+    /// The spec of a VMI as users write them: `memory` of guest memory, masquerade on the pod
+    /// network, a containerDisk, the eviction strategy when given, kept on this test's nodes.
+    /// Tests add to the JSON what they need.
+    pub fn vmi_spec(&self, memory: &str, eviction_strategy: Option<&str>) -> Value {
+        let mut spec = json!({
+            "domain": {
+                "memory": {"guest": memory},
+                "devices": {
+                    "disks": [{"name": "root", "disk": {"bus": "virtio"}}],
+                    "interfaces": [{"name": "default", "masquerade": {}}]
+                }
+            },
+            "networks": [{"name": "default", "pod": {}}],
+            "volumes": [{"name": "root", "containerDisk": {"image": "quay.io/containerdisks/fedora:latest"}}],
+            "nodeSelector": self.nodes.node_selector()
+        });
+        if let Some(strategy) = eviction_strategy {
+            spec["evictionStrategy"] = json!(strategy);
+        }
+        spec
+    }
+
+    /// Polls `check` until it returns `Ok(true)`: [`crate::wait_for`].
+    pub async fn wait<F, Fut>(&self, what: &str, timeout: Duration, check: F) -> Result<()>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<bool>>,
+    {
+        Ok(wait::wait_for(what, timeout, check).await?)
     }
 }
 

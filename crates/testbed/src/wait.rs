@@ -2,7 +2,8 @@
 //!
 //! [`wait_until`] watches a list of objects (kube-runtime's watcher) and
 //! re-checks a predicate on every change: no polling of the API server. [`wait_for`] is
-//! the generic fallback that polls an async check.
+//! the generic fallback that polls an async check; every test of the workspace waits with
+//! one of the two.
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;
@@ -18,10 +19,11 @@ use serde::de::DeserializeOwned;
 /// A wait that did not finish.
 #[derive(Debug, thiserror::Error)]
 pub enum WaitError {
-    #[error("timed out after {timeout:?} waiting for {what}{}", last.as_ref().map(|l| format!(" (last seen: {l})")).unwrap_or_default())]
+    #[error("timed out after {timeout:?} waiting for {what}{}", last.as_ref().map(|l| format!(" ({l})")).unwrap_or_default())]
     Timeout {
         what: String,
         timeout: Duration,
+        /// What was seen last (`last seen: …`) or the last error of the check (`last error: …`).
         last: Option<String>,
     },
     #[error("while waiting for {what}: {source:#}")]
@@ -32,35 +34,35 @@ pub enum WaitError {
     },
 }
 
-/// Polls `check` every 100 ms until it returns `Ok(true)`. An `Err` from `check` aborts the
-/// wait.
+/// How often [`wait_for`] asks.
+const POLL: Duration = Duration::from_millis(250);
+
+/// Polls `check` every 250 ms until it returns `Ok(true)`. An `Err` does not end the wait (the
+/// object may not exist yet, the API server may be busy): it is remembered, and the timeout
+/// error names the last one.
 pub async fn wait_for<F, Fut>(what: &str, timeout: Duration, mut check: F) -> Result<(), WaitError>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = anyhow::Result<bool>>,
 {
-    let fut = async {
+    let mut last_error = None;
+    let polls = async {
         loop {
             match check().await {
-                Ok(true) => return Ok(()),
-                Ok(false) => tokio::time::sleep(Duration::from_millis(100)).await,
-                Err(source) => {
-                    return Err(WaitError::Failed {
-                        what: what.to_string(),
-                        source,
-                    });
-                }
+                Ok(true) => return,
+                Ok(false) => {}
+                Err(e) => last_error = Some(e),
             }
+            tokio::time::sleep(POLL).await;
         }
     };
-    match tokio::time::timeout(timeout, fut).await {
-        Ok(r) => r,
-        Err(_) => Err(WaitError::Timeout {
+    tokio::time::timeout(timeout, polls)
+        .await
+        .map_err(|_| WaitError::Timeout {
             what: what.to_string(),
             timeout,
-            last: None,
-        }),
-    }
+            last: last_error.map(|e| format!("last error: {e:#}")),
+        })
 }
 
 /// Watches the objects of `api` selected by `config` and returns them (sorted by name)
@@ -138,8 +140,62 @@ where
             Err(WaitError::Timeout {
                 what: what.to_string(),
                 timeout,
-                last: Some(describe(&snapshot)),
+                last: Some(format!("last seen: {}", describe(&snapshot))),
             })
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use super::*;
+
+    #[tokio::test]
+    async fn errors_are_retried_until_the_check_holds() {
+        let calls = AtomicU32::new(0);
+        wait_for("the third call", Duration::from_secs(10), || async {
+            match calls.fetch_add(1, Ordering::SeqCst) {
+                0 => anyhow::bail!("not there yet"),
+                1 => Ok(false),
+                _ => Ok(true),
+            }
+        })
+        .await
+        .unwrap();
+        assert_eq!(calls.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn a_timeout_names_what_was_awaited_and_the_last_error() {
+        let calls = AtomicU32::new(0);
+        let error = wait_for(
+            "the node to be Ready",
+            Duration::from_millis(600),
+            || async {
+                let n = calls.fetch_add(1, Ordering::SeqCst);
+                if n.is_multiple_of(2) {
+                    anyhow::bail!("connection refused ({n})")
+                }
+                Ok(false)
+            },
+        )
+        .await
+        .unwrap_err()
+        .to_string();
+        assert!(
+            error.starts_with("timed out after 600ms waiting for the node to be Ready (last error: connection refused ("),
+            "{error}"
+        );
+        let quiet = wait_for("nothing", Duration::from_millis(300), || async {
+            Ok(false)
+        })
+        .await
+        .unwrap_err();
+        assert_eq!(
+            quiet.to_string(),
+            "timed out after 300ms waiting for nothing"
+        );
     }
 }

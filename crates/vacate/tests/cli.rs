@@ -20,6 +20,7 @@ fn bad_config_exits_2_naming_the_key() {
     let dir = tempfile::tempdir().unwrap();
     let cases = [
         ("[migration]\nbatch_sise = 3\n", "migration.batch_sise"),
+        ("[migration]\nbatch_size = 0\n", "migration.batch_size"),
         ("[drain]\ntimeout = \"soon\"\n", "drain.timeout"),
         ("[node]\nselector = \"pool in (a\"\n", "node.selector"),
         (

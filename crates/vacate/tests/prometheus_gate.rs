@@ -9,8 +9,9 @@ use std::time::Duration;
 
 use anyhow::{Result, anyhow, bail, ensure};
 use support::prometheus::{FlagExporter, Prometheus, PrometheusSetup};
-use support::wait_for;
+use testbed::wait_for;
 use vacate::cluster::prometheus::PrometheusGate;
+use vacate::config::PrometheusUrl;
 
 const FIRING: &str = r#"ALERTS{alertstate="firing"}"#;
 const TIMEOUT: Duration = Duration::from_secs(5);
@@ -18,7 +19,8 @@ const TIMEOUT: Duration = Duration::from_secs(5);
 const DEADLINE: Duration = Duration::from_secs(60);
 
 fn gate(url: &str, query: &str) -> Result<PrometheusGate> {
-    PrometheusGate::new(url, query, Duration::ZERO, TIMEOUT).map_err(|e| anyhow!(e))
+    let url = PrometheusUrl::parse(url).map_err(|e| anyhow!(e))?;
+    PrometheusGate::new(&url, query, Duration::ZERO, TIMEOUT).map_err(|e| anyhow!(e))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -13,20 +13,16 @@ use crate::support::Env;
 async fn kubectl_drain_live_migrates_six_vmis_two_at_a_time() -> Result<()> {
     let env = Env::new("sim-drain", 3).await?;
     let names = env.nodes.names().to_vec();
-    env.set_unschedulable(&names[1], true).await?;
-    env.set_unschedulable(&names[2], true).await?;
     let vmis: Vec<_> = (0..6)
         .map(|i| env.vmi(&format!("vm{i}"), "4Gi", Some("LiveMigrate"), |_| {}))
         .collect();
-    let running = env.start_vmis(&vmis).await?;
+    let running = env.place_on(0, || env.start_vmis(&vmis)).await?;
     ensure!(
         running
             .iter()
             .all(|v| v.node_name() == Some(names[0].as_str())),
         "all VMIs on the drained node"
     );
-    env.set_unschedulable(&names[1], false).await?;
-    env.set_unschedulable(&names[2], false).await?;
 
     let observer = tokio::spawn(observe_outbound(env.migrations(), 6));
     let mut kubectl = env.cluster.kubectl()?;

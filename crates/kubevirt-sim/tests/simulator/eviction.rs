@@ -194,15 +194,10 @@ async fn cluster_wide_configuration_comes_from_the_kubevirt_cr() -> Result<()> {
         2
     );
 
-    let names = env.nodes.names().to_vec();
-    env.set_unschedulable(&names[1], true).await?;
-    env.set_unschedulable(&names[2], true).await?;
     let vmis: Vec<_> = (0..3)
         .map(|i| env.vmi(&format!("plain{i}"), "4Gi", None, |_| {}))
         .collect();
-    let running = env.start_vmis(&vmis).await?;
-    env.set_unschedulable(&names[1], false).await?;
-    env.set_unschedulable(&names[2], false).await?;
+    let running = env.place_on(0, || env.start_vmis(&vmis)).await?;
 
     let configure = json!({"spec": {"configuration": {
         "evictionStrategy": "LiveMigrate",

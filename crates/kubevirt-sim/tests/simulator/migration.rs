@@ -81,7 +81,7 @@ async fn migration_moves_the_vmi_and_avoids_cordoned_nodes() -> Result<()> {
         .cloned()
         .collect();
     // Cordon one of the two other nodes: the target must be the remaining one.
-    env.set_unschedulable(&others[0], true).await?;
+    env.cordon(&others[0], true).await?;
     let expected_target = others[1].clone();
 
     let m = env.migrate("mover").await?;
@@ -148,7 +148,7 @@ async fn migration_moves_the_vmi_and_avoids_cordoned_nodes() -> Result<()> {
             .any(|f| f == MIGRATION_FINALIZER)
     })
     .await?;
-    env.set_unschedulable(&others[0], false).await?;
+    env.cordon(&others[0], false).await?;
     Ok(())
 }
 
@@ -205,21 +205,17 @@ async fn deleting_a_running_migration_cancels_it() -> Result<()> {
 async fn outbound_migrations_per_node_are_limited_to_two() -> Result<()> {
     let env = Env::new("sim-limit", 3).await?;
     let names = env.nodes.names().to_vec();
-    // Put every VMI on the first node, then open the others as targets.
-    env.set_unschedulable(&names[1], true).await?;
-    env.set_unschedulable(&names[2], true).await?;
+    // Put every VMI on the first node; the others are open as targets afterwards.
     let vmis: Vec<_> = (0..6)
         .map(|i| env.vmi(&format!("vm{i}"), "4Gi", Some("LiveMigrate"), |_| {}))
         .collect();
-    let running = env.start_vmis(&vmis).await?;
+    let running = env.place_on(0, || env.start_vmis(&vmis)).await?;
     ensure!(
         running
             .iter()
             .all(|v| v.node_name() == Some(names[0].as_str())),
         "all VMIs on the first node"
     );
-    env.set_unschedulable(&names[1], false).await?;
-    env.set_unschedulable(&names[2], false).await?;
 
     let observer = tokio::spawn(observe_outbound(env.migrations(), 6));
     tokio::time::sleep(Duration::from_millis(500)).await;

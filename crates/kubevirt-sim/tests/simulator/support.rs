@@ -1,13 +1,14 @@
-//! Helpers of the simulator's integration tests: a cluster with the simulator, VMIs on a
-//! test's own node set, and watch-based waits.
+//! Helpers of the simulator's integration tests, on top of the testbed's [`TestEnv`] (the
+//! cluster with the simulator, a namespace and a node set of the test's own): VMIs, their
+//! migrations and pods, and watch-based waits.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::ops::Deref;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail};
-use k8s_openapi::api::core::v1::{Node, PersistentVolume, PersistentVolumeClaim, Pod};
-use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Pod};
+use kube::api::{Api, ListParams, PostParams};
 use kube::runtime::watcher;
 use kubevirt_api::labels::{APP_LABEL, CREATED_BY_LABEL, VIRT_LAUNCHER};
 use kubevirt_api::{
@@ -15,7 +16,7 @@ use kubevirt_api::{
     VirtualMachineInstanceMigrationSpec, VmiPhase,
 };
 use serde_json::{Value, json};
-use testbed::{NodeSet, NodeTemplate, TestCluster, TestNamespace, wait_until};
+use testbed::{NodeTemplate, TestEnv, wait_until};
 
 pub const TIMEOUT: Duration = Duration::from_secs(90);
 
@@ -23,37 +24,23 @@ pub const TIMEOUT: Duration = Duration::from_secs(90);
 /// (tests of one binary run in parallel against one cluster).
 pub static KUBEVIRT_CR: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-/// The shared cluster; fails when it runs without the simulator.
-pub async fn cluster() -> Result<Arc<TestCluster>> {
-    let cluster = TestCluster::shared().await?;
-    cluster.require_kubevirt()?;
-    Ok(cluster)
-}
+/// A test's [`TestEnv`] with the simulator tests' helpers.
+pub struct Env(TestEnv);
 
-/// A namespace and `nodes` nodes of its own.
-pub struct Env {
-    pub cluster: Arc<TestCluster>,
-    pub client: kube::Client,
-    pub ns: TestNamespace,
-    pub nodes: NodeSet,
+impl Deref for Env {
+    type Target = TestEnv;
+
+    fn deref(&self) -> &TestEnv {
+        &self.0
+    }
 }
 
 impl Env {
+    /// A namespace and `nodes` nodes of its own. The client does not retry 429 answers:
+    /// these tests want to see them, as kubectl and vacate do.
     pub async fn new(prefix: &str, nodes: usize) -> Result<Env> {
-        let cluster = cluster().await?;
-        let ns = cluster.namespace(prefix).await?;
-        let nodes = cluster.node_set(nodes, NodeTemplate::default()).await?;
-        // kube's client retries 429 answers by default; these tests want to see them, as
-        // kubectl and vacate do.
-        let mut config = testbed::kubeconfig::config_from(cluster.kubeconfig_path()).await?;
-        config.default_retry = false;
-        let client = kube::Client::try_from(config)?;
-        Ok(Env {
-            client,
-            cluster,
-            ns,
-            nodes,
-        })
+        let env = TestEnv::new(prefix, nodes, NodeTemplate::default()).await?;
+        Ok(Env(env.without_retries()))
     }
 
     pub fn vmis(&self) -> Api<VirtualMachineInstance> {
@@ -68,8 +55,8 @@ impl Env {
         Api::namespaced(self.client.clone(), self.ns.name())
     }
 
-    /// A VMI spec as users write them: masquerade on the pod network, a containerDisk, the
-    /// given memory, confined to this test's nodes. `customize` edits the JSON.
+    /// A VMI as users write them (see [`TestEnv::vmi_spec`]) that stops without a grace
+    /// period. `customize` edits the JSON.
     pub fn vmi(
         &self,
         name: &str,
@@ -77,6 +64,8 @@ impl Env {
         strategy: Option<&str>,
         customize: impl FnOnce(&mut Value),
     ) -> VirtualMachineInstance {
+        let mut spec = self.vmi_spec(memory, strategy);
+        spec["terminationGracePeriodSeconds"] = json!(0);
         let mut v = json!({
             "apiVersion": "kubevirt.io/v1",
             "kind": "VirtualMachineInstance",
@@ -87,23 +76,8 @@ impl Env {
                 // kwok removes terminating pods after this delay instead of the grace period.
                 "annotations": {"testbed.vacate.io/termination-delay": "1s"}
             },
-            "spec": {
-                "domain": {
-                    "memory": {"guest": memory},
-                    "devices": {
-                        "disks": [{"name": "root", "disk": {"bus": "virtio"}}],
-                        "interfaces": [{"name": "default", "masquerade": {}}]
-                    }
-                },
-                "networks": [{"name": "default", "pod": {}}],
-                "volumes": [{"name": "root", "containerDisk": {"image": "quay.io/containerdisks/fedora:41"}}],
-                "nodeSelector": self.nodes.node_selector(),
-                "terminationGracePeriodSeconds": 0
-            }
+            "spec": spec
         });
-        if let Some(s) = strategy {
-            v["spec"]["evictionStrategy"] = json!(s);
-        }
         customize(&mut v);
         serde_json::from_value(v).expect("a valid VMI")
     }
@@ -204,19 +178,6 @@ impl Env {
             .list(&ListParams::default().labels(&selector))
             .await?
             .items)
-    }
-
-    /// Cordons or uncordons a node.
-    pub async fn set_unschedulable(&self, node: &str, unschedulable: bool) -> Result<()> {
-        let nodes: Api<Node> = Api::all(self.client.clone());
-        nodes
-            .patch(
-                node,
-                &PatchParams::default(),
-                &Patch::Merge(json!({"spec": {"unschedulable": unschedulable}})),
-            )
-            .await?;
-        Ok(())
     }
 
     /// A PVC bound to a PV of its own (no provisioner runs in the testbed; the PV controller

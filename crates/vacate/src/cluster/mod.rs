@@ -91,9 +91,9 @@ impl Shell {
         let recorder = Recorder::new(client.clone(), reporter);
         let (report_tx, _) = tokio_watch::channel(HashMap::new());
         let b = &config.blockers;
-        let prometheus = (!b.prometheus_url.is_empty()).then(|| {
+        let prometheus = b.prometheus_url.as_ref().map(|url| {
             prometheus::PrometheusGate::new(
-                &b.prometheus_url,
+                url,
                 &b.prometheus_query,
                 b.prometheus_interval.get(),
                 Duration::from_secs(10),
@@ -399,8 +399,12 @@ impl Context {
         let m = &config.migration;
         let cluster = &snap.cluster;
         self.metrics.record_migrations(
-            m.max_in_flight_per_node.min(cluster.kubevirt_per_node),
-            m.max_in_flight_cluster.min(cluster.kubevirt_per_cluster),
+            m.max_in_flight_per_node
+                .get()
+                .min(cluster.kubevirt_per_node),
+            m.max_in_flight_cluster
+                .get()
+                .min(cluster.kubevirt_per_cluster),
             ours_in_flight,
         );
         self.metrics.record_node(name, state);

@@ -16,9 +16,11 @@ use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use percent_encoding::{NON_ALPHANUMERIC, percent_decode_str, utf8_percent_encode};
+use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
 use serde::Deserialize;
 use tokio::sync::Mutex;
+
+use crate::config::PrometheusUrl;
 
 /// The largest answer read; a query that blocks drains has no need of more.
 const MAX_BODY: usize = 4 << 20;
@@ -61,15 +63,19 @@ impl fmt::Debug for PrometheusGate {
 }
 
 impl PrometheusGate {
-    /// Err on an unparsable URL (or, for https, when the system has no root certificates);
-    /// the message names the URL without credentials.
-    pub fn new(url: &str, query: &str, ttl: Duration, timeout: Duration) -> Result<Self, String> {
-        let base = Base::parse(url)?;
-        let uri = base.query_uri(query)?;
-        let transport = if base.https {
+    /// Err when, for https, the system has no root certificates; the message names the URL
+    /// without credentials.
+    pub fn new(
+        url: &PrometheusUrl,
+        query: &str,
+        ttl: Duration,
+        timeout: Duration,
+    ) -> Result<Self, String> {
+        let uri = query_uri(url, query)?;
+        let transport = if url.is_https() {
             let connector = hyper_rustls::HttpsConnectorBuilder::new()
                 .with_native_roots()
-                .map_err(|e| format!("cannot verify {}: {e}", base.shown))?
+                .map_err(|e| format!("cannot verify {url}: {e}"))?
                 .https_only()
                 .enable_http1()
                 .build();
@@ -78,10 +84,10 @@ impl PrometheusGate {
             Transport::Http(Client::builder(TokioExecutor::new()).build_http())
         };
         Ok(PrometheusGate {
-            shown: base.shown,
+            shown: url.without_credentials().to_string(),
             uri,
             query: query.to_string(),
-            authorization: base.authorization,
+            authorization: authorization(url),
             ttl,
             timeout,
             transport,
@@ -166,89 +172,24 @@ fn chain(error: &(dyn std::error::Error + 'static)) -> String {
     text
 }
 
-/// The parts of the configured URL.
-#[derive(Debug)]
-struct Base {
-    https: bool,
-    /// scheme://host[:port][/prefix], without credentials and without a trailing slash.
-    shown: String,
-    authorization: Option<HeaderValue>,
+/// Basic auth from the URL's credentials, marked sensitive so that it is never shown.
+fn authorization(url: &PrometheusUrl) -> Option<HeaderValue> {
+    let (user, password) = url.credentials()?;
+    let token = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+    let mut value =
+        HeaderValue::try_from(format!("Basic {token}")).expect("base64 is a valid header value");
+    value.set_sensitive(true);
+    Some(value)
 }
 
-impl Base {
-    fn parse(url: &str) -> Result<Base, String> {
-        let invalid = |why: &str| format!("invalid Prometheus URL {}: {why}", redact(url));
-        let (scheme, rest) = url
-            .split_once("://")
-            .ok_or_else(|| invalid("it needs http:// or https://"))?;
-        let https = match scheme.to_ascii_lowercase().as_str() {
-            "http" => false,
-            "https" => true,
-            _ => return Err(invalid("it needs http:// or https://")),
-        };
-        if rest.contains(['?', '#']) {
-            return Err(invalid("it cannot have a query or a fragment"));
-        }
-        let (userinfo, rest) = match rest.rsplit_once('@') {
-            Some((userinfo, rest)) => (Some(userinfo), rest),
-            None => (None, rest),
-        };
-        let (host, prefix) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-        if host.is_empty() {
-            return Err(invalid("it has no host"));
-        }
-        // The URI parser takes any port; the connector would only complain at the first query.
-        if let Some((_, port)) = host.rsplit_once(':').filter(|(_, p)| !p.ends_with(']'))
-            && port.parse::<u16>().is_err()
-        {
-            return Err(invalid(&format!("{port:?} is not a port")));
-        }
-        let shown = format!(
-            "{}://{host}{}",
-            scheme.to_ascii_lowercase(),
-            prefix.trim_end_matches('/')
-        );
-        shown.parse::<Uri>().map_err(|e| invalid(&e.to_string()))?;
-        let authorization = userinfo.map(|userinfo| {
-            let (user, password) = userinfo.split_once(':').unwrap_or((userinfo, ""));
-            let decode = |s: &str| percent_decode_str(s).decode_utf8_lossy().into_owned();
-            let token = base64::engine::general_purpose::STANDARD.encode(format!(
-                "{}:{}",
-                decode(user),
-                decode(password)
-            ));
-            let mut value = HeaderValue::try_from(format!("Basic {token}"))
-                .expect("base64 is a valid header value");
-            value.set_sensitive(true);
-            value
-        });
-        Ok(Base {
-            https,
-            shown,
-            authorization,
-        })
-    }
-
-    fn query_uri(&self, query: &str) -> Result<Uri, String> {
-        format!(
-            "{}/api/v1/query?query={}",
-            self.shown,
-            utf8_percent_encode(query, NON_ALPHANUMERIC)
-        )
-        .parse()
-        .map_err(|e| format!("invalid Prometheus URL {}: {e}", self.shown))
-    }
-}
-
-/// `url` without its userinfo, for messages about a URL that may not even parse. Everything
-/// before the last `@` of the authority-and-path counts as credentials.
-fn redact(url: &str) -> String {
-    let start = url.find("://").map_or(0, |i| i + 3);
-    // The last `@` anywhere: a password may hold an unencoded `?`, `#` or `/`.
-    match url[start..].rfind('@') {
-        Some(at) => format!("{}{}", &url[..start], &url[start + at + 1..]),
-        None => url.to_string(),
-    }
+/// `<url>/api/v1/query?query=<query>`.
+fn query_uri(url: &PrometheusUrl, query: &str) -> Result<Uri, String> {
+    format!(
+        "{url}/api/v1/query?query={}",
+        utf8_percent_encode(query, NON_ALPHANUMERIC)
+    )
+    .parse()
+    .map_err(|e| format!("invalid Prometheus URL {url}: {e}"))
 }
 
 /// The body of an answer of the HTTP API.
@@ -480,70 +421,39 @@ mod tests {
         assert!(error.contains("HTTP 200"), "{error}");
     }
 
+    fn url(text: &str) -> PrometheusUrl {
+        PrometheusUrl::parse(text).unwrap()
+    }
+
     #[test]
     fn the_query_goes_below_the_path_prefix_encoded() {
-        let base = Base::parse("http://prom.example:9090/prometheus/").unwrap();
-        assert_eq!(base.shown, "http://prom.example:9090/prometheus");
-        assert!(!base.https);
+        let prefixed = url("http://prom.example:9090/prometheus/");
         assert_eq!(
-            base.query_uri(r#"ALERTS{alertstate="firing"}"#)
+            query_uri(&prefixed, r#"ALERTS{alertstate="firing"}"#)
                 .unwrap()
                 .to_string(),
             "http://prom.example:9090/prometheus/api/v1/query?query=ALERTS%7Balertstate%3D%22firing%22%7D"
         );
-        let base = Base::parse("HTTPS://prom").unwrap();
-        assert!(base.https);
-        assert_eq!(Base::parse("http://[::1]").unwrap().shown, "http://[::1]");
         assert_eq!(
-            Base::parse("http://[::1]:9090").unwrap().shown,
-            "http://[::1]:9090"
+            query_uri(&url("HTTPS://prom"), "up").unwrap().path(),
+            "/api/v1/query"
         );
-        assert_eq!(base.query_uri("up").unwrap().path(), "/api/v1/query");
     }
 
     #[test]
     fn credentials_become_basic_auth_and_never_show() {
-        let base = Base::parse("https://vacate:s%40cr%3At@prom.example/prom").unwrap();
-        assert_eq!(base.shown, "https://prom.example/prom");
-        let value = base.authorization.as_ref().expect("basic auth");
+        let value =
+            authorization(&url("https://vacate:s%40cr%3At@prom.example/prom")).expect("basic auth");
         assert!(value.is_sensitive());
+        assert!(!format!("{value:?}").contains("s%40cr"));
         let token = value.to_str().unwrap().strip_prefix("Basic ").unwrap();
         let decoded = base64::engine::general_purpose::STANDARD
             .decode(token)
             .unwrap();
         assert_eq!(decoded, b"vacate:s@cr:t");
-        assert!(!format!("{base:?}").contains("s%40cr"));
 
-        let user_only = Base::parse("http://reader@prom").unwrap();
-        assert_eq!(user_only.shown, "http://prom");
-        assert!(user_only.authorization.is_some());
-        assert!(Base::parse("http://prom").unwrap().authorization.is_none());
-    }
-
-    #[test]
-    fn bad_urls_are_named_without_credentials() {
-        for url in [
-            "prom.example:9090",
-            "ftp://user:hunter2@prom.example",
-            "user:hunter2@prom.example:9090/x",
-            "http://user:hunter2@prom.example:port/",
-            "http://user:hunter2@/prom",
-            "http://user:hunter2@prom.example/?x=1",
-            "http://user:hun/ter2@prom exa mple",
-        ] {
-            let error =
-                PrometheusGate::new(url, "up", Duration::ZERO, Duration::from_secs(1)).unwrap_err();
-            assert!(error.starts_with("invalid Prometheus URL"), "{error}");
-            assert!(!error.contains("hunter2"), "{error}");
-            assert!(!error.contains("hun/ter2"), "{error}");
-        }
-        assert_eq!(
-            redact("http://a:b@host:1/p@th?q=x@y"),
-            "http://y",
-            "everything up to the last @ counts as credentials: rather too much hidden than a password shown"
-        );
-        assert_eq!(redact("http://u:pa#ss@prom:9090"), "http://prom:9090");
-        assert_eq!(redact("http://host/p"), "http://host/p");
+        assert!(authorization(&url("http://reader@prom")).is_some());
+        assert!(authorization(&url("http://prom")).is_none());
     }
 
     /// A loopback server that records each request's head and answers `body`, or keeps
@@ -586,7 +496,7 @@ mod tests {
         let (port, heads) = fake_prometheus(Some(body)).await;
         let url = format!("http://vacate:hunter2@127.0.0.1:{port}/prom/");
         let gate = PrometheusGate::new(
-            &url,
+            &self::url(&url),
             "ALERTS",
             Duration::from_secs(3600),
             Duration::from_secs(5),
@@ -619,8 +529,13 @@ mod tests {
     async fn silence_and_closed_ports_are_errors() {
         let (port, _) = fake_prometheus(None).await;
         let url = format!("http://vacate:hunter2@127.0.0.1:{port}");
-        let gate =
-            PrometheusGate::new(&url, "up", Duration::ZERO, Duration::from_millis(300)).unwrap();
+        let gate = PrometheusGate::new(
+            &self::url(&url),
+            "up",
+            Duration::ZERO,
+            Duration::from_millis(300),
+        )
+        .unwrap();
         let error = gate.check().await.unwrap_err();
         assert_eq!(
             error,
@@ -631,7 +546,13 @@ mod tests {
         let port = closed.local_addr().unwrap().port();
         drop(closed);
         let url = format!("http://vacate:hunter2@127.0.0.1:{port}");
-        let gate = PrometheusGate::new(&url, "up", Duration::ZERO, Duration::from_secs(5)).unwrap();
+        let gate = PrometheusGate::new(
+            &self::url(&url),
+            "up",
+            Duration::ZERO,
+            Duration::from_secs(5),
+        )
+        .unwrap();
         let error = gate.check().await.unwrap_err();
         assert!(
             error.starts_with(&format!(
@@ -645,7 +566,7 @@ mod tests {
     #[tokio::test]
     async fn debug_output_holds_no_credentials() {
         let gate = PrometheusGate::new(
-            "http://vacate:hunter2@127.0.0.1:9/prom",
+            &url("http://vacate:hunter2@127.0.0.1:9/prom"),
             "up",
             Duration::ZERO,
             Duration::from_secs(1),

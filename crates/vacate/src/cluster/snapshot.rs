@@ -33,10 +33,8 @@ pub fn node_label_value(node: &str) -> String {
     if node.len() <= 63 {
         return node.to_string();
     }
-    // FNV-1a: stable across releases, unlike the standard library's hasher.
-    let hash = node.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    });
+    // The same in every release: migrations labelled by an older vacate still match.
+    let hash = kubevirt_api::hash::fnv1a(node);
     let head = node[..46].trim_end_matches(['-', '.', '_']);
     format!("{head}-{hash:016x}")
 }

@@ -4,12 +4,16 @@
 //! everything before vacate talks to the cluster: an unknown key, a malformed duration or
 //! a bad label selector is reported with the key's full dotted name.
 
+mod count;
 mod cron;
 mod duration;
 mod fleet;
+mod prometheus_url;
 mod selector;
 
+use std::num::NonZeroU32;
 use std::path::Path;
+use std::time::Duration;
 
 use serde::Deserialize;
 
@@ -19,7 +23,10 @@ pub use fleet::{
     BlockersConfig, FleetConfig, Limit, OnClose, PoolConfig, RequestKind, ScheduleConfig,
     UpgradeConfig, WindowConfig,
 };
+pub use prometheus_url::PrometheusUrl;
 pub use selector::LabelSelector;
+
+use count::{at_least_one, count};
 
 /// Prefix of environment variables that override file settings.
 /// `VACATE_MIGRATION__BATCH_SIZE=4` sets `migration.batch_size`; a variable without the
@@ -38,6 +45,16 @@ pub enum ConfigError {
     Invalid(String),
     #[error("invalid configuration: key `{key}`: {message}")]
     Key { key: String, message: String },
+}
+
+impl ConfigError {
+    /// A bad value of `key` (its full dotted name, e.g. `migration.batch_size`).
+    pub fn key(key: impl Into<String>, message: impl Into<String>) -> Self {
+        ConfigError::Key {
+            key: key.into(),
+            message: message.into(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
@@ -70,6 +87,25 @@ pub struct LeaderElectionConfig {
     pub lease_duration: ConfigDuration,
 }
 
+impl LeaderElectionConfig {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let lease = self.lease_duration.get();
+        if lease < Duration::from_secs(2) || lease.subsec_nanos() != 0 {
+            return Err(ConfigError::key(
+                "leader_election.lease_duration",
+                "must be a whole number of seconds, at least 2s",
+            ));
+        }
+        if self.lease_name.is_empty() {
+            return Err(ConfigError::key(
+                "leader_election.lease_name",
+                "must not be empty",
+            ));
+        }
+        Ok(())
+    }
+}
+
 impl Default for LeaderElectionConfig {
     fn default() -> Self {
         Self {
@@ -95,6 +131,25 @@ pub struct NodeConfig {
     pub selector: LabelSelector,
 }
 
+impl NodeConfig {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        for (name, value) in [
+            ("node.request_label", &self.request_label),
+            ("node.drained_label", &self.drained_label),
+            ("node.state_annotation", &self.state_annotation),
+        ] {
+            selector::validate_qualified_name(value).map_err(|m| ConfigError::key(name, m))?;
+        }
+        if self.request_label == self.drained_label {
+            return Err(ConfigError::key(
+                "node.drained_label",
+                "must differ from node.request_label",
+            ));
+        }
+        Ok(())
+    }
+}
+
 impl Default for NodeConfig {
     fn default() -> Self {
         Self {
@@ -118,6 +173,21 @@ pub struct DrainConfig {
     pub resync: ConfigDuration,
 }
 
+impl DrainConfig {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.timeout.is_zero() {
+            return Err(ConfigError::key(
+                "drain.timeout",
+                "must be longer than zero",
+            ));
+        }
+        if self.resync.get() < Duration::from_secs(1) {
+            return Err(ConfigError::key("drain.resync", "must be at least 1s"));
+        }
+        Ok(())
+    }
+}
+
 impl Default for DrainConfig {
     fn default() -> Self {
         Self {
@@ -132,29 +202,45 @@ impl Default for DrainConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct MigrationConfig {
     /// Migrations started together in one batch.
-    pub batch_size: u32,
+    #[serde(deserialize_with = "at_least_one")]
+    pub batch_size: NonZeroU32,
     /// Minimum time between two batches on one node.
     pub batch_interval: ConfigDuration,
     /// Unfinished migrations allowed from one node (also capped by the KubeVirt CR).
-    pub max_in_flight_per_node: u32,
+    #[serde(deserialize_with = "at_least_one")]
+    pub max_in_flight_per_node: NonZeroU32,
     /// Unfinished migrations allowed in the cluster (also capped by the KubeVirt CR).
-    pub max_in_flight_cluster: u32,
+    #[serde(deserialize_with = "at_least_one")]
+    pub max_in_flight_cluster: NonZeroU32,
     /// Attempts per VMI before the non-migratable policy takes over.
-    pub max_attempts: u32,
+    #[serde(deserialize_with = "at_least_one")]
+    pub max_attempts: NonZeroU32,
     /// Wait before the first retry of a failed migration; doubles per attempt.
     pub retry_backoff: ConfigDuration,
     /// Upper bound of the retry wait.
     pub retry_backoff_max: ConfigDuration,
 }
 
+impl MigrationConfig {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.retry_backoff_max < self.retry_backoff {
+            return Err(ConfigError::key(
+                "migration.retry_backoff_max",
+                "must not be shorter than migration.retry_backoff",
+            ));
+        }
+        Ok(())
+    }
+}
+
 impl Default for MigrationConfig {
     fn default() -> Self {
         Self {
-            batch_size: 2,
+            batch_size: count(2),
             batch_interval: ConfigDuration::from_secs(0),
-            max_in_flight_per_node: 2,
-            max_in_flight_cluster: 5,
-            max_attempts: 3,
+            max_in_flight_per_node: count(2),
+            max_in_flight_cluster: count(5),
+            max_attempts: count(3),
             retry_backoff: ConfigDuration::from_secs(10),
             retry_backoff_max: ConfigDuration::from_secs(300),
         }
@@ -222,6 +308,18 @@ pub struct PodConfig {
     pub evict_after_vmis: LabelSelector,
 }
 
+impl PodConfig {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.eviction_backoff_max < self.eviction_backoff {
+            return Err(ConfigError::key(
+                "pods.eviction_backoff_max",
+                "must not be shorter than pods.eviction_backoff",
+            ));
+        }
+        Ok(())
+    }
+}
+
 impl Default for PodConfig {
     fn default() -> Self {
         Self {
@@ -239,6 +337,18 @@ impl Default for PodConfig {
 pub struct ServerConfig {
     /// Address of the HTTP server for /metrics, /healthz and /readyz.
     pub listen: String,
+}
+
+impl ServerConfig {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.listen.parse::<std::net::SocketAddr>().is_err() {
+            return Err(ConfigError::key(
+                "server.listen",
+                format!("`{}` is not an address such as 0.0.0.0:9464", self.listen),
+            ));
+        }
+        Ok(())
+    }
 }
 
 impl Default for ServerConfig {
@@ -263,6 +373,18 @@ pub struct LogConfig {
     pub format: LogFormat,
     /// A tracing filter, e.g. `info` or `vacate=debug,kube=info`.
     pub level: String,
+}
+
+impl LogConfig {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if tracing_subscriber::EnvFilter::try_new(&self.level).is_err() {
+            return Err(ConfigError::key(
+                "log.level",
+                format!("`{}` is not a log filter such as `info`", self.level),
+            ));
+        }
+        Ok(())
+    }
 }
 
 impl Default for LogConfig {
@@ -324,7 +446,16 @@ impl Config {
             .map_err(describe_error)?;
         let config: Config = serde_path_to_error::deserialize(merged).map_err(|e| {
             let key = e.path().to_string();
-            let message = e.into_inner().to_string();
+            let message = match e.into_inner() {
+                // The key leads the message already; only the origin is worth repeating.
+                config::ConfigError::At {
+                    error,
+                    origin: Some(origin),
+                    ..
+                } => format!("{error} in {origin}"),
+                config::ConfigError::At { error, .. } => error.to_string(),
+                other => other.to_string(),
+            };
             if key.is_empty() || key == "." {
                 ConfigError::Invalid(message)
             } else {
@@ -335,211 +466,27 @@ impl Config {
         Ok(config)
     }
 
-    /// Checks the rules that types alone cannot express.
+    /// Checks the rules that types alone cannot express, section by section.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        fn key(key: &str, message: impl Into<String>) -> ConfigError {
-            ConfigError::Key {
-                key: key.into(),
-                message: message.into(),
-            }
-        }
-        for (name, value) in [
-            ("node.request_label", &self.node.request_label),
-            ("node.drained_label", &self.node.drained_label),
-            ("node.state_annotation", &self.node.state_annotation),
-        ] {
-            selector::validate_qualified_name(value).map_err(|m| key(name, m))?;
-        }
-        if self.node.request_label == self.node.drained_label {
-            return Err(key(
-                "node.drained_label",
-                "must differ from node.request_label",
-            ));
-        }
-        let m = &self.migration;
-        for (name, value) in [
-            ("migration.batch_size", m.batch_size),
-            ("migration.max_in_flight_per_node", m.max_in_flight_per_node),
-            ("migration.max_in_flight_cluster", m.max_in_flight_cluster),
-            ("migration.max_attempts", m.max_attempts),
-        ] {
-            if value == 0 {
-                return Err(key(name, "must be at least 1"));
-            }
-        }
-        if m.retry_backoff_max < m.retry_backoff {
-            return Err(key(
-                "migration.retry_backoff_max",
-                "must not be shorter than migration.retry_backoff",
-            ));
-        }
-        if self.pods.eviction_backoff_max < self.pods.eviction_backoff {
-            return Err(key(
-                "pods.eviction_backoff_max",
-                "must not be shorter than pods.eviction_backoff",
-            ));
-        }
-        if self.drain.timeout.is_zero() {
-            return Err(key("drain.timeout", "must be longer than zero"));
-        }
-        if self.drain.resync.get() < std::time::Duration::from_secs(1) {
-            return Err(key("drain.resync", "must be at least 1s"));
-        }
-        if self.server.listen.parse::<std::net::SocketAddr>().is_err() {
-            return Err(key(
-                "server.listen",
-                format!(
-                    "`{}` is not an address such as 0.0.0.0:9464",
-                    self.server.listen
-                ),
-            ));
-        }
-        let lease = self.leader_election.lease_duration.get();
-        if lease < std::time::Duration::from_secs(2) || lease.subsec_nanos() != 0 {
-            return Err(key(
-                "leader_election.lease_duration",
-                "must be a whole number of seconds, at least 2s",
-            ));
-        }
-        if self.leader_election.lease_name.is_empty() {
-            return Err(key("leader_election.lease_name", "must not be empty"));
-        }
-        self.validate_fleet()?;
-        if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
-            return Err(key(
-                "log.level",
-                format!("`{}` is not a log filter such as `info`", self.log.level),
-            ));
-        }
-        Ok(())
-    }
-}
-
-impl Config {
-    fn validate_fleet(&self) -> Result<(), ConfigError> {
-        fn key(key: String, message: impl Into<String>) -> ConfigError {
-            ConfigError::Key {
-                key,
-                message: message.into(),
-            }
-        }
-        let u = &self.upgrade;
-        selector::validate_qualified_name(&u.request_label)
-            .map_err(|m| key("upgrade.request_label".into(), m))?;
-        if u.request_label == self.node.request_label || u.request_label == self.node.drained_label
-        {
-            return Err(key(
-                "upgrade.request_label".into(),
-                "must differ from node.request_label and node.drained_label",
-            ));
-        }
-        if u.timeout.is_zero() {
-            return Err(key("upgrade.timeout".into(), "must be longer than zero"));
-        }
-        let f = &self.fleet;
-        f.max_draining
-            .validate()
-            .map_err(|m| key("fleet.max_draining".into(), m))?;
-        let mut names = std::collections::BTreeSet::new();
-        for (i, pool) in f.pools.iter().enumerate() {
-            let at = |k: &str| format!("fleet.pools[{i}].{k}");
-            if pool.name.is_empty() || !names.insert(pool.name.as_str()) {
-                return Err(key(at("name"), "must be non-empty and unique"));
-            }
-            if pool.selector.is_empty() {
-                return Err(key(at("selector"), "must select some nodes"));
-            }
-            pool.max_draining
-                .validate()
-                .map_err(|m| key(at("max_draining"), m))?;
-        }
-        let mut names = std::collections::BTreeSet::new();
-        for (i, w) in self.windows.iter().enumerate() {
-            let at = |k: &str| format!("windows[{i}].{k}");
-            if w.name.is_empty() || !names.insert(w.name.as_str()) {
-                return Err(key(at("name"), "must be non-empty and unique"));
-            }
-            if w.duration.is_zero() {
-                return Err(key(at("duration"), "must be longer than zero"));
-            }
-            if w.cron.next(chrono::Utc::now(), &w.timezone).is_none() {
-                return Err(key(at("cron"), format!("`{}` never matches", w.cron)));
-            }
-            if w.applies_to.is_empty() {
-                return Err(key(
-                    at("applies_to"),
-                    "must name \"maintenance\", \"upgrade\" or both",
-                ));
-            }
-        }
-        let mut names = std::collections::BTreeSet::new();
-        for (i, s) in self.schedules.iter().enumerate() {
-            let at = |k: &str| format!("schedules[{i}].{k}");
-            // The name starts the request label value of the rollout's nodes.
-            let name_ok = !s.name.is_empty()
-                && s.name.len() <= 40
-                && s.name
-                    .chars()
-                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
-                && s.name.starts_with(|c: char| c.is_ascii_alphanumeric())
-                && s.name.ends_with(|c: char| c.is_ascii_alphanumeric());
-            if !name_ok {
-                return Err(key(
-                    at("name"),
-                    format!(
-                        "`{}` must be 1 to 40 lowercase letters, digits and dashes, starting and ending with a letter or digit",
-                        s.name
-                    ),
-                ));
-            }
-            if !names.insert(s.name.as_str()) {
-                return Err(key(at("name"), format!("`{}` is used twice", s.name)));
-            }
-            if s.concurrency == 0 {
-                return Err(key(at("concurrency"), "must be at least 1"));
-            }
-            if s.cron.next(chrono::Utc::now(), &s.timezone).is_none() {
-                return Err(key(at("cron"), format!("`{}` never matches", s.cron)));
-            }
-            if !s.until_label.is_empty() {
-                selector::validate_qualified_name(&s.until_label)
-                    .map_err(|m| key(at("until_label"), m))?;
-                if [
-                    &self.node.request_label,
-                    &self.node.drained_label,
-                    &self.upgrade.request_label,
-                ]
-                .contains(&&s.until_label)
-                {
-                    return Err(key(
-                        at("until_label"),
-                        "must differ from the request, drained and upgrade labels",
-                    ));
-                }
-            }
-            // The runner looks every 15 s; a shorter deadline could skip a run it woke late for.
-            if s.start_deadline.get() < std::time::Duration::from_secs(60) {
-                return Err(key(at("start_deadline"), "must be at least 1m"));
-            }
-        }
-        let b = &self.blockers;
-        if !b.prometheus_url.is_empty() {
-            if b.prometheus_query.trim().is_empty() {
-                return Err(key(
-                    "blockers.prometheus_query".into(),
-                    "must not be empty when blockers.prometheus_url is set",
-                ));
-            }
-            // The same checks as when vacate starts asking (scheme, host, port, TLS roots).
-            crate::cluster::prometheus::PrometheusGate::new(
-                &b.prometheus_url,
-                &b.prometheus_query,
-                b.prometheus_interval.get(),
-                std::time::Duration::from_secs(10),
-            )
-            .map_err(|m| key("blockers.prometheus_url".into(), m))?;
-        }
-        Ok(())
+        self.node.validate()?;
+        self.migration.validate()?;
+        self.pods.validate()?;
+        self.drain.validate()?;
+        self.server.validate()?;
+        self.leader_election.validate()?;
+        self.upgrade.validate(&self.node)?;
+        self.fleet.validate()?;
+        WindowConfig::validate_all(&self.windows)?;
+        ScheduleConfig::validate_all(
+            &self.schedules,
+            &[
+                &self.node.request_label,
+                &self.node.drained_label,
+                &self.upgrade.request_label,
+            ],
+        )?;
+        self.blockers.validate()?;
+        self.log.validate()
     }
 
     /// The schedule whose rollout set this request label value, if any.

@@ -1,3 +1,5 @@
+use std::num::NonZeroU32;
+
 use super::*;
 
 fn parse(toml: &str) -> Result<Config, ConfigError> {
@@ -36,7 +38,7 @@ fn values_are_read() {
         "#,
     )
     .unwrap();
-    assert_eq!(c.migration.batch_size, 4);
+    assert_eq!(c.migration.batch_size.get(), 4);
     assert_eq!(c.migration.batch_interval.get().as_secs(), 90);
     assert_eq!(c.non_migratable.policy, NonMigratablePolicy::Restart);
     assert_eq!(c.node.selector.as_str(), "pool=gpu,!frozen");
@@ -82,6 +84,55 @@ fn zero_limits_are_refused() {
 }
 
 #[test]
+fn zero_counts_are_refused_while_reading_with_the_key_named() {
+    for key in [
+        "batch_size",
+        "max_in_flight_per_node",
+        "max_in_flight_cluster",
+        "max_attempts",
+    ] {
+        let err = parse(&format!("[migration]\n{key} = 0\n")).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!("invalid configuration: key `migration.{key}`: must be at least 1")
+        );
+        let env = format!("VACATE_MIGRATION__{}", key.to_uppercase());
+        let err = Config::from_toml_and_env("", [(env, "0".to_string())]).unwrap_err();
+        assert_eq!(key_of(err), format!("migration.{key}"));
+    }
+    let err =
+        parse("[[schedules]]\nname = \"s\"\ncron = \"0 2 * * *\"\nconcurrency = 0").unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "invalid configuration: key `schedules[0].concurrency`: must be at least 1"
+    );
+    let err = parse("[fleet]\nmax_draining = 0").unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "invalid configuration: key `fleet.max_draining`: must be at least 1"
+    );
+    let err = parse("[fleet]\nmax_draining = \"0%\"").unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "invalid configuration: key `fleet.max_draining`: a percentage must lie between 1% and 100%"
+    );
+}
+
+#[test]
+fn a_bad_prometheus_url_is_named_without_credentials() {
+    let err = parse("[blockers]\nprometheus_url = \"ftp://user:hunter2@prom\"").unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "invalid configuration: key `blockers.prometheus_url`: invalid Prometheus URL ftp://prom: it needs http:// or https://"
+    );
+    let c = parse("[blockers]\nprometheus_url = \"\"").unwrap();
+    assert_eq!(c.blockers.prometheus_url, None);
+    let err = parse("[blockers]\nprometheus_url = \"http://prom\"\nprometheus_query = \" \"")
+        .unwrap_err();
+    assert_eq!(key_of(err), "blockers.prometheus_query");
+}
+
+#[test]
 fn bad_listen_address_is_refused() {
     let err = parse("[server]\nlisten = \"everywhere\"\n").unwrap_err();
     assert_eq!(key_of(err), "server.listen");
@@ -106,7 +157,7 @@ fn environment_overrides_file() {
         ],
     )
     .unwrap();
-    assert_eq!(c.migration.batch_size, 7);
+    assert_eq!(c.migration.batch_size.get(), 7);
     assert_eq!(c.drain.timeout.get().as_secs(), 7200);
 }
 
@@ -183,14 +234,22 @@ fn fleet_settings_are_read() {
     )
     .unwrap();
     assert_eq!(c.fleet.max_draining, Limit::Percent(25));
-    assert_eq!(c.fleet.pools[0].max_draining, Limit::Count(1));
+    assert_eq!(c.fleet.pools[0].max_draining, Limit::Count(NonZeroU32::MIN));
     assert_eq!(c.windows[0].timezone.to_string(), "Europe/Berlin");
     assert_eq!(c.windows[0].applies_to, vec![RequestKind::Upgrade]);
     assert_eq!(c.windows[0].on_close, OnClose::Abort);
     assert_eq!(c.windows[0].cron.six_fields(), "0 0 2 * * *");
-    assert_eq!(c.schedules[0].concurrency, 1);
+    assert_eq!(c.schedules[0].concurrency.get(), 1);
     assert_eq!(c.schedules[0].hold.get().as_secs(), 1800);
     assert_eq!(c.upgrade.request_label, "vacate.io/upgrade");
+    assert_eq!(
+        c.blockers
+            .prometheus_url
+            .as_ref()
+            .map(|u| u.to_string())
+            .as_deref(),
+        Some("http://prometheus:9090")
+    );
     assert!(
         c.schedule_of("gpu-monthly.20261206T010000Z").is_some() && c.schedule_of("true").is_none()
     );
@@ -271,6 +330,9 @@ fn fleet_settings_come_from_the_environment_too() {
         ],
     )
     .unwrap();
-    assert_eq!(c.fleet.max_draining, Limit::Count(3));
+    assert_eq!(
+        c.fleet.max_draining,
+        Limit::Count(NonZeroU32::new(3).unwrap())
+    );
     assert_eq!(c.upgrade.timeout.get().as_secs(), 900);
 }

@@ -149,7 +149,7 @@ pub fn check(
             })
             .map(|n| n.name.as_str())
             .collect();
-        if busy.len() >= schedule.concurrency as usize {
+        if busy.len() >= schedule.concurrency.get() as usize {
             return Err(Gate::new(
                 BlockReason::FleetLimit,
                 format!(

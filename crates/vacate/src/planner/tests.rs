@@ -1,5 +1,7 @@
 //! Unit tests of the drain rules: one scenario a test, built from plain values.
 
+use std::num::NonZeroU32;
+
 use chrono::TimeZone;
 
 use super::*;
@@ -240,8 +242,8 @@ fn kubevirt_limits_cap_configured_limits() {
     s.vmis = (0..8).map(|i| vmi(&format!("vm-{i}"))).collect();
     s.cluster.kubevirt_per_node = 1;
     let mut config = Config::default();
-    config.migration.batch_size = 5;
-    config.migration.max_in_flight_per_node = 4;
+    config.migration.batch_size = NonZeroU32::new(5).unwrap();
+    config.migration.max_in_flight_per_node = NonZeroU32::new(4).unwrap();
     assert_eq!(migrations_created(&plan(&s, &config)).len(), 1);
 }
 
@@ -251,8 +253,8 @@ fn cluster_limit_is_respected() {
     s.vmis = (0..8).map(|i| vmi(&format!("vm-{i}"))).collect();
     s.cluster.migrations_in_flight = 4;
     let mut config = Config::default();
-    config.migration.batch_size = 5;
-    config.migration.max_in_flight_per_node = 5;
+    config.migration.batch_size = NonZeroU32::new(5).unwrap();
+    config.migration.max_in_flight_per_node = NonZeroU32::new(5).unwrap();
     s.cluster.kubevirt_per_node = 5;
     assert_eq!(migrations_created(&plan(&s, &config)).len(), 1);
     s.cluster.migrations_in_flight = 5;
@@ -266,7 +268,7 @@ fn batch_interval_spaces_batches() {
     let mut s = snapshot(node(Some("true"), false));
     s.vmis = (0..4).map(|i| vmi(&format!("vm-{i}"))).collect();
     let mut config = Config::default();
-    config.migration.max_in_flight_per_node = 10;
+    config.migration.max_in_flight_per_node = NonZeroU32::new(10).unwrap();
     config.migration.batch_interval = crate::config::ConfigDuration::from_secs(5);
     s.cluster.kubevirt_per_node = 10;
     let state = written(&plan(&s, &config));
@@ -342,7 +344,7 @@ fn failed_migration_is_retried_with_backoff_then_falls_back() {
     let mut s = snapshot(node(Some("true"), false));
     s.vmis = vec![vmi("vm-0")];
     let mut config = Config::default();
-    config.migration.max_attempts = 2;
+    config.migration.max_attempts = NonZeroU32::new(2).unwrap();
     let state = written(&plan(&s, &config));
     assert_eq!(state.vmis["vms/vm-0"].attempts, 1);
 
@@ -1159,8 +1161,8 @@ fn largest_vmis_start_first_and_ties_go_by_name() {
 /// taking its memory over a fixed bandwidth, and returns when the last one ended.
 fn makespan(sizes_gib: &[u64], per_node: u32) -> u64 {
     let mut config = Config::default();
-    config.migration.batch_size = per_node;
-    config.migration.max_in_flight_per_node = per_node;
+    config.migration.batch_size = NonZeroU32::new(per_node).unwrap();
+    config.migration.max_in_flight_per_node = NonZeroU32::new(per_node).unwrap();
     config.migration.batch_interval = crate::config::ConfigDuration::from_secs(0);
     let mut s = snapshot(node(Some("true"), true));
     s.cluster.kubevirt_per_node = per_node;
@@ -1396,7 +1398,7 @@ fn an_eviction_that_triggered_kubevirts_evacuation_never_restarts_the_vmi() {
     state.vmis.insert(
         "vms/vm-0".into(),
         VmiRecord {
-            attempts: config.migration.max_attempts,
+            attempts: config.migration.max_attempts.get(),
             ..Default::default()
         },
     );

@@ -7,7 +7,7 @@ impl Planner<'_> {
     /// Notes what became of vacate's own migrations since the last look.
     pub(super) fn follow_migrations(&mut self, state: &mut DrainState) {
         let s = self.s;
-        let max_attempts = self.config.migration.max_attempts;
+        let max_attempts = self.config.migration.max_attempts.get();
         for m in s.migrations.iter().filter(|m| m.ours) {
             let key = m.vmi_key();
             let Some(record) = state.vmis.get(&key) else {
@@ -215,7 +215,7 @@ impl Planner<'_> {
                 self.request_evacuation(vmi);
                 continue;
             }
-            let exhausted = record.attempts >= self.config.migration.max_attempts;
+            let exhausted = record.attempts >= self.config.migration.max_attempts.get();
             let strategy_allows = vmi.eviction_strategy != EvictionStrategy::None;
             match (&vmi.migratability, strategy_allows, exhausted) {
                 (Migratability::Migratable, true, false) => candidates.push((vmi, false)),
@@ -274,8 +274,14 @@ impl Planner<'_> {
         if fresh.is_empty() {
             return;
         }
-        let node_cap = m.max_in_flight_per_node.min(s.cluster.kubevirt_per_node);
-        let cluster_cap = m.max_in_flight_cluster.min(s.cluster.kubevirt_per_cluster);
+        let node_cap = m
+            .max_in_flight_per_node
+            .get()
+            .min(s.cluster.kubevirt_per_node);
+        let cluster_cap = m
+            .max_in_flight_cluster
+            .get()
+            .min(s.cluster.kubevirt_per_cluster);
         let node_free = node_cap.saturating_sub(node_in_flight);
         let cluster_free = cluster_cap.saturating_sub(cluster_in_flight);
         if let Some(last) = state.last_batch_at {
@@ -293,7 +299,7 @@ impl Planner<'_> {
         // max(total / P, largest) instead of leaving a big VM to start last.
         let mut fresh = fresh;
         fresh.sort_by(|(a, _), (b, _)| b.memory.cmp(&a.memory).then_with(|| a.key().cmp(&b.key())));
-        let slots = m.batch_size.min(node_free).min(cluster_free) as usize;
+        let slots = m.batch_size.get().min(node_free).min(cluster_free) as usize;
         if slots == 0 {
             self.waiting_for = Some(if node_free == 0 {
                 format!(
@@ -467,7 +473,9 @@ impl Planner<'_> {
 /// and the same every time it is computed, so a restarted vacate that repeats a create gets
 /// `AlreadyExists` instead of a second migration.
 pub fn migration_name(node: &str, state: &DrainState, vmi: &str, attempt: u32) -> String {
-    let drain = fnv1a(&format!(
+    // Stable across vacate versions, so a newer vacate computes the same names as the one
+    // that started the drain.
+    let drain = kubevirt_api::hash::fnv1a_32(&format!(
         "{node}/{}",
         state.started_at.timestamp_nanos_opt().unwrap_or_default()
     ));
@@ -479,15 +487,4 @@ pub fn migration_name(node: &str, state: &DrainState, vmi: &str, attempt: u32) -
         vmi
     };
     format!("vacate-{}{suffix}", vmi.trim_end_matches(['-', '.']))
-}
-
-/// FNV-1a folded to 32 bits: stable across vacate versions, unlike std's hasher, so a
-/// newer vacate computes the same migration names as the one that started the drain.
-fn fnv1a(text: &str) -> u32 {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in text.bytes() {
-        hash ^= u64::from(byte);
-        hash = hash.wrapping_mul(0x0100_0000_01b3);
-    }
-    (hash ^ (hash >> 32)) as u32
 }

@@ -1,14 +1,15 @@
-//! Fixtures for vacate's integration tests: a namespace and a node set of their own on the
-//! testbed's real API server, workloads placed on one node, the real `vacate` binary as a
-//! child process, and a watch that records every migration vacate creates.
+//! Fixtures for vacate's integration tests, on top of the testbed's [`TestEnv`] (a namespace
+//! and a node set of their own on the testbed's real API server, workloads placed on one
+//! node): VMs and pods for a drain to move, the real `vacate` binary as a child process, and a
+//! watch that records every migration vacate creates.
 
 #![allow(dead_code)]
 
 pub mod prometheus;
 
 use std::collections::{BTreeMap, HashMap};
-use std::future::Future;
 use std::net::TcpListener;
+use std::ops::Deref;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -21,11 +22,11 @@ use k8s_openapi::api::core::v1::{Node, Pod};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
-use kube::{Api, Client, ResourceExt};
+use kube::{Api, ResourceExt};
 use kubevirt_api::{VirtualMachine, VirtualMachineInstance, VirtualMachineInstanceMigration};
 use serde_json::json;
 use testbed::nodes::NodeTemplate;
-use testbed::test_support::{NodeSet, TestCluster, TestNamespace};
+use testbed::test_support::TestEnv;
 use vacate::planner::{DrainState, Phase, StateAnnotation};
 
 pub const REQUEST_LABEL: &str = "vacate.io/maintenance";
@@ -46,11 +47,15 @@ eviction_backoff = "1s"
 eviction_backoff_max = "3s"
 "#;
 
-pub struct Env {
-    pub cluster: Arc<TestCluster>,
-    pub client: Client,
-    pub ns: TestNamespace,
-    pub nodes: NodeSet,
+/// A test's [`TestEnv`] with vacate's helpers.
+pub struct Env(TestEnv);
+
+impl Deref for Env {
+    type Target = TestEnv;
+
+    fn deref(&self) -> &TestEnv {
+        &self.0
+    }
 }
 
 /// A VirtualMachine for a test.
@@ -99,81 +104,21 @@ impl Env {
 
     /// A namespace and `nodes` nodes made from `template`.
     pub async fn with_template(prefix: &str, nodes: usize, template: NodeTemplate) -> Result<Env> {
-        let cluster = TestCluster::shared().await?;
-        cluster.require_kubevirt()?;
-        let client = cluster.client();
-        let ns = cluster.namespace(prefix).await?;
-        let nodes = cluster.node_set(nodes, template).await?;
-        nodes.wait_ready(&client, Duration::from_secs(60)).await?;
-        Ok(Env {
-            cluster,
-            client,
-            ns,
-            nodes,
-        })
-    }
-
-    pub fn node(&self, i: usize) -> &str {
-        &self.nodes.names()[i]
+        Ok(Env(TestEnv::new(prefix, nodes, template).await?))
     }
 
     pub fn selector(&self) -> String {
         self.nodes.label_selector()
     }
 
-    pub async fn cordon(&self, node: &str, unschedulable: bool) -> Result<()> {
-        let nodes: Api<Node> = Api::all(self.client.clone());
-        nodes
-            .patch(
-                node,
-                &PatchParams::default(),
-                &Patch::Merge(json!({"spec": {"unschedulable": unschedulable}})),
-            )
-            .await?;
-        Ok(())
-    }
-
-    /// Runs `create` while every other node of the set is cordoned, so what it creates is
-    /// scheduled onto node `target`; then uncordons the others.
-    pub async fn place_on<F, Fut>(&self, target: usize, create: F) -> Result<()>
-    where
-        F: FnOnce() -> Fut,
-        Fut: Future<Output = Result<()>>,
-    {
-        for (i, n) in self.nodes.names().iter().enumerate() {
-            if i != target {
-                self.cordon(n, true).await?;
-            }
+    /// The VMI spec of `vm`, with resource requests the scheduler and the capacity check count.
+    fn vmi_spec_of(&self, vm: &Vm) -> serde_json::Value {
+        let mut spec = self.vmi_spec(vm.memory, vm.eviction_strategy);
+        spec["domain"]["resources"] = json!({"requests": {"memory": vm.memory, "cpu": "100m"}});
+        if vm.bridge {
+            spec["domain"]["devices"]["interfaces"] = json!([{"name": "default", "bridge": {}}]);
         }
-        let result = create().await;
-        for (i, n) in self.nodes.names().iter().enumerate() {
-            if i != target {
-                self.cordon(n, false).await?;
-            }
-        }
-        result
-    }
-
-    fn vmi_spec(&self, vm: &Vm) -> serde_json::Value {
-        let interface = if vm.bridge {
-            json!({"name": "default", "bridge": {}})
-        } else {
-            json!({"name": "default", "masquerade": {}})
-        };
-        let mut spec = json!({
-            "domain": {
-                "memory": {"guest": vm.memory},
-                "resources": {"requests": {"memory": vm.memory, "cpu": "100m"}},
-                "devices": {"interfaces": [interface], "disks": [{"name": "root", "disk": {"bus": "virtio"}}]}
-            },
-            "networks": [{"name": "default", "pod": {}}],
-            "volumes": [{"name": "root", "containerDisk": {"image": "quay.io/containerdisks/fedora:latest"}}],
-            "nodeSelector": self.nodes.node_selector(),
-            "terminationGracePeriodSeconds": 1
-        });
-        if let Some(s) = vm.eviction_strategy {
-            spec["evictionStrategy"] = json!(s);
-        }
+        spec["terminationGracePeriodSeconds"] = json!(1);
         spec
     }
 
@@ -184,7 +129,7 @@ impl Env {
             let vmi: VirtualMachineInstance = serde_json::from_value(json!({
                 "apiVersion": "kubevirt.io/v1", "kind": "VirtualMachineInstance",
                 "metadata": {"name": vm.name, "namespace": ns, "labels": meta["labels"], "annotations": meta["annotations"]},
-                "spec": self.vmi_spec(vm)
+                "spec": self.vmi_spec_of(vm)
             }))?;
             Api::<VirtualMachineInstance>::namespaced(self.client.clone(), ns)
                 .create(&PostParams::default(), &vmi)
@@ -194,7 +139,7 @@ impl Env {
             let object: VirtualMachine = serde_json::from_value(json!({
                 "apiVersion": "kubevirt.io/v1", "kind": "VirtualMachine",
                 "metadata": {"name": vm.name, "namespace": ns},
-                "spec": {"runStrategy": "Always", "template": {"metadata": meta, "spec": self.vmi_spec(vm)}}
+                "spec": {"runStrategy": "Always", "template": {"metadata": meta, "spec": self.vmi_spec_of(vm)}}
             }))?;
             Api::<VirtualMachine>::namespaced(self.client.clone(), ns)
                 .create(&PostParams::default(), &object)
@@ -375,14 +320,6 @@ impl Env {
         .await
     }
 
-    pub async fn wait<F, Fut>(&self, what: &str, timeout: Duration, check: F) -> Result<()>
-    where
-        F: FnMut() -> Fut,
-        Fut: Future<Output = Result<bool>>,
-    {
-        wait_for(what, timeout, check).await
-    }
-
     pub async fn get_node(&self, name: &str) -> Result<Node> {
         Ok(Api::<Node>::all(self.client.clone()).get(name).await?)
     }
@@ -482,27 +419,6 @@ pub fn is_unschedulable(node: &Node) -> bool {
 
 pub fn has_label(node: &Node, key: &str) -> bool {
     node.labels().contains_key(key)
-}
-
-/// Polls `check` every 250 ms until it says true; fails after `timeout` with the last error.
-pub async fn wait_for<F, Fut>(what: &str, timeout: Duration, mut check: F) -> Result<()>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<bool>>,
-{
-    let deadline = tokio::time::Instant::now() + timeout;
-    let mut last_error = None;
-    loop {
-        match check().await {
-            Ok(true) => return Ok(()),
-            Ok(false) => {}
-            Err(e) => last_error = Some(e),
-        }
-        if tokio::time::Instant::now() > deadline {
-            bail!("timed out after {timeout:?} waiting for {what} (last error: {last_error:?})");
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
 }
 
 fn free_port() -> u16 {
