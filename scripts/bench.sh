@@ -1,130 +1,182 @@
 #!/usr/bin/env bash
-# Benchmark: how long draining a node with 6 live-migratable VMIs takes, for vacate and for
-# `kubectl drain` with KubeVirt's evacuation, side by side on one testbed, each as a ratio to
-# the bound set by KubeVirt's limits (parallelOutboundMigrationsPerNode and the migration
-# bandwidth): no drain can finish before the VMs' memory has crossed the wire.
-# Prints the figures and writes docs/benchmarks.md.
+# Benchmarks (`make bench`): how long vacate and `kubectl drain` take to drain a node of
+# KubeVirt VMs, as ratios to the least time KubeVirt's limits allow, side by side on twin
+# nodes of one testbed; how long a request label takes to cordon a node; how many API
+# requests vacate makes per migrated VMI. Writes docs/benchmarks.md and docs/benchmarks.png.
+#
+#   ROUNDS=5             rounds of each scenario and tool
+#   BENCH_TIME_SCALE=5   the simulator's time scale for the rounds
+#   BENCH_SCALE1=1       also one drain-6 round per tool at time scale 1 (0: skip; minutes)
+#   BENCH_CORDON=50      request-to-cordon samples
+#   BENCH_DOCS=docs      where benchmarks.md and benchmarks.png go
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/env.sh
-rounds="${ROUNDS:-2}"
+rounds="${ROUNDS:-5}"
+time_scale="${BENCH_TIME_SCALE:-5}"
+scale1="${BENCH_SCALE1:-1}"
+cordon_requests="${BENCH_CORDON:-50}"
+docs="${BENCH_DOCS:-docs}"
+scenarios=(drain-6 drain-mixed)
+
+log() { printf '[bench %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
+
+# The plot needs gnuplot (Debian's gnuplot-nox), the report python3.
+if ! command -v gnuplot >/dev/null; then
+  log "installing gnuplot-nox"
+  if [ "$(id -u)" = 0 ]; then sudo=""; else sudo="sudo"; fi
+  $sudo apt-get update -qq >/dev/null && $sudo apt-get install -y -qq gnuplot-nox >/dev/null
+fi
+command -v python3 >/dev/null || { echo "bench: python3 is needed for the report" >&2; exit 1; }
 
 bin_dir=$(tests/testbed/build.sh | tail -n 1)
 export VACATE_TESTBED_BIN="$bin_dir"
-cargo build --workspace --bins --locked >/dev/null 2>&1 || cargo build --workspace --bins --locked
-bin="$CARGO_TARGET_DIR/debug"
-kubectl() { "$bin_dir/kubectl" "$@"; }
+log "building vacate, testbed and kubevirt-sim (release)"
+build=(cargo build --release --locked -p vacate -p testbed -p kubevirt-sim)
+"${build[@]}" >/dev/null 2>&1 || "${build[@]}"
+bin="$CARGO_TARGET_DIR/release"
+export VACATE_KUBEVIRT_SIM="$bin/kubevirt-sim"
 
-state_dir=$(mktemp -d "${TMPDIR:-/tmp}/vacate-bench-XXXXXX")
-export KUBECONFIG="$state_dir/kubeconfig"
+state=$(mktemp -d "${TMPDIR:-/tmp}/vacate-bench-XXXXXX")
+out="$state/bench"
+mkdir -p "$out"
+export KUBECONFIG="$state/kubeconfig"
 vacate_pid=""
 cleanup() {
-  [ -n "$vacate_pid" ] && kill "$vacate_pid" 2>/dev/null || true
-  "$bin/testbed" down --state-dir "$state_dir" >/dev/null 2>&1 || true
-  rm -rf "$state_dir"
+  if [ -n "$vacate_pid" ]; then kill "$vacate_pid" 2>/dev/null || true; wait "$vacate_pid" 2>/dev/null || true; fi
+  "$bin/testbed" down --state-dir "$state" >/dev/null 2>&1 || true
+  rm -rf "$state"
 }
 trap cleanup EXIT
-now() { date +%s.%N; }
-elapsed() { echo "$2 - $1" | bc; }
 
-up_start=$(now)
-"$bin/testbed" up --state-dir "$state_dir" --nodes 0 >/dev/null
-up_seconds=$(elapsed "$up_start" "$(now)")
-
-# The bound: with P outbound migrations per node at bandwidth B, the node's memory M needs at
-# least max(M / (P * B), largest VM / B), divided by the simulator's time scale.
-bound() {
-  local node=$1
-  local mem_bytes largest per_node time_scale bandwidth
-  mem_bytes=$(kubectl get vmi -A -o jsonpath="{range .items[?(@.status.nodeName=='$node')]}{.spec.domain.memory.guest}{'\n'}{end}" \
-    | numfmt --from=iec-i | paste -sd+ | bc)
-  largest=$(kubectl get vmi -A -o jsonpath="{range .items[?(@.status.nodeName=='$node')]}{.spec.domain.memory.guest}{'\n'}{end}" \
-    | numfmt --from=iec-i | sort -n | tail -n 1)
-  per_node=$(kubectl get kubevirt -n kubevirt kubevirt -o jsonpath='{.spec.configuration.migrations.parallelOutboundMigrationsPerNode}')
-  per_node=${per_node:-2}
-  # The simulator's documented defaults: time scale 10, 128 MiB/s per migration.
-  time_scale=10
-  bandwidth=$((128 * 1024 * 1024))
-  echo "scale=2; a = $mem_bytes / ($per_node * $bandwidth); b = $largest / $bandwidth; if (a > b) a / $time_scale else b / $time_scale" | bc
+# Every command that produces a figure is run through `run`, which also records it for the
+# report (with the state folder and binary folders written as $STATE, $BIN and $KUBE_BIN).
+run() {
+  local line="$*"
+  line=${line//"$state"/\$STATE}
+  line=${line//"$bin_dir"/\$KUBE_BIN}
+  line=${line//"$bin"/\$BIN}
+  line=${line//"$PWD"\//}
+  printf '%s\n' "$line" >>"$out/commands.txt"
+  "$@"
 }
+kubectl() { "$bin_dir/kubectl" "$@"; }
 
-printf '%s\n' "round tool seconds bound ratio cordon" > "$state_dir/results"
-seed_seconds=""
-for round in $(seq 1 "$rounds"); do
-  # vacate
-  prefix="v$round"
-  seed_start=$(now)
-  "$bin/testbed" seed tests/scenarios/drain-6.yaml --prefix "$prefix" --state-dir "$state_dir" >/dev/null
-  seed_seconds=${seed_seconds:-$(elapsed "$seed_start" "$(now)")}
-  node="$prefix-worker-0"
-  b=$(bound "$node")
-  cat >"$state_dir/vacate.toml" <<TOML
+printf '%s\n' "${build[*]}" >"$out/commands.txt"
+run "$bin/testbed" up --state-dir "$state" --nodes 0 --audit-user vacate >/dev/null
+# The simulator's time scale, set on the KubeVirt CR where the bound reads it back.
+set_scale() {
+  run "$bin_dir/kubectl" annotate kubevirt -n kubevirt kubevirt --overwrite \
+    "simulator.vacate.io/time-scale=$1" >/dev/null
+}
+set_scale "$time_scale"
+
+# vacate as the bench runs it: user `vacate` (its own client certificate, so the audit log
+# tells its requests apart), one instance per drained node set, limited only by KubeVirt.
+start_vacate() {
+  local prefix=$1 port
+  local per_node per_cluster
+  per_node=$(kubectl get kubevirt -n kubevirt kubevirt -o jsonpath='{.spec.configuration.migrations.parallelOutboundMigrationsPerNode}')
+  per_cluster=$(kubectl get kubevirt -n kubevirt kubevirt -o jsonpath='{.spec.configuration.migrations.parallelMigrationsPerCluster}')
+  per_node=${per_node:-2}      # KubeVirt's defaults when the CR leaves them out
+  per_cluster=${per_cluster:-5}
+  port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+  cat >"$out/vacate-$prefix.toml" <<TOML
 [node]
 selector = "testbed.vacate.io/set=$prefix"
 [leader_election]
 lease_name = "bench-$prefix"
 [migration]
-batch_size = 2
+batch_size = $per_node
 batch_interval = "0s"
-max_in_flight_per_node = 2
+max_in_flight_per_node = $per_node
+max_in_flight_cluster = $per_cluster
 [pods]
 emptydir = "evict"
 unmanaged = "evict"
 [server]
-listen = "127.0.0.1:0"
+listen = "127.0.0.1:$port"
 TOML
-  "$bin/vacate" run --config "$state_dir/vacate.toml" 2>"$state_dir/vacate-$round.log" &
+  cp "$out/vacate-$prefix.toml" "$out/vacate.toml"
+  KUBECONFIG="$state/vacate.kubeconfig" run "$bin/vacate" run --config "$out/vacate-$prefix.toml" \
+    >"$out/vacate-$prefix.log" 2>&1 &
   vacate_pid=$!
-  sleep 2
-  start=$(now)
-  kubectl label node "$node" vacate.io/maintenance=true >/dev/null
-  # Request label to cordon (the label call's own time included).
   for _ in $(seq 1 600); do
-    [ "$(kubectl get node "$node" -o jsonpath='{.spec.unschedulable}')" = "true" ] && break
-    sleep 0.02
-  done
-  cordon=$(printf "%.2f" "$(elapsed "$start" "$(now)")")
-  for _ in $(seq 1 6000); do
-    [ "$(kubectl get node "$node" -o jsonpath='{.metadata.labels.vacate\.io/drained}')" = "true" ] && break
+    grep -q "vacate is running" "$out/vacate-$prefix.log" && return 0
+    kill -0 "$vacate_pid" 2>/dev/null || { cat "$out/vacate-$prefix.log" >&2; return 1; }
     sleep 0.1
   done
-  t=$(elapsed "$start" "$(now)")
-  kill "$vacate_pid"; wait "$vacate_pid" 2>/dev/null || true; vacate_pid=""
-  echo "$round vacate $t $b $(echo "scale=2; $t / $b" | bc) $cordon" >> "$state_dir/results"
-  echo "round $round: vacate drained $node in $t s (bound $b s)"
+  echo "bench: vacate did not start" >&2
+  return 1
+}
+stop_vacate() {
+  kill "$vacate_pid" 2>/dev/null || true
+  wait "$vacate_pid" 2>/dev/null || true
+  vacate_pid=""
+}
 
-  # kubectl drain, relying on KubeVirt's eviction webhook and evacuation
-  prefix="k$round"
-  "$bin/testbed" seed tests/scenarios/drain-6.yaml --prefix "$prefix" --state-dir "$state_dir" >/dev/null
-  node="$prefix-worker-0"
-  b=$(bound "$node")
-  start=$(now)
-  kubectl drain "$node" --ignore-daemonsets --delete-emptydir-data --force --timeout=15m >/dev/null 2>&1
-  t=$(elapsed "$start" "$(now)")
-  echo "$round kubectl-drain $t $b $(echo "scale=2; $t / $b" | bc) -" >> "$state_dir/results"
-  echo "round $round: kubectl drain emptied $node in $t s (bound $b s)"
+# One drain of <scenario>'s worker-0 seeded under <prefix> by <tool>; appends one JSON
+# record to results.jsonl.
+drain() {
+  local scenario=$1 tool=$2 prefix=$3 round=$4 scale=$5
+  local node="$prefix-worker-0" before timing after stopped
+  before=$(run "$bin/testbed" bench-bound --state-dir "$state" "$node")
+  if [ "$tool" = vacate ]; then
+    start_vacate "$prefix"
+    timing=$(run "$bin/testbed" bench-drain --state-dir "$state" "$node" \
+      --label vacate.io/maintenance=true --until vacate.io/drained=true)
+    stopped=$(date +%s.%N)
+    stop_vacate
+  else
+    timing=$(run "$bin/testbed" bench-drain --state-dir "$state" "$node" -- \
+      "$bin_dir/kubectl" drain "$node" --ignore-daemonsets --delete-emptydir-data --force --timeout=30m)
+    stopped=""
+  fi
+  after=$(run "$bin/testbed" bench-bound --state-dir "$state" "$node")
+  printf '{"scenario":"%s","tool":"%s","round":%s,"prefix":"%s","requested_scale":%s,"vacate_stopped_unix":%s,"bound":%s,"timing":%s,"after":%s}\n' \
+    "$scenario" "$tool" "$round" "$prefix" "$scale" "${stopped:-null}" "$before" "$timing" "$after" \
+    >>"$out/results.jsonl"
+  log "$scenario round $round: $tool $(jq -r '.seconds | . * 100 | round / 100' <<<"$timing") s, bound $(jq -r '.bound_seconds | . * 100 | round / 100' <<<"$before") s"
+}
+
+seed() {
+  run "$bin/testbed" seed "tests/scenarios/$1.yaml" --prefix "$2" --state-dir "$state" >/dev/null
+}
+
+# Request label to cordon, on idle nodes, with one vacate watching them.
+log "request-to-cordon latency ($cordon_requests requests)"
+seed idle-3 c
+start_vacate c
+run "$bin/testbed" bench-cordon --state-dir "$state" --selector testbed.vacate.io/set=c \
+  --count "$cordon_requests" >"$out/cordon.json"
+stop_vacate
+
+# The rounds: every scenario twice per round (one copy per tool), the tools one after the
+# other, the first tool alternating between rounds.
+for round in $(seq 1 "$rounds"); do
+  for scenario in "${scenarios[@]}"; do
+    short=${scenario#drain-}
+    seed "$scenario" "v$round-$short"
+    seed "$scenario" "k$round-$short"
+    if [ $((round % 2)) = 1 ]; then order=(vacate kubectl); else order=(kubectl vacate); fi
+    for tool in "${order[@]}"; do
+      drain "$scenario" "$tool" "${tool:0:1}$round-$short" "$round" "$time_scale"
+    done
+  done
 done
 
-column -t "$state_dir/results"
-{
-  echo "# Benchmarks"
-  echo
-  echo "Produced by \`bash scripts/bench.sh\` (ROUNDS=$rounds) on $(date -u +%Y-%m-%d), $(nproc) cores."
-  echo "Each round seeds \`tests/scenarios/drain-6.yaml\` (a node with 6 LiveMigrate VMIs of 4 GiB, a"
-  echo "DaemonSet and a bare emptyDir pod) into the same testbed and drains that node, once with vacate"
-  echo "and once with \`kubectl drain --ignore-daemonsets --delete-emptydir-data --force\` (KubeVirt's"
-  echo "eviction webhook and evacuation do the migrations). The bound is the least time KubeVirt's own"
-  echo "limits allow: the node's VM memory over parallelOutboundMigrationsPerNode migrations at the"
-  echo "simulator's 128 MiB/s each, at its time scale of 10. The ratio is the drain time over the bound."
-  echo "The machine is shared and noisy: compare the two tools within a round, not across runs."
-  echo
-  echo "| round | tool | seconds | bound (s) | ratio | request to cordon (s) |"
-  echo "|---|---|---|---|---|---|"
-  tail -n +2 "$state_dir/results" | awk '{printf "| %s | %s | %.1f | %s | %s | %s |\n", $1, $2, $3, $4, $5, $6}'
-  echo
-  echo "Testbed, same run: \`testbed up --nodes 0\` (warm build, with the KubeVirt simulator) took"
-  echo "$(printf '%.1f' "$up_seconds") s; \`testbed seed tests/scenarios/drain-6.yaml\` (3 nodes, 6 VMIs, waiting until"
-  echo "all run) took $(printf '%.1f' "$seed_seconds") s. \"Request to cordon\" is the time from \`kubectl label\` to the"
-  echo "node showing \`spec.unschedulable\`, the kubectl call included."
-} > docs/benchmarks.md
-echo "wrote docs/benchmarks.md"
+# Once at the simulator's real time.
+if [ "$scale1" != 0 ]; then
+  log "drain-6 at time scale 1 (minutes)"
+  set_scale 1
+  seed drain-6 v-s1
+  seed drain-6 k-s1
+  drain drain-6 vacate v-s1 1 1
+  drain drain-6 kubectl k-s1 1 1
+  set_scale "$time_scale"
+fi
+
+cp "$state/audit.log" "$out/audit.log"
+mkdir -p "$docs"
+run python3 scripts/bench-report.py "$out" "$docs" --rounds "$rounds" --time-scale "$time_scale" \
+  --scale1 "$scale1" --cordon-requests "$cordon_requests"

@@ -44,6 +44,33 @@ pub struct Options {
     pub kubevirt: bool,
     /// How long to wait for everything to become ready.
     pub ready_timeout: Duration,
+    /// Write the API server's audit log to `<state>/audit.log`.
+    pub audit: Option<AuditOptions>,
+}
+
+/// The API server's audit log: one JSON line per request at level `Metadata` (who, verb,
+/// resource, response code; no bodies), written when the response is complete (and, for
+/// watches, also when the response starts).
+#[derive(Clone, Debug, Default)]
+pub struct AuditOptions {
+    /// Log only these users' requests (empty: everyone's).
+    pub users: Vec<String>,
+}
+
+impl AuditOptions {
+    /// The audit policy file's text.
+    pub fn policy(&self) -> String {
+        let mut policy = String::from(
+            "apiVersion: audit.k8s.io/v1\nkind: Policy\nomitStages: [RequestReceived]\nrules:\n",
+        );
+        if self.users.is_empty() {
+            policy.push_str("- level: Metadata\n");
+        } else {
+            let users = serde_json::to_string(&self.users).unwrap_or_default();
+            policy.push_str(&format!("- level: Metadata\n  users: {users}\n- level: None\n"));
+        }
+        policy
+    }
 }
 
 impl Options {
@@ -52,6 +79,7 @@ impl Options {
             state_dir: state_dir.into(),
             kubevirt: true,
             ready_timeout: Duration::from_secs(180),
+            audit: None,
         }
     }
 }
@@ -69,6 +97,14 @@ impl Layout {
     /// The admin kubeconfig `testbed up` publishes once the cluster is ready.
     pub fn kubeconfig(&self) -> PathBuf {
         self.root.join("kubeconfig")
+    }
+    /// A kubeconfig for the user `vacate` (group `system:masters`), published with the admin one.
+    pub fn vacate_kubeconfig(&self) -> PathBuf {
+        self.root.join("vacate.kubeconfig")
+    }
+    /// The API server's audit log (`testbed up --audit-log`).
+    pub fn audit_log(&self) -> PathBuf {
+        self.root.join("audit.log")
     }
     /// The admin kubeconfig the components use (exists from the start).
     pub fn admin_kubeconfig(&self) -> PathBuf {
@@ -181,8 +217,12 @@ impl ControlPlane {
     }
 
     /// Copies the admin kubeconfig to `<state>/kubeconfig`, which tells `testbed up` and
-    /// tools that the cluster is ready.
+    /// tools that the cluster is ready, and the `vacate` user's to `<state>/vacate.kubeconfig`.
     pub fn publish_kubeconfig(&self) -> Result<PathBuf> {
+        let vacate = self.layout.config().join("vacate.kubeconfig");
+        let text = std::fs::read_to_string(&vacate)
+            .with_context(|| format!("reading {}", vacate.display()))?;
+        kubeconfig::write_atomic(&self.layout.vacate_kubeconfig(), &text)?;
         let text = std::fs::read_to_string(&self.kubeconfig)
             .with_context(|| format!("reading {}", self.kubeconfig.display()))?;
         let path = self.layout.kubeconfig();
@@ -227,6 +267,10 @@ async fn start_components(
     kubeconfig::write_atomic(
         &sched_kc,
         &kubeconfig::render(&server, &pki.ca.cert_pem, &pki.scheduler, "scheduler"),
+    )?;
+    kubeconfig::write_atomic(
+        &layout.config().join("vacate.kubeconfig"),
+        &kubeconfig::render(&server, &pki.ca.cert_pem, &pki.vacate, "vacate"),
     )?;
     let stages = layout.config().join("kwok.yaml");
     std::fs::write(&stages, format!("{KWOK_CONFIGURATION}---\n{KWOK_STAGES}"))
@@ -280,6 +324,19 @@ async fn start_components(
         .arg("--max-mutating-requests-inflight=1000")
         .arg("--profiling=false")
         .arg("--v=0");
+    if let Some(audit) = &opts.audit {
+        let policy = layout.config().join("audit-policy.yaml");
+        std::fs::write(&policy, audit.policy())
+            .with_context(|| format!("writing {}", policy.display()))?;
+        apiserver
+            .arg(format!("--audit-policy-file={}", policy.display()))
+            .arg(format!("--audit-log-path={}", layout.audit_log().display()))
+            .arg("--audit-log-format=json")
+            // Every event is written before the response (no batching), so a reader sees a
+            // request in the log once its client has the answer.
+            .arg("--audit-log-mode=blocking")
+            .arg("--audit-log-maxbackup=0");
+    }
     components.spawn("kube-apiserver", apiserver, &layout.log("kube-apiserver"))?;
 
     let client = wait_for_apiserver(&admin_kc, components, deadline).await?;

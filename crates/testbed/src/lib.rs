@@ -5,6 +5,7 @@
 //! The `testbed` binary starts and stops it for people; [`TestCluster`] gives integration
 //! tests a cluster, isolated namespaces and node sets, and [`TestEnv`] one test's share of it.
 
+pub mod bench;
 pub mod control_plane;
 pub mod https;
 pub mod kubeconfig;

@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
-use testbed::control_plane::{ControlPlane, Layout, Options};
+use testbed::bench::{self, DrainBy};
+use testbed::control_plane::{AuditOptions, ControlPlane, Layout, Options};
 use testbed::nodes::{self, NodeTemplate};
 use testbed::{Scenario, SeedOptions, paths, process, seed};
 
@@ -53,6 +54,12 @@ enum Cmd {
         /// Seconds to wait for readiness.
         #[arg(long, default_value_t = 240)]
         timeout: u64,
+        /// Write the API server's audit log (level Metadata, JSON lines) to <state>/audit.log.
+        #[arg(long)]
+        audit_log: bool,
+        /// Audit only this user's requests (repeatable; implies --audit-log).
+        #[arg(long, value_name = "USER")]
+        audit_user: Vec<String>,
     },
     /// Stop the testbed and remove its state folder.
     Down {
@@ -91,6 +98,66 @@ enum Cmd {
         #[command(flatten)]
         state: StateArgs,
     },
+    /// Print, as JSON, the least time a drain of NODE can take under KubeVirt's limits,
+    /// read from the cluster now (see docs/benchmarks.md).
+    BenchBound {
+        node: String,
+        #[command(flatten)]
+        state: StateArgs,
+        /// Kubeconfig to use instead of <state>/kubeconfig.
+        #[arg(long)]
+        kubeconfig: Option<PathBuf>,
+    },
+    /// Time one drain of NODE from a node watch and print it as JSON: either set a request
+    /// label and wait for the drained label (--label, --until), or run a command after `--`
+    /// and wait for it to exit.
+    BenchDrain {
+        node: String,
+        /// The request label to set, key=value.
+        #[arg(long, requires = "until")]
+        label: Option<String>,
+        /// The label that says the drain is over, key=value.
+        #[arg(long)]
+        until: Option<String>,
+        /// Seconds to wait.
+        #[arg(long, default_value_t = 1800)]
+        timeout: u64,
+        #[command(flatten)]
+        state: StateArgs,
+        /// Kubeconfig to use instead of <state>/kubeconfig.
+        #[arg(long)]
+        kubeconfig: Option<PathBuf>,
+        /// The command that drains the node (instead of --label).
+        #[arg(last = true)]
+        command: Vec<String>,
+    },
+    /// Label the selected (idle) nodes one at a time with a request label and time each
+    /// until a node watch shows the node cordoned; print p50 and p99 as JSON.
+    BenchCordon {
+        /// Label selector of the nodes to use.
+        #[arg(long)]
+        selector: String,
+        /// Requests to time.
+        #[arg(long, default_value_t = 50)]
+        count: usize,
+        /// The request label, key=value.
+        #[arg(long, default_value = "vacate.io/maintenance=true")]
+        label: String,
+        /// The label the drainer sets on a drained node (waited away between requests).
+        #[arg(long, default_value = "vacate.io/drained")]
+        drained_label: String,
+        /// The drainer's state annotation (waited away between requests).
+        #[arg(long, default_value = "vacate.io/state")]
+        state_annotation: String,
+        /// Seconds to wait for each step.
+        #[arg(long, default_value_t = 60)]
+        timeout: u64,
+        #[command(flatten)]
+        state: StateArgs,
+        /// Kubeconfig to use instead of <state>/kubeconfig.
+        #[arg(long)]
+        kubeconfig: Option<PathBuf>,
+    },
     /// Runs the components (started by `up`).
     #[command(hide = true)]
     Supervise {
@@ -102,6 +169,10 @@ enum Cmd {
         no_kubevirt: bool,
         #[arg(long)]
         timeout: u64,
+        #[arg(long)]
+        audit_log: bool,
+        #[arg(long)]
+        audit_user: Vec<String>,
     },
 }
 
@@ -120,9 +191,15 @@ fn main() {
             state,
             no_kubevirt,
             timeout,
-        } => state
-            .dir()
-            .and_then(|d| up(&d, nodes, no_kubevirt, timeout)),
+            audit_log,
+            audit_user,
+        } => {
+            let audit = (audit_log || !audit_user.is_empty())
+                .then_some(AuditOptions { users: audit_user });
+            state
+                .dir()
+                .and_then(|d| up(&d, nodes, no_kubevirt, timeout, audit.as_ref()))
+        }
         Cmd::Down { state } => state.dir().and_then(|d| down(&d)),
         Cmd::Status { state } => state.dir().and_then(|d| status(&d)),
         Cmd::Seed {
@@ -147,17 +224,93 @@ fn main() {
                 nodes::set_kubelet_version(&client, &node, &version).await
             })
         }),
+        Cmd::BenchBound {
+            node,
+            state,
+            kubeconfig,
+        } => with_client(&state, kubeconfig, |client| async move {
+            print_json(&testbed::bench::bound(&client, &node).await?)
+        }),
+        Cmd::BenchDrain {
+            node,
+            label,
+            until,
+            timeout,
+            state,
+            kubeconfig,
+            command,
+        } => with_client(&state, kubeconfig, |client| async move {
+            let by = match (label, command.is_empty()) {
+                (Some(label), true) => DrainBy::Label {
+                    request: bench::parse_label(&label)?,
+                    until: bench::parse_label(&until.unwrap_or_default())?,
+                },
+                (None, false) => DrainBy::Command(command),
+                _ => bail!("give either --label and --until, or a command after --"),
+            };
+            print_json(&bench::drain(&client, &node, &by, Duration::from_secs(timeout)).await?)
+        }),
+        Cmd::BenchCordon {
+            selector,
+            count,
+            label,
+            drained_label,
+            state_annotation,
+            timeout,
+            state,
+            kubeconfig,
+        } => with_client(&state, kubeconfig, |client| async move {
+            let request = bench::parse_label(&label)?;
+            print_json(
+                &bench::cordon_latency(
+                    &client,
+                    &selector,
+                    &request,
+                    &drained_label,
+                    &state_annotation,
+                    count,
+                    Duration::from_secs(timeout),
+                )
+                .await?,
+            )
+        }),
         Cmd::Supervise {
             state_dir,
             nodes,
             no_kubevirt,
             timeout,
-        } => supervise(&state_dir, nodes, no_kubevirt, timeout),
+            audit_log,
+            audit_user,
+        } => {
+            let audit = audit_log.then_some(AuditOptions { users: audit_user });
+            supervise(&state_dir, nodes, no_kubevirt, timeout, audit)
+        }
     };
     if let Err(e) = result {
         eprintln!("testbed: {e:#}");
         std::process::exit(1);
     }
+}
+
+/// Runs `f` with a client of the testbed (or of `kubeconfig`).
+fn with_client<F, Fut>(state: &StateArgs, kubeconfig: Option<PathBuf>, f: F) -> Result<()>
+where
+    F: FnOnce(kube::Client) -> Fut,
+    Fut: std::future::Future<Output = Result<()>>,
+{
+    let kc = match kubeconfig {
+        Some(kc) => kc,
+        None => Layout::new(state.dir()?).kubeconfig(),
+    };
+    runtime()?.block_on(async {
+        let client = testbed::kubeconfig::client_from(&kc).await?;
+        f(client).await
+    })
+}
+
+fn print_json(value: &impl serde::Serialize) -> Result<()> {
+    println!("{}", serde_json::to_string(value)?);
+    Ok(())
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
@@ -199,7 +352,13 @@ fn remove_state(dir: &Path) -> Result<()> {
     std::fs::remove_dir_all(dir).with_context(|| format!("removing {}", dir.display()))
 }
 
-fn up(dir: &Path, node_count: usize, no_kubevirt: bool, timeout: u64) -> Result<()> {
+fn up(
+    dir: &Path,
+    node_count: usize,
+    no_kubevirt: bool,
+    timeout: u64,
+    audit: Option<&AuditOptions>,
+) -> Result<()> {
     let started = Instant::now();
     let layout = Layout::new(dir);
     if let Some(pid) = read_pid(&layout)
@@ -236,6 +395,12 @@ fn up(dir: &Path, node_count: usize, no_kubevirt: bool, timeout: u64) -> Result<
         .stdin(Stdio::null())
         .stdout(Stdio::from(log.try_clone()?))
         .stderr(Stdio::from(log));
+    if let Some(audit) = audit {
+        cmd.arg("--audit-log");
+        for user in &audit.users {
+            cmd.arg("--audit-user").arg(user);
+        }
+    }
     if let Some(sim) = &sim {
         cmd.env(paths::ENV_KUBEVIRT_SIM, sim);
     } else {
@@ -293,7 +458,13 @@ fn up(dir: &Path, node_count: usize, no_kubevirt: bool, timeout: u64) -> Result<
     Ok(())
 }
 
-fn supervise(dir: &Path, node_count: usize, no_kubevirt: bool, timeout: u64) -> Result<()> {
+fn supervise(
+    dir: &Path,
+    node_count: usize,
+    no_kubevirt: bool,
+    timeout: u64,
+    audit: Option<AuditOptions>,
+) -> Result<()> {
     let layout = Layout::new(dir);
     std::fs::write(layout.pid_file(), std::process::id().to_string())?;
     let rt = runtime()?;
@@ -301,6 +472,7 @@ fn supervise(dir: &Path, node_count: usize, no_kubevirt: bool, timeout: u64) -> 
         let mut opts = Options::new(dir);
         opts.kubevirt = !no_kubevirt;
         opts.ready_timeout = Duration::from_secs(timeout);
+        opts.audit = audit;
         let cp = match ControlPlane::start(&opts).await {
             Ok(cp) => cp,
             Err(e) => {

@@ -27,6 +27,9 @@ pub struct Pki {
     pub admin: CertPair,
     pub controller_manager: CertPair,
     pub scheduler: CertPair,
+    /// A second administrator, user `vacate` in group `system:masters`: vacate's own
+    /// identity in the benchmark, so the audit log tells its requests apart.
+    pub vacate: CertPair,
     /// PKCS#8 PEM of the ECDSA key that signs service-account tokens.
     pub service_account_key_path: PathBuf,
     /// Its public key (PEM), which verifies them.
@@ -38,6 +41,7 @@ const ADMIN: (&str, &str, Option<&str>) = ("admin", "testbed-admin", Some("syste
 const CONTROLLER_MANAGER: (&str, &str, Option<&str>) =
     ("controller-manager", "system:kube-controller-manager", None);
 const SCHEDULER: (&str, &str, Option<&str>) = ("scheduler", "system:kube-scheduler", None);
+const VACATE: (&str, &str, Option<&str>) = ("vacate", "vacate", Some("system:masters"));
 
 impl Pki {
     /// Generates a fresh CA and all certificates into `dir`.
@@ -110,6 +114,7 @@ impl Pki {
         let admin = client(ADMIN)?;
         let controller_manager = client(CONTROLLER_MANAGER)?;
         let scheduler = client(SCHEDULER)?;
+        let vacate = client(VACATE)?;
 
         let sa_key = KeyPair::generate().context("generating the service-account key")?;
         let service_account_key_path = dir.join("service-account.key");
@@ -124,6 +129,7 @@ impl Pki {
             admin,
             controller_manager,
             scheduler,
+            vacate,
             service_account_key_path,
             service_account_pub_path,
         })

@@ -370,6 +370,10 @@ pub struct DeploymentSpec {
     pub replicas: i32,
     #[serde(default)]
     pub pdb: Option<PdbSpec>,
+    /// Scenario node name the pods should start on (a preferred node affinity, so that
+    /// their replacements go elsewhere once it is cordoned).
+    #[serde(default)]
+    pub prefer_node: Option<String>,
     /// The pods' settings.
     #[serde(default)]
     pub pod: PodTemplateSpec,
@@ -617,6 +621,14 @@ impl Scenario {
                 return Err(err(f("replicas"), "must not be negative".into()));
             }
             check_pod(&d.pod).map_err(|(k, m)| err(f(&format!("pod.{k}")), m))?;
+            if let Some(n) = &d.prefer_node
+                && !node_names.contains(n)
+            {
+                return Err(err(
+                    f("preferNode"),
+                    format!("{n} is not a node of this scenario"),
+                ));
+            }
             if let Some(p) = &d.pdb {
                 match (&p.min_available, &p.max_unavailable) {
                     (Some(_), Some(_)) | (None, None) => {

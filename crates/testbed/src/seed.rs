@@ -218,6 +218,10 @@ pub async fn seed(
     for d in &scenario.deployments {
         let ns = naming.namespace(d.namespace.as_deref());
         let labels = app_labels(&d.name, &d.pod.labels, &seed_id);
+        let mut pod = pod_spec(&d.pod, &naming, None);
+        if let Some(n) = &d.prefer_node {
+            pod["affinity"] = prefer_node(&naming.node(n));
+        }
         let dep: Deployment = serde_json::from_value(json!({
             "metadata": {"name": d.name, "namespace": ns, "labels": {SEED_LABEL: seed_id}},
             "spec": {
@@ -225,7 +229,7 @@ pub async fn seed(
                 "selector": {"matchLabels": {"app": d.name}},
                 "template": {
                     "metadata": {"labels": labels},
-                    "spec": pod_spec(&d.pod, &naming, None),
+                    "spec": pod,
                 }
             }
         }))?;
@@ -420,6 +424,16 @@ fn pod_spec(p: &PodTemplateSpec, naming: &Naming<'_>, node_name: Option<&str>) -
     spec
 }
 
+/// A preferred node affinity for one node (start there, go anywhere else when it is cordoned).
+fn prefer_node(node: &str) -> Value {
+    json!({"nodeAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [{
+        "weight": 100,
+        "preference": {"matchExpressions": [{
+            "key": "kubernetes.io/hostname", "operator": "In", "values": [node]
+        }]}
+    }]}})
+}
+
 fn vm_object(g: &VmGroup, name: &str, ns: &str, naming: &Naming<'_>, seed_id: &str) -> Value {
     let mut labels = g.labels.clone();
     labels.insert(SEED_LABEL.into(), seed_id.into());
@@ -498,12 +512,7 @@ fn vm_object(g: &VmGroup, name: &str, ns: &str, naming: &Naming<'_>, seed_id: &s
         spec["nodeSelector"] = json!(selector);
     }
     if let Some(n) = &g.prefer_node {
-        spec["affinity"] = json!({"nodeAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [{
-            "weight": 100,
-            "preference": {"matchExpressions": [{
-                "key": "kubernetes.io/hostname", "operator": "In", "values": [naming.node(n)]
-            }]}
-        }]}});
+        spec["affinity"] = prefer_node(&naming.node(n));
     }
     match g.kind {
         VmKind::VirtualMachine => json!({
