@@ -9,6 +9,7 @@
 #   BENCH_SCALE1=1       also one drain-6 round per tool at time scale 1 (0: skip; minutes)
 #   BENCH_CORDON=50      request-to-cordon samples
 #   BENCH_DOCS=docs      where benchmarks.md and benchmarks.png go
+#   BENCH_KEEP=0         1: keep the measurements (results, audit log, logs) after the run
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/env.sh
@@ -37,15 +38,16 @@ build=(cargo build --release --locked -p vacate -p testbed -p kubevirt-sim)
 bin="$CARGO_TARGET_DIR/release"
 export VACATE_KUBEVIRT_SIM="$bin/kubevirt-sim"
 
-state=$(mktemp -d "${TMPDIR:-/tmp}/vacate-bench-XXXXXX")
-out="$state/bench"
+work=$(mktemp -d "${TMPDIR:-/tmp}/vacate-bench-XXXXXX")
+state="$work/testbed"
+out="$work/out"
 mkdir -p "$out"
 export KUBECONFIG="$state/kubeconfig"
 vacate_pid=""
 cleanup() {
   if [ -n "$vacate_pid" ]; then kill "$vacate_pid" 2>/dev/null || true; wait "$vacate_pid" 2>/dev/null || true; fi
   "$bin/testbed" down --state-dir "$state" >/dev/null 2>&1 || true
-  rm -rf "$state"
+  if [ "${BENCH_KEEP:-0}" = 1 ]; then log "kept $out"; else rm -rf "$work"; fi
 }
 trap cleanup EXIT
 
@@ -129,7 +131,8 @@ drain() {
     stop_vacate
   else
     timing=$(run "$bin/testbed" bench-drain --state-dir "$state" "$node" -- \
-      "$bin_dir/kubectl" drain "$node" --ignore-daemonsets --delete-emptydir-data --force --timeout=30m)
+      "$bin_dir/kubectl" drain "$node" --ignore-daemonsets --delete-emptydir-data --force --timeout=30m \
+      2>"$out/kubectl-$prefix.log")
     stopped=""
   fi
   after=$(run "$bin/testbed" bench-bound --state-dir "$state" "$node")
