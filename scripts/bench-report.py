@@ -163,13 +163,14 @@ def plot(args, runs, scenarios):
     data = os.path.join(args.out, "plot.dat")
     with open(data, "w") as f:
         for i, s in enumerate(scenarios):
-            f.write(f"# {s}: round vacate kubectl bound\n")
+            f.write(f"# {s}: round vacate kubectl bound simulator-floor\n")
             for n in sorted({r["round"] for r in runs if r["scenario"] == s}):
                 row = {r["tool"]: r for r in runs if r["scenario"] == s and r["round"] == n}
                 v = row.get("vacate")
                 k = row.get("kubectl")
                 bound = (v or k)["bound_s"]
-                f.write(f"{n} {v['seconds'] if v else 'NaN'} {k['seconds'] if k else 'NaN'} {bound}\n")
+                floor = (v or k)["bound"]["simulator_floor_seconds"]
+                f.write(f"{n} {v['seconds'] if v else 'NaN'} {k['seconds'] if k else 'NaN'} {bound} {floor}\n")
             f.write("\n\n")
     png = os.path.join(args.docs, "benchmarks.png")
     script = [
@@ -178,6 +179,7 @@ def plot(args, runs, scenarios):
         f"set multiplot layout 1,{len(scenarios)} title 'Drain time per round against the bound "
         f"(time scale {args.time_scale})'",
         "set xlabel 'round'", "set ylabel 'seconds'", "set yrange [0:*]", "set xtics 1",
+        f"set xrange [0.5:{max([r['round'] for r in runs] + [1]) + 0.5}]",
         "set key bottom right", "set grid ytics",
     ]
     for i, s in enumerate(scenarios):
@@ -185,7 +187,9 @@ def plot(args, runs, scenarios):
             f"set title '{s}'",
             f"plot '{data}' index {i} using 1:2 with linespoints pt 7 lw 2 title 'vacate', "
             f"'' index {i} using 1:3 with linespoints pt 5 lw 2 title 'kubectl drain', "
-            f"'' index {i} using 1:4 with lines dt 2 lw 2 lc rgb 'black' title 'bound'",
+            f"'' index {i} using ($1-0.45):4:(0.9):(0) with vectors nohead dt 2 lw 2 lc rgb 'black' title 'bound', "
+            f"'' index {i} using ($1-0.45):5:(0.9):(0) with vectors nohead dt 3 lw 1 lc rgb 'gray40' "
+            "title 'simulator floor (whole-second timestamps)'",
         ]
     script.append("unset multiplot")
     subprocess.run(["gnuplot"], input="\n".join(script), text=True, check=True)

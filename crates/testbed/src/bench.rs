@@ -73,7 +73,9 @@ pub async fn bound(client: &kube::Client, node: &str) -> Result<Bound> {
         .await
         .context("listing KubeVirt CRs")?;
     let kv = kvs.items.first();
-    let config = kv.map(KubeVirt::migration_configuration).unwrap_or_default();
+    let config = kv
+        .map(KubeVirt::migration_configuration)
+        .unwrap_or_default();
     let annotations = kv.and_then(|kv| kv.metadata.annotations.clone());
     let annotation = |key: &str| annotations.as_ref().and_then(|a| a.get(key)).cloned();
 
@@ -112,9 +114,12 @@ pub async fn bound(client: &kube::Client, node: &str) -> Result<Bound> {
     let mut slot_seconds = Vec::new();
     let mut floor_seconds = Vec::new();
     for vmi in vmis.items.iter().filter(|v| v.node_name() == Some(node)) {
-        let bytes = vmi
-            .guest_memory_bytes()
-            .with_context(|| format!("VMI {} states no guest memory", vmi.metadata.name.as_deref().unwrap_or("?")))?;
+        let bytes = vmi.guest_memory_bytes().with_context(|| {
+            format!(
+                "VMI {} states no guest memory",
+                vmi.metadata.name.as_deref().unwrap_or("?")
+            )
+        })?;
         // A VMI may lower its own throughput (the simulator takes the smaller value).
         let own = vmi
             .metadata
@@ -419,9 +424,12 @@ pub async fn drain(
             DrainBy::Label { request, until } => {
                 set_label(&api, node, &request.0, Some(&request.1)).await?;
                 watch
-                    .until(node, timeout, &format!("label {}={}", until.0, until.1), |n| {
-                        label_of(n, &until.0) == Some(until.1.as_str())
-                    })
+                    .until(
+                        node,
+                        timeout,
+                        &format!("label {}={}", until.0, until.1),
+                        |n| label_of(n, &until.0) == Some(until.1.as_str()),
+                    )
                     .await
             }
             DrainBy::Command(argv) => {
@@ -491,7 +499,8 @@ pub async fn cordon_latency(
     timeout: Duration,
 ) -> Result<CordonLatency> {
     let api: Api<Node> = Api::all(client.clone());
-    let mut watch = NodeWatch::start(api.clone(), watcher::Config::default().labels(selector)).await?;
+    let mut watch =
+        NodeWatch::start(api.clone(), watcher::Config::default().labels(selector)).await?;
     let nodes: Vec<String> = watch.nodes.borrow().keys().cloned().collect();
     if nodes.is_empty() {
         bail!("no node matches {selector:?}");
@@ -516,7 +525,9 @@ pub async fn cordon_latency(
         let at = watch.until(node, timeout, "the cordon", cordoned).await?;
         samples.push(at.duration_since(start).as_secs_f64());
         set_label(&api, node, &request.0, None).await?;
-        watch.until(node, timeout, "the end of the maintenance", idle).await?;
+        watch
+            .until(node, timeout, "the end of the maintenance", idle)
+            .await?;
     }
     let mut sorted = samples.clone();
     sorted.sort_by(f64::total_cmp);

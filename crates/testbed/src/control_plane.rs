@@ -67,7 +67,9 @@ impl AuditOptions {
             policy.push_str("- level: Metadata\n");
         } else {
             let users = serde_json::to_string(&self.users).unwrap_or_default();
-            policy.push_str(&format!("- level: Metadata\n  users: {users}\n- level: None\n"));
+            policy.push_str(&format!(
+                "- level: Metadata\n  users: {users}\n- level: None\n"
+            ));
         }
         policy
     }

@@ -194,8 +194,8 @@ fn main() {
             audit_log,
             audit_user,
         } => {
-            let audit = (audit_log || !audit_user.is_empty())
-                .then_some(AuditOptions { users: audit_user });
+            let audit =
+                (audit_log || !audit_user.is_empty()).then_some(AuditOptions { users: audit_user });
             state
                 .dir()
                 .and_then(|d| up(&d, nodes, no_kubevirt, timeout, audit.as_ref()))
