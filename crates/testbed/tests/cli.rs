@@ -123,7 +123,41 @@ fn up_seed_down_and_no_process_outlives_the_supervisor() -> Result<()> {
 fn down_stops_a_running_testbed() -> Result<()> {
     let state = std::env::temp_dir().join(format!("testbed-cli-down-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&state);
-    testbed(&["up", "--nodes", "0", "--no-kubevirt"], &state)?;
+    testbed(
+        &[
+            "up",
+            "--nodes",
+            "0",
+            "--no-kubevirt",
+            "--audit-user",
+            "vacate",
+        ],
+        &state,
+    )?;
+
+    // The `vacate` user has a kubeconfig of its own, and the audit log holds its requests
+    // and no one else's.
+    tokio::runtime::Runtime::new()?.block_on(async {
+        let client = testbed::kubeconfig::client_from(&state.join("vacate.kubeconfig")).await?;
+        kube::Api::<k8s_openapi::api::core::v1::Node>::all(client)
+            .list(&Default::default())
+            .await?;
+        anyhow::Ok(())
+    })?;
+    let audit = std::fs::read_to_string(state.join("audit.log"))?;
+    let users: std::collections::BTreeSet<String> = audit
+        .lines()
+        .map(|l| {
+            let e: serde_json::Value = serde_json::from_str(l)?;
+            Ok(e["user"]["username"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string())
+        })
+        .collect::<Result<_>>()?;
+    assert_eq!(users.into_iter().collect::<Vec<_>>(), ["vacate"], "{audit}");
+    assert!(audit.contains(r#""verb":"list""#), "{audit}");
+
     let pid: i32 = std::fs::read_to_string(state.join("supervisor.pid"))?
         .trim()
         .parse()?;
