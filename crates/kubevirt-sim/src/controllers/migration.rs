@@ -1033,7 +1033,10 @@ mod tests {
         let cfg = ClusterConfig::from_kubevirt(None, 1.0);
         let new = evacuation("c", 1, "Pending", None);
         // No earlier failure: no wait.
-        assert_eq!(evacuation_backoff_left(&new, &[new.clone()], &cfg), None);
+        assert_eq!(
+            evacuation_backoff_left(&new, std::slice::from_ref(&new), &cfg),
+            None
+        );
         // One failure 5 s ago: 20 s from it, about 15 s left.
         let all = vec![evacuation("b", 30, "Failed", Some(5)), new.clone()];
         let left = evacuation_backoff_left(&new, &all, &cfg).unwrap();
