@@ -246,6 +246,8 @@ true  kubevirt.io         virtualmachineinstancemigrations list
 true  kubevirt.io         virtualmachineinstancemigrations watch
 true  kubevirt.io         virtualmachineinstancemigrations create  default
 true  kubevirt.io         virtualmachineinstancemigrations delete  default
+true  kubevirt.io         virtualmachines                  list
+true  kubevirt.io         virtualmachines                  watch
 true  kubevirt.io         kubevirts                        list
 true  kubevirt.io         kubevirts                        watch
 true  events.k8s.io       events                           create  default
@@ -272,7 +274,8 @@ false core                pods/exec                        create  default
 false core                events                           create  default
 false kubevirt.io         virtualmachineinstances          create  default
 false kubevirt.io         virtualmachineinstances          update  default
-false kubevirt.io         virtualmachines                  get
+false kubevirt.io         virtualmachines                  get     default
+false kubevirt.io         virtualmachines                  update  default
 false kubevirt.io         kubevirts                        get     kubevirt
 false kubevirt.io         kubevirts                        patch   kubevirt
 false events.k8s.io       events                           delete  default

@@ -34,6 +34,7 @@ EXPECTED_CLUSTER_RULES = {
     ("", "pods"): {"list", "watch"},
     ("", "pods/eviction"): {"create"},
     ("kubevirt.io", "virtualmachineinstances"): {"get", "list", "watch", "delete"},
+    ("kubevirt.io", "virtualmachines"): {"list", "watch"},
     ("kubevirt.io", "virtualmachineinstancemigrations"): {"get", "list", "watch", "create", "delete"},
     ("kubevirt.io", "kubevirts"): {"list", "watch"},
     ("events.k8s.io", "events"): {"create", "patch"},

@@ -153,6 +153,14 @@ impl KubeVirt {
             .unwrap_or_default()
     }
 
+    /// The KubeVirt release deployed (`status.observedKubeVirtVersion`), if reported.
+    pub fn observed_version(&self) -> Option<&str> {
+        self.status
+            .as_ref()
+            .and_then(|s| s.observed_kube_virt_version.as_deref())
+            .filter(|v| !v.is_empty())
+    }
+
     /// The cluster-wide eviction strategy, if any.
     pub fn eviction_strategy(&self) -> Option<EvictionStrategy> {
         self.spec

@@ -46,6 +46,7 @@ pub struct Metrics {
     pub invalid_states: IntCounter,
     pub leader: IntGauge,
     pub build_info: IntGaugeVec,
+    pub kubevirt_info: IntGaugeVec,
     pub window_open: IntGaugeVec,
     pub window_next_open: GaugeVec,
     pub schedule_last_run: GaugeVec,
@@ -197,6 +198,14 @@ impl Metrics {
                 &["version"],
             )
             .unwrap(),
+            kubevirt_info: IntGaugeVec::new(
+                Opts::new(
+                    "vacate_kubevirt_info",
+                    "1 for the KubeVirt release the KubeVirt CR reports (status.observedKubeVirtVersion).",
+                ),
+                &["version"],
+            )
+            .unwrap(),
             window_open: IntGaugeVec::new(
                 Opts::new(
                     "vacate_window_open",
@@ -306,6 +315,7 @@ impl Metrics {
             Box::new(self.invalid_states.clone()),
             Box::new(self.leader.clone()),
             Box::new(self.build_info.clone()),
+            Box::new(self.kubevirt_info.clone()),
             Box::new(self.window_open.clone()),
             Box::new(self.window_next_open.clone()),
             Box::new(self.schedule_last_run.clone()),
@@ -393,6 +403,20 @@ impl Metrics {
             }
             _ => {}
         }
+    }
+
+    /// The KubeVirt release in the cluster ("unknown" while the CR reports none).
+    pub fn record_kubevirt(&self, version: Option<&str>) {
+        let version = version.unwrap_or("unknown");
+        if self
+            .kubevirt_info
+            .get_metric_with_label_values(&[version])
+            .is_ok_and(|g| g.get() == 1)
+        {
+            return;
+        }
+        self.kubevirt_info.reset();
+        self.kubevirt_info.with_label_values(&[version]).set(1);
     }
 
     /// Counts a reconciliation that failed.
@@ -521,5 +545,19 @@ mod tests {
         ] {
             assert!(text.contains(&format!("\n{name} ")), "{name} missing");
         }
+    }
+
+    #[test]
+    fn the_kubevirt_release_is_one_series() {
+        let m = Metrics::new();
+        m.record_kubevirt(None);
+        m.record_kubevirt(Some("v1.7.4"));
+        m.record_kubevirt(Some("v1.9.0"));
+        let text = m.render();
+        assert!(text.contains("vacate_kubevirt_info{version=\"v1.9.0\"} 1"));
+        assert!(
+            !text.contains("v1.7.4") && !text.contains("unknown"),
+            "{text}"
+        );
     }
 }

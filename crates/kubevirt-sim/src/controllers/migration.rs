@@ -38,8 +38,9 @@ use kubevirt_api::common::{
     Condition, PhaseTransitionTimestamp, condition_type, now, set_condition,
 };
 use kubevirt_api::labels::{
-    MIGRATION_FINALIZER, MIGRATION_JOB_LABEL, MIGRATION_JOB_NAME_ANNOTATION,
-    MIGRATION_SELECTOR_LABEL, MIGRATION_TARGET_NODE_NAME_LABEL, NODE_NAME_LABEL,
+    EVACUATION_MIGRATION_ANNOTATION, MIGRATION_FINALIZER, MIGRATION_JOB_LABEL,
+    MIGRATION_JOB_NAME_ANNOTATION, MIGRATION_SELECTOR_LABEL, MIGRATION_TARGET_NODE_NAME_LABEL,
+    NODE_NAME_LABEL,
 };
 use kubevirt_api::{
     ConditionStatus, MigrationAbortStatus, MigrationPhase, VirtualMachineInstance,
@@ -180,6 +181,66 @@ async fn reconcile(
         return Ok(Action::requeue(Duration::ZERO));
     }
     Ok(action)
+}
+
+/// First wait of an evacuation migration after a failed one (migration.go,
+/// `handleMigrationBackoff`, v1.7.4 and v1.9.0); it doubles with each further failure.
+const EVACUATION_BACKOFF: Duration = Duration::from_secs(20);
+
+/// How much longer a Pending evacuation migration waits, after KubeVirt's
+/// `handleMigrationBackoff`: among the VMI's evacuation migrations, newest first, if this one
+/// is the newest, every failed one before it (up to a success; deleted ones skipped) doubles
+/// a wait of 20 s that runs from the failure of the one just before it. Simulated time.
+fn evacuation_backoff_left(
+    migration: &VirtualMachineInstanceMigration,
+    all: &[Arc<VirtualMachineInstanceMigration>],
+    cfg: &ClusterConfig,
+) -> Option<Duration> {
+    let is_evacuation = |m: &VirtualMachineInstanceMigration| {
+        m.metadata
+            .annotations
+            .as_ref()
+            .is_some_and(|a| a.contains_key(EVACUATION_MIGRATION_ANNOTATION))
+    };
+    if !is_evacuation(migration) {
+        return None;
+    }
+    let mut same_vmi: Vec<&VirtualMachineInstanceMigration> = all
+        .iter()
+        .map(Arc::as_ref)
+        .filter(|m| {
+            m.metadata.namespace == migration.metadata.namespace
+                && m.spec.vmi_name == migration.spec.vmi_name
+                && is_evacuation(m)
+        })
+        .collect();
+    if same_vmi.len() < 2 {
+        return None;
+    }
+    same_vmi.sort_by_key(|m| std::cmp::Reverse(m.metadata.creation_timestamp.clone()));
+    if same_vmi[0].metadata.uid != migration.metadata.uid {
+        return None;
+    }
+    let mut backoff = Duration::ZERO;
+    for m in &same_vmi[1..] {
+        match m.phase() {
+            Some(MigrationPhase::Succeeded) => break,
+            _ if m.metadata.deletion_timestamp.is_some() => continue,
+            Some(MigrationPhase::Failed) => {
+                backoff = if backoff.is_zero() {
+                    EVACUATION_BACKOFF
+                } else {
+                    backoff * 2
+                };
+            }
+            _ => {}
+        }
+    }
+    if backoff.is_zero() {
+        return None;
+    }
+    let failed_at = same_vmi[1].phase_entered_at(MigrationPhase::Failed)?;
+    cfg.real(backoff).checked_sub(since(&failed_at.0))
 }
 
 fn ignore_not_found<T: Default>(e: kube::Error) -> Result<T> {
@@ -547,6 +608,13 @@ impl Job<'_> {
         let recheck = Action::requeue(self.cfg.recheck());
         if !vmi.is_running() {
             return Ok(recheck);
+        }
+        if target.is_none()
+            && let Some(left) =
+                evacuation_backoff_left(self.migration, &self.ctx.migrations.state(), &self.cfg)
+        {
+            tracing::info!(migration = %self.key, ?left, "vmi in migration backoff");
+            return Ok(Action::requeue(left));
         }
         // "Waiting until all the previous migrations target pods are cleaned up".
         if vmi.status.as_ref().is_some_and(|s| s.active_pods.len() > 1) {
@@ -922,5 +990,86 @@ impl Job<'_> {
         }
         self.enter(status, MigrationPhase::Failed, why);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An evacuation migration of vm-0 created `age` seconds ago, in `phase`, failed
+    /// `failed_ago` seconds ago when it failed.
+    fn evacuation(
+        name: &str,
+        age: i64,
+        phase: &str,
+        failed_ago: Option<i64>,
+    ) -> Arc<VirtualMachineInstanceMigration> {
+        let at = |ago: i64| {
+            (k8s_openapi::jiff::Timestamp::now()
+                - k8s_openapi::jiff::SignedDuration::from_secs(ago))
+            .to_string()
+        };
+        let transitions: Vec<_> = failed_ago
+            .map(|ago| json!({"phase": "Failed", "phaseTransitionTimestamp": at(ago)}))
+            .into_iter()
+            .collect();
+        Arc::new(
+            serde_json::from_value(json!({
+                "apiVersion": "kubevirt.io/v1", "kind": "VirtualMachineInstanceMigration",
+                "metadata": {"name": name, "namespace": "vms", "uid": name,
+                             "creationTimestamp": at(age),
+                             "annotations": {EVACUATION_MIGRATION_ANNOTATION: "node-a"}},
+                "spec": {"vmiName": "vm-0"},
+                "status": {"phase": phase, "phaseTransitionTimestamps": transitions}
+            }))
+            .unwrap(),
+        )
+    }
+
+    #[test]
+    fn evacuation_migrations_back_off_after_failures_as_kubevirt_does() {
+        // Time scale 1: KubeVirt's own seconds.
+        let cfg = ClusterConfig::from_kubevirt(None, 1.0);
+        let new = evacuation("c", 1, "Pending", None);
+        // No earlier failure: no wait.
+        assert_eq!(
+            evacuation_backoff_left(&new, std::slice::from_ref(&new), &cfg),
+            None
+        );
+        // One failure 5 s ago: 20 s from it, about 15 s left.
+        let all = vec![evacuation("b", 30, "Failed", Some(5)), new.clone()];
+        let left = evacuation_backoff_left(&new, &all, &cfg).unwrap();
+        assert!(
+            left > Duration::from_secs(13) && left <= Duration::from_secs(15),
+            "{left:?}"
+        );
+        // Two failures in a row: 40 s from the last one.
+        let all = vec![
+            evacuation("a", 60, "Failed", Some(50)),
+            evacuation("b", 30, "Failed", Some(5)),
+            new.clone(),
+        ];
+        let left = evacuation_backoff_left(&new, &all, &cfg).unwrap();
+        assert!(
+            left > Duration::from_secs(33) && left <= Duration::from_secs(35),
+            "{left:?}"
+        );
+        // A success in between resets the count; a wait already over is none.
+        let all = vec![
+            evacuation("a", 60, "Failed", Some(50)),
+            evacuation("s", 40, "Succeeded", None),
+            evacuation("b", 30, "Failed", Some(25)),
+            new.clone(),
+        ];
+        assert_eq!(evacuation_backoff_left(&new, &all, &cfg), None);
+        // Only the newest migration waits.
+        let older = evacuation("b", 30, "Pending", None);
+        let all = vec![
+            evacuation("a", 60, "Failed", Some(5)),
+            older.clone(),
+            new.clone(),
+        ];
+        assert_eq!(evacuation_backoff_left(&older, &all, &cfg), None);
     }
 }

@@ -408,6 +408,9 @@ impl Context {
             ours_in_flight,
         );
         self.metrics.record_node(name, state);
+        let kubevirt = self.stores.kubevirt.state().first().cloned();
+        self.metrics
+            .record_kubevirt(kubevirt.as_ref().and_then(|kv| kv.observed_version()));
         self.set_report(
             name,
             Some(NodeReport {

@@ -152,26 +152,11 @@ pub fn start(client: &Client, filter: &NodeFilter, trigger: Trigger) -> (Stores,
         watcher::Config::default(),
         trigger.clone(),
         move |m: &VirtualMachineInstanceMigration, deleted| {
-            let mut names: Vec<String> = m
-                .annotations()
-                .get(MIGRATION_NODE_ANNOTATION)
-                .cloned()
-                .into_iter()
-                .collect();
-            names.extend(m.source_node().map(String::from));
             let vmi = ObjectRef::new(&m.spec.vmi_name).within(&m.namespace().unwrap_or_default());
-            names.extend(
-                vmi_store
-                    .get(&vmi)
-                    .and_then(|v| v.node_name().map(String::from)),
-            );
-            let mut wakes = wake_nodes(names);
-            // A migration that ended or went away frees a cluster-wide slot: every drain
-            // waiting for one may go on.
-            if deleted || m.is_final() || m.metadata.deletion_timestamp.is_some() {
-                wakes.push(Wake::Draining);
-            }
-            wakes
+            let vmi_node = vmi_store
+                .get(&vmi)
+                .and_then(|v| v.node_name().map(String::from));
+            migration_wakes(m, deleted, vmi_node)
         },
         "virtualmachineinstancemigrations",
     );
@@ -197,6 +182,31 @@ pub fn start(client: &Client, filter: &NodeFilter, trigger: Trigger) -> (Stores,
         },
         tasks,
     )
+}
+
+/// Who a migration's change concerns: the node it drains (vacate's annotation), its source,
+/// and the node its VMI runs on; and, when it ended or went away, every drain waiting for
+/// the cluster-wide slot it held.
+fn migration_wakes(
+    m: &VirtualMachineInstanceMigration,
+    deleted: bool,
+    vmi_node: Option<String>,
+) -> Vec<Wake> {
+    let mut names: Vec<String> = m
+        .annotations()
+        .get(MIGRATION_NODE_ANNOTATION)
+        .cloned()
+        .into_iter()
+        .collect();
+    names.extend(m.source_node().map(String::from));
+    names.extend(vmi_node);
+    names.sort();
+    names.dedup();
+    let mut wakes = wake_nodes(names);
+    if deleted || m.is_final() || m.metadata.deletion_timestamp.is_some() {
+        wakes.push(Wake::Draining);
+    }
+    wakes
 }
 
 /// Drops what no cache of vacate's reads: the managed fields of every object.
@@ -320,7 +330,7 @@ mod tests {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, Ordering};
 
-    use super::Tasks;
+    use super::{Tasks, VirtualMachineInstanceMigration, Wake, migration_wakes};
 
     /// Sets its flag when the task holding it ends, however it ends.
     struct Ended(Arc<AtomicBool>);
@@ -328,6 +338,36 @@ mod tests {
     impl Drop for Ended {
         fn drop(&mut self) {
             self.0.store(true, Ordering::SeqCst);
+        }
+    }
+
+    fn migration(phase: Option<&str>) -> VirtualMachineInstanceMigration {
+        let mut m: VirtualMachineInstanceMigration = serde_json::from_value(serde_json::json!({
+            "apiVersion": "kubevirt.io/v1", "kind": "VirtualMachineInstanceMigration",
+            "metadata": {"name": "m", "namespace": "vms",
+                         "annotations": {"vacate.io/node": "worker-1"}},
+            "spec": {"vmiName": "vm-0"}
+        }))
+        .unwrap();
+        if let Some(phase) = phase {
+            m.status = serde_json::from_value(serde_json::json!({"phase": phase})).unwrap();
+        }
+        m
+    }
+
+    #[test]
+    fn a_migration_that_ends_or_goes_wakes_every_draining_node() {
+        let node = |n: &str| Wake::Node(n.to_string());
+        let running = migration_wakes(&migration(Some("Running")), false, Some("worker-1".into()));
+        assert_eq!(running, vec![node("worker-1")]);
+        for (m, deleted) in [
+            (migration(Some("Succeeded")), false),
+            (migration(Some("Failed")), false),
+            (migration(Some("Running")), true),
+        ] {
+            let wakes = migration_wakes(&m, deleted, Some("worker-2".into()));
+            assert!(wakes.contains(&Wake::Draining), "{wakes:?}");
+            assert!(wakes.contains(&node("worker-1")) && wakes.contains(&node("worker-2")));
         }
     }
 

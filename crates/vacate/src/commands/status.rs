@@ -227,6 +227,19 @@ pub async fn status(config: Config, watch: bool) -> anyhow::Result<()> {
             }
         };
         print!("{}", fleet_summary(&config, Utc::now(), &fleet, &last_runs));
+        let kubevirts: Api<kubevirt_api::KubeVirt> = Api::all(client.clone());
+        match kubevirts.list(&ListParams::default()).await {
+            Ok(list) => {
+                for kv in &list.items {
+                    println!(
+                        "KubeVirt: {} (CR {})",
+                        kv.observed_version().unwrap_or("version not reported yet"),
+                        kv.name_any()
+                    );
+                }
+            }
+            Err(e) => eprintln!("cannot read the KubeVirt CR: {e}"),
+        }
         return Ok(());
     }
     // Progress bars on a terminal; one line per change when the output is a file or pipe.

@@ -167,7 +167,12 @@ impl Planner<'_> {
                 continue;
             }
             match record.outcome {
-                VmiOutcome::Evicting | VmiOutcome::Restarting => continue,
+                VmiOutcome::Evicting | VmiOutcome::Restarting => {
+                    self.waiting_for.get_or_insert_with(|| {
+                        format!("VMI {key} to leave the node (KubeVirt moves or stops it)")
+                    });
+                    continue;
+                }
                 VmiOutcome::Migrated | VmiOutcome::Evicted | VmiOutcome::Restarted => {
                     // Finished, but the VMI has not been seen leaving yet.
                     continue;
