@@ -1,6 +1,8 @@
-# vacate: the two entry points. Both do all their own set-up on a fresh machine.
+# vacate: the entry points. Each does all its own set-up on a fresh machine.
 #   make demo   build, start a local testbed cluster, drain a node live, clean up
 #   make test   the whole test suite (what CI runs)
+#   make bench  vacate against kubectl drain and the bound, into docs/benchmarks.md and
+#               docs/benchmarks.png (~25 min; ROUNDS=2 BENCH_SCALE1=0 for a quick check)
 
 .PHONY: demo test bench build lint unit
 

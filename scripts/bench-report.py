@@ -9,6 +9,7 @@ import datetime
 import json
 import os
 import platform
+import re
 import statistics
 import subprocess
 import sys
@@ -78,9 +79,10 @@ def main():
         per_scenario[s] = dict(v=v, k=k, migrated=migrated)
         summary += [
             (f"drain time / bound, median ({s})", fmt_pair(vr, kr, statistics.median),
-             f"≤ {TARGET_MEDIAN:.2f}", met(vr and statistics.median(vr) <= TARGET_MEDIAN)),
+             f"≤ {TARGET_MEDIAN:.2f}",
+             met(vr and statistics.median(vr) <= TARGET_MEDIAN) + below_one(vr)),
             (f"drain time / bound, max ({s})", fmt_pair(vr, kr, max),
-             f"≤ {TARGET_MAX:.2f}", met(vr and max(vr) <= TARGET_MAX)),
+             f"≤ {TARGET_MAX:.2f}", met(vr and max(vr) <= TARGET_MAX) + below_one(vr)),
             (f"vacate ≤ kubectl drain in every round ({s})",
              f"{wins} of {paired} rounds", "every round", met(paired and wins == paired)),
             (f"API writes per migrated VMI, vacate ({s})",
@@ -106,6 +108,11 @@ def main():
 
 def met(ok):
     return "yes" if ok else "no"
+
+
+def below_one(ratios):
+    """A mark for ratios below 1, which only the simulator's whole-second timing allows."""
+    return "*" if any(r < 1 for r in ratios) else ""
 
 
 def fmt_pair(vr, kr, f):
@@ -200,22 +207,15 @@ def has_cairo():
     return "pngcairo" in out.stdout + out.stderr
 
 
-def git(*a):
-    try:
-        return subprocess.run(["git", *a], capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "?"
-
-
 def write_doc(args, results, runs, scale1_runs, scenarios, summary, cordon, commands, per_scenario):
     b0 = results[0]["bound"]
-    date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")
+    meta = json.load(open(os.path.join(args.out, "meta.json")))
     L = []
     w = L.append
     w("# Benchmarks")
     w("")
-    w(f"Written by `make bench` (scripts/bench.sh, scripts/bench-report.py) on {date}: commit "
-      f"`{git('rev-parse', '--short', 'HEAD')}`{' with local changes' if git('status', '--porcelain', '--untracked-files=no') else ''}, "
+    w(f"Written by `make bench` (scripts/bench.sh, scripts/bench-report.py) on {meta['date']}: "
+      f"commit `{meta['commit']}`{' with local changes' if meta['dirty'] else ''}, "
       f"{os.cpu_count()} cores ({platform.machine()}), release builds, ROUNDS={args.rounds}, "
       f"time scale {args.time_scale}, BENCH_SCALE1={args.scale1}. Every figure below was measured "
       "in that run; the machine is shared with other builds, so compare the tools within a round.")
@@ -226,6 +226,12 @@ def write_doc(args, results, runs, scale1_runs, scenarios, summary, cordon, comm
     w("|---|---|---|---|")
     for row in summary:
         w("| " + " | ".join(row) + " |")
+    w("")
+    if any("*" in row[3] for row in summary):
+        w("\\* Some ratios are below 1.00: the simulator times each migration from whole-second "
+          "timestamps and so lets a drain beat the bound (see \"A caveat about the simulator\" below); "
+          "these ratios are biased low and the target is met on a figure that flatters vacate. The "
+          "time-scale-1 round has the least bias.")
     w("")
     w("![drain time per round against the bound](benchmarks.png)")
     w("")
@@ -248,8 +254,11 @@ def write_doc(args, results, runs, scale1_runs, scenarios, summary, cordon, comm
       "KubeVirt limits it):")
     w("")
     w("```toml")
-    w(open(os.path.join(args.out, "vacate.toml")).read().strip().replace(
-        results[-1]["prefix"], "<prefix>"))
+    toml = open(os.path.join(args.out, "vacate.toml")).read().strip()
+    toml = re.sub(r'set=[^"]*"', 'set=<prefix>"', toml)
+    toml = re.sub(r'"bench-[^"]*"', '"bench-<prefix>"', toml)
+    toml = re.sub(r'127\.0\.0\.1:\d+', "127.0.0.1:<free port>", toml)
+    w(toml)
     w("```")
     w("")
     w("## The bound")
@@ -287,8 +296,8 @@ def write_doc(args, results, runs, scale1_runs, scenarios, summary, cordon, comm
       "copy from timestamps it reads back from the API server (the migration's phase transition, the "
       "VMI's `migrationState.startTimestamp`), which Kubernetes keeps in whole seconds. Each of the two "
       "therefore ends up to 1 s (real time) early, 0.5 s on average, whatever the time scale, so a drain "
-      "can beat the bound above: at time scale 5 a 4 GiB copy is due to take 6.4 s and takes 5.4 to "
-      "6.4 s. The ratio is then biased low, most at a high time scale and least at time scale 1. The "
+      "can beat the bound above: at time scale 5 a 4 GiB copy is due to take 6.4 s and may take as "
+      "little as 5.4 s. The ratio is then biased low, most at a high time scale and least at time scale 1. The "
       "\"simulator floor\" column gives the strict floor for the simulator as it stands (each "
       "preparation and copy 1 s shorter, not below 0); the truth lies between the two ratios.")
     w("")
@@ -353,7 +362,8 @@ def write_doc(args, results, runs, scale1_runs, scenarios, summary, cordon, comm
         w("")
     w("## Commands")
     w("")
-    w("Every command the run used, in order (`$STATE` is the testbed's temporary state folder, "
+    w("Every command the run used, in order (`$WORK` is the run's temporary folder with the measurements "
+      "in `$WORK/out`, `$STATE` = `$WORK/testbed` the testbed's state folder, "
       "`$BIN` the release build folder, `$KUBE_BIN` the folder of the Kubernetes binaries that "
       "tests/testbed/build.sh prints):")
     w("")

@@ -42,6 +42,11 @@ work=$(mktemp -d "${TMPDIR:-/tmp}/vacate-bench-XXXXXX")
 state="$work/testbed"
 out="$work/out"
 mkdir -p "$out"
+# What was measured: the commit the binaries were built from, and whether the tree differed.
+dirty=false
+[ -n "$(git status --porcelain --untracked-files=no 2>/dev/null)" ] && dirty=true
+printf '{"commit":"%s","dirty":%s,"date":"%s"}\n' "$(git rev-parse --short HEAD 2>/dev/null || echo unknown)" \
+  "$dirty" "$(date -u +%Y-%m-%d)" >"$out/meta.json"
 export KUBECONFIG="$state/kubeconfig"
 vacate_pid=""
 cleanup() {
@@ -53,13 +58,17 @@ trap cleanup EXIT
 
 # Every command that produces a figure is run through `run`, which also records it for the
 # report (with the state folder and binary folders written as $STATE, $BIN and $KUBE_BIN).
-run() {
+record() {
   local line="$*"
   line=${line//"$state"/\$STATE}
+  line=${line//"$work"/\$WORK}
   line=${line//"$bin_dir"/\$KUBE_BIN}
   line=${line//"$bin"/\$BIN}
   line=${line//"$PWD"\//}
   printf '%s\n' "$line" >>"$out/commands.txt"
+}
+run() {
+  record "$@"
   "$@"
 }
 kubectl() { "$bin_dir/kubectl" "$@"; }
@@ -100,8 +109,10 @@ unmanaged = "evict"
 listen = "127.0.0.1:$port"
 TOML
   cp "$out/vacate-$prefix.toml" "$out/vacate.toml"
-  KUBECONFIG="$state/vacate.kubeconfig" run "$bin/vacate" run --config "$out/vacate-$prefix.toml" \
-    >"$out/vacate-$prefix.log" 2>&1 &
+  local cmd=(env KUBECONFIG="$state/vacate.kubeconfig" "$bin/vacate" run --config "$out/vacate-$prefix.toml")
+  record "${cmd[@]}"
+  # Started directly (env execs vacate), so $! is vacate itself and stop_vacate ends it.
+  "${cmd[@]}" >"$out/vacate-$prefix.log" 2>&1 &
   vacate_pid=$!
   for _ in $(seq 1 600); do
     grep -q "vacate is running" "$out/vacate-$prefix.log" && return 0
@@ -114,6 +125,10 @@ TOML
 stop_vacate() {
   kill "$vacate_pid" 2>/dev/null || true
   wait "$vacate_pid" 2>/dev/null || true
+  if kill -0 "$vacate_pid" 2>/dev/null; then
+    echo "bench: vacate (pid $vacate_pid) did not stop" >&2
+    return 1
+  fi
   vacate_pid=""
 }
 

@@ -302,8 +302,10 @@ impl NodeWatch {
                         m.remove(n.metadata.name.as_deref().unwrap_or_default());
                     }),
                     Err(e) => {
-                        tracing::warn!("node watch: {e}");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        // The watcher lists again on its next poll; a short pause keeps a
+                        // failing API server from being hammered without delaying a sample.
+                        tracing::info!("node watch: {e}");
+                        tokio::time::sleep(Duration::from_millis(10)).await;
                     }
                 }
             }
