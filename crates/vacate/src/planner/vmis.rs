@@ -163,6 +163,11 @@ impl Planner<'_> {
                 });
                 if !ours {
                     record.outcome = VmiOutcome::MigratingExternally;
+                    self.waiting_for.get_or_insert_with(|| {
+                        format!(
+                            "a migration of VMI {key} that vacate did not start (KubeVirt's evacuation or a person's)"
+                        )
+                    });
                 }
                 continue;
             }
@@ -377,6 +382,8 @@ impl Planner<'_> {
                     return;
                 };
                 // The outcome becomes Evicting when the eviction is accepted (record_outcome).
+                self.waiting_for
+                    .get_or_insert_with(|| format!("the eviction of VMI {key} ({why})"));
                 self.actions.push(Action::EvictPod {
                     namespace: vmi.namespace.clone(),
                     name: pod.clone(),
