@@ -151,6 +151,8 @@ drain() {
     stopped=""
   fi
   after=$(run "$bin/testbed" bench-bound --state-dir "$state" "$node")
+  # The drain's migrations, for the report's look at how long the simulator took per phase.
+  kubectl get virtualmachineinstancemigrations -n "$prefix-vms" -o json >"$out/migrations-$prefix.json"
   printf '{"scenario":"%s","tool":"%s","round":%s,"prefix":"%s","requested_scale":%s,"vacate_stopped_unix":%s,"bound":%s,"timing":%s,"after":%s}\n' \
     "$scenario" "$tool" "$round" "$prefix" "$scale" "${stopped:-null}" "$before" "$timing" "$after" \
     >>"$out/results.jsonl"
