@@ -37,7 +37,16 @@ export VACATE_TESTBED_KUBECONFIG="$state_dir/kubeconfig"
 export VACATE_KUBEVIRT_SIM="$CARGO_TARGET_DIR/debug/kubevirt-sim"
 
 step "tests"
-cargo test --workspace --locked --no-fail-fast
+# Failures are repeated at the end, without backtraces, so the tail of a long log says
+# what failed and why.
+export RUST_BACKTRACE=0
+log="$state_dir/tests.log"
+if ! cargo test --workspace --locked --no-fail-fast 2>&1 | tee "$log"; then
+  step "failures"
+  awk '/^---- .* stdout ----$/ {show=1; n=0} /^failures:$/ && show {show=0} show && n++ < 40' "$log"
+  grep -E '^test .* FAILED$' "$log" || true
+  exit 1
+fi
 
 if [ -x tests/artifacts/check.sh ]; then
   step "shipping artifacts (manifests, unit, dashboard, alerts)"

@@ -133,7 +133,13 @@ async fn eviction_webhook_answers_for_each_strategy() -> Result<()> {
         evacuation.metadata.annotations.as_ref().unwrap()[EVACUATION_MIGRATION_ANNOTATION],
         lm.node_name().unwrap()
     );
-    assert_eq!(evacuation.phase(), Some(MigrationPhase::Succeeded));
+    // The VMI shows its new node before the migration controller marks the migration
+    // Succeeded (as in KubeVirt, where virt-handler updates the VMI first).
+    env.wait_migration_phase(
+        evacuation.metadata.name.as_deref().unwrap(),
+        MigrationPhase::Succeeded,
+    )
+    .await?;
 
     // LiveMigrate, not migratable: 429 without a mark.
     expect_denied(
