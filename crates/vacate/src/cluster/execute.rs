@@ -89,37 +89,22 @@ impl Executor<'_> {
         let node = self.node_name();
         let nodes: Api<Node> = Api::all(self.client.clone());
         match action {
-            Action::Cordon | Action::Uncordon => {
-                let unschedulable = matches!(action, Action::Cordon);
-                let patch = json!({"spec": {"unschedulable": unschedulable}});
-                let doing = if unschedulable {
-                    "cordoning"
-                } else {
-                    "uncordoning"
-                };
+            Action::Cordon
+            | Action::Uncordon
+            | Action::SetDrainedLabel(_)
+            | Action::RemoveLabel(_) => {
+                let patch = self.node_patch(&[action]);
                 let result = nodes
                     .patch(&node, &PatchParams::default(), &Patch::Merge(&patch))
                     .await;
                 let result = self.note_version(result);
-                match done(result, &format!("{doing} node {node}"))? {
-                    ActionResult::Done => Ok(ActionResult::Done),
-                    other => Err(Error::NodeNotFound(format!("{node} ({other:?})"))),
+                let outcome = done(result, &format!("changing node {node} ({action:?})"))?;
+                if matches!(action, Action::Cordon | Action::Uncordon)
+                    && outcome != ActionResult::Done
+                {
+                    return Err(Error::NodeNotFound(format!("{node} ({outcome:?})")));
                 }
-            }
-            Action::SetDrainedLabel(_) | Action::RemoveLabel(_) => {
-                let (label, value) = match action {
-                    Action::SetDrainedLabel(set) => {
-                        (&self.config.node.drained_label, set.then_some("true"))
-                    }
-                    Action::RemoveLabel(label) => (label, None),
-                    _ => unreachable!("matched above"),
-                };
-                let patch = json!({"metadata": {"labels": {label: value}}});
-                let result = nodes
-                    .patch(&node, &PatchParams::default(), &Patch::Merge(&patch))
-                    .await;
-                let result = self.note_version(result);
-                done(result, &format!("labelling node {node}"))
+                Ok(outcome)
             }
             Action::CreateMigration {
                 namespace,
@@ -169,21 +154,8 @@ impl Executor<'_> {
                 let api: Api<Pod> = Api::namespaced(self.client.clone(), namespace);
                 let result = api.evict(name, &EvictParams::default()).await;
                 let outcome = done(result, &format!("evicting pod {namespace}/{name}"))?;
+                // Evicted pods are announced together, in one event per plan (the shell's).
                 match &outcome {
-                    ActionResult::Done => {
-                        let subject = Subject {
-                            kind: "Pod",
-                            namespace: namespace.clone(),
-                            name: name.clone(),
-                        };
-                        self.publish_about(
-                            EventType::Normal,
-                            "PodEvicted",
-                            format!("evicted pod {namespace}/{name}"),
-                            Some(&subject),
-                        )
-                        .await;
-                    }
                     ActionResult::Refused(message) => {
                         tracing::info!(pod = %name, %namespace, %message, "eviction refused");
                     }
@@ -219,24 +191,21 @@ impl Executor<'_> {
     }
 
     /// Writes (or removes) the state annotation. With `resource_version`, the write only
-    /// succeeds if the node has not changed since the snapshot was taken. With `cordon`,
-    /// the same write cordons the node: a drain's start is one request, state and cordon
-    /// together or neither.
+    /// succeeds if the node has not changed since the snapshot was taken. The node changes
+    /// of the plan (cordon, uncordon, labels) go out in the same request: a drain's start
+    /// is one request, state and cordon together or neither, and so is its end.
     pub async fn write_state(
         &self,
         json: Option<String>,
         resource_version: Option<&str>,
-        cordon: bool,
+        node_changes: &[&Action],
     ) -> Result<()> {
         let node = self.node_name();
         let nodes: Api<Node> = Api::all(self.client.clone());
-        let mut metadata = json!({"annotations": {&self.config.node.state_annotation: json}});
+        let mut patch = self.node_patch(node_changes);
+        patch["metadata"]["annotations"] = json!({&self.config.node.state_annotation: json});
         if let Some(rv) = resource_version {
-            metadata["resourceVersion"] = json!(rv);
-        }
-        let mut patch = json!({ "metadata": metadata });
-        if cordon {
-            patch["spec"] = json!({"unschedulable": true});
+            patch["metadata"]["resourceVersion"] = json!(rv);
         }
         let patch = Patch::Merge(patch);
         let params = PatchParams::default();
@@ -247,6 +216,27 @@ impl Executor<'_> {
         self.note_version(written)
             .map_err(Error::kube(format!("writing the state of node {node}")))?;
         Ok(())
+    }
+
+    /// One merge patch of the node for its cordon, uncordon and label actions.
+    fn node_patch(&self, changes: &[&Action]) -> serde_json::Value {
+        let mut patch = json!({"metadata": {}});
+        for change in changes {
+            match change {
+                Action::Cordon | Action::Uncordon => {
+                    patch["spec"] = json!({"unschedulable": matches!(change, Action::Cordon)});
+                }
+                Action::SetDrainedLabel(set) => {
+                    patch["metadata"]["labels"][&self.config.node.drained_label] =
+                        json!(set.then_some("true"));
+                }
+                Action::RemoveLabel(label) => {
+                    patch["metadata"]["labels"][label] = serde_json::Value::Null;
+                }
+                _ => {}
+            }
+        }
+        patch
     }
 
     pub async fn publish(&self, event_type: EventType, reason: &str, message: String) {

@@ -54,19 +54,20 @@ impl Context {
     async fn check_start(self: &Arc<Self>, node: &Node) -> Result<std::result::Result<(), Gate>> {
         let name = node.name_any();
         let config = &self.config;
-        // Read from the API server, not the watch cache: a consistent view that includes the
-        // drain started a moment ago, also for `vacate drain`, which watches one node only.
-        // The fleet limits look at the nodes vacate handles, the capacity check at all.
-        let all_nodes = Api::<Node>::all(self.client.clone())
-            .list(&ListParams::default())
-            .await
-            .map_err(Error::kube("listing nodes for the fleet limits"))?
-            .items;
-        let fleet: Vec<FleetNode> = all_nodes
-            .iter()
-            .filter(|n| config.node.selector.matches(n.labels()))
-            .map(|n| fleet_node(n, config))
-            .collect();
+        // The fleet limits look at the nodes vacate handles. The daemon's watch cache holds
+        // them all and includes the drain it started a moment ago (every reconciliation
+        // waits until the cache shows its own writes); `vacate drain`, which watches one
+        // node, lists them from the API server.
+        let fleet: Vec<FleetNode> = if self.node_cache.has_fleet {
+            self.fleet_nodes()
+        } else {
+            self.list_nodes()
+                .await?
+                .iter()
+                .filter(|n| config.node.selector.matches(n.labels()))
+                .map(|n| fleet_node(n, config))
+                .collect()
+        };
         let last_start = *self.last_start.lock().expect("last start lock");
         if let Err(gate) = planner::fleet::check(config, &name, &fleet, last_start, Utc::now()) {
             return Ok(Err(gate));
@@ -94,9 +95,29 @@ impl Context {
             }
         }
         if self.config.fleet.capacity_check {
+            // Every node of the cluster, not only those vacate handles: VMs and pods may go
+            // anywhere.
+            let all_nodes = if self.node_cache.has_cluster {
+                self.stores
+                    .nodes
+                    .state()
+                    .iter()
+                    .map(|n| (**n).clone())
+                    .collect()
+            } else {
+                self.list_nodes().await?
+            };
             return self.capacity(&name, &all_nodes).await;
         }
         Ok(Ok(()))
+    }
+
+    async fn list_nodes(&self) -> Result<Vec<Node>> {
+        Ok(Api::<Node>::all(self.client.clone())
+            .list(&ListParams::default())
+            .await
+            .map_err(Error::kube("listing nodes for the start gate"))?
+            .items)
     }
 
     /// Prometheus is asked again once its answer may have changed.
@@ -181,7 +202,6 @@ impl Context {
             entry.0.add(requests);
             entry.1 += 1;
         }
-        // Every node of the cluster, not only those vacate handles: VMs and pods may go anywhere.
         let targets: Vec<Target> = all_nodes
             .iter()
             .filter(|n| n.name_any() != name)

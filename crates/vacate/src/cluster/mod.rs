@@ -34,9 +34,9 @@ use crate::planner::{
     Snapshot,
 };
 use execute::Executor;
-use read::Ledger;
+use read::{Kept, Ledger};
 pub use read::{Look, Read};
-use watch::{NodeFilter, PodWatches, Stores, Trigger, Wake};
+use watch::{NodeCache, NodeFilter, PodWatches, Stores, Trigger, Wake};
 
 /// Wait after a failed reconciliation before the next attempt.
 const ERROR_BACKOFF: Duration = Duration::from_secs(5);
@@ -55,9 +55,11 @@ pub struct Context {
     pub metrics: Metrics,
     pub recorder: Recorder,
     pub stores: Stores,
+    node_cache: NodeCache,
     pub pods: PodWatches,
     trigger: Trigger,
     ledger: Mutex<Ledger>,
+    kept: Mutex<Kept>,
     reports: Mutex<HashMap<String, NodeReport>>,
     report_tx: tokio_watch::Sender<HashMap<String, NodeReport>>,
     /// When this daemon last started a drain (the delay between drains counts from it).
@@ -106,9 +108,11 @@ impl Shell {
             metrics,
             recorder,
             stores,
+            node_cache: filter.cache(),
             pods: PodWatches::default(),
             trigger: tx,
             ledger: Mutex::new(Ledger::default()),
+            kept: Mutex::new(Kept::default()),
             reports: Mutex::new(HashMap::new()),
             report_tx,
             last_start: Mutex::new(None),
@@ -206,6 +210,7 @@ impl Context {
 
     /// Drops everything kept for a node that left the cache or the drain.
     fn forget(&self, node: &str) {
+        self.kept.lock().expect("kept states lock").forget(node);
         self.pods.stop(node);
         self.metrics.forget_node(node);
         self.set_report(node, None);
@@ -250,31 +255,46 @@ impl Context {
     /// when to look again.
     pub async fn reconcile(self: &Arc<Self>, name: &str) -> Result<Option<Duration>> {
         let config = &self.config;
-        let Read {
-            node,
-            snapshot: mut snap,
-            ours_in_flight,
-        } = match self.look(name, false).await? {
+        // The start gate (fleet limits, blockers, capacity) is asked while the node's pods
+        // are read, when the node may start a drain: a request is cordoned sooner.
+        let wants_to_start = self
+            .stores
+            .nodes
+            .get(&ObjectRef::new(name))
+            .filter(|node| config.node.selector.matches(node.labels()))
+            .filter(|node| {
+                let view = snapshot::node_view(node, config);
+                planner::node_wants_to_start(&view, Utc::now(), config)
+            });
+        let gate = async {
+            match &wants_to_start {
+                Some(node) => self.start_gate(node).await.map(Some),
+                None => Ok(None),
+            }
+        };
+        let (look, gate) = tokio::join!(self.look(name, false), gate);
+        let mut read = match look? {
             Look::Node(read) => *read,
             Look::Gone | Look::NotInvolved => {
                 self.forget(name);
                 return Ok(None);
             }
         };
-        if planner::wants_to_start(&snap, config) {
-            snap.start_gate = self.start_gate(&node).await?;
+        if let Some(gate) = gate? {
+            read.snapshot.start_gate = gate;
         }
-        let plan = planner::plan(&snap, config);
+        let plan = planner::plan(&read.snapshot, config);
         let Applied {
             state,
             replan_at,
             failed,
-        } = match self.apply(&node, &plan, &snap).await? {
+        } = match self.apply(&read, &plan).await? {
             Some(applied) => applied,
             // Someone changed the node since the snapshot: plan again with fresh data.
             None => return Ok(Some(Duration::from_millis(200))),
         };
-        self.report(name, &snap, &plan, state.as_ref(), ours_in_flight);
+        let snap = &read.snapshot;
+        self.report(name, snap, &plan, state.as_ref(), read.ours_in_flight);
         if let Some(error) = failed {
             // The other actions ran; this one is tried again after the error back-off.
             return Err(error);
@@ -293,12 +313,14 @@ impl Context {
         Ok(next)
     }
 
-    /// Carries the plan out: the new state first (a vacate that dies after an action and
-    /// before recording it finds the intent on restart and repeats the idempotent action),
-    /// then the actions, then what their results changed. `None` when the node changed
-    /// since the snapshot and the plan must be made again.
-    async fn apply(&self, node: &Node, plan: &Plan, snap: &Snapshot) -> Result<Option<Applied>> {
+    /// Carries the plan out: the new state first, with the plan's node changes in the same
+    /// request (a vacate that dies after an action and before recording it finds the intent
+    /// on restart and repeats the idempotent action), then the other actions, then what
+    /// their results changed, kept until the next write. `None` when the node changed since
+    /// the snapshot and the plan must be made again.
+    async fn apply(&self, read: &Read, plan: &Plan) -> Result<Option<Applied>> {
         let config = &self.config;
+        let (node, snap) = (&*read.node, &read.snapshot);
         let name = node.name_any();
         let executor = Executor {
             client: &self.client,
@@ -307,14 +329,19 @@ impl Context {
             node,
             written_version: Default::default(),
         };
-        // A cordon that starts a drain goes out with the state that records it.
-        let cordon_with_state =
-            matches!(plan.state, NextState::Write(_)) && plan.actions.contains(&Action::Cordon);
+        let with_state = !matches!(plan.state, NextState::Unchanged | NextState::Keep(_));
+        let node_changes: Vec<&Action> = if with_state {
+            plan.actions.iter().filter(|a| a.is_node_change()).collect()
+        } else {
+            Vec::new()
+        };
+        // What the annotation holds once the write is done.
+        let mut stored = read.stored.clone();
         let mut state = match &plan.state {
             NextState::Write(s) => {
                 let rv = node.resource_version();
-                let write =
-                    executor.write_state(Some(s.to_json()), rv.as_deref(), cordon_with_state);
+                let json = s.to_json();
+                let write = executor.write_state(Some(json.clone()), rv.as_deref(), &node_changes);
                 if let Err(error) = write.await {
                     if let Error::Kube { source, .. } = &error
                         && status_code(source) == Some(409)
@@ -323,16 +350,22 @@ impl Context {
                     }
                     return Err(error);
                 }
+                stored = Some(json);
                 Some((**s).clone())
             }
+            NextState::Keep(s) => Some((**s).clone()),
             NextState::Unchanged => snap.node.state.valid().cloned(),
             NextState::Clear => None,
         };
-        let written = state.clone();
         let mut replan_at = None;
         let mut failed = None;
+        let mut evicted = Vec::new();
         for action in &plan.actions {
-            let result = if cordon_with_state && *action == Action::Cordon {
+            let result = if node_changes.contains(&action) {
+                if matches!(plan.state, NextState::Clear) {
+                    // Sent below, with the removal of the state.
+                    continue;
+                }
                 ActionResult::Done
             } else {
                 match executor.run(action).await {
@@ -348,17 +381,27 @@ impl Context {
                 }
             };
             self.metrics.record_action(action, &result);
-            if let (
-                Action::CreateMigration {
-                    namespace,
-                    name: m,
-                    vmi,
-                },
-                ActionResult::Done,
-            ) = (action, &result)
-            {
-                let mut ledger = self.ledger.lock().expect("ledger lock");
-                ledger.created(namespace, m, &name, vmi);
+            match (action, &result) {
+                (
+                    Action::CreateMigration {
+                        namespace,
+                        name: m,
+                        vmi,
+                    },
+                    ActionResult::Done,
+                ) => {
+                    let mut ledger = self.ledger.lock().expect("ledger lock");
+                    ledger.created(namespace, m, &name, vmi);
+                }
+                (
+                    Action::EvictPod {
+                        namespace,
+                        name: pod,
+                        vmi: None,
+                    },
+                    ActionResult::Done,
+                ) => evicted.push(format!("{namespace}/{pod}")),
+                _ => {}
             }
             if let Some(s) = state.as_mut()
                 && let Some(at) = planner::record_outcome(s, action, &result, Utc::now(), config)
@@ -366,12 +409,37 @@ impl Context {
                 replan_at = Some(replan_at.map_or(at, |r: chrono::DateTime<Utc>| r.min(at)));
             }
         }
-        match (&plan.state, &state) {
-            (NextState::Clear, _) => executor.write_state(None, None, false).await?,
-            (_, Some(s)) if state != written => {
-                executor.write_state(Some(s.to_json()), None, false).await?
+        if !evicted.is_empty() {
+            let message = format!("evicted {} pods: {}", evicted.len(), evicted.join(", "));
+            executor
+                .publish(planner::EventType::Normal, "PodsEvicted", message)
+                .await;
+        }
+        if matches!(plan.state, NextState::Clear) {
+            executor.write_state(None, None, &node_changes).await?;
+            for action in &node_changes {
+                self.metrics.record_action(action, &ActionResult::Done);
             }
-            _ => {}
+        }
+        // What the results changed is written when others need to see it (a blocker, a
+        // failure) and kept for the next write otherwise.
+        if let Some(s) = &state {
+            let durable = planner::StateAnnotation::parse(stored.as_deref())
+                .valid()
+                .map(DrainState::durable_part);
+            if durable.as_ref() != Some(&s.durable_part()) {
+                executor.write_state(Some(s.to_json()), None, &[]).await?;
+                stored = Some(s.to_json());
+            }
+        }
+        {
+            let mut kept = self.kept.lock().expect("kept states lock");
+            match &state {
+                Some(s) if stored.as_deref() != Some(s.to_json().as_str()) => {
+                    kept.keep(&name, stored, s.clone());
+                }
+                _ => kept.forget(&name),
+            }
         }
         // The next look at this node must see what was just written, not an older copy
         // from the watch cache: wait (briefly) until the cache has caught up.

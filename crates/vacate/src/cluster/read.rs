@@ -14,7 +14,9 @@ use kube::runtime::reflector::ObjectRef;
 use super::Context;
 use super::snapshot;
 use crate::error::Result;
-use crate::planner::{self, MigrationPhase, MigrationView, Snapshot, StartGate, StateAnnotation};
+use crate::planner::{
+    self, DrainState, MigrationPhase, MigrationView, Snapshot, StartGate, StateAnnotation,
+};
 
 /// How long a just-created migration counts as in flight before the watch cache shows it.
 const LEDGER_TTL: Duration = Duration::from_secs(120);
@@ -35,6 +37,37 @@ impl Ledger {
     }
 }
 
+/// States that changed only in what the next look derives again (see
+/// [`planner::NextState::Keep`]), not written yet: node name to the annotation they build
+/// on and the newer state. A kept state counts only while the annotation is still the one
+/// it builds on; anyone else's write (another replica, `vacate drain`) makes it void.
+#[derive(Default)]
+pub(super) struct Kept {
+    states: HashMap<String, (Option<String>, DrainState)>,
+}
+
+impl Kept {
+    pub(super) fn keep(&mut self, node: &str, base: Option<String>, state: DrainState) {
+        self.states.insert(node.to_string(), (base, state));
+    }
+
+    pub(super) fn forget(&mut self, node: &str) {
+        self.states.remove(node);
+    }
+
+    /// The kept state of a node whose annotation is still `stored`.
+    fn current(&mut self, node: &str, stored: Option<&str>) -> Option<DrainState> {
+        match self.states.get(node) {
+            Some((base, state)) if base.as_deref() == stored => Some(state.clone()),
+            Some(_) => {
+                self.states.remove(node);
+                None
+            }
+            None => None,
+        }
+    }
+}
+
 /// What reading a node found.
 pub enum Look {
     /// Deleted, or outside the watch's node filter.
@@ -46,6 +79,8 @@ pub enum Look {
 
 pub struct Read {
     pub node: Arc<Node>,
+    /// The state annotation as the node holds it.
+    pub stored: Option<String>,
     pub snapshot: Snapshot,
     /// vacate's own migrations in flight, cluster-wide.
     pub ours_in_flight: usize,
@@ -62,7 +97,19 @@ impl Context {
         if !config.node.selector.matches(node.labels()) {
             return Ok(Look::NotInvolved);
         }
-        let view = snapshot::node_view(&node, config);
+        let mut view = snapshot::node_view(&node, config);
+        let stored = node
+            .annotations()
+            .get(&config.node.state_annotation)
+            .cloned();
+        let kept = self
+            .kept
+            .lock()
+            .expect("kept states lock")
+            .current(name, stored.as_deref());
+        if let Some(kept) = kept {
+            view.state = StateAnnotation::Valid(Box::new(kept));
+        }
         let involved =
             planner::request_of(&view).is_some() || view.state != StateAnnotation::Absent;
         if !involved && !include_idle {
@@ -101,6 +148,7 @@ impl Context {
         };
         Ok(Look::Node(Box::new(Read {
             node,
+            stored,
             snapshot,
             ours_in_flight,
         })))

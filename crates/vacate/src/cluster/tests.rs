@@ -13,7 +13,7 @@ use kube::runtime::watcher;
 use serde_json::{Value, json};
 
 use super::*;
-use crate::planner::DrainState;
+use crate::planner::{DrainState, VmiOutcome};
 
 const NODE: &str = "worker-1";
 
@@ -56,6 +56,8 @@ struct Fake {
     seen: Arc<Mutex<Vec<Seen>>>,
     script: Arc<Mutex<Script>>,
     nodes: Writer<Node>,
+    vmis: Writer<VirtualMachineInstance>,
+    migrations: Writer<VirtualMachineInstanceMigration>,
     _rx: mpsc::UnboundedReceiver<Wake>,
 }
 
@@ -200,7 +202,7 @@ impl Fake {
         for v in vmis {
             vmi_writer.apply_watcher_event(&watcher::Event::Apply(v));
         }
-        let (migrations, _) = reflector::store::<VirtualMachineInstanceMigration>();
+        let (migrations, migration_writer) = reflector::store::<VirtualMachineInstanceMigration>();
         let (kubevirt, _) = reflector::store::<KubeVirt>();
         let (vms, _) = reflector::store::<kubevirt_api::VirtualMachine>();
         let (trigger, rx) = mpsc::unbounded_channel();
@@ -223,9 +225,11 @@ impl Fake {
                 migrations,
                 kubevirt,
             },
+            node_cache: watch::NodeFilter::default().cache(),
             pods: PodWatches::default(),
             trigger,
             ledger: Mutex::new(Ledger::default()),
+            kept: Mutex::new(Kept::default()),
             reports: Mutex::new(HashMap::new()),
             report_tx,
             last_start: Mutex::new(None),
@@ -236,6 +240,8 @@ impl Fake {
             seen,
             script,
             nodes: node_writer,
+            vmis: vmi_writer,
+            migrations: migration_writer,
             _rx: rx,
         }
     }
@@ -354,6 +360,96 @@ async fn migrations_not_yet_in_the_cache_hold_their_slots() {
     );
     let report = fake.ctx.reports.lock().unwrap()[NODE].clone();
     assert_eq!(report.phase, Phase::Migrating);
+}
+
+/// A migration that finished while others still run changes only what the next look finds
+/// again: the shell keeps the new state instead of writing it, and the next look starts
+/// from the kept state (the migration is counted once, not at every look).
+#[tokio::test]
+async fn finished_migrations_are_kept_until_the_next_write() {
+    let mut fake = Fake::new(config(), requested(), vec![vmi("vm-0"), vmi("vm-1")]);
+    fake.ctx.reconcile(NODE).await.expect("reconcile");
+    let state = fake.last_state();
+    let written = node(
+        json!({"vacate.io/maintenance": "true"}),
+        json!({"vacate.io/state": state.to_json()}),
+        true,
+    );
+    fake.nodes
+        .apply_watcher_event(&watcher::Event::Apply(written));
+    // The migrations as created; vm-0's has succeeded and the VMI runs elsewhere now.
+    for created in fake.seen().iter().filter(|s| s.creates_migration()) {
+        let mut m: VirtualMachineInstanceMigration = serde_json::from_str(&created.body).unwrap();
+        m.metadata.namespace = Some("vms".into());
+        if m.spec.vmi_name == "vm-0" {
+            m.status = Some(serde_json::from_value(json!({"phase": "Succeeded"})).unwrap());
+        }
+        fake.migrations
+            .apply_watcher_event(&watcher::Event::Apply(m));
+    }
+    fake.vmis
+        .apply_watcher_event(&watcher::Event::Delete(vmi("vm-0")));
+    fake.seen.lock().unwrap().clear();
+    for _ in 0..3 {
+        fake.ctx.reconcile(NODE).await.expect("reconcile");
+    }
+    let seen = fake.seen();
+    assert!(
+        !seen.iter().any(Seen::is_node_patch),
+        "nothing another reader needs changed: {seen:#?}"
+    );
+    let report = fake.ctx.reports.lock().unwrap()[NODE].clone();
+    let kept = report.state.expect("a state");
+    assert_eq!(kept.vmis["vms/vm-0"].outcome, VmiOutcome::Migrated);
+    assert!(
+        fake.ctx
+            .metrics
+            .render()
+            .contains("vacate_migrations_total{result=\"succeeded\"} 1\n"),
+        "counted once"
+    );
+
+    // Someone else writes the annotation (another replica): the kept state is void and the
+    // next look starts from what the node holds.
+    let mut theirs = state.clone();
+    theirs.waiting_for = Some("written by another replica".into());
+    let rewritten = node(
+        json!({"vacate.io/maintenance": "true"}),
+        json!({"vacate.io/state": theirs.to_json()}),
+        true,
+    );
+    fake.nodes
+        .apply_watcher_event(&watcher::Event::Apply(rewritten));
+    fake.ctx.reconcile(NODE).await.expect("reconcile");
+    assert!(
+        fake.ctx
+            .metrics
+            .render()
+            .contains("vacate_migrations_total{result=\"succeeded\"} 2\n"),
+        "found again from the annotation"
+    );
+}
+
+/// The node's own changes of a plan go out with its state in one request: whoever sees the
+/// Drained phase sees the drained label too.
+#[tokio::test]
+async fn the_drained_phase_and_label_are_one_request() {
+    let fake = Fake::new(config(), requested(), vec![vmi("vm-0")]);
+    fake.ctx.reconcile(NODE).await.expect("reconcile");
+    let mut state = fake.last_state();
+    state.vmis.get_mut("vms/vm-0").unwrap().outcome = VmiOutcome::Migrated;
+    let written = node(
+        json!({"vacate.io/maintenance": "true"}),
+        json!({"vacate.io/state": state.to_json()}),
+        true,
+    );
+    let fake = Fake::new(config(), written, vec![]);
+    fake.ctx.reconcile(NODE).await.expect("reconcile");
+    let seen = fake.seen();
+    let patches: Vec<&Seen> = seen.iter().filter(|s| s.is_node_patch()).collect();
+    assert_eq!(patches.len(), 1, "{patches:#?}");
+    assert!(patches[0].writes_state() && patches[0].body.contains("vacate.io/drained"));
+    assert_eq!(fake.last_state().phase, Phase::Drained);
 }
 
 fn pod(name: &str) -> Value {

@@ -68,6 +68,24 @@ pub struct NodeFilter {
     pub label_selector: Option<String>,
 }
 
+/// Which nodes the node cache holds.
+#[derive(Debug, Clone, Copy)]
+pub struct NodeCache {
+    /// Every node vacate handles (the daemon; `vacate drain` watches one node only).
+    pub has_fleet: bool,
+    /// Every node of the cluster.
+    pub has_cluster: bool,
+}
+
+impl NodeFilter {
+    pub fn cache(&self) -> NodeCache {
+        NodeCache {
+            has_fleet: self.name.is_none(),
+            has_cluster: self.name.is_none() && self.label_selector.is_none(),
+        }
+    }
+}
+
 /// Background tasks that end when their owner goes: a shell dropped after its leadership
 /// was lost leaves no watch running behind it.
 #[derive(Default)]

@@ -59,6 +59,21 @@ pub struct Subject {
 }
 
 impl Action {
+    /// Whether the action changes the cluster (everything but an event): a plan with such
+    /// an action writes its state first.
+    pub fn changes_cluster(&self) -> bool {
+        !matches!(self, Action::Event { .. })
+    }
+
+    /// Whether the action is a change of the node object itself, which the shell can send
+    /// in the same request as the state.
+    pub fn is_node_change(&self) -> bool {
+        matches!(
+            self,
+            Action::Cordon | Action::Uncordon | Action::SetDrainedLabel(_) | Action::RemoveLabel(_)
+        )
+    }
+
     pub fn event(reason: &'static str, message: impl Into<String>) -> Self {
         Action::Event {
             event_type: EventType::Normal,
@@ -104,7 +119,15 @@ impl Action {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum NextState {
     Unchanged,
+    /// Written before any action (the intent), or because what others read changed:
+    /// the phase, a blocker, a failure, the counts of attempts that make a migration's
+    /// name.
     Write(Box<DrainState>),
+    /// Changed only in what the next look derives again from the cluster (the outcome of a
+    /// migration or eviction already recorded, what the drain waits for): the shell keeps
+    /// it and writes it with the next change that must be written. A vacate that restarts
+    /// in between reads the older state and finds the same outcomes again.
+    Keep(Box<DrainState>),
     /// Remove the annotation: the node is back to Idle.
     Clear,
 }

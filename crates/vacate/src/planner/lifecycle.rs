@@ -64,6 +64,12 @@ impl Planner<'_> {
                     // A drain aborted at a window's close may not have lifted its cordon yet.
                     let mut note = String::new();
                     self.release_node(&state, &mut note);
+                    if !note.is_empty() {
+                        self.actions.push(Action::event(
+                            "MaintenanceEnded",
+                            format!("the request was removed before the drain began{note}"),
+                        ));
+                    }
                     self.clear = true;
                 }
                 Phase::Cordoned | Phase::Migrating | Phase::Evicting => self.abort(state),
@@ -195,8 +201,8 @@ impl Planner<'_> {
     /// cleared at once (and a Pending state with it).
     pub(super) fn clear_fulfilled_upgrade(&mut self, version: &str, had_state: bool) {
         let node = &self.s.node;
+        let mut note = String::new();
         if let Some(state) = node.state.valid() {
-            let mut note = String::new();
             self.release_node(state, &mut note);
         }
         self.actions.push(Action::RemoveLabel(
@@ -205,7 +211,7 @@ impl Planner<'_> {
         self.actions.push(Action::event(
             "UpgradeNotNeeded",
             format!(
-                "the kubelet already runs {} (requested {version}); cleared the upgrade request without draining",
+                "the kubelet already runs {} (requested {version}); cleared the upgrade request without draining{note}",
                 node.kubelet_version
             ),
         ));
@@ -431,9 +437,8 @@ impl Planner<'_> {
     pub(super) fn release_node(&mut self, state: &DrainState, message: &mut String) {
         let node = &self.s.node;
         if state.cordoned_by_vacate && node.unschedulable {
+            // The event that ends the maintenance says so (`message`).
             self.actions.push(Action::Uncordon);
-            self.actions
-                .push(Action::event("Uncordoned", "uncordoned by vacate"));
             message.push_str("; uncordoned");
         } else if node.unschedulable {
             message.push_str("; left cordoned, as it was cordoned before vacate began");

@@ -120,14 +120,20 @@ fn upgrade_needs_no_drain(node: &NodeView, request: &Request) -> bool {
 /// (costly) start gate only then. A plan that starts a drain without it finds the gate
 /// closed: the shell's snapshot holds a closed gate until it is asked.
 pub fn wants_to_start(s: &Snapshot, config: &Config) -> bool {
-    let Some((request, value)) = request_of(&s.node) else {
+    node_wants_to_start(&s.node, s.now, config)
+}
+
+/// [`wants_to_start`] from the node alone, so that the shell can ask the start gate while
+/// it reads the node's VMIs and pods.
+pub fn node_wants_to_start(node: &NodeView, now: DateTime<Utc>, config: &Config) -> bool {
+    let Some((request, value)) = request_of(node) else {
         return false;
     };
-    if upgrade_needs_no_drain(&s.node, &request) {
+    if upgrade_needs_no_drain(node, &request) {
         return false;
     }
-    let startable = match s.node.state.valid() {
-        None => !matches!(s.node.state, StateAnnotation::NewerVersion(_)),
+    let startable = match node.state.valid() {
+        None => !matches!(node.state, StateAnnotation::NewerVersion(_)),
         Some(state) => match state.phase {
             Phase::Idle | Phase::Pending => true,
             Phase::Failed => state.request_value != value,
@@ -136,7 +142,7 @@ pub fn wants_to_start(s: &Snapshot, config: &Config) -> bool {
     };
     startable
         && !matches!(
-            windows::verdict(config, request.kind(), s.now),
+            windows::verdict(config, request.kind(), now),
             windows::Verdict::Closed { .. }
         )
 }
@@ -212,10 +218,15 @@ impl<'a> Planner<'a> {
                     };
                 }
                 let phase = state.phase;
-                let next = if Some(&state) == self.original.as_ref() {
-                    NextState::Unchanged
-                } else {
-                    NextState::Write(Box::new(state))
+                let next = match &self.original {
+                    Some(original) if *original == state => NextState::Unchanged,
+                    Some(original)
+                        if !self.actions.iter().any(Action::changes_cluster)
+                            && original.durable_part() == state.durable_part() =>
+                    {
+                        NextState::Keep(Box::new(state))
+                    }
+                    _ => NextState::Write(Box::new(state)),
                 };
                 (next, phase)
             }

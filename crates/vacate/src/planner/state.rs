@@ -300,6 +300,22 @@ impl DrainState {
         }
     }
 
+    /// The state without what the next look derives again from the cluster: the outcomes
+    /// of the VMIs and pods (the attempts that name vacate's migrations are kept) and what
+    /// the drain waits for. A change outside it is written at once.
+    pub fn durable_part(&self) -> DrainState {
+        let mut durable = self.clone();
+        durable.waiting_for = None;
+        for record in durable.vmis.values_mut() {
+            *record = VmiRecord {
+                attempts: record.attempts,
+                ..VmiRecord::default()
+            };
+        }
+        durable.pods.clear();
+        durable
+    }
+
     pub fn set_phase(&mut self, phase: Phase, now: DateTime<Utc>) {
         if self.phase != phase {
             self.phase = phase;

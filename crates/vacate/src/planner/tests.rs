@@ -90,10 +90,11 @@ pub(super) fn snapshot(node: NodeView) -> Snapshot {
     }
 }
 
+/// The state after the plan, whether written at once or kept until the next write.
 pub(super) fn written(plan: &Plan) -> DrainState {
     match &plan.state {
-        NextState::Write(s) => (**s).clone(),
-        other => panic!("expected a state write, got {other:?}"),
+        NextState::Write(s) | NextState::Keep(s) => (**s).clone(),
+        other => panic!("expected a new state, got {other:?}"),
     }
 }
 
@@ -132,7 +133,7 @@ fn has_event(plan: &Plan, reason: &str) -> bool {
 fn step(s: &Snapshot, state: &DrainState, config: &Config) -> (Plan, DrainState) {
     let plan = plan(&with_state(s.clone(), state), config);
     let mut next = match &plan.state {
-        NextState::Write(st) => (**st).clone(),
+        NextState::Write(st) | NextState::Keep(st) => (**st).clone(),
         NextState::Unchanged => state.clone(),
         NextState::Clear => panic!("state cleared unexpectedly"),
     };
@@ -191,7 +192,15 @@ fn maintenance_end_uncordons_what_vacate_cordoned() {
     n.drained_label = true;
     let plan = plan(&with_state(snapshot(n), &state), &Config::default());
     assert!(plan.actions.contains(&Action::Uncordon));
-    assert!(has_event(&plan, "Uncordoned"));
+    let ended = plan.actions.iter().find_map(|a| match a {
+        Action::Event {
+            reason: "MaintenanceEnded",
+            message,
+            ..
+        } => Some(message.clone()),
+        _ => None,
+    });
+    assert!(ended.expect("the end is an event").contains("uncordoned"));
     assert_eq!(plan.state, NextState::Clear);
     assert_eq!(plan.phase, Phase::Idle);
 }
@@ -337,6 +346,73 @@ fn successful_migration_completes_the_vmi() {
         duration: Some(Duration::from_secs(30)),
     }));
     assert!(has_event(&p, "Drained"));
+}
+
+/// A plan writes the state when it acts or when what others read changes; a migration
+/// that finished while others still run only changes what the next look finds again, so
+/// the state is kept for the next write. Every batch is one event.
+#[test]
+fn only_intents_and_visible_changes_are_written() {
+    let mut s = snapshot(node(Some("true"), false));
+    s.vmis = (0..3).map(|i| vmi(&format!("vm-{i}"))).collect();
+    let mut config = Config::default();
+    config.migration.batch_size = NonZeroU32::new(1).unwrap();
+    config.migration.max_in_flight_per_node = NonZeroU32::new(1).unwrap();
+    let first = plan(&s, &config);
+    assert!(matches!(first.state, NextState::Write(_)), "the start");
+    let state = written(&first);
+    s.node.unschedulable = true;
+
+    // vm-0's migration runs: nothing changes.
+    let mut running = s.clone();
+    running.now = t(5);
+    running.migrations = vec![migration(&state, "vm-0", 1, MigrationPhase::Unfinished)];
+    let (p, state) = step(&running, &state, &config);
+    assert!(p.actions.is_empty(), "{:?}", p.actions);
+
+    // vm-0 done, vm-1 starts: the intent is written.
+    let mut next = s.clone();
+    next.now = t(10);
+    next.vmis.remove(0);
+    next.migrations = vec![migration(&state, "vm-0", 1, MigrationPhase::Succeeded)];
+    let (p, state) = step(&next, &state, &config);
+    assert_eq!(migrations_created(&p), vec!["vm-1"]);
+    assert!(matches!(p.state, NextState::Write(_)));
+    let events: Vec<_> = p
+        .actions
+        .iter()
+        .filter(|a| matches!(a, Action::Event { .. }))
+        .collect();
+    assert_eq!(events.len(), 1, "one event for the batch: {events:?}");
+
+    // A migration failing with attempts left waits for its retry: kept, not written.
+    let mut failed = next.clone();
+    failed.now = t(20);
+    failed.vmis = vec![vmi("vm-1")]; // vm-2 was moved by someone else meanwhile
+    failed
+        .migrations
+        .push(migration(&state, "vm-1", 1, MigrationPhase::Failed));
+    let p = plan(&with_state(failed, &state), &config);
+    assert!(
+        matches!(p.state, NextState::Keep(_)),
+        "a retry time is found again from the failed migration: {:?}",
+        p.state
+    );
+    assert_eq!(
+        written(&p).vmis["vms/vm-1"].outcome,
+        VmiOutcome::RetryWaiting
+    );
+
+    // The last VMI gone: the phase changes, so the state is written.
+    let mut done = s.clone();
+    done.now = t(30);
+    done.vmis.clear();
+    let mut last = state.clone();
+    last.vmis.get_mut("vms/vm-1").unwrap().outcome = VmiOutcome::Migrated;
+    last.vmis.get_mut("vms/vm-2").unwrap().outcome = VmiOutcome::Migrated;
+    let p = plan(&with_state(done, &last), &config);
+    assert!(matches!(p.state, NextState::Write(_)));
+    assert_eq!(written(&p).phase, Phase::Drained);
 }
 
 #[test]

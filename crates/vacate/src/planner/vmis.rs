@@ -27,18 +27,13 @@ impl Planner<'_> {
             match m.phase {
                 MigrationPhase::Unfinished => {}
                 MigrationPhase::Succeeded => {
+                    // No event of vacate's: KubeVirt records the migration on the VMI, and
+                    // the node's Drained event counts the VMIs migrated.
                     record.outcome = VmiOutcome::Migrated;
                     self.observations.push(Observation::MigrationFinished {
                         result: MigrationResult::Succeeded,
                         duration,
                     });
-                    self.actions.push(
-                        Action::event(
-                            "MigrationSucceeded",
-                            format!("VMI {key} live-migrated ({})", m.name),
-                        )
-                        .about_vmi(&m.namespace, &m.vmi_name),
-                    );
                 }
                 MigrationPhase::Failed => {
                     self.observations.push(Observation::MigrationFinished {
@@ -324,6 +319,8 @@ impl Planner<'_> {
             });
             return;
         }
+        // One event for the batch, on the node: a drain of many VMIs writes few events.
+        let mut started = Vec::new();
         for (vmi, _) in fresh.into_iter().take(slots) {
             let key = vmi.key();
             let attempt = state.vmis[&key].attempts + 1;
@@ -337,14 +334,21 @@ impl Planner<'_> {
                 name: name.clone(),
                 vmi: vmi.name.clone(),
             });
-            self.actions.push(
-                Action::event(
-                    "MigrationStarted",
-                    format!("live-migrating VMI {key} (attempt {attempt}, migration {name})"),
-                )
-                .about_vmi(&vmi.namespace, &vmi.name),
-            );
+            started.push(if attempt > 1 {
+                format!("{key} (attempt {attempt}, {name})")
+            } else {
+                format!("{key} ({name})")
+            });
         }
+        let count = started.len();
+        self.actions.push(Action::event(
+            "MigrationStarted",
+            format!(
+                "live-migrating {count} VMI{}, largest first: {}",
+                if count == 1 { "" } else { "s" },
+                started.join(", ")
+            ),
+        ));
         state.last_batch_at = Some(s.now);
     }
 
