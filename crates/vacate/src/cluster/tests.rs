@@ -283,6 +283,15 @@ fn requested() -> Node {
     node(json!({"vacate.io/maintenance": "true"}), json!({}), false)
 }
 
+/// The requested node, cordoned, holding `state`.
+fn draining(state: &DrainState) -> Node {
+    node(
+        json!({"vacate.io/maintenance": "true"}),
+        json!({"vacate.io/state": state.to_json()}),
+        true,
+    )
+}
+
 #[tokio::test]
 async fn the_intent_is_written_before_anything_is_done() {
     let fake = Fake::new(config(), requested(), vec![vmi("vm-0"), vmi("vm-1")]);
@@ -344,11 +353,7 @@ async fn migrations_not_yet_in_the_cache_hold_their_slots() {
     );
     // The node as written (cordoned, with the state), but no migration in the watch cache yet.
     let state = fake.last_state();
-    let written = node(
-        json!({"vacate.io/maintenance": "true"}),
-        json!({"vacate.io/state": state.to_json()}),
-        true,
-    );
+    let written = draining(&state);
     fake.nodes
         .apply_watcher_event(&watcher::Event::Apply(written));
     fake.seen.lock().unwrap().clear();
@@ -370,11 +375,7 @@ async fn finished_migrations_are_kept_until_the_next_write() {
     let mut fake = Fake::new(config(), requested(), vec![vmi("vm-0"), vmi("vm-1")]);
     fake.ctx.reconcile(NODE).await.expect("reconcile");
     let state = fake.last_state();
-    let written = node(
-        json!({"vacate.io/maintenance": "true"}),
-        json!({"vacate.io/state": state.to_json()}),
-        true,
-    );
+    let written = draining(&state);
     fake.nodes
         .apply_watcher_event(&watcher::Event::Apply(written));
     // The migrations as created; vm-0's has succeeded and the VMI runs elsewhere now.
@@ -413,11 +414,7 @@ async fn finished_migrations_are_kept_until_the_next_write() {
     // next look starts from what the node holds.
     let mut theirs = state.clone();
     theirs.waiting_for = Some("written by another replica".into());
-    let rewritten = node(
-        json!({"vacate.io/maintenance": "true"}),
-        json!({"vacate.io/state": theirs.to_json()}),
-        true,
-    );
+    let rewritten = draining(&theirs);
     fake.nodes
         .apply_watcher_event(&watcher::Event::Apply(rewritten));
     fake.ctx.reconcile(NODE).await.expect("reconcile");
@@ -438,11 +435,7 @@ async fn the_drained_phase_and_label_are_one_request() {
     fake.ctx.reconcile(NODE).await.expect("reconcile");
     let mut state = fake.last_state();
     state.vmis.get_mut("vms/vm-0").unwrap().outcome = VmiOutcome::Migrated;
-    let written = node(
-        json!({"vacate.io/maintenance": "true"}),
-        json!({"vacate.io/state": state.to_json()}),
-        true,
-    );
+    let written = draining(&state);
     let fake = Fake::new(config(), written, vec![]);
     fake.ctx.reconcile(NODE).await.expect("reconcile");
     let seen = fake.seen();

@@ -380,26 +380,13 @@ impl Planner<'_> {
                 }
             }
             NonMigratablePolicy::Evict => {
-                let Some(pod) = &vmi.launcher_pod else {
-                    self.waiting_for
-                        .get_or_insert_with(|| format!("VMI {key}'s virt-launcher pod"));
-                    return;
-                };
                 // The outcome becomes Evicting when the eviction is accepted (record_outcome).
-                self.waiting_for
-                    .get_or_insert_with(|| format!("the eviction of VMI {key} ({why})"));
-                self.actions.push(Action::EvictPod {
-                    namespace: vmi.namespace.clone(),
-                    name: pod.clone(),
-                    vmi: Some(vmi.name.clone()),
-                });
-                self.actions.push(
-                    Action::event(
-                        "VmiEvicted",
-                        format!("evicting VMI {key} (virt-launcher pod {pod}): {why}"),
-                    )
-                    .about_vmi(&vmi.namespace, &vmi.name),
-                );
+                if self.evict_launcher(vmi, "VmiEvicted", |pod| {
+                    format!("evicting VMI {key} (virt-launcher pod {pod}): {why}")
+                }) {
+                    self.waiting_for
+                        .get_or_insert_with(|| format!("the eviction of VMI {key} ({why})"));
+                }
             }
         }
     }
@@ -408,25 +395,34 @@ impl Planner<'_> {
     /// External strategy moved by its external controller.
     fn request_evacuation(&mut self, vmi: &VmiView) {
         let key = vmi.key();
+        self.evict_launcher(vmi, "EvacuationRequested", |pod| {
+            format!(
+                "VMI {key} has evictionStrategy External: evicting its virt-launcher pod {pod} so that KubeVirt hands it to the external controller"
+            )
+        });
+    }
+
+    /// Evicts a VMI's virt-launcher pod, with an event about the VMI; false while the pod is
+    /// not known yet.
+    fn evict_launcher(
+        &mut self,
+        vmi: &VmiView,
+        reason: &'static str,
+        message: impl FnOnce(&str) -> String,
+    ) -> bool {
         let Some(pod) = &vmi.launcher_pod else {
             self.waiting_for
-                .get_or_insert_with(|| format!("VMI {key}'s virt-launcher pod"));
-            return;
+                .get_or_insert_with(|| format!("VMI {}'s virt-launcher pod", vmi.key()));
+            return false;
         };
         self.actions.push(Action::EvictPod {
             namespace: vmi.namespace.clone(),
             name: pod.clone(),
             vmi: Some(vmi.name.clone()),
         });
-        self.actions.push(
-            Action::event(
-                "EvacuationRequested",
-                format!(
-                    "VMI {key} has evictionStrategy External: evicting its virt-launcher pod {pod} so that KubeVirt hands it to the external controller"
-                ),
-            )
-            .about_vmi(&vmi.namespace, &vmi.name),
-        );
+        self.actions
+            .push(Action::event(reason, message(pod)).about_vmi(&vmi.namespace, &vmi.name));
+        true
     }
 
     pub(super) fn restart(&mut self, state: &mut DrainState, vmi: &VmiView, why: &str) {
