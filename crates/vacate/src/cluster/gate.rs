@@ -61,7 +61,7 @@ impl Context {
         let fleet: Vec<FleetNode> = if self.node_cache.has_fleet {
             self.fleet_nodes()
         } else {
-            self.list_nodes()
+            self.list_nodes(ListParams::default())
                 .await?
                 .iter()
                 .filter(|n| config.node.selector.matches(n.labels()))
@@ -105,16 +105,16 @@ impl Context {
                     .map(|n| (**n).clone())
                     .collect()
             } else {
-                self.list_nodes().await?
+                self.list_nodes(ListParams::default().match_any()).await?
             };
             return self.capacity(&name, &all_nodes).await;
         }
         Ok(Ok(()))
     }
 
-    async fn list_nodes(&self) -> Result<Vec<Node>> {
+    async fn list_nodes(&self, params: ListParams) -> Result<Vec<Node>> {
         Ok(Api::<Node>::all(self.client.clone())
-            .list(&ListParams::default())
+            .list(&params)
             .await
             .map_err(Error::kube("listing nodes for the start gate"))?
             .items)
@@ -168,9 +168,15 @@ impl Context {
         name: &str,
         all_nodes: &[Node],
     ) -> Result<std::result::Result<(), Gate>> {
+        // Served from the API server's watch cache (resourceVersion 0): a capacity estimate
+        // does not need a read from etcd, and a large cluster's pod list stays cheap.
         let pods: Api<Pod> = Api::all(self.client.clone());
         let list = pods
-            .list(&ListParams::default().fields("status.phase!=Succeeded,status.phase!=Failed"))
+            .list(
+                &ListParams::default()
+                    .match_any()
+                    .fields("status.phase!=Succeeded,status.phase!=Failed"),
+            )
             .await
             .map_err(Error::kube("listing pods for the capacity check"))?;
         let mut used: HashMap<String, (Resources, i64)> = HashMap::new();
