@@ -47,6 +47,38 @@ pub struct Stores {
 }
 
 impl Stores {
+    /// The caches not filled yet, by resource.
+    pub fn not_ready(&self) -> Vec<&'static str> {
+        use futures::FutureExt;
+        let filled = [
+            (
+                "nodes",
+                self.nodes.wait_until_ready().now_or_never().is_some(),
+            ),
+            (
+                "virtualmachines",
+                self.vms.wait_until_ready().now_or_never().is_some(),
+            ),
+            (
+                "virtualmachineinstances",
+                self.vmis.wait_until_ready().now_or_never().is_some(),
+            ),
+            (
+                "virtualmachineinstancemigrations",
+                self.migrations.wait_until_ready().now_or_never().is_some(),
+            ),
+            (
+                "kubevirts",
+                self.kubevirt.wait_until_ready().now_or_never().is_some(),
+            ),
+        ];
+        filled
+            .into_iter()
+            .filter(|(_, filled)| !filled)
+            .map(|(name, _)| name)
+            .collect()
+    }
+
     pub async fn wait_until_ready(&self, timeout: Duration) -> Result<()> {
         let all = async {
             let _ = self.nodes.wait_until_ready().await;

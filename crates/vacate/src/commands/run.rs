@@ -132,6 +132,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// How long vacate waits for its watch caches before it says again what it waits for.
+const CACHE_WAIT: Duration = Duration::from_secs(60);
+
 /// Watches the cluster and drains nodes until `stop` turns true.
 async fn act(
     client: &Client,
@@ -146,12 +149,26 @@ async fn act(
             .then(|| config.node.selector.as_str().to_string()),
     };
     let shell = Shell::start(client.clone(), config.clone(), metrics.clone(), filter);
-    shell
-        .ctx
-        .stores
-        .wait_until_ready(Duration::from_secs(120))
-        .await
-        .map_err(|e| anyhow::anyhow!("{e} (are the KubeVirt CRDs installed?)"))?;
+    // A slow or overloaded API server is not fatal: the watches retry with back-off, and
+    // vacate stays not ready (saying which caches it waits for) until they are filled.
+    let mut waited = Duration::ZERO;
+    let mut stopping = stop.clone();
+    loop {
+        tokio::select! {
+            filled = shell.ctx.stores.wait_until_ready(CACHE_WAIT) => match filled {
+                Ok(()) => break,
+                Err(_) => {
+                    waited += CACHE_WAIT;
+                    tracing::warn!(
+                        waited = %humantime::format_duration(waited),
+                        caches = %shell.ctx.stores.not_ready().join(", "),
+                        "the watch caches are not filled yet (an overloaded API server, or KubeVirt's CRDs not installed?); still trying, not ready"
+                    );
+                }
+            },
+            _ = stopping.wait_for(|stop| *stop) => return Ok(()),
+        }
+    }
     readiness.set_ready(true);
     notify_systemd(sd_notify::NotifyState::Ready);
     tracing::info!(
