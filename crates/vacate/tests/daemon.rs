@@ -582,3 +582,90 @@ async fn a_freed_cluster_slot_wakes_the_drain_waiting_for_it() -> anyhow::Result
     assert!(monitor.max_in_flight_on(&a) == 1 && monitor.max_in_flight_on(&b) == 1);
     Ok(())
 }
+
+/// A VMI migrating onto the node when its drain begins (its target pod was scheduled before
+/// the cordon) keeps the node from being reported drained; once it lands, vacate moves it on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vmi_migrating_onto_the_node_is_moved_on_once_it_lands() -> anyhow::Result<()> {
+    use kube::Api;
+    use kube::api::PostParams;
+    use kubevirt_api::{VirtualMachineInstanceMigration, VirtualMachineInstanceMigrationSpec};
+    use vacate::planner::StateAnnotation;
+
+    let env = Env::new("incoming", 3).await?;
+    let (node, source) = (env.node(0).to_string(), env.node(1).to_string());
+    env.place_on(1, || async {
+        let mut vm = Vm::migratable("big");
+        vm.memory = "24Gi";
+        env.create_vm(&vm).await?;
+        env.wait_vmis_running_on(&source, 1).await
+    })
+    .await?;
+    // Someone migrates it while node 0 is the only place it can go.
+    let migrations: Api<VirtualMachineInstanceMigration> =
+        Api::namespaced(env.client.clone(), env.ns.name());
+    let theirs = env
+        .place_on(0, || async {
+            let m = VirtualMachineInstanceMigration::new(
+                "by-hand",
+                VirtualMachineInstanceMigrationSpec {
+                    vmi_name: "big".into(),
+                    ..Default::default()
+                },
+            );
+            migrations.create(&PostParams::default(), &m).await?;
+            env.wait(
+                "the migration's target pod on the node to drain",
+                Duration::from_secs(60),
+                || async {
+                    Ok(env.pods_on(&node).await?.iter().any(|p| {
+                        p.labels().get("kubevirt.io").map(String::as_str) == Some("virt-launcher")
+                    }))
+                },
+            )
+            .await
+        })
+        .await;
+    theirs?;
+
+    let _vacate = env.vacate(FAST).await?;
+    env.request(&node, Some("true")).await?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let m = migrations.get("by-hand").await?;
+        if m.is_final() {
+            break;
+        }
+        if let StateAnnotation::Valid(state) = env.state(&node).await? {
+            anyhow::ensure!(
+                state.phase != Phase::Drained,
+                "reported Drained while a VMI was migrating onto the node: {state:#?}"
+            );
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "the migration onto the node never ended"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    env.wait_phase(&node, Phase::Drained, DRAIN).await?;
+    let big = env
+        .vmis()
+        .await?
+        .into_iter()
+        .find(|v| v.name_any() == "big")
+        .ok_or_else(|| anyhow::anyhow!("VMI big is gone"))?;
+    anyhow::ensure!(
+        big.is_running() && big.node_name() != Some(node.as_str()),
+        "the VMI runs on {:?}",
+        big.node_name()
+    );
+    anyhow::ensure!(
+        env.vacate_migrations()
+            .await?
+            .iter()
+            .any(|m| m.spec.vmi_name == "big"),
+        "vacate moved the VMI on once it landed"
+    );
+    Ok(())
+}

@@ -25,9 +25,32 @@ impl Planner<'_> {
                 record.retry_at = None;
             }
         }
+        // The virt-launcher pods of the VMIs on the node move with their VMIs. Any other
+        // virt-launcher pod still running belongs to a VMI that runs elsewhere: the target of
+        // a migration onto this node (scheduled before the cordon) or the source of one that
+        // just left. The node is not empty until it has finished; a VMI that lands here is
+        // moved on like the others.
+        let launchers: BTreeSet<String> = s
+            .vmis
+            .iter()
+            .filter_map(|v| {
+                v.launcher_pod
+                    .as_ref()
+                    .map(|pod| format!("{}/{pod}", v.namespace))
+            })
+            .collect();
         let mut left = 0;
         for pod in pods {
             let key = pod.key();
+            if pod.virt_launcher && !pod.finished && !launchers.contains(&key) {
+                left += 1;
+                self.waiting_for.get_or_insert_with(|| {
+                    format!(
+                        "virt-launcher pod {key}, of a VMI running elsewhere, to finish (a migration onto this node, or one just off it)"
+                    )
+                });
+                continue;
+            }
             match classify(pod, &self.config.pods) {
                 PodVerdict::Skip(_) => {}
                 PodVerdict::Block(reason, message) => {

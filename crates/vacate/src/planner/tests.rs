@@ -415,6 +415,52 @@ fn only_intents_and_visible_changes_are_written() {
     assert_eq!(written(&p).phase, Phase::Drained);
 }
 
+/// A VMI migrating onto the node (its target pod scheduled before the cordon) keeps the
+/// node from being reported drained until the pod has finished or the VMI has landed and
+/// been moved on; the launcher pods of the node's own VMIs move with them.
+#[test]
+fn a_migration_onto_the_node_holds_the_drain() {
+    let mut s = snapshot(node(Some("true"), true));
+    let mut state = DrainState::new(t(0), true, 1);
+    state.phase = Phase::Migrating;
+    let mut incoming = pod(
+        "virt-launcher-elsewhere-xyz",
+        Some("VirtualMachineInstance"),
+    );
+    incoming.namespace = "vms".into();
+    incoming.virt_launcher = true;
+    s.pods = vec![incoming.clone()];
+    let p = plan(&with_state(s.clone(), &state), &Config::default());
+    assert_ne!(p.phase, Phase::Drained);
+    assert!(
+        p.actions
+            .iter()
+            .all(|a| !matches!(a, Action::EvictPod { .. }))
+    );
+    assert!(
+        written(&p)
+            .waiting_for
+            .unwrap()
+            .contains("virt-launcher-elsewhere-xyz")
+    );
+
+    // The target pod failed (the migration did not happen): the node is empty.
+    let mut ended = s.clone();
+    ended.pods[0].finished = true;
+    assert_eq!(
+        plan(&with_state(ended, &state), &Config::default()).phase,
+        Phase::Drained
+    );
+
+    // The VMI landed: it is the node's own now, and is migrated on.
+    let mut landed = s.clone();
+    let mut vmi = vmi("elsewhere");
+    vmi.launcher_pod = Some("virt-launcher-elsewhere-xyz".into());
+    landed.vmis = vec![vmi];
+    let p = plan(&with_state(landed, &state), &Config::default());
+    assert_eq!(migrations_created(&p), vec!["elsewhere"]);
+}
+
 #[test]
 fn failed_migration_is_retried_with_backoff_then_falls_back() {
     let mut s = snapshot(node(Some("true"), false));
