@@ -249,10 +249,9 @@ def write_doc(args, results, runs, scale1_runs, scenarios, summary, cordon, comm
         w("| " + " | ".join(row) + " |")
     w("")
     if any("*" in row[3] for row in summary):
-        w("\\* Some ratios are below 1.00: the simulator times each migration from whole-second "
-          "timestamps and so lets a drain beat the bound (see \"A caveat about the simulator\" below); "
-          "these ratios are biased low and the target is met on a figure that flatters vacate. The "
-          "time-scale-1 round has the least bias.")
+        w("\\* Some ratios are below 1.00, which the simulator should not allow: it times each "
+          "migration's preparation and copy on a sub-second clock of its own (see \"How the simulator "
+          "times migrations\" below). Check the run before trusting these figures.")
     w("")
     w("![drain time per round against the bound](benchmarks.png)")
     w("")
@@ -313,14 +312,13 @@ def write_doc(args, results, runs, scale1_runs, scenarios, summary, cordon, comm
       "be reached exactly. The \"memory only\" column of the rounds is the same drain over the issue's "
       "formula without the preparation time, max(Σ mᵢ / (P·B), max mᵢ / B) / time scale.")
     w("")
-    w("**A caveat about the simulator.** It times a migration's target preparation and its memory "
-      "copy from timestamps it reads back from the API server (the migration's phase transition, the "
-      "VMI's `migrationState.startTimestamp`), which Kubernetes keeps in whole seconds. Each of the two "
-      "therefore ends up to 1 s (real time) early, 0.5 s on average, whatever the time scale, so a drain "
-      "can beat the bound above: at time scale 5 a 4 GiB copy is due to take 6.4 s and may take as "
-      "little as 5.4 s. The ratio is then biased low, most at a high time scale and least at time scale 1. The "
-      "\"simulator floor\" column gives the strict floor for the simulator as it stands (each "
-      "preparation and copy 1 s shorter, not below 0); the truth lies between the two ratios.")
+    w("**How the simulator times migrations.** It times a migration's target preparation and its "
+      "memory copy from the instant it moved the migration into PreparingTarget and Running, on a "
+      "sub-second clock of its own, and ends each exactly when due (the API's whole-second timestamps "
+      "only serve after a simulator restart). A drain therefore cannot beat the bound above. Earlier "
+      "simulators timed both from the whole-second API timestamps, so each ended up to 1 s early; the "
+      "\"simulator floor\" column (each preparation and copy 1 s shorter, not below 0) is what such a "
+      "simulator allowed and only matters for comparing with runs made with it.")
     w("")
     for s in scenarios:
         r = next(x for x in runs if x["scenario"] == s)
@@ -356,10 +354,12 @@ def write_doc(args, results, runs, scale1_runs, scenarios, summary, cordon, comm
     w("## Rounds")
     w("")
     w("\"Stalls\" counts the drain's migrations that stayed 4 s or more in phase Scheduling although "
-      "their target pod ran at once: the simulator's migration controller sometimes misses the target "
-      "pod turning Ready and moves on only at its 5 s re-check, which adds up to 5 s per wave of "
-      "migrations to either tool's time. It happens in some runs and not others; a round with stalls "
-      "measures the simulator more than the tool.")
+      "their target pod ran at once. Earlier simulators sometimes missed the target pod turning Ready "
+      "(their pod watch lost its wake-up when an event's pod had already left the cache) and moved on "
+      "only at the 5 s re-check, adding up to 5 s per wave of migrations to either tool's time. The "
+      "simulator now enqueues a migration on every change of its target pod, as KubeVirt's "
+      "migration.go does, so this column should read 0; a round with stalls measures the simulator "
+      "more than the tool.")
     w("")
     w("| scenario | round | tool | seconds | bound (s) | ratio | ratio to memory only | ratio to simulator floor | cordon (s) | VMIs moved | stalls |")
     w("|---|---|---|---|---|---|---|---|---|---|---|")

@@ -19,7 +19,7 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::Node;
 use kube::api::{Api, PostParams};
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::reflector::{ObjectRef, ReflectHandle};
+use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kubevirt_api::labels::{
     EVACUATION_MIGRATION_ANNOTATION, EVACUATION_MIGRATION_NAME_PREFIX, NODE_DRAIN_TAINT_DEFAULT_KEY,
@@ -36,8 +36,8 @@ use crate::settings::ClusterConfig;
 
 pub async fn run(
     ctx: Arc<Context>,
-    vmis: ReflectHandle<VirtualMachineInstance>,
-    migrations: ReflectHandle<VirtualMachineInstanceMigration>,
+    vmis: super::Subscription<VirtualMachineInstance>,
+    migrations: super::Subscription<VirtualMachineInstanceMigration>,
 ) {
     let client = ctx.client.clone();
     let migration_ctx = ctx.clone();

@@ -20,6 +20,12 @@
 //! * `Running` → `Succeeded` after guest memory / bandwidth (scaled); the VMI's node, label
 //!   and `migrationState` move to the target and the source pod goes away.
 //!
+//! Target preparation and the copy are timed from the instant this process moved the
+//! migration into `PreparingTarget` and `Running` ([`super::PhaseClocks`]), to the fraction of
+//! a second, and end exactly when due; the API's whole-second timestamps (phase transitions,
+//! `startTimestamp`) are only read after a restart. API-visible timestamps are set as
+//! KubeVirt sets them.
+//!
 //! Deleting an unfinished migration aborts it (`migrationAbortRequested`; after hand-off
 //! `abortStatus: Succeeded`), removes the target pod and leaves the VMI on the source; the
 //! finalizer is removed once the migration is final so the deletion completes. At most five
@@ -33,7 +39,7 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::reflector::{ObjectRef, ReflectHandle};
+use kube::runtime::reflector::ObjectRef;
 use kubevirt_api::common::{
     Condition, PhaseTransitionTimestamp, condition_type, now, set_condition,
 };
@@ -63,13 +69,16 @@ use crate::settings::{
 
 pub async fn run(
     ctx: Arc<Context>,
-    migrations: ReflectHandle<VirtualMachineInstanceMigration>,
-    pods: ReflectHandle<Pod>,
-    vmis: ReflectHandle<VirtualMachineInstance>,
+    migrations: super::Subscription<VirtualMachineInstanceMigration>,
+    pods: super::Subscription<Pod>,
+    vmis: super::Subscription<VirtualMachineInstance>,
 ) {
     let vmi_ctx = ctx.clone();
     Controller::for_shared_stream(migrations, ctx.migrations.clone())
-        // Target pods name their migration.
+        // Every change of a target pod (added, changed, deleted) enqueues the migration it
+        // names, as migration.go's addPod/updatePod/deletePod do (resolveControllerRef: the
+        // `kubevirt.io/migrationJobName` annotation and `kubevirt.io/migrationJobUID` label),
+        // so a target pod turning Ready moves the migration on at once.
         .watches_shared_stream(pods, |pod: Arc<Pod>| {
             let ns = pod.metadata.namespace.clone().unwrap_or_default();
             let is_target = pod
@@ -289,6 +298,9 @@ impl Job<'_> {
             return;
         }
         tracing::info!(migration = %self.key, vmi = %self.migration.spec.vmi_name, from = ?status.phase, to = %phase, why, "migration phase");
+        if !phase.is_final() {
+            self.ctx.phase_clocks.entered(&self.uid, phase);
+        }
         status.phase = Some(phase);
         status
             .phase_transition_timestamps
@@ -338,6 +350,22 @@ impl Job<'_> {
 
     async fn forget_slot(&self) {
         self.ctx.started_migrations.lock().await.remove(&self.uid);
+        self.ctx.phase_clocks.forget(&self.uid);
+    }
+
+    /// How long the migration has been in `phase`: on this process's clock when it moved the
+    /// migration there itself, else (after a restart) from `api_timestamp`, which has whole
+    /// seconds only.
+    fn in_phase_for(
+        &self,
+        phase: MigrationPhase,
+        api_timestamp: Option<&k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
+    ) -> Duration {
+        self.ctx
+            .phase_clocks
+            .in_phase_for(&self.uid, phase)
+            .or_else(|| api_timestamp.map(|t| since(&t.0)))
+            .unwrap_or_default()
     }
 
     fn target_pods(&self) -> Vec<Arc<Pod>> {
@@ -538,11 +566,11 @@ impl Job<'_> {
                 Ok(Action::requeue(self.cfg.real(TARGET_PREPARATION)))
             }
             Some(MigrationPhase::PreparingTarget) => {
-                let waited = self
-                    .migration
-                    .phase_entered_at(MigrationPhase::PreparingTarget)
-                    .map(|t| since(&t.0))
-                    .unwrap_or_default();
+                let waited = self.in_phase_for(
+                    MigrationPhase::PreparingTarget,
+                    self.migration
+                        .phase_entered_at(MigrationPhase::PreparingTarget),
+                );
                 let needed = self.cfg.real(TARGET_PREPARATION);
                 if waited < needed {
                     return Ok(Action::requeue(needed - waited));
@@ -809,11 +837,9 @@ impl Job<'_> {
             // Stays Running until the migration is deleted (aborted).
             return Ok(Action::await_change());
         }
-        let elapsed = state
-            .start_timestamp
-            .as_ref()
-            .map(|t| since(&t.0))
-            .unwrap_or_default();
+        // The copy runs from the moment this simulator started it (entered Running), to the
+        // fraction of a second; `startTimestamp` only after a restart.
+        let elapsed = self.in_phase_for(MigrationPhase::Running, state.start_timestamp.as_ref());
         let memory = vmi.guest_memory_bytes().unwrap_or(DEFAULT_GUEST_MEMORY);
         let bandwidth = vmi
             .metadata

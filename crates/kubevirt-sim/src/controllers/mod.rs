@@ -14,13 +14,15 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
-use kube::runtime::reflector::{self, ObjectRef, ReflectHandle, Store};
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt as _, watcher};
 use kube::{Client, Resource};
 use kubevirt_api::labels::{
     APP_LABEL, CREATED_BY_LABEL, KUBEVIRT_NAME, KUBEVIRT_NAMESPACE, VIRT_LAUNCHER,
 };
-use kubevirt_api::{KubeVirt, VirtualMachineInstance, VirtualMachineInstanceMigration};
+use kubevirt_api::{
+    KubeVirt, MigrationPhase, VirtualMachineInstance, VirtualMachineInstanceMigration,
+};
 use serde::de::DeserializeOwned;
 
 use crate::error::{Error, Result};
@@ -47,6 +49,42 @@ pub struct Context {
     /// Migrations this simulator moved past Pending and has not yet seen finish, with their
     /// source node: counts against the limits even before the cache shows the new phase.
     pub started_migrations: tokio::sync::Mutex<HashMap<String, String>>,
+    /// When this simulator moved each unfinished migration into each phase, on a clock of
+    /// its own: the API's timestamps have whole seconds only.
+    pub phase_clocks: PhaseClocks,
+}
+
+/// The instant at which this process moved a migration (by UID) into a phase. Timers that
+/// simulate work (target preparation, the memory copy) run from these, to the fraction of a
+/// second; the API's timestamps, which Kubernetes serializes in whole seconds, only serve
+/// when the simulator restarted in between and so has no clock for the migration.
+#[derive(Default)]
+pub struct PhaseClocks(Mutex<HashMap<String, HashMap<MigrationPhase, Instant>>>);
+
+impl PhaseClocks {
+    /// Records that the migration entered `phase` now, unless an earlier entry is recorded
+    /// (a retried reconcile enters the same phase again).
+    pub fn entered(&self, uid: &str, phase: MigrationPhase) {
+        if let Ok(mut map) = self.0.lock() {
+            map.entry(uid.to_string())
+                .or_default()
+                .entry(phase)
+                .or_insert_with(Instant::now);
+        }
+    }
+
+    /// Time since the migration entered `phase`, if this process saw it do so.
+    pub fn in_phase_for(&self, uid: &str, phase: MigrationPhase) -> Option<Duration> {
+        let map = self.0.lock().ok()?;
+        map.get(uid)?.get(&phase).map(Instant::elapsed)
+    }
+
+    /// Drops the clocks of a finished migration.
+    pub fn forget(&self, uid: &str) {
+        if let Ok(mut map) = self.0.lock() {
+            map.remove(uid);
+        }
+    }
 }
 
 /// Things created recently whose creation the cache may not show yet.
@@ -85,6 +123,10 @@ impl Expectations {
     }
 }
 
+/// A subscriber's stream of an informer's events: every object its watch reported (added,
+/// changed or deleted), as of that event, sent once the cache holds the event's state.
+pub type Subscription<K> = futures::channel::mpsc::UnboundedReceiver<Arc<K>>;
+
 /// A shared informer: one watch whose cache is updated before any subscriber hears of a
 /// change, so controllers triggered by it never read an older cache than the event that
 /// woke them (as with client-go's shared informers).
@@ -92,7 +134,7 @@ fn shared_informer<K>(
     api: Api<K>,
     config: watcher::Config,
     subscribers: usize,
-) -> (Store<K>, Vec<ReflectHandle<K>>)
+) -> (Store<K>, Vec<Subscription<K>>)
 where
     K: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
     K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
@@ -100,51 +142,75 @@ where
     shared_informer_with(api, config, subscribers, |_: &K| {})
 }
 
-/// [`shared_informer`] that also shows every object, as of its watch event, to `observe`
-/// (subscribers only get the object as cached when they read it, which may be later).
+/// [`shared_informer`] that also shows every object, as of its watch event, to `observe`.
+///
+/// Subscribers get the event's object itself, through a channel of their own, as
+/// client-go's event handlers do (KubeVirt's controllers enqueue from `addPod`,
+/// `updatePod`, `deletePod`, ...). Not kube-runtime's `ReflectHandle`: it looks each event's
+/// object up in the cache when the subscriber polls, and when the object is gone by then
+/// (a pod deleted right after a change) it returns `Pending` without a wake-up, so that
+/// subscriber hears of no further event (a target pod turning Ready) until something else
+/// wakes the controller, such as a periodic re-check.
 fn shared_informer_with<K>(
     api: Api<K>,
     config: watcher::Config,
     subscribers: usize,
     observe: impl Fn(&K) + Send + Sync + 'static,
-) -> (Store<K>, Vec<ReflectHandle<K>>)
+) -> (Store<K>, Vec<Subscription<K>>)
 where
     K: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
     K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
 {
-    let (reader, writer) = reflector::store_shared(SUBSCRIBER_BUFFER);
-    let handles = (0..subscribers)
-        .filter_map(|_| writer.subscribe())
-        .collect();
-    let stream = reflector::reflector(writer, watcher(api, config))
-        .default_backoff()
-        .touched_objects();
+    let (reader, writer) = reflector::store();
+    let (senders, receivers): (Vec<_>, Vec<_>) = (0..subscribers)
+        .map(|_| futures::channel::mpsc::unbounded())
+        .unzip();
+    let stream = reflector::reflector(writer, watcher(api, config)).default_backoff();
     tokio::spawn(async move {
-        stream
-            .for_each(|event| {
-                match event {
-                    Ok(obj) => observe(&obj),
-                    Err(e) => tracing::debug!("watch error (retrying): {e}"),
+        let mut stream = std::pin::pin!(stream);
+        // Objects of a (re)list: the cache holds them only once the list is complete.
+        let mut listed: Vec<Arc<K>> = Vec::new();
+        while let Some(event) = stream.next().await {
+            let ready: Vec<Arc<K>> = match event {
+                Ok(watcher::Event::Apply(obj) | watcher::Event::Delete(obj)) => {
+                    observe(&obj);
+                    vec![Arc::new(obj)]
                 }
-                async {}
-            })
-            .await;
+                Ok(watcher::Event::Init) => {
+                    listed.clear();
+                    Vec::new()
+                }
+                Ok(watcher::Event::InitApply(obj)) => {
+                    observe(&obj);
+                    listed.push(Arc::new(obj));
+                    Vec::new()
+                }
+                Ok(watcher::Event::InitDone) => std::mem::take(&mut listed),
+                Err(e) => {
+                    tracing::debug!("watch error (retrying): {e}");
+                    Vec::new()
+                }
+            };
+            for obj in ready {
+                for tx in &senders {
+                    // A subscriber that is gone has stopped its controller; nothing to do.
+                    let _ = tx.unbounded_send(obj.clone());
+                }
+            }
+        }
     });
-    (reader, handles)
+    (reader, receivers)
 }
-
-/// Events buffered per subscriber before the informer waits for it.
-const SUBSCRIBER_BUFFER: usize = 4096;
 
 /// The trigger streams of the controllers, one per (informer, controller) pair.
 pub struct Subscriptions {
-    pub vmis_for_vmi: ReflectHandle<VirtualMachineInstance>,
-    pub vmis_for_migration: ReflectHandle<VirtualMachineInstance>,
-    pub vmis_for_evacuation: ReflectHandle<VirtualMachineInstance>,
-    pub pods_for_vmi: ReflectHandle<Pod>,
-    pub pods_for_migration: ReflectHandle<Pod>,
-    pub migrations_for_migration: ReflectHandle<VirtualMachineInstanceMigration>,
-    pub migrations_for_evacuation: ReflectHandle<VirtualMachineInstanceMigration>,
+    pub vmis_for_vmi: Subscription<VirtualMachineInstance>,
+    pub vmis_for_migration: Subscription<VirtualMachineInstance>,
+    pub vmis_for_evacuation: Subscription<VirtualMachineInstance>,
+    pub pods_for_vmi: Subscription<Pod>,
+    pub pods_for_migration: Subscription<Pod>,
+    pub migrations_for_migration: Subscription<VirtualMachineInstanceMigration>,
+    pub migrations_for_evacuation: Subscription<VirtualMachineInstanceMigration>,
 }
 
 impl Context {
@@ -200,6 +266,7 @@ impl Context {
             terminating_pods,
             migration_expectations: Expectations::default(),
             started_migrations: tokio::sync::Mutex::new(HashMap::new()),
+            phase_clocks: PhaseClocks::default(),
         };
         let ready = async {
             ctx.vmis.wait_until_ready().await?;

@@ -23,7 +23,7 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
 use kube::api::{Api, PostParams};
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::reflector::{ObjectRef, ReflectHandle};
+use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kubevirt_api::common::{
     Condition, PhaseTransitionTimestamp, condition_reason, condition_type, now, set_condition,
@@ -45,8 +45,8 @@ use crate::live_migratable::live_migratable_condition;
 /// Runs the controller until the watches end.
 pub async fn run(
     ctx: Arc<Context>,
-    vmis: ReflectHandle<VirtualMachineInstance>,
-    pods: ReflectHandle<Pod>,
+    vmis: super::Subscription<VirtualMachineInstance>,
+    pods: super::Subscription<Pod>,
 ) {
     let client = ctx.client.clone();
     let mapper_ctx = ctx.clone();

@@ -7,3 +7,4 @@ mod eviction;
 mod lifecycle;
 mod migration;
 mod support;
+mod timing;
