@@ -49,7 +49,6 @@ def main():
         r["bound_s"] = r["bound"]["bound_seconds"]
         r["ratio"] = r["seconds"] / r["bound_s"]
         r["mem_ratio"] = r["seconds"] / r["bound"]["memory_bound_seconds"]
-        r["floor_ratio"] = r["seconds"] / r["bound"]["simulator_floor_seconds"]
         r["migrated"] = r["bound"]["vmis"] - r["after"]["vmis"]
         r["stalls"] = stalls(os.path.join(args.out, f"migrations-{r['prefix']}.json"))
         if r["tool"] == "vacate":
@@ -112,7 +111,7 @@ def met(ok):
 
 
 def below_one(ratios):
-    """A mark for ratios below 1, which only the simulator's whole-second timing allows."""
+    """A mark for ratios below 1, which the simulator should not allow."""
     return "*" if any(r < 1 for r in ratios) else ""
 
 
@@ -191,14 +190,13 @@ def plot(args, runs, scenarios):
     data = os.path.join(args.out, "plot.dat")
     with open(data, "w") as f:
         for i, s in enumerate(scenarios):
-            f.write(f"# {s}: round vacate kubectl bound simulator-floor\n")
+            f.write(f"# {s}: round vacate kubectl bound\n")
             for n in sorted({r["round"] for r in runs if r["scenario"] == s}):
                 row = {r["tool"]: r for r in runs if r["scenario"] == s and r["round"] == n}
                 v = row.get("vacate")
                 k = row.get("kubectl")
                 bound = (v or k)["bound_s"]
-                floor = (v or k)["bound"]["simulator_floor_seconds"]
-                f.write(f"{n} {v['seconds'] if v else 'NaN'} {k['seconds'] if k else 'NaN'} {bound} {floor}\n")
+                f.write(f"{n} {v['seconds'] if v else 'NaN'} {k['seconds'] if k else 'NaN'} {bound}\n")
             f.write("\n\n")
     png = os.path.join(args.docs, "benchmarks.png")
     script = [
@@ -215,9 +213,7 @@ def plot(args, runs, scenarios):
             f"set title '{s}'",
             f"plot '{data}' index {i} using 1:2 with linespoints pt 7 lw 2 title 'vacate', "
             f"'' index {i} using 1:3 with linespoints pt 5 lw 2 title 'kubectl drain', "
-            f"'' index {i} using ($1-0.45):4:(0.9):(0) with vectors nohead dt 2 lw 2 lc rgb 'black' title 'bound', "
-            f"'' index {i} using ($1-0.45):5:(0.9):(0) with vectors nohead dt 3 lw 1 lc rgb 'gray40' "
-            "title 'simulator floor (whole-second timestamps)'",
+            f"'' index {i} using ($1-0.45):4:(0.9):(0) with vectors nohead dt 2 lw 2 lc rgb 'black' title 'bound'",
         ]
     script.append("unset multiplot")
     subprocess.run(["gnuplot"], input="\n".join(script), text=True, check=True)
@@ -315,10 +311,7 @@ def write_doc(args, results, runs, scale1_runs, scenarios, summary, cordon, comm
     w("**How the simulator times migrations.** It times a migration's target preparation and its "
       "memory copy from the instant it moved the migration into PreparingTarget and Running, on a "
       "sub-second clock of its own, and ends each exactly when due (the API's whole-second timestamps "
-      "only serve after a simulator restart). A drain therefore cannot beat the bound above. Earlier "
-      "simulators timed both from the whole-second API timestamps, so each ended up to 1 s early; the "
-      "\"simulator floor\" column (each preparation and copy 1 s shorter, not below 0) is what such a "
-      "simulator allowed and only matters for comparing with runs made with it.")
+      "only serve after a simulator restart). A drain therefore cannot beat the bound above.")
     w("")
     for s in scenarios:
         r = next(x for x in runs if x["scenario"] == s)
@@ -326,7 +319,7 @@ def write_doc(args, results, runs, scale1_runs, scenarios, summary, cordon, comm
         w(f"- {s}: {b['vmis']} VMIs, {b['total_memory_bytes'] / 2**30:g} GiB, largest "
           f"{b['largest_memory_bytes'] / 2**30:g} GiB: memory only {b['memory_bound_seconds']:.2f} s, "
           f"with preparation {b['migration_bound_seconds']:.2f} s, pod grace {b['pod_grace_seconds']:g} s, "
-          f"bound {b['bound_seconds']:.2f} s, simulator floor {b['simulator_floor_seconds']:.2f} s.")
+          f"bound {b['bound_seconds']:.2f} s.")
     w("")
     w("## How each figure is measured")
     w("")
@@ -361,14 +354,13 @@ def write_doc(args, results, runs, scale1_runs, scenarios, summary, cordon, comm
       "migration.go does, so this column should read 0; a round with stalls measures the simulator "
       "more than the tool.")
     w("")
-    w("| scenario | round | tool | seconds | bound (s) | ratio | ratio to memory only | ratio to simulator floor | cordon (s) | VMIs moved | stalls |")
-    w("|---|---|---|---|---|---|---|---|---|---|---|")
+    w("| scenario | round | tool | seconds | bound (s) | ratio | ratio to memory only | cordon (s) | VMIs moved | stalls |")
+    w("|---|---|---|---|---|---|---|---|---|---|")
     for r in sorted(results, key=lambda r: (r["requested_scale"] == 1 and r in scale1_runs, r["scenario"], r["round"], r["tool"] != "vacate")):
         label = r["scenario"] + (" (time scale 1)" if r in scale1_runs else "")
         c = r["timing"].get("cordon_seconds")
         w(f"| {label} | {r['round']} | {'vacate' if r['tool'] == 'vacate' else 'kubectl drain'} | "
           f"{r['seconds']:.2f} | {r['bound_s']:.2f} | {r['ratio']:.3f} | {r['mem_ratio']:.3f} | "
-          f"{r['floor_ratio']:.3f} | "
           f"{'%.3f' % c if c is not None else '–'} | {r['migrated']} of {r['bound']['vmis']} | "
           f"{'–' if r['stalls'] is None else r['stalls']} |")
     w("")

@@ -60,11 +60,6 @@ pub struct Bound {
     pub pod_grace_seconds: f64,
     /// max(migration bound, pod grace): no drain can end sooner.
     pub bound_seconds: f64,
-    /// The least time the simulator as it stands can take: it times a migration's target
-    /// preparation and memory copy from timestamps the API server keeps in whole seconds,
-    /// so each of the two can end up to 1 s (real) early. The migration bound with each
-    /// migration's preparation and copy shortened by 1 s (not below 0), or the pod grace.
-    pub simulator_floor_seconds: f64,
 }
 
 pub async fn bound(client: &kube::Client, node: &str) -> Result<Bound> {
@@ -112,7 +107,6 @@ pub async fn bound(client: &kube::Client, node: &str) -> Result<Bound> {
         .context("listing VMIs")?;
     let mut memory = Vec::new();
     let mut slot_seconds = Vec::new();
-    let mut floor_seconds = Vec::new();
     for vmi in vmis.items.iter().filter(|v| v.node_name() == Some(node)) {
         let bytes = vmi.guest_memory_bytes().with_context(|| {
             format!(
@@ -136,10 +130,6 @@ pub async fn bound(client: &kube::Client, node: &str) -> Result<Bound> {
         };
         memory.push(bytes);
         slot_seconds.push(TARGET_PREPARATION_SECONDS + bytes as f64 / b);
-        floor_seconds.push(
-            (TARGET_PREPARATION_SECONDS / time_scale - 1.0).max(0.0)
-                + (bytes as f64 / b / time_scale - 1.0).max(0.0),
-        );
     }
     let total: u64 = memory.iter().sum();
     let largest = memory.iter().copied().max().unwrap_or(0);
@@ -150,7 +140,6 @@ pub async fn bound(client: &kube::Client, node: &str) -> Result<Bound> {
         (total / slots as f64).max(d.iter().copied().fold(0.0, f64::max))
     };
     let migration_bound = makespan(&slot_seconds) / time_scale;
-    let simulator_floor = makespan(&floor_seconds);
 
     let pods = Api::<Pod>::all(client.clone())
         .list(&ListParams::default().fields(&format!("spec.nodeName={node}")))
@@ -193,7 +182,6 @@ pub async fn bound(client: &kube::Client, node: &str) -> Result<Bound> {
         migration_bound_seconds: migration_bound,
         pod_grace_seconds: pod_grace,
         bound_seconds: migration_bound.max(pod_grace),
-        simulator_floor_seconds: simulator_floor.max(pod_grace),
     })
 }
 
