@@ -3,8 +3,10 @@
 #   make test   the whole test suite (what CI runs)
 #   make bench  vacate against kubectl drain and the bound, into docs/benchmarks.md and
 #               docs/benchmarks.png (~25 min; ROUNDS=2 BENCH_SCALE1=0 for a quick check)
+#   make chaos  vacate killed at random moments of drains, invariants checked, figures into
+#               docs/reliability.md (~15 min; CHAOS_RUNS=5 for a quick check)
 
-.PHONY: demo test bench build lint unit
+.PHONY: demo test bench chaos build lint unit
 
 demo:
 	bash scripts/demo.sh
@@ -14,6 +16,9 @@ test:
 
 bench:
 	bash scripts/bench.sh
+
+chaos:
+	bash scripts/chaos.sh
 
 build:
 	bash scripts/env.sh cargo build --workspace --bins

@@ -13,28 +13,11 @@ step "toolchains"
 cargo --version
 go version
 
-step "control-plane binaries (built from their Go modules; cached)"
-bin_dir=$(tests/testbed/build.sh | tail -n 1)
-export VACATE_TESTBED_BIN="$bin_dir"
-echo "$bin_dir"
-
 step "format and lints"
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
-step "build"
-cargo build --workspace --bins --locked
-
-step "testbed"
-state_dir=$(mktemp -d "${TMPDIR:-/tmp}/vacate-test-XXXXXX")
-cleanup() {
-  "$CARGO_TARGET_DIR/debug/testbed" down --state-dir "$state_dir" >/dev/null 2>&1 || true
-  rm -rf "$state_dir"
-}
-trap cleanup EXIT
-"$CARGO_TARGET_DIR/debug/testbed" up --state-dir "$state_dir" --nodes 3
-export VACATE_TESTBED_KUBECONFIG="$state_dir/kubeconfig"
-export VACATE_KUBEVIRT_SIM="$CARGO_TARGET_DIR/debug/kubevirt-sim"
+source scripts/testbed-up.sh
 
 step "tests"
 # Failures are repeated at the end, without backtraces, so the tail of a long log says

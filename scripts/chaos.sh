@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# The chaos suite (`make chaos`): vacate killed with SIGKILL at random moments of drains on
+# the testbed, the invariants checked after every run, the figures written to
+# docs/reliability.md (between its chaos markers). `make test` runs the same test with two
+# runs.
+#
+#   CHAOS_RUNS=20   runs (each a drain of a busy node, vacate killed one to three times)
+#   CHAOS_SEED=1    seed of the first run (run i uses seed + i)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/env.sh
+step() { printf '\n==> %s\n' "$*"; }
+runs="${CHAOS_RUNS:-20}"
+seed="${CHAOS_SEED:-1}"
+
+source scripts/testbed-up.sh
+
+step "chaos: $runs runs from seed $seed"
+out="$state_dir/chaos.jsonl"
+started=$(date +%s)
+status=0
+CHAOS_RUNS="$runs" CHAOS_SEED="$seed" CHAOS_OUT="$out" RUST_BACKTRACE=0 \
+  cargo test -p vacate --test chaos --locked -- --nocapture || status=$?
+took=$(( $(date +%s) - started ))
+
+step "report"
+python3 scripts/chaos-report.py "$out" docs/reliability.md \
+  --command "CHAOS_RUNS=$runs CHAOS_SEED=$seed make chaos" --seconds "$took"
+exit "$status"
