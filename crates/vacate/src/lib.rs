@@ -13,3 +13,6 @@ pub mod error;
 pub mod metrics;
 pub mod planner;
 pub mod server;
+
+#[cfg(test)]
+mod fuzz_tests;

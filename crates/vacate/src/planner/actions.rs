@@ -10,6 +10,14 @@ pub enum EventType {
     Warning,
 }
 
+/// The reasons of the events that announce a migration, eviction or stop vacate starts.
+pub const WORK_EVENTS: [&str; 4] = [
+    "MigrationStarted",
+    "VmiEvicted",
+    "EvacuationRequested",
+    "VmiRestarted",
+];
+
 /// One change to the cluster. The shell carries them out in order and stops at the first
 /// error, so every action must be safe to repeat.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -63,6 +71,19 @@ impl Action {
     /// an action writes its state first.
     pub fn changes_cluster(&self) -> bool {
         !matches!(self, Action::Event { .. })
+    }
+
+    /// Whether the action moves a workload off the node (a migration, an eviction, a
+    /// stop), or is the event that announces one: work that a plan failing the drain
+    /// withdraws.
+    pub fn starts_work(&self) -> bool {
+        match self {
+            Action::CreateMigration { .. }
+            | Action::EvictPod { .. }
+            | Action::RestartVmi { .. } => true,
+            Action::Event { reason, .. } => WORK_EVENTS.contains(reason),
+            _ => false,
+        }
     }
 
     /// Whether the action is a change of the node object itself, which the shell can send

@@ -291,6 +291,11 @@ impl Planner<'_> {
     pub(super) fn fail(&mut self, mut state: DrainState, reason: String) {
         let s = self.s;
         let now = s.now;
+        // A drain that gives up starts nothing: the migrations, evictions and stops this
+        // plan was about to start are withdrawn (a timeout found while VMIs waited for a
+        // slot, a refusal found after other VMIs were evicted), and vacate's migrations
+        // that run are cancelled.
+        self.actions.retain(|a| !a.starts_work());
         self.cancel_own_migrations();
         state.set_phase(Phase::Failed, now);
         state.failure = Some(reason.clone());

@@ -24,6 +24,8 @@ mod vmis;
 #[cfg(test)]
 mod fleet_tests;
 #[cfg(test)]
+mod properties;
+#[cfg(test)]
 mod tests;
 
 use std::collections::BTreeSet;

@@ -1570,3 +1570,41 @@ fn an_eviction_that_triggered_kubevirts_evacuation_never_restarts_the_vmi() {
             .any(|a| matches!(a, Action::RestartVmi { .. }))
     );
 }
+
+/// A plan that fails the drain starts nothing: neither the batch that a timeout found
+/// waiting for its turn, nor the eviction of a VMI met before another VMI's refused one.
+#[test]
+fn a_plan_that_fails_the_drain_starts_no_work() {
+    let mut s = snapshot(node(Some("true"), true));
+    s.vmis = (0..3).map(|i| vmi(&format!("vm-{i}"))).collect();
+    let config = Config::default();
+    let mut state = DrainState::new(t(0), true, 1);
+    state.phase = Phase::Migrating;
+    s.now = t(3600);
+    let (p, state) = step(&s, &state, &config);
+    assert_eq!(state.phase, Phase::Failed);
+    assert!(migrations_created(&p).is_empty(), "{:?}", p.actions);
+    assert!(!has_event(&p, "MigrationStarted"));
+    assert!(state.vmis.values().all(|r| r.attempts == 0));
+    let failure = state.failure.unwrap();
+    assert!(failure.contains("3 VMIs to live-migrate"), "{failure}");
+
+    let mut s = snapshot(node(Some("true"), true));
+    s.vmis = vec![not_migratable("a"), not_migratable("b")];
+    let mut config = Config::default();
+    config.non_migratable.on_eviction_refused = EvictionRefusedPolicy::Fail;
+    let mut state = DrainState::new(t(0), true, 1);
+    state.phase = Phase::Migrating;
+    state.vmis.insert(
+        "vms/b".into(),
+        VmiRecord {
+            eviction_refused: true,
+            ..VmiRecord::default()
+        },
+    );
+    let (p, state) = step(&s, &state, &config);
+    assert_eq!(state.phase, Phase::Failed);
+    assert!(evicted(&p).is_empty(), "{:?}", p.actions);
+    assert!(!has_event(&p, "VmiEvicted"));
+    assert!(has_event(&p, "DrainFailed"));
+}

@@ -319,6 +319,12 @@ impl Planner<'_> {
             });
             return;
         }
+        // Past the drain's deadline no batch starts: this plan fails the drain, and the
+        // records keep saying which VMIs were still to go.
+        if s.now >= state.started_at + chrono_duration(self.config.drain.timeout.get()) {
+            self.waiting_for = Some(format!("{} VMIs to live-migrate", fresh.len()));
+            return;
+        }
         // One event for the batch, on the node: a drain of many VMIs writes few events.
         let mut started = Vec::new();
         for (vmi, _) in fresh.into_iter().take(slots) {
