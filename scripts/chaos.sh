@@ -13,6 +13,8 @@ step() { printf '\n==> %s\n' "$*"; }
 runs="${CHAOS_RUNS:-20}"
 seed="${CHAOS_SEED:-1}"
 
+# What was measured: the commit the binaries are built from.
+commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
 source scripts/testbed-up.sh
 
 step "chaos: $runs runs from seed $seed"
@@ -25,5 +27,5 @@ took=$(( $(date +%s) - started ))
 
 step "report"
 python3 scripts/chaos-report.py "$out" docs/reliability.md \
-  --command "CHAOS_RUNS=$runs CHAOS_SEED=$seed make chaos" --seconds "$took"
+  --command "CHAOS_RUNS=$runs CHAOS_SEED=$seed make chaos" --seconds "$took" --commit "$commit"
 exit "$status"
