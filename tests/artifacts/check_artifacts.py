@@ -43,6 +43,7 @@ EXPECTED_CLUSTER_RULES = {
 # exists) in vacate's namespace.
 EXPECTED_NAMESPACED_RULES = {
     ("coordination.k8s.io", "leases"): {"get", "create", "patch"},
+    ("coordination.k8s.io", "leases:vacate"): {"list", "watch"},
     ("", "configmaps"): {"create"},
     ("", "configmaps:vacate-schedules"): {"get", "patch"},
 }

@@ -14,6 +14,8 @@ pub enum Error {
     Timeout(String),
     #[error("node {0} not found")]
     NodeNotFound(String),
+    #[error("not acting: {0}")]
+    Fenced(String),
 }
 
 impl Error {
@@ -45,6 +47,7 @@ impl Error {
             Error::CacheTimeout(_) => "cache_timeout",
             Error::Timeout(_) => "timeout",
             Error::NodeNotFound(_) => "node_not_found",
+            Error::Fenced(_) => "fenced",
         }
     }
 }

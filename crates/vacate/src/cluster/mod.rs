@@ -3,6 +3,7 @@
 //! migration count seen by one node's plan includes what the previous plan created.
 
 pub mod execute;
+pub mod fence;
 pub mod gate;
 pub mod prometheus;
 mod read;
@@ -65,6 +66,8 @@ pub struct Context {
     /// When this daemon last started a drain (the delay between drains counts from it).
     last_start: Mutex<Option<chrono::DateTime<Utc>>>,
     prometheus: Option<prometheus::PrometheusGate>,
+    /// The Lease this replica must hold to write (none without leader election).
+    fence: Option<fence::Fence>,
 }
 
 /// A running shell: its context and the receiver of node triggers.
@@ -81,6 +84,7 @@ impl Shell {
         config: Arc<Config>,
         metrics: Metrics,
         filter: NodeFilter,
+        fence: Option<fence::Fence>,
     ) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
         let (stores, tasks) = watch::start(&client, &filter, tx.clone());
@@ -117,6 +121,7 @@ impl Shell {
             report_tx,
             last_start: Mutex::new(None),
             prometheus,
+            fence,
         });
         Self {
             ctx,
@@ -335,6 +340,7 @@ impl Context {
         } else {
             Vec::new()
         };
+        self.check_fence()?;
         // What the annotation holds once the write is done.
         let mut stored = read.stored.clone();
         let mut state = match &plan.state {
@@ -361,6 +367,10 @@ impl Context {
         let mut failed = None;
         let mut evicted = Vec::new();
         for action in &plan.actions {
+            // A plan may take a while to carry out: the lease is checked before each step.
+            if action.changes_cluster() {
+                self.check_fence()?;
+            }
             let result = if node_changes.contains(&action) {
                 if matches!(plan.state, NextState::Clear) {
                     // Sent below, with the removal of the state.
@@ -416,6 +426,7 @@ impl Context {
                 .await;
         }
         if matches!(plan.state, NextState::Clear) {
+            self.check_fence()?;
             executor.write_state(None, None, &node_changes).await?;
             for action in &node_changes {
                 self.metrics.record_action(action, &ActionResult::Done);
@@ -428,6 +439,7 @@ impl Context {
                 .valid()
                 .map(DrainState::durable_part);
             if durable.as_ref() != Some(&s.durable_part()) {
+                self.check_fence()?;
                 executor.write_state(Some(s.to_json()), None, &[]).await?;
                 stored = Some(s.to_json());
             }
@@ -519,6 +531,14 @@ impl Context {
             None => {
                 tracing::debug!(phase = %plan.phase, actions = plan.actions.len(), "reconciled")
             }
+        }
+    }
+
+    /// Fails when this replica may no longer act (see [`fence`]).
+    fn check_fence(&self) -> Result<()> {
+        match &self.fence {
+            Some(fence) => fence.check(Utc::now()).map_err(Error::Fenced),
+            None => Ok(()),
         }
     }
 

@@ -189,6 +189,15 @@ async fn serve(
 
 impl Fake {
     fn new(config: Config, node: Node, vmis: Vec<VirtualMachineInstance>) -> Fake {
+        Fake::fenced(config, node, vmis, None)
+    }
+
+    fn fenced(
+        config: Config,
+        node: Node,
+        vmis: Vec<VirtualMachineInstance>,
+        fence: Option<fence::Fence>,
+    ) -> Fake {
         let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
         let client = Client::new(service, "default");
         let seen = Arc::new(Mutex::new(Vec::new()));
@@ -234,6 +243,7 @@ impl Fake {
             report_tx,
             last_start: Mutex::new(None),
             prometheus: None,
+            fence,
         });
         Fake {
             ctx,
@@ -443,6 +453,47 @@ async fn the_drained_phase_and_label_are_one_request() {
     assert_eq!(patches.len(), 1, "{patches:#?}");
     assert!(patches[0].writes_state() && patches[0].body.contains("vacate.io/drained"));
     assert_eq!(fake.last_state().phase, Phase::Drained);
+}
+
+/// A replica whose lease, as its watch last saw it, has run out (it was frozen past it, or
+/// another replica took over) writes nothing, and says why.
+#[tokio::test]
+async fn a_replica_whose_lease_ran_out_writes_nothing() {
+    use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+    let lease = |renewed: chrono::DateTime<Utc>| Lease {
+        metadata: kube::api::ObjectMeta {
+            name: Some("vacate".into()),
+            namespace: Some("vacate-system".into()),
+            ..Default::default()
+        },
+        spec: Some(LeaseSpec {
+            holder_identity: Some("me".into()),
+            renew_time: Some(fence::tests::micro_time(renewed)),
+            lease_duration_seconds: Some(15),
+            ..Default::default()
+        }),
+    };
+    let (store, mut writer) = reflector::store::<Lease>();
+    writer.apply_watcher_event(&watcher::Event::Apply(lease(
+        Utc::now() - chrono::Duration::seconds(20),
+    )));
+    let fence = fence::Fence::with_store(store, "vacate-system", "vacate", "me");
+    let fake = Fake::fenced(config(), requested(), vec![vmi("vm-0")], Some(fence));
+    let error = fake.ctx.reconcile(NODE).await.expect_err("fenced");
+    assert!(
+        matches!(error, Error::Fenced(ref why) if why.contains("expired")),
+        "{error}"
+    );
+    let seen = fake.seen();
+    assert!(
+        seen.iter().all(|s| s.method == "GET"),
+        "nothing written: {seen:#?}"
+    );
+
+    // Renewed: the same replica acts.
+    writer.apply_watcher_event(&watcher::Event::Apply(lease(Utc::now())));
+    fake.ctx.reconcile(NODE).await.expect("reconcile");
+    assert!(fake.seen().iter().any(Seen::writes_state));
 }
 
 fn pod(name: &str) -> Value {

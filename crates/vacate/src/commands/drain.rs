@@ -27,7 +27,7 @@ async fn start_shell(client: &Client, config: &Arc<Config>, node: &str) -> anyho
         name: Some(node.to_string()),
         label_selector: None,
     };
-    let shell = Shell::start(client.clone(), config.clone(), Metrics::new(), filter);
+    let shell = Shell::start(client.clone(), config.clone(), Metrics::new(), filter, None);
     shell
         .ctx
         .stores

@@ -9,6 +9,7 @@ use kube_lease_manager::LeaseManagerBuilder;
 use tokio::sync::watch;
 
 use crate::cluster::Shell;
+use crate::cluster::fence::Fence;
 use crate::cluster::watch::NodeFilter;
 use crate::config::Config;
 use crate::metrics::Metrics;
@@ -52,7 +53,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     if !config.leader_election.enabled {
         // Ready for systemd (Type=notify) once the caches are filled, inside `act`.
         metrics.leader.set(1);
-        act(&client, &config, &metrics, &readiness, stop_rx).await?;
+        act(&client, &config, &metrics, &readiness, stop_rx, None).await?;
         metrics.leader.set(0);
         return Ok(());
     }
@@ -75,6 +76,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             )
         })?;
     let (mut leader_rx, lease_task) = manager.watch().await;
+    // vacate writes only while the Lease, as its own watch shows it, is held and current.
+    let (fence, _fence_watch) = Fence::start(
+        &client,
+        &namespace,
+        &config.leader_election.lease_name,
+        &identity,
+    );
     readiness.set_ready(true);
     notify_systemd(sd_notify::NotifyState::Ready);
     tracing::info!(%identity, lease = %format!("{namespace}/{}", config.leader_election.lease_name), "waiting for leadership");
@@ -111,7 +119,15 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             }
             let _ = lost_tx.send(true);
         });
-        act(&client, &config, &metrics, &readiness, lost_rx).await?;
+        act(
+            &client,
+            &config,
+            &metrics,
+            &readiness,
+            lost_rx,
+            Some(fence.clone()),
+        )
+        .await?;
         relay.abort();
         metrics.leader.set(0);
         if !*stop.borrow() {
@@ -142,13 +158,20 @@ async fn act(
     metrics: &Metrics,
     readiness: &Readiness,
     stop: watch::Receiver<bool>,
+    fence: Option<Fence>,
 ) -> anyhow::Result<()> {
     let filter = NodeFilter {
         name: None,
         label_selector: (!config.node.selector.is_empty())
             .then(|| config.node.selector.as_str().to_string()),
     };
-    let shell = Shell::start(client.clone(), config.clone(), metrics.clone(), filter);
+    let shell = Shell::start(
+        client.clone(),
+        config.clone(),
+        metrics.clone(),
+        filter,
+        fence,
+    );
     // A slow or overloaded API server is not fatal: the watches retry with back-off, and
     // vacate stays not ready (saying which caches it waits for) until they are filled.
     let mut waited = Duration::ZERO;
