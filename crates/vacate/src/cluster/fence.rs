@@ -55,6 +55,19 @@ impl Fence {
         (fence, tasks)
     }
 
+    /// Waits (up to `timeout`) until the watch shows the lease held by this replica: a new
+    /// leader's first steps are not refused for a watch event still on its way.
+    pub async fn wait_until_held(&self, timeout: std::time::Duration) -> Result<(), String> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            match self.check(Utc::now()) {
+                Ok(()) => return Ok(()),
+                Err(why) if tokio::time::Instant::now() >= deadline => return Err(why),
+                Err(_) => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
+            }
+        }
+    }
+
     /// A fence over a store filled by the caller (tests).
     pub fn with_store(store: Store<Lease>, namespace: &str, name: &str, identity: &str) -> Fence {
         Fence {

@@ -170,7 +170,7 @@ async fn act(
         config.clone(),
         metrics.clone(),
         filter,
-        fence,
+        fence.clone(),
     );
     // A slow or overloaded API server is not fatal: the watches retry with back-off, and
     // vacate stays not ready (saying which caches it waits for) until they are filled.
@@ -191,6 +191,11 @@ async fn act(
             },
             _ = stopping.wait_for(|stop| *stop) => return Ok(()),
         }
+    }
+    if let Some(fence) = &fence
+        && let Err(why) = fence.wait_until_held(Duration::from_secs(10)).await
+    {
+        tracing::warn!(%why, "the lease watch does not show this replica's lease yet; every write waits for it");
     }
     readiness.set_ready(true);
     notify_systemd(sd_notify::NotifyState::Ready);
