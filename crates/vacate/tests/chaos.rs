@@ -2,8 +2,9 @@
 //! invariants checked after every run. `make test` runs a few runs with a fixed seed; `make
 //! chaos` runs many and writes the figures to docs/reliability.md.
 //!
-//! `CHAOS_RUNS` (default 2) and `CHAOS_SEED` (default 1) choose the runs; with `CHAOS_OUT`
-//! set, each run's record is appended to that file as one JSON line.
+//! `CHAOS_RUNS` (default 2), `CHAOS_FAILING_RUNS` (runs where 30% of the migrations fail as
+//! well; default 1) and `CHAOS_SEED` (default 1) choose the runs; with `CHAOS_OUT` set, each
+//! run's record is appended to that file as one JSON line.
 
 mod support;
 
@@ -33,6 +34,8 @@ fn env_number(name: &str, default: u64) -> Result<u64> {
 struct RunRecord {
     run: u64,
     seed: u64,
+    /// The faults of the run besides the kills.
+    faults: String,
     /// Seconds after the request at which vacate was killed.
     kills_at: Vec<f64>,
     drain_seconds: f64,
@@ -41,15 +44,50 @@ struct RunRecord {
     violations: Vec<String>,
 }
 
+/// What a run injects besides the kills.
+#[derive(Clone, Copy)]
+struct Faults {
+    /// Share of migrations that fail halfway (the simulator's per-VMI annotation).
+    failure_rate: Option<&'static str>,
+}
+
+impl Faults {
+    fn describe(self) -> String {
+        match self.failure_rate {
+            Some(rate) => format!("SIGKILL, {rate} of migrations failing"),
+            None => "SIGKILL".into(),
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_at_random_moments_loses_nothing() -> Result<()> {
     let runs = env_number("CHAOS_RUNS", 2)?;
     let seed = env_number("CHAOS_SEED", 1)?;
+    runs_of(0..runs, seed, Faults { failure_rate: None }).await
+}
+
+/// Migrations failing at random on top of the kills: vacate retries them, and after its
+/// attempts hands the VMI to KubeVirt (an eviction its evacuation turns into a migration).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_migrations_and_sigkill_lose_nothing() -> Result<()> {
+    let runs = env_number("CHAOS_FAILING_RUNS", 1)?;
+    let seed = env_number("CHAOS_SEED", 1)?;
+    // Run numbers after the plain runs' keep the records apart.
+    let first = env_number("CHAOS_RUNS", 2)?;
+    let faults = Faults {
+        failure_rate: Some("0.3"),
+    };
+    runs_of(first..first + runs, seed, faults).await
+}
+
+async fn runs_of(runs: std::ops::Range<u64>, seed: u64, faults: Faults) -> Result<()> {
     let mut failed = Vec::new();
-    for run in 0..runs {
-        let record = one_run(run, seed.wrapping_add(run)).await?;
+    for run in runs {
+        let record = one_run(run, seed.wrapping_add(run), faults).await?;
         println!(
-            "run {run}: killed at {:?} s, drained in {:.1} s, {} violations",
+            "run {run} ({}): killed at {:?} s, drained in {:.1} s, {} violations",
+            record.faults,
             record.kills_at,
             record.drain_seconds,
             record.violations.len()
@@ -71,11 +109,20 @@ async fn sigkill_at_random_moments_loses_nothing() -> Result<()> {
 }
 
 /// One drain of a busy node, vacate killed one to three times at random moments.
-async fn one_run(run: u64, seed: u64) -> Result<RunRecord> {
+async fn one_run(run: u64, seed: u64, faults: Faults) -> Result<RunRecord> {
     let mut rng = StdRng::seed_from_u64(seed);
     let env = Env::new(&format!("chaos{run}"), 3).await?;
     let node = env.node(0).to_string();
-    env.busy_node(0, 6, 2, 1).await?;
+    let vms = (0..6)
+        .map(|i| {
+            let vm = Vm::migratable(format!("vm-{i}"));
+            match faults.failure_rate {
+                Some(rate) => vm.annotate("simulator.vacate.io/migration-failure-rate", rate),
+                None => vm,
+            }
+        })
+        .collect();
+    env.busy_node_with(0, vms, 2, 1).await?;
     let before: BTreeMap<String, String> = env
         .vmis()
         .await?
@@ -120,12 +167,16 @@ async fn one_run(run: u64, seed: u64) -> Result<RunRecord> {
             Some(_) => {}
         }
     }
-    // One migration per VMI (none failed here), never more than the node's limit at once.
+    // Without failures one migration per VMI; never two of a VMI at once, never more than
+    // the node's limit at once.
     let per_vmi = monitor.per_vmi();
     for (vmi, migrations) in &per_vmi {
-        if migrations.len() != 1 {
+        if faults.failure_rate.is_none() && migrations.len() != 1 {
             violations.push(format!("VMI {vmi} got migrations {migrations:?}"));
         }
+    }
+    if monitor.max_concurrent_per_vmi() > 1 {
+        violations.push("a VMI had two of vacate's migrations in flight at once".into());
     }
     if monitor.max_in_flight_on(&node) > 2 {
         violations.push(format!(
@@ -151,6 +202,7 @@ async fn one_run(run: u64, seed: u64) -> Result<RunRecord> {
     Ok(RunRecord {
         run,
         seed,
+        faults: faults.describe(),
         kills_at,
         drain_seconds: (drain_seconds * 100.0).round() / 100.0,
         vmis: before.len(),

@@ -264,15 +264,31 @@ impl Env {
         replicas: i32,
         min_available: i32,
     ) -> Result<()> {
+        let vms = (0..vms)
+            .map(|i| Vm::migratable(format!("vm-{i}")))
+            .collect();
+        self.busy_node_with(target, vms, replicas, min_available)
+            .await
+    }
+
+    /// [`Env::busy_node`] with the given VMs.
+    pub async fn busy_node_with(
+        &self,
+        target: usize,
+        vms: Vec<Vm>,
+        replicas: i32,
+        min_available: i32,
+    ) -> Result<()> {
         let node = self.node(target).to_string();
-        let pods = vms + replicas as usize;
+        let count = vms.len();
+        let pods = count + replicas as usize;
         self.place_on(target, || async {
-            for i in 0..vms {
-                self.create_vm(&Vm::migratable(format!("vm-{i}"))).await?;
+            for vm in &vms {
+                self.create_vm(vm).await?;
             }
             self.create_deployment("web", replicas, Some(min_available))
                 .await?;
-            self.wait_vmis_running_on(&node, vms).await?;
+            self.wait_vmis_running_on(&node, count).await?;
             self.wait_pods_running_on(&node, pods).await
         })
         .await?;
@@ -582,6 +598,9 @@ pub struct MigrationMonitor {
 #[derive(Default)]
 struct MonitorState {
     unfinished: HashMap<String, String>,
+    /// VMI of each unfinished migration.
+    unfinished_vmi: HashMap<String, String>,
+    max_concurrent_per_vmi: usize,
     max_per_node: HashMap<String, usize>,
     max_total: usize,
     per_vmi: HashMap<String, Vec<String>>,
@@ -609,10 +628,18 @@ impl MigrationMonitor {
                     vmi_list.push(name.clone());
                 }
                 if m.is_unfinished() && m.metadata.deletion_timestamp.is_none() {
-                    s.unfinished.insert(name, node.clone());
+                    s.unfinished.insert(name.clone(), node.clone());
+                    s.unfinished_vmi.insert(name, m.spec.vmi_name.clone());
                 } else {
                     s.unfinished.remove(&name);
+                    s.unfinished_vmi.remove(&name);
                 }
+                let of_vmi = s
+                    .unfinished_vmi
+                    .values()
+                    .filter(|v| **v == m.spec.vmi_name)
+                    .count();
+                s.max_concurrent_per_vmi = s.max_concurrent_per_vmi.max(of_vmi);
                 let on_node = s.unfinished.values().filter(|n| **n == node).count();
                 let total = s.unfinished.len();
                 let max = s.max_per_node.entry(node).or_default();
@@ -641,6 +668,11 @@ impl MigrationMonitor {
             .get(vmi)
             .cloned()
             .unwrap_or_default()
+    }
+
+    /// The most of vacate's migrations of one VMI that were unfinished at once.
+    pub fn max_concurrent_per_vmi(&self) -> usize {
+        self.inner.lock().unwrap().max_concurrent_per_vmi
     }
 
     pub fn per_vmi(&self) -> HashMap<String, Vec<String>> {
