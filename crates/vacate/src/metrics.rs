@@ -42,6 +42,7 @@ pub struct Metrics {
     pub node_vmis: IntGaugeVec,
     pub node_pods: IntGaugeVec,
     pub node_drain_started: GaugeVec,
+    pub node_drain_eta: GaugeVec,
     pub reconcile_errors: IntCounterVec,
     pub invalid_states: IntCounter,
     pub leader: IntGauge,
@@ -171,6 +172,16 @@ impl Metrics {
                 Opts::new(
                     "vacate_node_drain_started_timestamp_seconds",
                     "Unix time at which the current drain of a node started.",
+                ),
+                &["node"],
+            )
+            .unwrap(),
+            node_drain_eta: GaugeVec::new(
+                Opts::new(
+                    "vacate_node_drain_eta_timestamp_seconds",
+                    "Unix time at which the migrations of a draining node are predicted to end \
+                     (the VMIs left, largest first over the node's slots at the bandwidth \
+                     migrations reach in the cluster).",
                 ),
                 &["node"],
             )
@@ -311,6 +322,7 @@ impl Metrics {
             Box::new(self.node_vmis.clone()),
             Box::new(self.node_pods.clone()),
             Box::new(self.node_drain_started.clone()),
+            Box::new(self.node_drain_eta.clone()),
             Box::new(self.reconcile_errors.clone()),
             Box::new(self.invalid_states.clone()),
             Box::new(self.leader.clone()),
@@ -470,6 +482,15 @@ impl Metrics {
         self.node_drain_started
             .with_label_values(&[node])
             .set(state.started_at.timestamp() as f64);
+        match state.eta {
+            Some(eta) => self
+                .node_drain_eta
+                .with_label_values(&[node])
+                .set(eta.timestamp_millis() as f64 / 1000.0),
+            None => {
+                let _ = self.node_drain_eta.remove_label_values(&[node]);
+            }
+        }
     }
 
     /// The migration limits in force (vacate's configuration capped by the KubeVirt CR)
@@ -518,6 +539,7 @@ impl Metrics {
             let _ = self.node_pods.remove_label_values(&[node, state]);
         }
         let _ = self.node_drain_started.remove_label_values(&[node]);
+        let _ = self.node_drain_eta.remove_label_values(&[node]);
     }
 
     /// The text exposition of every metric.

@@ -21,7 +21,20 @@ async fn happy_path_migrates_in_limited_batches_and_uncordons() -> anyhow::Resul
 
     let (monitor, _watch) = MigrationMonitor::start(&env);
     let vacate = env.vacate(FAST).await?;
+    let requested = chrono::Utc::now();
     env.request(&node, Some("true")).await?;
+    // Once a migration has finished in the cluster, the drain predicts its end.
+    let eta_series = format!("vacate_node_drain_eta_timestamp_seconds{{node=\"{node}\"}}");
+    env.wait("a predicted end of the drain", DRAIN, || async {
+        Ok(vacate.metric(&eta_series).await? > 0.0)
+    })
+    .await?;
+    let eta = vacate.metric(&eta_series).await?;
+    let lead = eta - requested.timestamp() as f64;
+    assert!(
+        (0.0..300.0).contains(&lead),
+        "predicted end {lead:.1} s after the request"
+    );
     let state = env.wait_phase(&node, Phase::Drained, DRAIN).await?;
 
     assert_eq!(state.vmis.len(), 8);

@@ -18,6 +18,9 @@ use crate::planner::{
     self, DrainState, MigrationPhase, MigrationView, Snapshot, StartGate, StateAnnotation,
 };
 
+/// Finished migrations the bandwidth estimate looks at.
+const BANDWIDTH_SAMPLES: usize = 20;
+
 /// How long a just-created migration counts as in flight before the watch cache shows it.
 const LEDGER_TTL: Duration = Duration::from_secs(120);
 
@@ -141,7 +144,11 @@ impl Context {
                 .collect(),
             migrations,
             pods: pods.iter().map(snapshot::pod_view).collect(),
-            cluster: snapshot::cluster_view(kubevirt.as_deref(), in_flight),
+            cluster: {
+                let mut cluster = snapshot::cluster_view(kubevirt.as_deref(), in_flight);
+                cluster.bandwidth = self.observed_bandwidth().or(cluster.bandwidth);
+                cluster
+            },
             // The reconciliation asks the gate only when the plan may start a drain.
             start_gate: StartGate::NotAsked,
             node: view,
@@ -152,6 +159,38 @@ impl Context {
             snapshot,
             ours_in_flight,
         })))
+    }
+
+    /// The bandwidth migrations reach in this cluster: the median, over the last
+    /// [`BANDWIDTH_SAMPLES`] migrations that succeeded, of the VMI's guest memory over the
+    /// migration's time from creation to success (scheduling and target preparation
+    /// included, as a drain waits for them too).
+    fn observed_bandwidth(&self) -> Option<f64> {
+        let mut finished: Vec<(chrono::DateTime<Utc>, f64)> = self
+            .stores
+            .migrations
+            .state()
+            .iter()
+            .filter(|m| m.phase() == Some(kubevirt_api::MigrationPhase::Succeeded))
+            .filter_map(|m| {
+                let view = snapshot::migration_view(m, "");
+                let (start, end) = (view.created_at?, view.finished_at?);
+                let seconds = (end - start).to_std().ok()?.as_secs_f64().max(1.0);
+                let vmi = self
+                    .stores
+                    .vmis
+                    .get(&ObjectRef::new(&m.spec.vmi_name).within(&view.namespace))?;
+                Some((end, vmi.guest_memory_bytes()? as f64 / seconds))
+            })
+            .collect();
+        finished.sort_by_key(|(end, _)| std::cmp::Reverse(*end));
+        let mut rates: Vec<f64> = finished
+            .into_iter()
+            .take(BANDWIDTH_SAMPLES)
+            .map(|(_, rate)| rate)
+            .collect();
+        rates.sort_by(f64::total_cmp);
+        rates.get(rates.len() / 2).copied()
     }
 
     /// Unfinished migrations cluster-wide, vacate's among them, and the views of a node's

@@ -230,6 +230,7 @@ pub fn cluster_view(kubevirt: Option<&KubeVirt>, migrations_in_flight: u32) -> C
         migrations_in_flight,
         kubevirt_per_node: m.parallel_outbound_migrations_per_node(),
         kubevirt_per_cluster: m.parallel_migrations_per_cluster(),
+        bandwidth: m.bandwidth_bytes_per_second(),
     }
 }
 

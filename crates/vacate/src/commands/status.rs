@@ -37,7 +37,23 @@ pub fn row(node: &Node, config: &Config) -> Option<Row> {
     };
     match &view.state {
         StateAnnotation::Valid(state) => {
-            let detail = state.detail().unwrap_or_default();
+            let mut detail = state.detail().unwrap_or_default();
+            if let Some(eta) = state
+                .eta
+                .filter(|_| state.phase == crate::planner::Phase::Migrating)
+            {
+                let left = (eta - Utc::now()).num_seconds().max(0) as u64;
+                let eta = format!(
+                    "migrations done by {} UTC (in {})",
+                    eta.format("%H:%M:%S"),
+                    humantime::format_duration(std::time::Duration::from_secs(left))
+                );
+                detail = if detail.is_empty() {
+                    eta
+                } else {
+                    format!("{eta}; {detail}")
+                };
+            }
             Some(Row {
                 node: name,
                 phase: state.phase.to_string(),

@@ -142,11 +142,18 @@ impl Planner<'_> {
         let pods_left = self.handle_pods(&mut state, vmis_left > 0);
         if vmis_left > 0 {
             state.set_phase(Phase::Migrating, now);
-        } else if pods_left > 0 {
-            state.set_phase(Phase::Evicting, now);
+            state.eta = eta::predicted_end(s, self.config);
         } else {
-            self.finish_drain(state);
-            return;
+            if state.eta.is_none_or(|eta| eta > now) {
+                // The migrations are over: their end is known.
+                state.eta = Some(now);
+            }
+            if pods_left > 0 {
+                state.set_phase(Phase::Evicting, now);
+            } else {
+                self.finish_drain(state);
+                return;
+            }
         }
         if now >= deadline {
             let why = match (&self.blocked, &self.waiting_for) {

@@ -16,6 +16,7 @@ pub mod pod_filters;
 pub mod state;
 pub mod windows;
 
+mod eta;
 mod lifecycle;
 mod outcomes;
 mod pods;

@@ -173,6 +173,9 @@ pub struct ClusterView {
     pub kubevirt_per_node: u32,
     /// `parallelMigrationsPerCluster` of the KubeVirt CR.
     pub kubevirt_per_cluster: u32,
+    /// Bytes of guest memory a migration moves per second in this cluster: measured from
+    /// migrations that finished, else the KubeVirt CR's `bandwidthPerMigration`.
+    pub bandwidth: Option<f64>,
 }
 
 impl Default for ClusterView {
@@ -182,6 +185,7 @@ impl Default for ClusterView {
             migrations_in_flight: 0,
             kubevirt_per_node: 2,
             kubevirt_per_cluster: 5,
+            bandwidth: None,
         }
     }
 }

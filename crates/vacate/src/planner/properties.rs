@@ -588,6 +588,7 @@ fn build(sc: &Scenario) -> (Snapshot, Config) {
             migrations_in_flight: in_flight_here + sc.elsewhere,
             kubevirt_per_node: sc.kubevirt_per_node,
             kubevirt_per_cluster: sc.kubevirt_per_cluster,
+            bandwidth: Some(128.0 * 1024.0 * 1024.0),
         },
         start_gate: StartGate::Open,
     };
@@ -910,6 +911,7 @@ impl World {
                 migrations_in_flight: unfinished_count(&self.migrations) + self.elsewhere,
                 kubevirt_per_node: self.kubevirt_per_node,
                 kubevirt_per_cluster: self.kubevirt_per_cluster,
+                bandwidth: Some(128.0 * 1024.0 * 1024.0),
             },
             start_gate: StartGate::Open,
         }

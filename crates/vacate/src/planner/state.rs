@@ -269,6 +269,10 @@ pub struct DrainState {
     pub drained_at: Option<DateTime<Utc>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_batch_at: Option<DateTime<Utc>>,
+    /// When the node's migrations should be done (see `planner::eta`), as predicted at the
+    /// last write.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eta: Option<DateTime<Utc>>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub vmis: BTreeMap<String, VmiRecord>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -295,17 +299,19 @@ impl DrainState {
             failure: None,
             drained_at: None,
             last_batch_at: None,
+            eta: None,
             vmis: BTreeMap::new(),
             pods: BTreeMap::new(),
         }
     }
 
     /// The state without what the next look derives again from the cluster: the outcomes
-    /// of the VMIs and pods (the attempts that name vacate's migrations are kept) and what
-    /// the drain waits for. A change outside it is written at once.
+    /// of the VMIs and pods (the attempts that name vacate's migrations are kept), what
+    /// the drain waits for and its predicted end. A change outside it is written at once.
     pub fn durable_part(&self) -> DrainState {
         let mut durable = self.clone();
         durable.waiting_for = None;
+        durable.eta = None;
         for record in durable.vmis.values_mut() {
             *record = VmiRecord {
                 attempts: record.attempts,

@@ -461,6 +461,35 @@ fn a_migration_onto_the_node_holds_the_drain() {
     assert_eq!(migrations_created(&p), vec!["elsewhere"]);
 }
 
+/// The predicted end: the VMIs left, largest first over the node's slots at the cluster's
+/// bandwidth, counting what the migrations under way have done.
+#[test]
+fn a_drain_predicts_when_its_migrations_end() {
+    let mut s = snapshot(node(Some("true"), false));
+    s.vmis = (0..4).map(|i| vmi(&format!("vm-{i}"))).collect(); // 4 GiB each
+    let config = Config::default(); // 2 per node
+    let p = plan(&s, &config);
+    assert_eq!(written(&p).eta, None, "no bandwidth known yet");
+
+    s.cluster.bandwidth = Some((1u64 << 30) as f64); // 1 GiB/s: 4 s per VMI
+    let state = written(&plan(&s, &config));
+    assert_eq!(state.eta, Some(t(8)));
+
+    // Two seconds in, vm-0 and vm-1 half done: 2 s left each, then 4 s for each of the others.
+    let mut later = s.clone();
+    later.node.unschedulable = true;
+    later.now = t(2);
+    later.migrations = vec![
+        migration(&state, "vm-0", 1, MigrationPhase::Unfinished),
+        migration(&state, "vm-1", 1, MigrationPhase::Unfinished),
+    ];
+    for m in &mut later.migrations {
+        m.created_at = Some(t(0));
+    }
+    let (_, next) = step(&later, &state, &config);
+    assert_eq!(next.eta, Some(t(8)));
+}
+
 #[test]
 fn failed_migration_is_retried_with_backoff_then_falls_back() {
     let mut s = snapshot(node(Some("true"), false));
