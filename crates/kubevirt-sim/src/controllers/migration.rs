@@ -1056,7 +1056,8 @@ mod tests {
     #[test]
     fn evacuation_migrations_back_off_after_failures_as_kubevirt_does() {
         // Time scale 1: KubeVirt's own seconds.
-        let cfg = ClusterConfig::from_kubevirt(None, 1.0);
+        let cfg =
+            ClusterConfig::from_kubevirt(None, &crate::settings::CliDefaults::time_scale(1.0));
         let new = evacuation("c", 1, "Pending", None);
         // No earlier failure: no wait.
         assert_eq!(
