@@ -48,6 +48,15 @@ pub async fn run(options: Options) -> Result<()> {
     let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
         .await
         .map_err(|e| Error::Config(e.to_string()))?;
+    // Requests virt-controller makes in its own name: the migration admission of KubeVirt
+    // v1.9 lets only its service account set `spec.priority`. The simulator's user is an
+    // administrator, so it impersonates that account (keeping the administrator's group for
+    // authorization).
+    let mut virt_controller_config = config.clone();
+    virt_controller_config.auth_info.impersonate =
+        Some(kubevirt_api::labels::VIRT_CONTROLLER_USER.into());
+    virt_controller_config.auth_info.impersonate_groups = Some(vec!["system:masters".into()]);
+    let virt_controller = kube::Client::try_from(virt_controller_config)?;
     let client = kube::Client::try_from(config)?;
 
     retry_startup("installing the CRDs", || install::install_crds(&client)).await?;
@@ -59,6 +68,7 @@ pub async fn run(options: Options) -> Result<()> {
 
     let (ctx, subscriptions) = controllers::Context::start(
         client.clone(),
+        virt_controller,
         settings::CliDefaults {
             time_scale: options.time_scale,
             release: options.kubevirt_release,

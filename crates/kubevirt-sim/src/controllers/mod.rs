@@ -31,6 +31,9 @@ use crate::settings::{CliDefaults, ClusterConfig};
 /// Shared state of all controllers and webhooks.
 pub struct Context {
     pub client: Client,
+    /// The same cluster as virt-controller's service account (see
+    /// `labels::VIRT_CONTROLLER_USER`): for migrations with a priority.
+    pub virt_controller_client: Client,
     cli: CliDefaults,
     pub vmis: Store<VirtualMachineInstance>,
     /// Pods labelled `kubevirt.io=virt-launcher`.
@@ -216,7 +219,11 @@ pub struct Subscriptions {
 
 impl Context {
     /// Starts the shared informers and waits until they have listed everything once.
-    pub async fn start(client: Client, cli: CliDefaults) -> Result<(Context, Subscriptions)> {
+    pub async fn start(
+        client: Client,
+        virt_controller_client: Client,
+        cli: CliDefaults,
+    ) -> Result<(Context, Subscriptions)> {
         let launcher_selector = format!("{APP_LABEL}={VIRT_LAUNCHER}");
         let (vmis, mut vmi_subs) =
             shared_informer(Api::all(client.clone()), watcher::Config::default(), 3);
@@ -263,6 +270,7 @@ impl Context {
             kubevirt,
             pvcs,
             client,
+            virt_controller_client,
             cli,
             pod_expectations: Expectations::default(),
             terminating_pods,
