@@ -22,6 +22,13 @@ pub const MIGRATION_TARGET_NODE_NAME_LABEL: &str = "kubevirt.io/migrationTargetN
 /// Annotation on migrations created by the evacuation controller: the node being evacuated
 /// (`EvacuationMigrationAnnotation`).
 pub const EVACUATION_MIGRATION_ANNOTATION: &str = "kubevirt.io/evacuationMigration";
+/// VMI annotation naming who asked for the eviction (`EvictionSourceAnnotation`); with the
+/// value `descheduler` KubeVirt v1.9 gives the evacuation migration `system-maintenance`
+/// priority instead of `system-critical`.
+pub const EVICTION_SOURCE_ANNOTATION: &str = "kubevirt.io/eviction-source";
+/// The service account of virt-controller, the only user allowed to set a migration's
+/// `spec.priority` (`hasRequestOriginatedFromVirtController`, migration-create-admitter.go).
+pub const VIRT_CONTROLLER_USER: &str = "system:serviceaccount:kubevirt:kubevirt-controller";
 /// Finalizer that KubeVirt's mutating webhook adds to every migration (`VirtualMachineInstanceMigrationFinalizer`).
 pub const MIGRATION_FINALIZER: &str = "kubevirt.io/migrationJobFinalize";
 /// Finalizer KubeVirt puts on VMIs (`VirtualMachineInstanceFinalizer`).

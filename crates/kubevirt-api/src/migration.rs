@@ -36,6 +36,18 @@ pub struct VirtualMachineInstanceMigrationSpec {
     /// Extra node selector terms the target pod must satisfy (KubeVirt ≥ 1.6).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub added_node_selector: BTreeMap<String, String>,
+    /// `MigrationPriority` (`system-critical`, `user-triggered`, `system-maintenance`; see
+    /// [`migration_priority`]). Only virt-controller may set it (KubeVirt v1.9: evacuations).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority: Option<String>,
+}
+
+/// Values of `spec.priority` (`MigrationPriority` in
+/// `staging/src/kubevirt.io/api/core/v1/types.go`, v1.7.4 and v1.9.0).
+pub mod migration_priority {
+    pub const SYSTEM_CRITICAL: &str = "system-critical";
+    pub const USER_TRIGGERED: &str = "user-triggered";
+    pub const SYSTEM_MAINTENANCE: &str = "system-maintenance";
 }
 
 /// `VirtualMachineInstanceMigrationPhase`, in the order migration.go moves through them.

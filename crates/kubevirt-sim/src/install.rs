@@ -18,6 +18,7 @@ use kubevirt_api::{KubeVirt, KubeVirtSpec, KubeVirtStatus};
 use serde_json::json;
 
 use crate::error::{Error, Result, kube_conflict};
+use crate::settings::{KUBEVIRT_RELEASE_ANNOTATION, KubeVirtRelease};
 
 const FIELD_MANAGER: &str = "kubevirt-sim";
 
@@ -82,7 +83,7 @@ pub async fn install_crds(client: &kube::Client) -> Result<()> {
 
 /// Ensures namespace `kubevirt` and the KubeVirt CR `kubevirt/kubevirt` exist, with the
 /// status a deployed KubeVirt reports. An existing CR (e.g. configured by a test) is kept.
-pub async fn ensure_kubevirt(client: &kube::Client) -> Result<()> {
+pub async fn ensure_kubevirt(client: &kube::Client, release: KubeVirtRelease) -> Result<()> {
     let namespaces: Api<Namespace> = Api::all(client.clone());
     let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": KUBEVIRT_NAMESPACE}}))?;
     match namespaces.create(&PostParams::default(), &ns).await {
@@ -91,7 +92,15 @@ pub async fn ensure_kubevirt(client: &kube::Client) -> Result<()> {
         Err(e) => return Err(e.into()),
     }
     let api: Api<KubeVirt> = Api::namespaced(client.clone(), KUBEVIRT_NAMESPACE);
-    if api.get_opt(KUBEVIRT_NAME).await?.is_none() {
+    let existing = api.get_opt(KUBEVIRT_NAME).await?;
+    // The release this simulator follows: the CR's annotation, else the command line.
+    let release = existing
+        .as_ref()
+        .and_then(|kv| kv.metadata.annotations.as_ref())
+        .and_then(|a| a.get(KUBEVIRT_RELEASE_ANNOTATION))
+        .and_then(|v| KubeVirtRelease::parse(v))
+        .unwrap_or(release);
+    if existing.is_none() {
         // A default install: no configuration, so KubeVirt's defaults apply (5 parallel
         // migrations per cluster, 2 outbound per node, unlimited bandwidth, no cluster-wide
         // eviction strategy).
@@ -111,8 +120,8 @@ pub async fn ensure_kubevirt(client: &kube::Client) -> Result<()> {
             "AllComponentsReady",
             "All components are ready.",
         )],
-        observed_kube_virt_version: Some("v1.7.0".into()),
-        target_kube_virt_version: Some("v1.7.0".into()),
+        observed_kube_virt_version: Some(release.version().into()),
+        target_kube_virt_version: Some(release.version().into()),
     };
     api.patch_status(
         KUBEVIRT_NAME,

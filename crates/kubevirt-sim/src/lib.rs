@@ -1,6 +1,6 @@
 //! A KubeVirt simulator: it installs KubeVirt's CRDs into a real API server and then
-//! behaves, towards every other client, as KubeVirt v1.7 does for the parts that matter
-//! when draining nodes:
+//! behaves, towards every other client, as KubeVirt v1.9 (or, when told, v1.7) does for the
+//! parts that matter when draining nodes ([`settings::KubeVirtRelease`]):
 //!
 //! * VMI lifecycle with virt-launcher pods placed by the real scheduler ([`controllers::vmi`]);
 //! * VirtualMachines and their run strategies ([`controllers::vm`]);
@@ -36,6 +36,8 @@ pub struct Options {
     pub listen: SocketAddr,
     pub state_dir: PathBuf,
     pub time_scale: f64,
+    /// The KubeVirt release followed unless the KubeVirt CR's annotation says otherwise.
+    pub kubevirt_release: settings::KubeVirtRelease,
 }
 
 /// Installs everything, starts the webhook server and the controllers, and runs until the
@@ -46,17 +48,33 @@ pub async fn run(options: Options) -> Result<()> {
     let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
         .await
         .map_err(|e| Error::Config(e.to_string()))?;
+    // Requests virt-controller makes in its own name: the migration admission of KubeVirt
+    // v1.9 lets only its service account set `spec.priority`. The simulator's user is an
+    // administrator, so it impersonates that account (keeping the administrator's group for
+    // authorization).
+    let mut virt_controller_config = config.clone();
+    virt_controller_config.auth_info.impersonate =
+        Some(kubevirt_api::labels::VIRT_CONTROLLER_USER.into());
+    virt_controller_config.auth_info.impersonate_groups = Some(vec!["system:masters".into()]);
+    let virt_controller = kube::Client::try_from(virt_controller_config)?;
     let client = kube::Client::try_from(config)?;
 
     retry_startup("installing the CRDs", || install::install_crds(&client)).await?;
     retry_startup("creating the KubeVirt CR", || {
-        install::ensure_kubevirt(&client)
+        install::ensure_kubevirt(&client, options.kubevirt_release)
     })
     .await?;
     let certs = tls::ServingCerts::generate(&options.state_dir, options.listen.ip())?;
 
-    let (ctx, subscriptions) =
-        controllers::Context::start(client.clone(), options.time_scale).await?;
+    let (ctx, subscriptions) = controllers::Context::start(
+        client.clone(),
+        virt_controller,
+        settings::CliDefaults {
+            time_scale: options.time_scale,
+            release: options.kubevirt_release,
+        },
+    )
+    .await?;
     let ctx = Arc::new(ctx);
     let ready = webhooks::Readiness::default();
     let server = tokio::spawn(webhooks::serve(

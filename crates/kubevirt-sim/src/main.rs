@@ -10,7 +10,7 @@ use tracing_subscriber::EnvFilter;
 #[derive(Parser, Debug)]
 #[command(
     name = "kubevirt-sim",
-    about = "Simulates KubeVirt v1.7 (VMIs, live migrations, webhooks, evacuation) on a real API server"
+    about = "Simulates KubeVirt v1.9 or v1.7 (VMIs, live migrations, webhooks, evacuation) on a real API server"
 )]
 struct Cli {
     /// Admin kubeconfig of the cluster to simulate KubeVirt in.
@@ -27,6 +27,11 @@ struct Cli {
     /// `simulator.vacate.io/time-scale`.
     #[arg(long, default_value_t = kubevirt_sim::settings::DEFAULT_TIME_SCALE)]
     time_scale: f64,
+    /// The KubeVirt release to follow where releases differ: `v1.9` (v1.9.0) or `v1.7`
+    /// (v1.7.4). Overridden by the KubeVirt CR annotation
+    /// `simulator.vacate.io/kubevirt-release`.
+    #[arg(long, default_value_t = kubevirt_sim::settings::KubeVirtRelease::default())]
+    kubevirt_release: kubevirt_sim::settings::KubeVirtRelease,
 }
 
 #[tokio::main]
@@ -43,6 +48,7 @@ async fn main() -> anyhow::Result<()> {
         listen: cli.listen,
         state_dir: cli.state_dir,
         time_scale: cli.time_scale,
+        kubevirt_release: cli.kubevirt_release,
     };
     kubevirt_sim::run(options).await?;
     Ok(())

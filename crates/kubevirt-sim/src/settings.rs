@@ -16,6 +16,75 @@ pub const DEFAULT_TIME_SCALE: f64 = 10.0;
 /// Annotation on the KubeVirt CR overriding `--time-scale` (e.g. `"20"`).
 pub const TIME_SCALE_ANNOTATION: &str = "simulator.vacate.io/time-scale";
 
+/// Annotation on the KubeVirt CR overriding `--kubevirt-release` (`"v1.9"` or `"v1.7"`).
+pub const KUBEVIRT_RELEASE_ANNOTATION: &str = "simulator.vacate.io/kubevirt-release";
+
+/// The KubeVirt release whose behaviour the simulator follows where releases differ.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum KubeVirtRelease {
+    /// v1.7.4: the `MigrationPriorityQueue` feature gate exists but is off (Alpha, not
+    /// enabled by a default install), so the evacuation controller creates at most as many
+    /// migrations as there are free slots and migrations carry no priority.
+    V1_7,
+    /// v1.9.0: the migration priority queue is GA and always on: the evacuation controller
+    /// creates a migration for every candidate at once, with `spec.priority`, and the
+    /// migration controller starts Pending migrations in priority order.
+    #[default]
+    V1_9,
+}
+
+impl KubeVirtRelease {
+    /// Parses `v1.9`/`v1.7` (also `1.9`, `v1.9.0`, `v1.7.4`, ...).
+    pub fn parse(value: &str) -> Option<KubeVirtRelease> {
+        let v = value.trim();
+        let v = v.strip_prefix('v').unwrap_or(v);
+        let mut parts = v.split('.');
+        match (parts.next(), parts.next()) {
+            (Some("1"), Some("7")) => Some(KubeVirtRelease::V1_7),
+            (Some("1"), Some("9")) => Some(KubeVirtRelease::V1_9),
+            _ => None,
+        }
+    }
+
+    /// The short name, as the setting is written.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KubeVirtRelease::V1_7 => "v1.7",
+            KubeVirtRelease::V1_9 => "v1.9",
+        }
+    }
+
+    /// The version the KubeVirt CR reports in `status.observedKubeVirtVersion`: the release
+    /// whose sources the simulator follows.
+    pub fn version(self) -> &'static str {
+        match self {
+            KubeVirtRelease::V1_7 => "v1.7.4",
+            KubeVirtRelease::V1_9 => "v1.9.0",
+        }
+    }
+
+    /// Whether the migration priority queue is on (`MigrationPriorityQueueEnabled()` in
+    /// v1.7.4, always in v1.9.0).
+    pub fn priority_queue(self) -> bool {
+        self == KubeVirtRelease::V1_9
+    }
+}
+
+impl std::str::FromStr for KubeVirtRelease {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        KubeVirtRelease::parse(s)
+            .ok_or_else(|| format!("unknown KubeVirt release {s:?} (v1.9 or v1.7)"))
+    }
+}
+
+impl std::fmt::Display for KubeVirtRelease {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// Annotation on the KubeVirt CR (or a VMI) overriding the simulated migration throughput
 /// used when `bandwidthPerMigration` is unset/unlimited (a quantity per second, e.g. `"1Gi"`).
 pub const EFFECTIVE_BANDWIDTH_ANNOTATION: &str = "simulator.vacate.io/effective-bandwidth";
@@ -41,6 +110,31 @@ pub const LIMIT_RECHECK: Duration = Duration::from_secs(5);
 /// Finalized migrations kept per VMI (`defaultFinalizedMigrationGarbageCollectionBuffer`).
 pub const FINALIZED_MIGRATIONS_KEPT: usize = 5;
 
+/// The settings given on the command line, which annotations on the KubeVirt CR override.
+#[derive(Clone, Copy, Debug)]
+pub struct CliDefaults {
+    pub time_scale: f64,
+    pub release: KubeVirtRelease,
+}
+
+impl Default for CliDefaults {
+    fn default() -> Self {
+        CliDefaults {
+            time_scale: DEFAULT_TIME_SCALE,
+            release: KubeVirtRelease::default(),
+        }
+    }
+}
+
+impl CliDefaults {
+    pub fn time_scale(time_scale: f64) -> CliDefaults {
+        CliDefaults {
+            time_scale,
+            ..Default::default()
+        }
+    }
+}
+
 /// A snapshot of the cluster configuration.
 #[derive(Clone, Debug)]
 pub struct ClusterConfig {
@@ -49,14 +143,20 @@ pub struct ClusterConfig {
     pub time_scale: f64,
     pub effective_bandwidth: f64,
     pub faults: FaultKnobs,
+    /// The KubeVirt release followed.
+    pub release: KubeVirtRelease,
 }
 
 impl ClusterConfig {
     /// Reads the configuration from the KubeVirt CR (if any), falling back to KubeVirt's
     /// defaults and the command line.
-    pub fn from_kubevirt(kv: Option<&KubeVirt>, cli_time_scale: f64) -> ClusterConfig {
+    pub fn from_kubevirt(kv: Option<&KubeVirt>, cli: &CliDefaults) -> ClusterConfig {
+        let cli_time_scale = cli.time_scale;
         let annotations = kv.and_then(|kv| kv.metadata.annotations.as_ref());
         let get = |key: &str| annotations.and_then(|a| a.get(key)).map(String::as_str);
+        let release = get(KUBEVIRT_RELEASE_ANNOTATION)
+            .and_then(KubeVirtRelease::parse)
+            .unwrap_or(cli.release);
         let time_scale = get(TIME_SCALE_ANNOTATION)
             .and_then(|v| v.trim().parse::<f64>().ok())
             .unwrap_or(cli_time_scale);
@@ -77,6 +177,7 @@ impl ClusterConfig {
             time_scale,
             effective_bandwidth,
             faults: FaultKnobs::from_annotations(annotations, &FaultKnobs::default()),
+            release,
         }
     }
 
@@ -88,7 +189,12 @@ impl ClusterConfig {
     /// How long re-checks of held-back work wait: KubeVirt's 5 s, scaled, but never
     /// shorter than 200 ms (a poll interval, not a simulated delay).
     pub fn recheck(&self) -> Duration {
-        self.real(LIMIT_RECHECK).max(Duration::from_millis(200))
+        self.recheck_after(LIMIT_RECHECK)
+    }
+
+    /// [`Self::recheck`] after another simulated delay than KubeVirt's 5 s.
+    pub fn recheck_after(&self, simulated: Duration) -> Duration {
+        self.real(simulated).max(Duration::from_millis(200))
     }
 
     /// The bytes per second a migration copies: `bandwidthPerMigration` when KubeVirt limits
@@ -150,7 +256,7 @@ mod tests {
 
     #[test]
     fn four_gib_migrate_in_a_few_seconds_by_default() {
-        let cfg = ClusterConfig::from_kubevirt(None, DEFAULT_TIME_SCALE);
+        let cfg = ClusterConfig::from_kubevirt(None, &CliDefaults::default());
         let d = cfg.migration_duration(4 << 30, None);
         assert!(
             d >= Duration::from_secs(2) && d <= Duration::from_secs(5),
@@ -164,7 +270,7 @@ mod tests {
     fn kubevirt_cr_overrides() {
         let cfg = ClusterConfig::from_kubevirt(
             Some(&kv(&[(TIME_SCALE_ANNOTATION, "64")], Some("64Mi"))),
-            1.0,
+            &CliDefaults::time_scale(1.0),
         );
         assert_eq!(cfg.time_scale, 64.0);
         assert_eq!(cfg.eviction_strategy, Some(EvictionStrategy::LiveMigrate));
@@ -182,11 +288,41 @@ mod tests {
 
     #[test]
     fn bad_time_scale_falls_back() {
-        let cfg =
-            ClusterConfig::from_kubevirt(Some(&kv(&[(TIME_SCALE_ANNOTATION, "-3")], None)), 2.0);
+        let cfg = ClusterConfig::from_kubevirt(
+            Some(&kv(&[(TIME_SCALE_ANNOTATION, "-3")], None)),
+            &CliDefaults::time_scale(2.0),
+        );
         assert_eq!(cfg.time_scale, 1.0);
-        let cfg =
-            ClusterConfig::from_kubevirt(Some(&kv(&[(TIME_SCALE_ANNOTATION, "x")], None)), 2.0);
+        let cfg = ClusterConfig::from_kubevirt(
+            Some(&kv(&[(TIME_SCALE_ANNOTATION, "x")], None)),
+            &CliDefaults::time_scale(2.0),
+        );
         assert_eq!(cfg.time_scale, 2.0);
+    }
+
+    #[test]
+    fn the_release_defaults_to_v1_9_and_the_annotation_chooses() {
+        let cfg = ClusterConfig::from_kubevirt(None, &CliDefaults::default());
+        assert_eq!(cfg.release, KubeVirtRelease::V1_9);
+        assert_eq!(cfg.release.version(), "v1.9.0");
+        let v17 = kv(&[(KUBEVIRT_RELEASE_ANNOTATION, "v1.7")], None);
+        let cfg = ClusterConfig::from_kubevirt(Some(&v17), &CliDefaults::default());
+        assert_eq!(cfg.release, KubeVirtRelease::V1_7);
+        assert_eq!(cfg.release.version(), "v1.7.4");
+        // The command line sets the default; an unknown value keeps it.
+        let cli = CliDefaults {
+            release: KubeVirtRelease::V1_7,
+            ..Default::default()
+        };
+        let bad = kv(&[(KUBEVIRT_RELEASE_ANNOTATION, "v2.0")], None);
+        assert_eq!(
+            ClusterConfig::from_kubevirt(Some(&bad), &cli).release,
+            KubeVirtRelease::V1_7
+        );
+        assert_eq!(KubeVirtRelease::parse("1.9.0"), Some(KubeVirtRelease::V1_9));
+        assert_eq!(
+            KubeVirtRelease::parse("v1.7.4"),
+            Some(KubeVirtRelease::V1_7)
+        );
     }
 }

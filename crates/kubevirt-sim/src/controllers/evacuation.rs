@@ -5,9 +5,17 @@
 //! (`generateName: kubevirt-evacuation-`, annotation `kubevirt.io/evacuationMigration`) when
 //! their eviction strategy wants migration on eviction (`VMIMigratableOnEviction`: LiveMigrate,
 //! or LiveMigrateIfPossible and migratable), they are `LiveMigratable`, have no unfinished
-//! migration and a single active pod. At most `min(parallelMigrationsPerCluster − running,
-//! parallelOutboundMigrationsPerNode − running from this node)` are created at a time; the
-//! rest waits for a later pass (KubeVirt re-enqueues the node after 5 s).
+//! migration and a single active pod. How many are created at once depends on the release
+//! followed ([`crate::settings::KubeVirtRelease`]):
+//!
+//! * v1.9.0: a migration for every candidate at once, with `spec.priority: system-critical`
+//!   (`system-maintenance` for a VMI annotated `kubevirt.io/eviction-source: descheduler`),
+//!   created as virt-controller's service account; the migration controller's priority queue
+//!   enforces the limits (`GenerateNewMigration` and `sync` in v1.9.0's evacuation.go);
+//! * v1.7.4 (feature gate `MigrationPriorityQueue` off, as installed by default): at most
+//!   `min(parallelMigrationsPerCluster − running, parallelOutboundMigrationsPerNode − running
+//!   from this node)`, without priority; the rest waits for a later pass (KubeVirt re-enqueues
+//!   the node after 5 s).
 //!
 //! A VMI that has left the node it was marked for has its mark cleared (virt-handler does this
 //! when a migration completes; doing it here too covers VMIs that left otherwise).
@@ -22,8 +30,10 @@ use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kubevirt_api::labels::{
-    EVACUATION_MIGRATION_ANNOTATION, EVACUATION_MIGRATION_NAME_PREFIX, NODE_DRAIN_TAINT_DEFAULT_KEY,
+    EVACUATION_MIGRATION_ANNOTATION, EVACUATION_MIGRATION_NAME_PREFIX, EVICTION_SOURCE_ANNOTATION,
+    NODE_DRAIN_TAINT_DEFAULT_KEY,
 };
+use kubevirt_api::migration::migration_priority;
 use kubevirt_api::{
     EvictionStrategy, VirtualMachineInstance, VirtualMachineInstanceMigration,
     VirtualMachineInstanceMigrationSpec,
@@ -208,15 +218,21 @@ async fn reconcile(node: Arc<Node>, ctx: Arc<Context>) -> Result<Action> {
             ))
         })
         .count();
-    let free_cluster =
-        cfg.migrations.parallel_migrations_per_cluster() as i64 - running.len() as i64;
-    let free_node =
-        cfg.migrations.parallel_outbound_migrations_per_node() as i64 - from_this_node as i64;
-    let free = free_cluster.min(free_node);
-    if free <= 0 {
-        return Ok(Action::requeue(cfg.recheck()));
-    }
-    let selected = candidates.len().min(free as usize);
+    let priority_queue = cfg.release.priority_queue();
+    let selected = if priority_queue {
+        // v1.9.0: every candidate at once; the migration controller's queue holds them.
+        candidates.len()
+    } else {
+        let free_cluster =
+            cfg.migrations.parallel_migrations_per_cluster() as i64 - running.len() as i64;
+        let free_node =
+            cfg.migrations.parallel_outbound_migrations_per_node() as i64 - from_this_node as i64;
+        let free = free_cluster.min(free_node);
+        if free <= 0 {
+            return Ok(Action::requeue(cfg.recheck()));
+        }
+        candidates.len().min(free as usize)
+    };
     tracing::info!(node = %node_name, running = running.len(), candidates = candidates.len(), selected, "evacuating");
     for vmi in &candidates[..selected] {
         let namespace = vmi.metadata.namespace.clone().unwrap_or_default();
@@ -224,6 +240,7 @@ async fn reconcile(node: Arc<Node>, ctx: Arc<Context>) -> Result<Action> {
             "",
             VirtualMachineInstanceMigrationSpec {
                 vmi_name: vmi.metadata.name.clone().unwrap_or_default(),
+                priority: priority_queue.then(|| evacuation_priority(vmi).to_string()),
                 ..Default::default()
             },
         );
@@ -237,8 +254,13 @@ async fn reconcile(node: Arc<Node>, ctx: Arc<Context>) -> Result<Action> {
             )]
             .into(),
         );
-        let api: Api<VirtualMachineInstanceMigration> =
-            Api::namespaced(ctx.client.clone(), &namespace);
+        // Only virt-controller may set a priority (migration-create-admitter.go).
+        let client = if priority_queue {
+            ctx.virt_controller_client.clone()
+        } else {
+            ctx.client.clone()
+        };
+        let api: Api<VirtualMachineInstanceMigration> = Api::namespaced(client, &namespace);
         match api.create(&PostParams::default(), &migration).await {
             Ok(created) => {
                 ctx.migration_expectations.expect(&key_of(vmi.as_ref()));
@@ -249,6 +271,26 @@ async fn reconcile(node: Arc<Node>, ctx: Arc<Context>) -> Result<Action> {
             }
         }
     }
+    if priority_queue {
+        return Ok(resync);
+    }
     // More candidates than free slots: look again after KubeVirt's re-enqueue delay.
     Ok(Action::requeue(cfg.recheck()))
+}
+
+/// `spec.priority` of an evacuation migration (`GenerateNewMigration`, v1.9.0's
+/// evacuation.go): `system-critical`, or `system-maintenance` when the descheduler asked for
+/// the eviction.
+pub fn evacuation_priority(vmi: &VirtualMachineInstance) -> &'static str {
+    let from_descheduler = vmi
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(EVICTION_SOURCE_ANNOTATION))
+        .is_some_and(|v| v == "descheduler");
+    if from_descheduler {
+        migration_priority::SYSTEM_MAINTENANCE
+    } else {
+        migration_priority::SYSTEM_CRITICAL
+    }
 }

@@ -8,7 +8,11 @@
 //! * `Pending` → `Scheduling` once the target pod is created, which only happens while fewer
 //!   than `parallelMigrationsPerCluster` migrations run in the cluster and fewer than
 //!   `parallelOutboundMigrationsPerNode` leave the VMI's node; otherwise the migration waits
-//!   in Pending and is looked at again (KubeVirt re-enqueues after 5 s);
+//!   in Pending and is looked at again (KubeVirt re-enqueues after 5 s). Following v1.9.0
+//!   (not v1.7.4, whose `MigrationPriorityQueue` gate is off by default), the controller's
+//!   work queue is a priority queue: Pending migrations take free slots in the order of
+//!   [`queue_order`] (priority from `spec.priority`, then the order they entered the queue),
+//!   and re-checks come after 1 s, 3 s or 5 s by priority (`getRequeueDelayForPriority`);
 //! * `Scheduling` → `Scheduled` when the real scheduler has placed the target pod (with its
 //!   anti-affinity to the VMI's pods, so cordoned nodes and the source node are avoided) and
 //!   it runs; a target pod left unschedulable for 5 minutes (15 for any other reason) fails
@@ -48,6 +52,7 @@ use kubevirt_api::labels::{
     MIGRATION_JOB_NAME_ANNOTATION, MIGRATION_SELECTOR_LABEL, MIGRATION_TARGET_NODE_NAME_LABEL,
     NODE_NAME_LABEL,
 };
+use kubevirt_api::migration::migration_priority;
 use kubevirt_api::{
     ConditionStatus, MigrationAbortStatus, MigrationPhase, VirtualMachineInstance,
     VirtualMachineInstanceMigration, VirtualMachineInstanceMigrationState,
@@ -250,6 +255,46 @@ fn evacuation_backoff_left(
     }
     let failed_at = same_vmi[1].phase_entered_at(MigrationPhase::Failed)?;
     cfg.real(backoff).checked_sub(since(&failed_at.0))
+}
+
+/// The work-queue priority of a migration (`PriorityFromMigration`,
+/// `pkg/util/migrations/migrations.go`, v1.9.0): `system-critical` 100, `user-triggered` 50,
+/// `system-maintenance` 20, none (or unknown) 0.
+pub fn queue_priority(migration: &VirtualMachineInstanceMigration) -> i32 {
+    match migration.spec.priority.as_deref() {
+        Some(migration_priority::SYSTEM_CRITICAL) => 100,
+        Some(migration_priority::USER_TRIGGERED) => 50,
+        Some(migration_priority::SYSTEM_MAINTENANCE) => 20,
+        _ => 0,
+    }
+}
+
+/// How long a Pending migration held back by a limit waits before it is looked at again
+/// (`getRequeueDelayForPriority`, migration.go v1.9.0), simulated time.
+fn requeue_delay_for_priority(priority: i32) -> Duration {
+    match priority {
+        p if p >= 100 => Duration::from_secs(1),
+        p if p >= 50 => Duration::from_secs(3),
+        _ => Duration::from_secs(5),
+    }
+}
+
+/// The order in which Pending migrations get free slots with v1.9.0's priority queue
+/// (controller-runtime's `priorityqueue`, `less`): higher priority first; among equal
+/// priorities the one queued first, which for migrations waiting on the limits (each
+/// re-queued after the same delay) is the one created first. Name breaks ties.
+pub fn queue_order(
+    migration: &VirtualMachineInstanceMigration,
+) -> (
+    std::cmp::Reverse<i32>,
+    Option<k8s_openapi::jiff::Timestamp>,
+    String,
+) {
+    (
+        std::cmp::Reverse(queue_priority(migration)),
+        migration.metadata.creation_timestamp.as_ref().map(|t| t.0),
+        migration.metadata.name.clone().unwrap_or_default(),
+    )
 }
 
 fn ignore_not_found<T: Default>(e: kube::Error) -> Result<T> {
@@ -633,7 +678,13 @@ impl Job<'_> {
         status: &mut VirtualMachineInstanceMigrationStatus,
         target: Option<&Pod>,
     ) -> Result<Action> {
-        let recheck = Action::requeue(self.cfg.recheck());
+        let priority_queue = self.cfg.release.priority_queue();
+        let recheck = Action::requeue(if priority_queue {
+            self.cfg
+                .recheck_after(requeue_delay_for_priority(queue_priority(self.migration)))
+        } else {
+            self.cfg.recheck()
+        });
         if !vmi.is_running() {
             return Ok(recheck);
         }
@@ -686,6 +737,36 @@ impl Job<'_> {
             running.remove(&self.uid);
             let cluster_limit = self.cfg.migrations.parallel_migrations_per_cluster() as usize;
             let node_limit = self.cfg.migrations.parallel_outbound_migrations_per_node() as usize;
+            if priority_queue {
+                // The Pending migrations ahead of this one in the priority queue take the
+                // free slots first, each as far as its own node's limit allows.
+                let ahead_of = queue_order(self.migration);
+                let mut ahead: Vec<_> = store
+                    .iter()
+                    .filter(|m| {
+                        m.phase() == Some(MigrationPhase::Pending)
+                            && m.metadata.deletion_timestamp.is_none()
+                            && m.metadata
+                                .uid
+                                .as_deref()
+                                .is_some_and(|uid| uid != self.uid && !running.contains_key(uid))
+                            && queue_order(m) < ahead_of
+                    })
+                    .collect();
+                ahead.sort_by_key(|m| queue_order(m));
+                for m in ahead {
+                    if running.len() >= cluster_limit {
+                        break;
+                    }
+                    let Some(node) = self.could_start(m, &store) else {
+                        continue;
+                    };
+                    if running.values().filter(|n| **n == node).count() < node_limit {
+                        tracing::debug!(migration = %self.key, ahead = %key_of(m.as_ref()), "waiting: a migration ahead in the priority queue goes first");
+                        running.insert(m.metadata.uid.clone().unwrap_or_default(), node);
+                    }
+                }
+            }
             if running.len() >= cluster_limit {
                 tracing::debug!(migration = %self.key, running = running.len(), "waiting: cluster-wide migration limit reached");
                 return Ok(recheck);
@@ -711,6 +792,28 @@ impl Job<'_> {
         drop(started);
         self.enter(status, MigrationPhase::Scheduling, "target pod created");
         Ok(Action::requeue(Duration::from_secs(1)))
+    }
+
+    /// The source node of another Pending migration if it could start now were there a
+    /// free slot: its VMI runs on a node with a single active pod, it is not backing off and
+    /// has no target pod on the way.
+    fn could_start(
+        &self,
+        other: &VirtualMachineInstanceMigration,
+        store: &[Arc<VirtualMachineInstanceMigration>],
+    ) -> Option<String> {
+        let vmi = self.ctx.vmi(
+            other.metadata.namespace.as_deref().unwrap_or_default(),
+            &other.spec.vmi_name,
+        )?;
+        if !vmi.is_running()
+            || vmi.status.as_ref().is_some_and(|s| s.active_pods.len() > 1)
+            || self.ctx.pod_expectations.pending(&key_of(other))
+            || evacuation_backoff_left(other, store, &self.cfg).is_some()
+        {
+            return None;
+        }
+        vmi.node_name().map(str::to_string)
     }
 
     /// The VMI's current (source) pod.
@@ -1056,7 +1159,8 @@ mod tests {
     #[test]
     fn evacuation_migrations_back_off_after_failures_as_kubevirt_does() {
         // Time scale 1: KubeVirt's own seconds.
-        let cfg = ClusterConfig::from_kubevirt(None, 1.0);
+        let cfg =
+            ClusterConfig::from_kubevirt(None, &crate::settings::CliDefaults::time_scale(1.0));
         let new = evacuation("c", 1, "Pending", None);
         // No earlier failure: no wait.
         assert_eq!(

@@ -26,12 +26,15 @@ use kubevirt_api::{
 use serde::de::DeserializeOwned;
 
 use crate::error::{Error, Result};
-use crate::settings::ClusterConfig;
+use crate::settings::{CliDefaults, ClusterConfig};
 
 /// Shared state of all controllers and webhooks.
 pub struct Context {
     pub client: Client,
-    cli_time_scale: f64,
+    /// The same cluster as virt-controller's service account (see
+    /// `labels::VIRT_CONTROLLER_USER`): for migrations with a priority.
+    pub virt_controller_client: Client,
+    cli: CliDefaults,
     pub vmis: Store<VirtualMachineInstance>,
     /// Pods labelled `kubevirt.io=virt-launcher`.
     pub launcher_pods: Store<Pod>,
@@ -211,11 +214,16 @@ pub struct Subscriptions {
     pub pods_for_migration: Subscription<Pod>,
     pub migrations_for_migration: Subscription<VirtualMachineInstanceMigration>,
     pub migrations_for_evacuation: Subscription<VirtualMachineInstanceMigration>,
+    pub kubevirt_for_status: Subscription<KubeVirt>,
 }
 
 impl Context {
     /// Starts the shared informers and waits until they have listed everything once.
-    pub async fn start(client: Client, cli_time_scale: f64) -> Result<(Context, Subscriptions)> {
+    pub async fn start(
+        client: Client,
+        virt_controller_client: Client,
+        cli: CliDefaults,
+    ) -> Result<(Context, Subscriptions)> {
         let launcher_selector = format!("{APP_LABEL}={VIRT_LAUNCHER}");
         let (vmis, mut vmi_subs) =
             shared_informer(Api::all(client.clone()), watcher::Config::default(), 3);
@@ -241,8 +249,8 @@ impl Context {
         );
         let (migrations, mut migration_subs) =
             shared_informer(Api::all(client.clone()), watcher::Config::default(), 2);
-        let (kubevirt, _) =
-            shared_informer(Api::all(client.clone()), watcher::Config::default(), 0);
+        let (kubevirt, mut kubevirt_subs) =
+            shared_informer(Api::all(client.clone()), watcher::Config::default(), 1);
         let (pvcs, _) = shared_informer(Api::all(client.clone()), watcher::Config::default(), 0);
         let missing = || Error::Task("an informer refused a subscriber".into());
         let subscriptions = Subscriptions {
@@ -253,6 +261,7 @@ impl Context {
             pods_for_vmi: pod_subs.pop().ok_or_else(missing)?,
             migrations_for_evacuation: migration_subs.pop().ok_or_else(missing)?,
             migrations_for_migration: migration_subs.pop().ok_or_else(missing)?,
+            kubevirt_for_status: kubevirt_subs.pop().ok_or_else(missing)?,
         };
         let ctx = Context {
             vmis,
@@ -261,7 +270,8 @@ impl Context {
             kubevirt,
             pvcs,
             client,
-            cli_time_scale,
+            virt_controller_client,
+            cli,
             pod_expectations: Expectations::default(),
             terminating_pods,
             migration_expectations: Expectations::default(),
@@ -292,7 +302,7 @@ impl Context {
                     && kv.metadata.namespace.as_deref() == Some(KUBEVIRT_NAMESPACE)
             })
             .or_else(|| all.first());
-        ClusterConfig::from_kubevirt(kv.map(|k| k.as_ref()), self.cli_time_scale)
+        ClusterConfig::from_kubevirt(kv.map(|k| k.as_ref()), &self.cli)
     }
 
     pub fn vmi(&self, namespace: &str, name: &str) -> Option<Arc<VirtualMachineInstance>> {
@@ -409,6 +419,45 @@ pub async fn run_all(ctx: Arc<Context>, subs: Subscriptions) {
         }
         _ = evacuation::run(ctx.clone(), subs.vmis_for_evacuation, subs.migrations_for_evacuation) => {
             tracing::error!("the evacuation controller stopped")
+        }
+        _ = kubevirt_status(ctx.clone(), subs.kubevirt_for_status) => {
+            tracing::error!("the KubeVirt CR status controller stopped")
+        }
+    }
+}
+
+/// Keeps the KubeVirt CR's `status.observedKubeVirtVersion` (and `targetKubeVirtVersion`) at
+/// the release the simulator follows, which its annotation may change at run time.
+async fn kubevirt_status(ctx: Arc<Context>, mut events: Subscription<KubeVirt>) {
+    while let Some(kv) = events.next().await {
+        if kv.metadata.deletion_timestamp.is_some() {
+            continue;
+        }
+        let release = ClusterConfig::from_kubevirt(Some(kv.as_ref()), &ctx.cli).release;
+        let version = release.version();
+        let status = kv.status.as_ref();
+        if status.and_then(|s| s.observed_kube_virt_version.as_deref()) == Some(version)
+            && status.and_then(|s| s.target_kube_virt_version.as_deref()) == Some(version)
+        {
+            continue;
+        }
+        let (Some(name), Some(namespace)) = (
+            kv.metadata.name.as_deref(),
+            kv.metadata.namespace.as_deref(),
+        ) else {
+            continue;
+        };
+        let api: Api<KubeVirt> = Api::namespaced(ctx.client.clone(), namespace);
+        let patch = serde_json::json!({"status": {
+            "observedKubeVirtVersion": version,
+            "targetKubeVirtVersion": version,
+        }});
+        match api
+            .patch_status(name, &PatchParams::default(), &Patch::Merge(patch))
+            .await
+        {
+            Ok(_) => tracing::info!(release = %release, "KubeVirt CR reports {version}"),
+            Err(e) => tracing::warn!("updating the KubeVirt CR's version failed: {e}"),
         }
     }
 }

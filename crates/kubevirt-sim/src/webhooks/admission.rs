@@ -22,6 +22,15 @@ pub struct AdmissionRequest {
     pub dry_run: Option<bool>,
     #[serde(default)]
     pub object: Option<Value>,
+    #[serde(default)]
+    pub user_info: UserInfo,
+}
+
+/// `request.userInfo`: who made the request.
+#[derive(Debug, Clone, Deserialize, Default)]
+pub struct UserInfo {
+    #[serde(default)]
+    pub username: String,
 }
 
 impl AdmissionRequest {

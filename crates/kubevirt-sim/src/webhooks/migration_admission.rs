@@ -3,13 +3,14 @@
 //! migration mutator of `pkg/virt-api/webhooks/mutating-webhook/mutators`.
 
 use kube::api::{Api, ListParams};
-use kubevirt_api::labels::{MIGRATION_FINALIZER, MIGRATION_SELECTOR_LABEL};
+use kubevirt_api::labels::{MIGRATION_FINALIZER, MIGRATION_SELECTOR_LABEL, VIRT_CONTROLLER_USER};
 use kubevirt_api::{ConditionStatus, VirtualMachineInstance, VirtualMachineInstanceMigration};
 use serde_json::json;
 
 use super::admission::{AdmissionRequest, Verdict};
 use crate::controllers::Context;
 use crate::error::kube_not_found;
+use crate::settings::KubeVirtRelease;
 use kubevirt_api::common::condition_type;
 
 fn migration_of(req: &AdmissionRequest) -> Result<VirtualMachineInstanceMigration, Verdict> {
@@ -20,13 +21,39 @@ fn migration_of(req: &AdmissionRequest) -> Result<VirtualMachineInstanceMigratio
     serde_json::from_value(object).map_err(|e| Verdict::bad_request(e.to_string()))
 }
 
-/// Validates a new migration: the VMI must exist, must not be final, must run, must not be
-/// `LiveMigratable=False`, and must have no other unfinished migration.
+/// Who may set `spec.priority`, per release (migration-create-admitter.go, `Admit`):
+/// v1.9.0 only virt-controller's service account; v1.7.4 nobody while the
+/// `MigrationPriorityQueue` feature gate is off (a default install). Both answer with
+/// `ToAdmissionResponse` (422 Invalid, field `spec.migrationPriority`).
+pub fn check_priority(
+    migration: &VirtualMachineInstanceMigration,
+    username: &str,
+    release: KubeVirtRelease,
+) -> Option<Verdict> {
+    migration.spec.priority.as_ref()?;
+    match release {
+        KubeVirtRelease::V1_7 => Some(Verdict::invalid(
+            "MigrationPriorityQueue feature gate is not enabled in kubevirt resource",
+        )),
+        KubeVirtRelease::V1_9 if username != VIRT_CONTROLLER_USER => Some(Verdict::invalid(
+            "Migration priority queue, only virt-controller is allowed to set priority field",
+        )),
+        KubeVirtRelease::V1_9 => None,
+    }
+}
+
+/// Validates a new migration: only virt-controller may set a priority; the VMI must exist,
+/// must not be final, must run, must not be `LiveMigratable=False`, and must have no other
+/// unfinished migration.
 pub async fn validate_create(ctx: &Context, req: &AdmissionRequest) -> Verdict {
     let migration = match migration_of(req) {
         Ok(m) => m,
         Err(v) => return v,
     };
+    if let Some(refused) = check_priority(&migration, &req.user_info.username, ctx.config().release)
+    {
+        return refused;
+    }
     let namespace = migration
         .metadata
         .namespace
@@ -113,6 +140,31 @@ pub fn mutate_create(req: &AdmissionRequest) -> Verdict {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_virt_controller_sets_a_priority_in_v1_9() {
+        let mut m = VirtualMachineInstanceMigration::new("m", Default::default());
+        assert_eq!(check_priority(&m, "alice", KubeVirtRelease::V1_9), None);
+        assert_eq!(check_priority(&m, "alice", KubeVirtRelease::V1_7), None);
+        m.spec.priority = Some("system-critical".into());
+        assert_eq!(
+            check_priority(&m, VIRT_CONTROLLER_USER, KubeVirtRelease::V1_9),
+            None
+        );
+        let Some(Verdict::Deny { code, message, .. }) =
+            check_priority(&m, "alice", KubeVirtRelease::V1_9)
+        else {
+            panic!("a user's priority was allowed")
+        };
+        assert_eq!(code, 422);
+        assert!(message.contains("only virt-controller"), "{message}");
+        let Some(Verdict::Deny { message, .. }) =
+            check_priority(&m, VIRT_CONTROLLER_USER, KubeVirtRelease::V1_7)
+        else {
+            panic!("a priority was allowed with the feature gate off")
+        };
+        assert!(message.contains("feature gate is not enabled"), "{message}");
+    }
 
     #[test]
     fn mutation_adds_label_and_finalizer() {

@@ -11,7 +11,7 @@ use serde_json::json;
 use crate::migration::observe_outbound;
 use crate::support::{Env, KUBEVIRT_CR, expect_denied};
 
-async fn evict(
+pub(crate) async fn evict(
     env: &Env,
     vmi: &VirtualMachineInstance,
     dry_run: bool,

@@ -6,5 +6,6 @@ mod drain;
 mod eviction;
 mod lifecycle;
 mod migration;
+mod releases;
 mod support;
 mod timing;

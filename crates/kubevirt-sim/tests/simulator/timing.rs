@@ -13,7 +13,8 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kubevirt_api::labels::MIGRATION_JOB_LABEL;
 use kubevirt_api::{MigrationPhase, VirtualMachineInstanceMigration};
 use kubevirt_sim::settings::{
-    ClusterConfig, DEFAULT_TIME_SCALE, EFFECTIVE_BANDWIDTH_ANNOTATION, TARGET_PREPARATION,
+    CliDefaults, ClusterConfig, DEFAULT_TIME_SCALE, EFFECTIVE_BANDWIDTH_ANNOTATION,
+    TARGET_PREPARATION,
 };
 use serde_json::json;
 use tokio::time::Instant;
@@ -160,7 +161,7 @@ async fn a_migration_takes_its_due_time_to_the_fraction_of_a_second() -> Result<
         v["metadata"]["annotations"][EFFECTIVE_BANDWIDTH_ANNOTATION] = json!(bandwidth);
     });
     env.start_vmis(&[vmi]).await?;
-    let cfg = ClusterConfig::from_kubevirt(None, DEFAULT_TIME_SCALE);
+    let cfg = ClusterConfig::from_kubevirt(None, &CliDefaults::time_scale(DEFAULT_TIME_SCALE));
     let due = cfg.real(TARGET_PREPARATION)
         + cfg.migration_duration(1 << 30, Some(45.0 * 1024.0 * 1024.0));
     // Scheduling, pod start (kwok) and the watch's delay come on top.
