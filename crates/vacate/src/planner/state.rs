@@ -307,11 +307,16 @@ impl DrainState {
 
     /// The state without what the next look derives again from the cluster: the outcomes
     /// of the VMIs and pods (the attempts that name vacate's migrations are kept), what
-    /// the drain waits for and its predicted end. A change outside it is written at once.
+    /// the drain waits for, its predicted end and the wording of its blocker. A change outside it is written at once.
     pub fn durable_part(&self) -> DrainState {
         let mut durable = self.clone();
         durable.waiting_for = None;
         durable.eta = None;
+        // What blocks the drain is written when it changes, not each time its message
+        // counts one more refusal.
+        if let Some(blocker) = &mut durable.blocked {
+            blocker.message.clear();
+        }
         for record in durable.vmis.values_mut() {
             *record = VmiRecord {
                 attempts: record.attempts,

@@ -325,7 +325,10 @@ impl Planner<'_> {
             self.waiting_for = Some(format!("{} VMIs to live-migrate", fresh.len()));
             return;
         }
-        // One event for the batch, on the node: a drain of many VMIs writes few events.
+        // One event when the migrations begin, on the node: the batches after it are told by
+        // the metrics and `vacate status` (the Event API folds repeats into a count anyway).
+        let first_batch = state.vmis.values().all(|r| r.attempts == 0);
+        let to_go = fresh.len();
         let mut started = Vec::new();
         for (vmi, _) in fresh.into_iter().take(slots) {
             let key = vmi.key();
@@ -346,15 +349,16 @@ impl Planner<'_> {
                 format!("{key} ({name})")
             });
         }
-        let count = started.len();
-        self.actions.push(Action::event(
-            "MigrationStarted",
-            format!(
-                "live-migrating {count} VMI{}, largest first: {}",
-                if count == 1 { "" } else { "s" },
-                started.join(", ")
-            ),
-        ));
+        if first_batch {
+            self.actions.push(Action::event(
+                "MigrationStarted",
+                format!(
+                    "live-migrating {to_go} VMI{}, largest first, {slots} at a time; first: {}",
+                    if to_go == 1 { "" } else { "s" },
+                    started.join(", ")
+                ),
+            ));
+        }
         state.last_batch_at = Some(s.now);
     }
 
