@@ -255,8 +255,8 @@ true  events.k8s.io       events                           patch   default
 true  coordination.k8s.io leases                           get     vacate-system
 true  coordination.k8s.io leases                           create  vacate-system
 true  coordination.k8s.io leases                           patch   vacate-system
-true  coordination.k8s.io leases:vacate                    watch   vacate-system
-true  coordination.k8s.io leases:vacate                    list    vacate-system
+true  coordination.k8s.io leases                           watch   vacate-system
+true  coordination.k8s.io leases                           list    vacate-system
 true  core                configmaps:vacate-schedules      get     vacate-system
 true  core                configmaps:vacate-schedules      patch   vacate-system
 true  core                configmaps                       create  vacate-system
@@ -283,7 +283,6 @@ false kubevirt.io         kubevirts                        patch   kubevirt
 false events.k8s.io       events                           delete  default
 false coordination.k8s.io leases                           get     kube-system
 false coordination.k8s.io leases                           delete  vacate-system
-false coordination.k8s.io leases                           list    vacate-system
 false rbac.authorization.k8s.io clusterrolebindings        create
 EOF
   return "$bad"

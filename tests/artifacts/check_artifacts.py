@@ -42,8 +42,7 @@ EXPECTED_CLUSTER_RULES = {
 # Leader election (a Lease) and the schedules' record (a ConfigMap, reached by name once it
 # exists) in vacate's namespace.
 EXPECTED_NAMESPACED_RULES = {
-    ("coordination.k8s.io", "leases"): {"get", "create", "patch"},
-    ("coordination.k8s.io", "leases:vacate"): {"list", "watch"},
+    ("coordination.k8s.io", "leases"): {"get", "list", "watch", "create", "patch"},
     ("", "configmaps"): {"create"},
     ("", "configmaps:vacate-schedules"): {"get", "patch"},
 }
