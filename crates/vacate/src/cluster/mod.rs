@@ -476,17 +476,9 @@ impl Context {
         ours_in_flight: usize,
     ) {
         let config = &self.config;
-        let m = &config.migration;
-        let cluster = &snap.cluster;
-        self.metrics.record_migrations(
-            m.max_in_flight_per_node
-                .get()
-                .min(cluster.kubevirt_per_node),
-            m.max_in_flight_cluster
-                .get()
-                .min(cluster.kubevirt_per_cluster),
-            ours_in_flight,
-        );
+        let (per_node, per_cluster) = snap.cluster.migration_caps(config);
+        self.metrics
+            .record_migrations(per_node, per_cluster, ours_in_flight);
         self.metrics.record_node(name, state);
         let kubevirt = self.stores.kubevirt.state().first().cloned();
         self.metrics

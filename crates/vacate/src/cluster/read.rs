@@ -146,7 +146,12 @@ impl Context {
             pods: pods.iter().map(snapshot::pod_view).collect(),
             cluster: {
                 let mut cluster = snapshot::cluster_view(kubevirt.as_deref(), in_flight);
-                cluster.bandwidth = self.observed_bandwidth().or(cluster.bandwidth);
+                // Only a drain under way predicts its end: idle and pending nodes do not pay
+                // for a look at every finished migration.
+                let draining = view.state.valid().is_some_and(|st| st.phase.is_draining());
+                if draining {
+                    cluster.bandwidth = self.observed_bandwidth().or(cluster.bandwidth);
+                }
                 cluster
             },
             // The reconciliation asks the gate only when the plan may start a drain.

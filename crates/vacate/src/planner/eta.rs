@@ -8,12 +8,7 @@ use super::*;
 /// (no migration has finished in the cluster and the KubeVirt CR sets no bandwidth).
 pub(super) fn predicted_end(s: &Snapshot, config: &Config) -> Option<DateTime<Utc>> {
     let bandwidth = s.cluster.bandwidth.filter(|b| *b > 0.0)?;
-    let slots = config
-        .migration
-        .max_in_flight_per_node
-        .get()
-        .min(s.cluster.kubevirt_per_node)
-        .max(1) as usize;
+    let slots = s.cluster.migration_caps(config).0.max(1) as usize;
     let seconds = |vmi: &VmiView| vmi.memory as f64 / bandwidth;
     // Migrations under way have done part of their work.
     let mut running = Vec::new();

@@ -178,6 +178,18 @@ pub struct ClusterView {
     pub bandwidth: Option<f64>,
 }
 
+impl ClusterView {
+    /// The migration limits in force, per node and cluster-wide: vacate's configuration
+    /// capped by the KubeVirt CR's.
+    pub fn migration_caps(&self, config: &crate::config::Config) -> (u32, u32) {
+        let m = &config.migration;
+        (
+            m.max_in_flight_per_node.get().min(self.kubevirt_per_node),
+            m.max_in_flight_cluster.get().min(self.kubevirt_per_cluster),
+        )
+    }
+}
+
 impl Default for ClusterView {
     fn default() -> Self {
         // KubeVirt's own defaults when the CR does not set them.

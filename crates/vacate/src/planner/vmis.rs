@@ -279,14 +279,7 @@ impl Planner<'_> {
         if fresh.is_empty() {
             return;
         }
-        let node_cap = m
-            .max_in_flight_per_node
-            .get()
-            .min(s.cluster.kubevirt_per_node);
-        let cluster_cap = m
-            .max_in_flight_cluster
-            .get()
-            .min(s.cluster.kubevirt_per_cluster);
+        let (node_cap, cluster_cap) = s.cluster.migration_caps(self.config);
         let node_free = node_cap.saturating_sub(node_in_flight);
         let cluster_free = cluster_cap.saturating_sub(cluster_in_flight);
         if let Some(last) = state.last_batch_at {
