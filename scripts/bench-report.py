@@ -44,7 +44,14 @@ def main():
 
     main_runs = [r for r in results if r["requested_scale"] != 1 or str(args.time_scale) == "1"]
     scale1_runs = [r for r in results if r not in main_runs]
+    releases = []
     for r in results:
+        # A case is a scenario on one KubeVirt release the simulator follows.
+        r["release"] = r.get("release", "v1.9")
+        r["base"] = r["scenario"]
+        r["scenario"] = f"{r['base']}, KubeVirt {r['release']}"
+        if r["release"] not in releases:
+            releases.append(r["release"])
         r["seconds"] = r["timing"]["seconds"]
         r["bound_s"] = r["bound"]["bound_seconds"]
         r["ratio"] = r["seconds"] / r["bound_s"]
@@ -54,7 +61,8 @@ def main():
         if r["tool"] == "vacate":
             r["api"] = api_counts(audit, r["timing"]["start_unix"], r["vacate_stopped_unix"])
 
-    scenarios = [s for s in SCENARIOS if any(r["scenario"] == s for r in main_runs)]
+    scenarios = [f"{s}, KubeVirt {rel}" for rel in releases for s in SCENARIOS
+                 if any(r["scenario"] == f"{s}, KubeVirt {rel}" for r in main_runs)]
     summary = []
     per_scenario = {}
     for s in scenarios:
@@ -199,10 +207,13 @@ def plot(args, runs, scenarios):
                 f.write(f"{n} {v['seconds'] if v else 'NaN'} {k['seconds'] if k else 'NaN'} {bound}\n")
             f.write("\n\n")
     png = os.path.join(args.docs, "benchmarks.png")
+    columns = min(len(scenarios), 2) or 1
+    rows = (len(scenarios) + columns - 1) // columns or 1
+    size = f"1200,{440 * rows}"
     script = [
-        "set terminal pngcairo size 1200,480 font 'sans,10'" if has_cairo() else "set terminal png size 1200,480",
+        f"set terminal pngcairo size {size} font 'sans,10'" if has_cairo() else f"set terminal png size {size}",
         f"set output '{png}'",
-        f"set multiplot layout 1,{len(scenarios)} title 'Drain time per round against the bound "
+        f"set multiplot layout {rows},{columns} title 'Drain time per round against the bound "
         f"(time scale {args.time_scale})'",
         "set xlabel 'round'", "set ylabel 'seconds'", "set yrange [0:*]", "set xtics 1",
         f"set xrange [0.5:{max([r['round'] for r in runs] + [1]) + 0.5}]",
@@ -262,8 +273,16 @@ def write_doc(args, results, runs, scale1_runs, scenarios, summary, cordon, comm
       "cluster-wide migration slots from the other; which tool goes first alternates between rounds. "
       "Each scenario has three nodes: worker-0 is drained, the other two receive the VMs.")
     w("")
-    for s in scenarios:
-        w(f"- `tests/scenarios/{s}.yaml`: {SCENARIOS[s]}.")
+    for s in SCENARIOS:
+        if any(r["base"] == s for r in results):
+            w(f"- `tests/scenarios/{s}.yaml`: {SCENARIOS[s]}.")
+    w("")
+    w("The rounds run once for each KubeVirt release the simulator follows (its annotation "
+      "`simulator.vacate.io/kubevirt-release` on the KubeVirt CR, docs/testbed.md \"Modes\"): "
+      f"{', '.join(releases)}. The release changes the baseline: in v1.9 KubeVirt's evacuation "
+      "controller creates every migration of the node at once with priority `system-critical` and "
+      "its migration queue starts them as slots free up; in v1.7 it creates at most the free slots "
+      "per pass and looks again later. vacate creates its own migrations in both.")
     w("")
     w("vacate runs from its release binary, one instance per drained node, started before the request "
       "and stopped after the drain, with this configuration (the limits are the KubeVirt CR's, so only "

@@ -7,6 +7,7 @@
 #   ROUNDS=5             rounds of each scenario and tool
 #   BENCH_TIME_SCALE=5   the simulator's time scale for the rounds
 #   BENCH_SCALE1=1       also one drain-6 round per tool at time scale 1 (0: skip; minutes)
+#   BENCH_RELEASES="v1.9 v1.7"  the KubeVirt releases the simulator follows in the rounds
 #   BENCH_CORDON=50      request-to-cordon samples
 #   BENCH_DOCS=docs      where benchmarks.md and benchmarks.png go
 #   BENCH_KEEP=0         1: keep the measurements (results, audit log, logs) after the run
@@ -19,6 +20,7 @@ scale1="${BENCH_SCALE1:-1}"
 cordon_requests="${BENCH_CORDON:-50}"
 docs="${BENCH_DOCS:-docs}"
 scenarios=(drain-6 drain-mixed)
+read -r -a releases <<<"${BENCH_RELEASES:-v1.9 v1.7}"
 
 log() { printf '[bench %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
 
@@ -81,6 +83,20 @@ set_scale() {
     "simulator.vacate.io/time-scale=$1" >/dev/null
 }
 set_scale "$time_scale"
+# The KubeVirt release the simulator follows (docs/testbed.md, "Modes"), once it reports it.
+set_release() {
+  local want=v1.9.0 seen=""
+  [ "$1" = v1.7 ] && want=v1.7.4
+  run "$bin_dir/kubectl" annotate kubevirt -n kubevirt kubevirt --overwrite \
+    "simulator.vacate.io/kubevirt-release=$1" >/dev/null
+  for _ in $(seq 1 300); do
+    seen=$(kubectl get kubevirt -n kubevirt kubevirt -o jsonpath='{.status.observedKubeVirtVersion}')
+    [ "$seen" = "$want" ] && return 0
+    sleep 0.1
+  done
+  echo "bench: the simulator reports KubeVirt $seen, not $want" >&2
+  return 1
+}
 
 # vacate as the bench runs it: user `vacate` (its own client certificate, so the audit log
 # tells its requests apart), one instance per drained node set, limited only by KubeVirt.
@@ -135,7 +151,7 @@ stop_vacate() {
 # One drain of <scenario>'s worker-0 seeded under <prefix> by <tool>; appends one JSON
 # record to results.jsonl.
 drain() {
-  local scenario=$1 tool=$2 prefix=$3 round=$4 scale=$5
+  local scenario=$1 tool=$2 prefix=$3 round=$4 scale=$5 release=$6
   local node="$prefix-worker-0" before timing after stopped
   before=$(run "$bin/testbed" bench-bound --state-dir "$state" "$node")
   if [ "$tool" = vacate ]; then
@@ -153,10 +169,10 @@ drain() {
   after=$(run "$bin/testbed" bench-bound --state-dir "$state" "$node")
   # The drain's migrations, for the report's look at how long the simulator took per phase.
   kubectl get virtualmachineinstancemigrations -n "$prefix-vms" -o json >"$out/migrations-$prefix.json"
-  printf '{"scenario":"%s","tool":"%s","round":%s,"prefix":"%s","requested_scale":%s,"vacate_stopped_unix":%s,"bound":%s,"timing":%s,"after":%s}\n' \
-    "$scenario" "$tool" "$round" "$prefix" "$scale" "${stopped:-null}" "$before" "$timing" "$after" \
+  printf '{"scenario":"%s","release":"%s","tool":"%s","round":%s,"prefix":"%s","requested_scale":%s,"vacate_stopped_unix":%s,"bound":%s,"timing":%s,"after":%s}\n' \
+    "$scenario" "$release" "$tool" "$round" "$prefix" "$scale" "${stopped:-null}" "$before" "$timing" "$after" \
     >>"$out/results.jsonl"
-  log "$scenario round $round: $tool $(jq -r '.seconds | . * 100 | round / 100' <<<"$timing") s, bound $(jq -r '.bound_seconds | . * 100 | round / 100' <<<"$before") s"
+  log "$scenario ($release) round $round: $tool $(jq -r '.seconds | . * 100 | round / 100' <<<"$timing") s, bound $(jq -r '.bound_seconds | . * 100 | round / 100' <<<"$before") s"
 }
 
 seed() {
@@ -171,16 +187,21 @@ run "$bin/testbed" bench-cordon --state-dir "$state" --selector testbed.vacate.i
   --count "$cordon_requests" >"$out/cordon.json"
 stop_vacate
 
-# The rounds: every scenario twice per round (one copy per tool), the tools one after the
-# other, the first tool alternating between rounds.
-for round in $(seq 1 "$rounds"); do
-  for scenario in "${scenarios[@]}"; do
-    short=${scenario#drain-}
-    seed "$scenario" "v$round-$short"
-    seed "$scenario" "k$round-$short"
-    if [ $((round % 2)) = 1 ]; then order=(vacate kubectl); else order=(kubectl vacate); fi
-    for tool in "${order[@]}"; do
-      drain "$scenario" "$tool" "${tool:0:1}$round-$short" "$round" "$time_scale"
+# The rounds, for each KubeVirt release: every scenario twice per round (one copy per tool),
+# the tools one after the other, the first tool alternating between rounds.
+for release in "${releases[@]}"; do
+  set_release "$release"
+  suffix=""
+  [ "$release" = v1.9 ] || suffix="-${release//./}"
+  for round in $(seq 1 "$rounds"); do
+    for scenario in "${scenarios[@]}"; do
+      short=${scenario#drain-}$suffix
+      seed "$scenario" "v$round-$short"
+      seed "$scenario" "k$round-$short"
+      if [ $((round % 2)) = 1 ]; then order=(vacate kubectl); else order=(kubectl vacate); fi
+      for tool in "${order[@]}"; do
+        drain "$scenario" "$tool" "${tool:0:1}$round-$short" "$round" "$time_scale" "$release"
+      done
     done
   done
 done
@@ -189,10 +210,11 @@ done
 if [ "$scale1" != 0 ]; then
   log "drain-6 at time scale 1 (minutes)"
   set_scale 1
+  set_release "${releases[0]}"
   seed drain-6 v-s1
   seed drain-6 k-s1
-  drain drain-6 vacate v-s1 1 1
-  drain drain-6 kubectl k-s1 1 1
+  drain drain-6 vacate v-s1 1 1 "${releases[0]}"
+  drain drain-6 kubectl k-s1 1 1 "${releases[0]}"
   set_scale "$time_scale"
 fi
 

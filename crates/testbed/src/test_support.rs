@@ -43,6 +43,15 @@ use crate::wait;
 /// or `0` (never), for clusters the test-support API starts itself.
 pub const ENV_KUBEVIRT: &str = "VACATE_TESTBED_KUBEVIRT";
 
+/// Env: the KubeVirt release the simulator follows for this test process (`v1.9` or `v1.7`,
+/// docs/testbed.md "Modes"). Set, the shared cluster is switched to it (the annotation
+/// `simulator.vacate.io/kubevirt-release` on the KubeVirt CR) before any test uses it, and
+/// the tests wait until the simulator reports that release. Unset, the cluster is left as is.
+pub const ENV_KUBEVIRT_RELEASE: &str = "VACATE_TESTBED_KUBEVIRT_RELEASE";
+
+/// The simulator's annotation on the KubeVirt CR that chooses the release it follows.
+pub const KUBEVIRT_RELEASE_ANNOTATION: &str = "simulator.vacate.io/kubevirt-release";
+
 static SHARED: OnceCell<std::result::Result<Arc<TestCluster>, String>> = OnceCell::const_new();
 
 /// A cluster for tests.
@@ -71,10 +80,15 @@ impl TestCluster {
     pub async fn shared() -> Result<Arc<TestCluster>> {
         let r = SHARED
             .get_or_init(|| async {
-                TestCluster::find_or_start()
-                    .await
-                    .map(Arc::new)
-                    .map_err(|e| format!("{e:#}"))
+                async {
+                    let cluster = TestCluster::find_or_start().await?;
+                    if let Ok(release) = std::env::var(ENV_KUBEVIRT_RELEASE) {
+                        cluster.follow_kubevirt_release(&release).await?;
+                    }
+                    Ok::<_, anyhow::Error>(Arc::new(cluster))
+                }
+                .await
+                .map_err(|e| format!("{e:#}"))
             })
             .await;
         match r {
@@ -161,6 +175,37 @@ impl TestCluster {
             kubevirt,
             owned: None,
         })
+    }
+
+    /// Switches the KubeVirt simulator to `release` (`v1.9` or `v1.7`) and waits until the
+    /// KubeVirt CR reports it in `status.observedKubeVirtVersion`.
+    pub async fn follow_kubevirt_release(&self, release: &str) -> Result<()> {
+        let version = match release {
+            "v1.9" => "v1.9.0",
+            "v1.7" => "v1.7.4",
+            other => bail!("${ENV_KUBEVIRT_RELEASE}={other:?}: the simulator follows v1.9 or v1.7"),
+        };
+        self.require_kubevirt()?;
+        let kubevirts: Api<DynamicObject> =
+            Api::namespaced_with(self.client(), "kubevirt", &kubevirt_resource("KubeVirt"));
+        let patch = json!({"metadata": {"annotations": {KUBEVIRT_RELEASE_ANNOTATION: release}}});
+        kubevirts
+            .patch("kubevirt", &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .context("annotating the KubeVirt CR with the release to follow")?;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let kv = kubevirts.get("kubevirt").await?;
+            let seen = kv.data["status"]["observedKubeVirtVersion"].as_str();
+            if seen == Some(version) {
+                tracing::info!("the KubeVirt simulator follows {version}");
+                return Ok(());
+            }
+            if tokio::time::Instant::now() > deadline {
+                bail!("the KubeVirt CR reports {seen:?}, not {version}, 30s after the switch");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     /// A new client. Each call builds its own, so that it belongs to the calling test's
