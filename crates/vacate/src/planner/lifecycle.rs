@@ -31,7 +31,11 @@ impl Planner<'_> {
                 self.clear = true;
                 None
             }
-            StateAnnotation::Valid(state) => Some((**state).clone()),
+            StateAnnotation::Valid(state) => {
+                let mut state = (**state).clone();
+                self.follow_cancels(&mut state);
+                Some(state)
+            }
             StateAnnotation::Absent => None,
         };
         let request = request_of(node);
@@ -61,16 +65,17 @@ impl Planner<'_> {
             },
             (None, Some(state)) => match state.phase {
                 Phase::Idle | Phase::Pending => {
-                    // A drain aborted at a window's close may not have lifted its cordon yet.
+                    // A drain aborted at a window's close may not have lifted its cordon yet;
+                    // a drain aborted earlier gave the node back and follows its cancels.
+                    let following = state.phase == Phase::Idle && state.cancels_pending();
                     let mut note = String::new();
-                    self.release_node(&state, &mut note);
-                    if !note.is_empty() {
+                    self.keep_following_cancels(state, &mut note);
+                    if !note.is_empty() && !following {
                         self.actions.push(Action::event(
                             "MaintenanceEnded",
                             format!("the request was removed before the drain began{note}"),
                         ));
                     }
-                    self.clear = true;
                 }
                 Phase::Cordoned | Phase::Migrating | Phase::Evicting => self.abort(state),
                 Phase::Drained | Phase::Uncordoning | Phase::Failed => self.end(state),
@@ -237,11 +242,12 @@ impl Planner<'_> {
         else {
             return false;
         };
-        let cancelled = self.cancel_own_migrations();
+        let mut state = state.clone();
+        let cancelled = self.cancel_own_migrations(&mut state);
         let mut note = format!(
             "the maintenance window closed during the drain; cancelled {cancelled} migration(s)"
         );
-        self.release_node(state, &mut note);
+        self.release_node(&state, &mut note);
         note.push_str("; the drain starts again when a window opens");
         self.actions.push(Action::warning("DrainAborted", note));
         self.observations.push(Observation::DrainFinished {
@@ -254,6 +260,12 @@ impl Planner<'_> {
         pending.set_phase(Phase::Pending, s.now);
         pending.request = state.request.clone();
         pending.request_value = state.request_value.clone();
+        // The cancels are followed to their results while the node waits for the window.
+        pending.vmis = state
+            .vmis
+            .into_iter()
+            .filter(|(_, r)| r.outcome == VmiOutcome::Cancelling)
+            .collect();
         self.state = Some(pending);
         if let Some(at) = next_open {
             self.wake_at(at);
@@ -303,7 +315,7 @@ impl Planner<'_> {
         // slot, a refusal found after other VMIs were evicted), and vacate's migrations
         // that run are cancelled.
         self.actions.retain(|a| !a.starts_work());
-        self.cancel_own_migrations();
+        self.cancel_own_migrations(&mut state);
         state.set_phase(Phase::Failed, now);
         state.failure = Some(reason.clone());
         self.actions
@@ -326,19 +338,31 @@ impl Planner<'_> {
     }
 
     /// The request was removed before the drain finished.
-    pub(super) fn abort(&mut self, state: DrainState) {
+    pub(super) fn abort(&mut self, mut state: DrainState) {
         let s = self.s;
-        let cancelled = self.cancel_own_migrations();
+        let cancelled = self.cancel_own_migrations(&mut state);
         let mut message = format!(
             "maintenance request removed during the drain; cancelled {cancelled} migration(s)"
         );
-        self.release_node(&state, &mut message);
-        self.actions.push(Action::event("DrainAborted", message));
         self.observations.push(Observation::DrainFinished {
             result: DrainResult::Aborted,
             duration: (s.now - state.started_at).to_std().unwrap_or_default(),
         });
-        self.clear = true;
+        self.keep_following_cancels(state, &mut message);
+        self.actions.push(Action::event("DrainAborted", message));
+    }
+
+    /// Gives the node back once maintenance is over; the state stays (phase Idle, the cordon
+    /// no longer vacate's) only while migrations vacate cancelled have not shown their result.
+    fn keep_following_cancels(&mut self, mut state: DrainState, message: &mut String) {
+        self.release_node(&state, message);
+        if state.cancels_pending() {
+            state.set_phase(Phase::Idle, self.s.now);
+            state.cordoned_by_vacate = false;
+            self.state = Some(state);
+        } else {
+            self.clear = true;
+        }
     }
 
     /// The request was removed after the drain finished (or failed).
@@ -353,12 +377,11 @@ impl Planner<'_> {
             self.state = Some(state);
             return;
         }
-        self.cancel_own_migrations();
+        self.cancel_own_migrations(&mut state);
         let mut message = "maintenance is over".to_string();
-        self.release_node(&state, &mut message);
+        self.keep_following_cancels(state, &mut message);
         self.actions
             .push(Action::event("MaintenanceEnded", message));
-        self.clear = true;
     }
 
     /// The node is drained and the request stands: wait for what ends the maintenance

@@ -162,6 +162,10 @@ pub enum VmiOutcome {
     Restarting,
     /// Held back by policy or refusal; see the node's blocker.
     Blocked,
+    /// vacate cancelled its migration (the drain was aborted or failed); waiting for the
+    /// cancel's result: KubeVirt aborts a migration past the hand-off only on request, and it
+    /// may still finish.
+    Cancelling,
     Migrated,
     Evicted,
     Restarted,
@@ -284,6 +288,13 @@ fn one() -> u32 {
 }
 
 impl DrainState {
+    /// Whether a migration vacate cancelled has not shown its result yet.
+    pub fn cancels_pending(&self) -> bool {
+        self.vmis
+            .values()
+            .any(|r| r.outcome == VmiOutcome::Cancelling)
+    }
+
     pub fn new(now: DateTime<Utc>, cordoned_by_vacate: bool, attempt: u32) -> Self {
         Self {
             version: STATE_VERSION,

@@ -965,7 +965,6 @@ fn abort_cancels_own_unfinished_migrations_and_uncordons() {
     );
     assert!(p.actions.contains(&Action::Uncordon));
     assert!(has_event(&p, "DrainAborted"));
-    assert_eq!(p.state, NextState::Clear);
     assert!(p.observations.iter().any(|o| matches!(
         o,
         Observation::DrainFinished {
@@ -973,6 +972,111 @@ fn abort_cancels_own_unfinished_migrations_and_uncordons() {
             ..
         }
     )));
+    // The node is given back at once; the state stays until the cancel shows its result.
+    let NextState::Write(kept) = &p.state else {
+        panic!(
+            "the state should be kept while a cancel is pending: {:?}",
+            p.state
+        )
+    };
+    assert_eq!(kept.phase, Phase::Idle);
+    assert!(!kept.cordoned_by_vacate);
+    assert_eq!(kept.vmis["vms/vm-0"].outcome, VmiOutcome::Cancelling);
+    assert!(!cancelled_observed(&p));
+}
+
+fn cancelled_observed(p: &Plan) -> bool {
+    p.observations.iter().any(|o| {
+        matches!(
+            o,
+            Observation::MigrationFinished {
+                result: MigrationResult::Cancelled,
+                ..
+            }
+        )
+    })
+}
+
+/// After an abort: the request removed mid-drain, vm-0's migration cancelled.
+fn aborted_with_a_cancel() -> (Snapshot, DrainState, Config) {
+    let mut s = snapshot(node(Some("true"), false));
+    s.vmis = vec![vmi("vm-0")];
+    let config = Config::default();
+    let state = written(&plan(&s, &config));
+    let mut s = snapshot(node(None, true));
+    s.vmis = vec![vmi("vm-0")];
+    s.migrations = vec![migration(&state, "vm-0", 1, MigrationPhase::Unfinished)];
+    let (p, state) = step(&s, &state, &config);
+    assert!(p.actions.contains(&Action::Uncordon));
+    assert!(state.cancels_pending());
+    s.node.unschedulable = false;
+    (s, state, config)
+}
+
+#[test]
+fn a_cancel_past_the_hand_off_is_followed_until_kubevirt_aborts_it() {
+    let (mut s, state, config) = aborted_with_a_cancel();
+    // KubeVirt holds the migration (finalizer) while the abort is under way: nothing is
+    // asked twice, nothing cordoned again, the state says what it waits for.
+    s.migrations[0].deleting = true;
+    let (p, state) = step(&s, &state, &config);
+    assert!(
+        p.actions
+            .iter()
+            .all(|a| !matches!(a, Action::CancelMigration { .. } | Action::Cordon)),
+        "{:?}",
+        p.actions
+    );
+    assert!(
+        state
+            .waiting_for
+            .as_deref()
+            .unwrap_or("")
+            .contains("cancel of 1 migration")
+    );
+    // The abort took: the migration failed, the VMI stayed; counted as cancelled once.
+    s.migrations[0].phase = MigrationPhase::Failed;
+    let p = plan(&with_state(s, &state), &config);
+    assert_eq!(p.state, NextState::Clear);
+    assert!(cancelled_observed(&p));
+    assert!(!p.actions.contains(&Action::Uncordon));
+}
+
+#[test]
+fn a_cancel_that_comes_too_late_is_recorded_as_a_migration() {
+    let (mut s, state, config) = aborted_with_a_cancel();
+    s.migrations[0].phase = MigrationPhase::Succeeded;
+    s.vmis.clear();
+    let p = plan(&with_state(s, &state), &config);
+    assert_eq!(p.state, NextState::Clear);
+    assert!(has_event(&p, "MigrationNotCancelled"));
+    assert!(!cancelled_observed(&p));
+    assert!(p.observations.iter().any(|o| matches!(
+        o,
+        Observation::MigrationFinished {
+            result: MigrationResult::Succeeded,
+            ..
+        }
+    )));
+}
+
+#[test]
+fn a_failed_drain_records_what_its_cancels_came_to() {
+    let mut s = snapshot(node(Some("true"), false));
+    s.vmis = vec![vmi("vm-0")];
+    let config = Config::default();
+    let state = written(&plan(&s, &config));
+    s.now = t(7200);
+    s.node.unschedulable = true;
+    s.migrations = vec![migration(&state, "vm-0", 1, MigrationPhase::Unfinished)];
+    let (_, state) = step(&s, &state, &config);
+    assert_eq!(state.phase, Phase::Failed);
+    assert_eq!(state.vmis["vms/vm-0"].outcome, VmiOutcome::Cancelling);
+    s.migrations[0].phase = MigrationPhase::Succeeded;
+    let (p, state) = step(&s, &state, &config);
+    assert_eq!(state.phase, Phase::Failed);
+    assert_eq!(state.vmis["vms/vm-0"].outcome, VmiOutcome::Migrated);
+    assert!(has_event(&p, "MigrationNotCancelled"));
 }
 
 #[test]

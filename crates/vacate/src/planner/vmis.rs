@@ -200,7 +200,10 @@ impl Planner<'_> {
                     // That migration ended and the VMI is still here: take it up again.
                     record.outcome = VmiOutcome::Waiting;
                 }
-                VmiOutcome::Waiting | VmiOutcome::Blocked | VmiOutcome::Left => {}
+                VmiOutcome::Waiting
+                | VmiOutcome::Blocked
+                | VmiOutcome::Cancelling
+                | VmiOutcome::Left => {}
             }
             if vmi.eviction_strategy == EvictionStrategy::Unrecognized {
                 // What KubeVirt does with such a VMI on eviction is not known here: leave it
@@ -461,25 +464,97 @@ impl Planner<'_> {
         );
     }
 
-    pub(super) fn cancel_own_migrations(&mut self) -> usize {
+    /// Asks KubeVirt to cancel vacate's unfinished migrations (by deleting them) and marks
+    /// their VMIs `Cancelling` until the result is seen (`follow_cancels`). Returns how many
+    /// migrations are being cancelled, those asked before included.
+    pub(super) fn cancel_own_migrations(&mut self, state: &mut DrainState) -> usize {
+        let s = self.s;
         let mut cancelled = 0;
-        for m in self
-            .s
+        for m in s
             .migrations
             .iter()
-            .filter(|m| m.ours && m.phase == MigrationPhase::Unfinished && !m.deleting)
+            .filter(|m| m.ours && m.phase == MigrationPhase::Unfinished)
         {
             cancelled += 1;
-            self.actions.push(Action::CancelMigration {
-                namespace: m.namespace.clone(),
-                name: m.name.clone(),
+            if !m.deleting {
+                self.actions.push(Action::CancelMigration {
+                    namespace: m.namespace.clone(),
+                    name: m.name.clone(),
+                });
+            }
+            let key = m.vmi_key();
+            let current = state.vmis.get(&key).is_some_and(|r| {
+                r.attempts > 0
+                    && !r.outcome.is_done()
+                    && m.name == migration_name(&s.node.name, state, &m.vmi_name, r.attempts)
             });
-            self.observations.push(Observation::MigrationFinished {
-                result: MigrationResult::Cancelled,
-                duration: None,
-            });
+            if let Some(record) = state.vmis.get_mut(&key).filter(|_| current) {
+                record.outcome = VmiOutcome::Cancelling;
+                record.retry_at = None;
+            }
         }
         cancelled
+    }
+
+    /// Follows the migrations vacate cancelled to their end: a migration KubeVirt aborted
+    /// (or removed before its hand-off) leaves its VMI where it was; one that finished before
+    /// the cancel took moved its VMI, which is recorded as migrated. Returns how many
+    /// cancels are still unresolved.
+    pub(super) fn follow_cancels(&mut self, state: &mut DrainState) -> usize {
+        let s = self.s;
+        let mut pending = 0;
+        let names: Vec<(String, String)> = state
+            .vmis
+            .iter()
+            .filter(|(_, r)| r.outcome == VmiOutcome::Cancelling)
+            .map(|(key, r)| {
+                let vmi = key.split_once('/').map_or(key.as_str(), |(_, n)| n);
+                (
+                    key.clone(),
+                    migration_name(&s.node.name, state, vmi, r.attempts),
+                )
+            })
+            .collect();
+        for (key, name) in names {
+            let m = s
+                .migrations
+                .iter()
+                .find(|m| m.ours && m.name == name && m.vmi_key() == key);
+            let record = state.vmis.get_mut(&key).expect("collected above");
+            let duration = m.and_then(|m| match (m.created_at, m.finished_at) {
+                (Some(a), Some(b)) => (b - a).to_std().ok(),
+                _ => None,
+            });
+            match m.map(|m| m.phase) {
+                Some(MigrationPhase::Unfinished) => pending += 1,
+                Some(MigrationPhase::Succeeded) => {
+                    record.outcome = VmiOutcome::Migrated;
+                    self.observations.push(Observation::MigrationFinished {
+                        result: MigrationResult::Succeeded,
+                        duration,
+                    });
+                    self.actions.push(Action::event(
+                        "MigrationNotCancelled",
+                        format!(
+                            "migration {name} of VMI {key} finished before its cancel took effect; the VMI has moved"
+                        ),
+                    ));
+                }
+                Some(MigrationPhase::Failed) | None => {
+                    record.outcome = VmiOutcome::Waiting;
+                    self.observations.push(Observation::MigrationFinished {
+                        result: MigrationResult::Cancelled,
+                        duration: None,
+                    });
+                }
+            }
+        }
+        if pending > 0 {
+            self.waiting_for = Some(format!(
+                "KubeVirt to resolve the cancel of {pending} migration(s)"
+            ));
+        }
+        pending
     }
 }
 
