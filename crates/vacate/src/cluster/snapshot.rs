@@ -139,6 +139,7 @@ pub fn vmi_view(
         namespace: vmi.namespace().unwrap_or_default(),
         name: vmi.name_any(),
         finished: vmi.is_final(),
+        running: vmi.is_running(),
         migratability,
         eviction_strategy: eviction_strategy(strategy),
         launcher_pod,

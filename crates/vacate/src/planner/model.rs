@@ -95,6 +95,9 @@ pub struct VmiView {
     pub name: String,
     /// The VMI is Succeeded or Failed: it no longer runs and needs nothing.
     pub finished: bool,
+    /// The VMI runs (phase Running): only a running VMI is migrated; one still starting
+    /// waits.
+    pub running: bool,
     pub migratability: Migratability,
     /// The VMI's own strategy, or the cluster default when it sets none.
     pub eviction_strategy: EvictionStrategy,

@@ -422,6 +422,7 @@ fn vmi_view(i: usize, v: &VmiSpec) -> VmiView {
         launcher_pod: v.launcher.then(|| format!("virt-launcher-{name}-abcde")),
         name,
         finished: v.finished,
+        running: !v.finished,
         migratability: v.migratability.clone(),
         eviction_strategy: v.strategy,
         restartable: v.restartable,

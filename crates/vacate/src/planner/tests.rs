@@ -30,6 +30,7 @@ pub(super) fn vmi(name: &str) -> VmiView {
         namespace: "vms".into(),
         name: name.into(),
         finished: false,
+        running: true,
         migratability: Migratability::Migratable,
         eviction_strategy: EvictionStrategy::LiveMigrate,
         launcher_pod: Some(format!("virt-launcher-{name}-abcde")),
@@ -1754,4 +1755,42 @@ fn a_plan_that_fails_the_drain_starts_no_work() {
     assert!(evicted(&p).is_empty(), "{:?}", p.actions);
     assert!(!has_event(&p, "VmiEvicted"));
     assert!(has_event(&p, "DrainFailed"));
+}
+
+/// KubeVirt reports whether a VMI can migrate only once its domain runs: a VMI still
+/// starting on the node waits, and is migrated once it runs.
+#[test]
+fn a_vmi_that_does_not_run_yet_is_not_migrated() {
+    let mut s = snapshot(node(Some("true"), false));
+    s.vmis = vec![VmiView {
+        running: false,
+        ..vmi("starting")
+    }];
+    let config = Config::default();
+    let p = plan(&s, &config);
+    assert!(
+        p.actions
+            .iter()
+            .all(|a| !a.starts_work() && !matches!(a, Action::RestartVmi { .. })),
+        "{:?}",
+        p.actions
+    );
+    let state = written(&p);
+    assert!(
+        state
+            .waiting_for
+            .as_deref()
+            .unwrap_or("")
+            .contains("VMI vms/starting to start running"),
+        "{:?}",
+        state.waiting_for
+    );
+    s.node.unschedulable = true;
+    s.vmis[0].running = true;
+    let (p, _) = step(&s, &state, &config);
+    assert!(
+        p.actions
+            .iter()
+            .any(|a| matches!(a, Action::CreateMigration { .. }))
+    );
 }

@@ -223,6 +223,14 @@ impl Planner<'_> {
                 self.request_evacuation(vmi);
                 continue;
             }
+            if !vmi.running {
+                // A VMI still starting cannot be migrated yet (KubeVirt reports LiveMigratable
+                // once its domain runs); it is handled once it runs.
+                self.waiting_for.get_or_insert_with(|| {
+                    format!("VMI {key} to start running before it can be moved")
+                });
+                continue;
+            }
             let exhausted = record.attempts >= self.config.migration.max_attempts.get();
             let strategy_allows = vmi.eviction_strategy != EvictionStrategy::None;
             match (&vmi.migratability, strategy_allows, exhausted) {
