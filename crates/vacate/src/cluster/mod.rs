@@ -195,7 +195,18 @@ impl Context {
         match wake {
             Wake::Node(name) => {
                 let node = ObjectRef::new(&name);
-                if self.stores.nodes.get(&node).is_some() {
+                if let Some(object) = self.stores.nodes.get(&node) {
+                    // A node with a request or a state is about to be looked at with its
+                    // pods: their watch starts now, not in its turn of the reconciliation.
+                    let config = &self.config.node;
+                    if object.labels().contains_key(&config.request_label)
+                        || object
+                            .labels()
+                            .contains_key(&self.config.upgrade.request_label)
+                        || object.annotations().contains_key(&config.state_annotation)
+                    {
+                        self.pods.ensure(&self.client, &name, &self.trigger);
+                    }
                     vec![node]
                 } else {
                     self.forget(&name);

@@ -563,3 +563,38 @@ async fn a_pod_under_two_disruption_budgets_is_a_rejection_shown_to_the_user() {
             .contains("more than one PodDisruptionBudget")
     );
 }
+
+/// A requested node's pod watch starts when its wake-up is queued, before its turn in the
+/// serial reconciliation; a node without request or state gets none.
+#[tokio::test]
+async fn a_requested_nodes_pod_watch_starts_before_its_reconciliation() {
+    let idle = Fake::new(config(), node(json!({}), json!({}), false), vec![]);
+    assert_eq!(
+        idle.ctx.nodes_to_wake(Wake::Node(NODE.into())).len(),
+        1,
+        "the node is still queued"
+    );
+    assert!(!idle.ctx.pods.watching(NODE));
+
+    let fake = Fake::new(config(), requested(), vec![]);
+    assert_eq!(fake.ctx.nodes_to_wake(Wake::Node(NODE.into())).len(), 1);
+    assert!(fake.ctx.pods.watching(NODE));
+    let listed = || {
+        fake.seen().iter().any(|s| {
+            s.method == "GET"
+                && s.path.starts_with("/api/v1/pods")
+                && s.path.contains("spec.nodeName%3Dworker-1")
+        })
+    };
+    for _ in 0..100 {
+        if listed() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(listed(), "{:?}", fake.seen());
+    assert!(
+        !fake.seen().iter().any(Seen::is_node_patch),
+        "no reconciliation ran"
+    );
+}

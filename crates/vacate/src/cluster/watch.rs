@@ -331,32 +331,43 @@ pub struct PodWatches {
 }
 
 impl PodWatches {
+    /// Starts the pod watch of `node` if there is none yet, without waiting for it to fill:
+    /// done when a node's request is seen, before the node's turn in the (serial)
+    /// reconciliation, so that many nodes requested at once fill their caches in parallel.
+    pub fn ensure(&self, client: &Client, node: &str, trigger: &Trigger) -> Store<Pod> {
+        let mut watches = self.watches.lock().expect("pod watch map lock");
+        if let Some(w) = watches.get(node) {
+            return w.store.clone();
+        }
+        let name = node.to_string();
+        let (store, task) = reflect(
+            Api::<Pod>::all(client.clone()),
+            watcher::Config::default().fields(&format!("spec.nodeName={node}")),
+            trigger.clone(),
+            move |_: &Pod, _| vec![Wake::Node(name.clone())],
+            "pods",
+        );
+        watches.insert(
+            node.to_string(),
+            PodWatch {
+                store: store.clone(),
+                task,
+            },
+        );
+        store
+    }
+
+    /// Whether `node` has a pod watch.
+    pub fn watching(&self, node: &str) -> bool {
+        self.watches
+            .lock()
+            .expect("pod watch map lock")
+            .contains_key(node)
+    }
+
     /// The pods of `node`, starting a watch if there is none yet.
     pub async fn pods(&self, client: &Client, node: &str, trigger: &Trigger) -> Result<Vec<Pod>> {
-        let store = {
-            let mut watches = self.watches.lock().expect("pod watch map lock");
-            match watches.get(node) {
-                Some(w) => w.store.clone(),
-                None => {
-                    let name = node.to_string();
-                    let (store, task) = reflect(
-                        Api::<Pod>::all(client.clone()),
-                        watcher::Config::default().fields(&format!("spec.nodeName={node}")),
-                        trigger.clone(),
-                        move |_: &Pod, _| vec![Wake::Node(name.clone())],
-                        "pods",
-                    );
-                    watches.insert(
-                        node.to_string(),
-                        PodWatch {
-                            store: store.clone(),
-                            task,
-                        },
-                    );
-                    store
-                }
-            }
-        };
+        let store = self.ensure(client, node, trigger);
         let timeout = Duration::from_secs(30);
         tokio::time::timeout(timeout, store.wait_until_ready())
             .await
