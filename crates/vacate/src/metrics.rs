@@ -477,7 +477,7 @@ impl Metrics {
         };
         set(&self.node_vmis, "total", state.vmis.len());
         set(&self.node_vmis, "done", state.vmis_done());
-        set(&self.node_pods, "total", state.pods.len());
+        set(&self.node_pods, "total", state.pods_total());
         set(&self.node_pods, "done", state.pods_done());
         self.node_drain_started
             .with_label_values(&[node])

@@ -242,7 +242,7 @@ fn progress_line(report: &NodeReport) -> String {
         state.vmis_done(),
         state.vmis.len(),
         state.pods_done(),
-        state.pods.len()
+        state.pods_total()
     );
     if let Some(detail) = state.detail() {
         line.push_str("  ");

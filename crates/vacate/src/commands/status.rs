@@ -58,7 +58,7 @@ pub fn row(node: &Node, config: &Config) -> Option<Row> {
                 node: name,
                 phase: state.phase.to_string(),
                 vmis: (state.vmis_done(), state.vmis.len()),
-                pods: (state.pods_done(), state.pods.len()),
+                pods: (state.pods_done(), state.pods_total()),
                 detail,
                 since: age(state),
             })

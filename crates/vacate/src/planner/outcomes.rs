@@ -179,7 +179,7 @@ pub fn summary(state: &DrainState) -> String {
         count(VmiOutcome::Restarted),
         count(VmiOutcome::Left),
         state.pods_done(),
-        state.pods.len(),
+        state.pods_total(),
     )
 }
 
@@ -189,6 +189,6 @@ pub(super) fn progress(state: &DrainState) -> String {
         state.vmis_done(),
         state.vmis.len(),
         state.pods_done(),
-        state.pods.len()
+        state.pods_total()
     )
 }

@@ -16,15 +16,14 @@ impl Planner<'_> {
         pods.sort_by_key(|p| p.key());
         let present: BTreeSet<(String, String)> =
             pods.iter().map(|p| (p.key(), p.uid.clone())).collect();
-        // Pods that are gone (or replaced by a new pod of the same name) were evicted.
-        for (key, record) in state.pods.iter_mut() {
-            if record.outcome != PodOutcome::Evicted
-                && !present.contains(&(key.clone(), record.uid.clone()))
-            {
-                record.outcome = PodOutcome::Evicted;
-                record.retry_at = None;
-            }
-        }
+        // Pods that are gone (or replaced by a new pod of the same name) were evicted: only
+        // their count is kept.
+        let before = state.pods.len();
+        state.pods.retain(|key, record| {
+            record.outcome != PodOutcome::Evicted
+                && present.contains(&(key.clone(), record.uid.clone()))
+        });
+        state.pods_evicted += (before - state.pods.len()) as u32;
         // The virt-launcher pods of the VMIs on the node move with their VMIs. Any other
         // virt-launcher pod still running belongs to a VMI that runs elsewhere: the target of
         // a migration onto this node (scheduled before the cordon) or the source of one that

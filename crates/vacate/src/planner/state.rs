@@ -279,8 +279,14 @@ pub struct DrainState {
     pub eta: Option<DateTime<Utc>>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub vmis: BTreeMap<String, VmiRecord>,
+    /// The pods still to go (or holding the drain up), by `namespace/name`. A pod that has
+    /// gone leaves its record and is counted in `pods_evicted`, so the annotation stays small
+    /// however many pods the node had.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub pods: BTreeMap<String, PodRecord>,
+    /// Pods of the node gone during the drain.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub pods_evicted: u32,
 }
 
 fn one() -> u32 {
@@ -313,6 +319,7 @@ impl DrainState {
             eta: None,
             vmis: BTreeMap::new(),
             pods: BTreeMap::new(),
+            pods_evicted: 0,
         }
     }
 
@@ -335,6 +342,7 @@ impl DrainState {
             };
         }
         durable.pods.clear();
+        durable.pods_evicted = 0;
         durable
     }
 
@@ -350,10 +358,17 @@ impl DrainState {
     }
 
     pub fn pods_done(&self) -> usize {
-        self.pods
-            .values()
-            .filter(|r| r.outcome == PodOutcome::Evicted)
-            .count()
+        self.pods_evicted as usize
+            + self
+                .pods
+                .values()
+                .filter(|r| r.outcome == PodOutcome::Evicted)
+                .count()
+    }
+
+    /// The pods the drain has dealt with: gone, or still recorded.
+    pub fn pods_total(&self) -> usize {
+        self.pods_evicted as usize + self.pods.len()
     }
 
     /// What the drain waits for, in words: the failure, the blocker, or what it waits on.
