@@ -408,6 +408,7 @@ impl Context {
                         namespace,
                         name: pod,
                         vmi: None,
+                        ..
                     },
                     ActionResult::Done,
                 ) => evicted.push(format!("{namespace}/{pod}")),

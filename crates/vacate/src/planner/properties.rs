@@ -1005,6 +1005,7 @@ impl World {
                 namespace,
                 name,
                 vmi: None,
+                ..
             } => {
                 let now = self.now;
                 let Some(pod) = self
