@@ -218,6 +218,76 @@ impl ControlPlane {
         self.components.shutdown();
     }
 
+    /// The names of the components, in start order (`kubevirt-sim` only when it runs).
+    pub fn component_names(&self) -> Vec<&'static str> {
+        let mut names = vec![
+            "etcd",
+            "kube-apiserver",
+            "kube-controller-manager",
+            "kube-scheduler",
+            "kwok",
+        ];
+        if self.kubevirt {
+            names.push("kubevirt-sim");
+        }
+        names
+    }
+
+    fn check_component(&self, name: &str) -> Result<()> {
+        let names = self.component_names();
+        if !names.contains(&name) {
+            bail!("no component {name:?} in this testbed (it runs {names:?})");
+        }
+        Ok(())
+    }
+
+    /// Freezes component `name` with SIGSTOP: it keeps its sockets open but answers
+    /// nothing, as a process that hangs or a paused VM, until [`ControlPlane::resume`].
+    pub fn pause(&self, name: &str) -> Result<()> {
+        self.check_component(name)?;
+        self.components.signal(name, libc::SIGSTOP)
+    }
+
+    /// Resumes a component frozen by [`ControlPlane::pause`] (SIGCONT).
+    pub fn resume(&self, name: &str) -> Result<()> {
+        self.check_component(name)?;
+        self.components.signal(name, libc::SIGCONT)
+    }
+
+    /// Kills component `name` with SIGKILL, as in a crash, and starts it again with the same
+    /// arguments (etcd keeps its data folder, the simulator its state folder and address).
+    /// Returns without waiting for it to be ready: see [`ControlPlane::wait_ready`].
+    pub fn restart(&self, name: &str) -> Result<u32> {
+        self.check_component(name)?;
+        self.components.restart(name)
+    }
+
+    /// The pid of component `name`.
+    pub fn pid(&self, name: &str) -> Result<u32> {
+        self.check_component(name)?;
+        self.components
+            .pid(name)
+            .ok_or_else(|| anyhow!("component {name} is not running"))
+    }
+
+    /// Waits until the API server's /readyz answers `ok` and, when it runs, the simulator's
+    /// /readyz answers 200 (after a pause or a restart).
+    pub async fn wait_ready(&self, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        wait_for_apiserver(&self.kubeconfig, &self.components, deadline).await?;
+        if let Some(endpoint) = &self.endpoints.kubevirt_sim {
+            let listen = endpoint.trim_start_matches("https://");
+            wait_for_simulator(
+                listen,
+                &self.components,
+                deadline,
+                &self.layout.log("kubevirt-sim"),
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
     /// Copies the admin kubeconfig to `<state>/kubeconfig`, which tells `testbed up` and
     /// tools that the cluster is ready, and the `vacate` user's to `<state>/vacate.kubeconfig`.
     pub fn publish_kubeconfig(&self) -> Result<PathBuf> {

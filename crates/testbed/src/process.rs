@@ -89,6 +89,14 @@ enum Request {
         log: PathBuf,
         reply: mpsc::Sender<Result<u32>>,
     },
+    Pid {
+        name: String,
+        reply: mpsc::Sender<Option<u32>>,
+    },
+    Restart {
+        name: String,
+        reply: mpsc::Sender<Result<u32>>,
+    },
     Shutdown {
         reply: mpsc::Sender<()>,
     },
@@ -98,6 +106,44 @@ struct Running {
     name: String,
     child: Child,
     log: PathBuf,
+    recipe: Recipe,
+}
+
+/// What a component was started with, to start it again the same way.
+struct Recipe {
+    program: std::ffi::OsString,
+    args: Vec<std::ffi::OsString>,
+    envs: Vec<(std::ffi::OsString, Option<std::ffi::OsString>)>,
+    dir: Option<PathBuf>,
+}
+
+impl Recipe {
+    fn of(command: &Command) -> Recipe {
+        Recipe {
+            program: command.get_program().to_os_string(),
+            args: command.get_args().map(|a| a.to_os_string()).collect(),
+            envs: command
+                .get_envs()
+                .map(|(k, v)| (k.to_os_string(), v.map(|v| v.to_os_string())))
+                .collect(),
+            dir: command.get_current_dir().map(Path::to_path_buf),
+        }
+    }
+
+    fn command(&self) -> Command {
+        let mut command = Command::new(&self.program);
+        command.args(&self.args);
+        for (key, value) in &self.envs {
+            match value {
+                Some(value) => command.env(key, value),
+                None => command.env_remove(key),
+            };
+        }
+        if let Some(dir) = &self.dir {
+            command.current_dir(dir);
+        }
+        command
+    }
 }
 
 /// Handle to the owner thread of a testbed's processes.
@@ -140,6 +186,46 @@ impl Components {
             .map_err(|_| anyhow!("the testbed process owner thread is gone"))?
     }
 
+    /// The pid of the running component `name`, if there is one.
+    pub fn pid(&self, name: &str) -> Option<u32> {
+        let (reply, rx) = mpsc::channel();
+        self.tx
+            .send(Request::Pid {
+                name: name.to_string(),
+                reply,
+            })
+            .ok()?;
+        rx.recv().ok().flatten()
+    }
+
+    /// Sends `signal` to component `name` (SIGSTOP freezes it, SIGCONT resumes it).
+    pub fn signal(&self, name: &str, signal: i32) -> Result<()> {
+        let pid = self
+            .pid(name)
+            .ok_or_else(|| anyhow!("no component {name} is running"))?;
+        // SAFETY: signalling a child this process started and has not reaped.
+        if unsafe { libc::kill(pid as i32, signal) } != 0 {
+            return Err(std::io::Error::last_os_error())
+                .with_context(|| format!("sending signal {signal} to {name} (pid {pid})"));
+        }
+        Ok(())
+    }
+
+    /// Kills component `name` with SIGKILL (as in a crash) and starts it again with the same
+    /// command, log and arguments; returns the new pid. Its exit is not reported as
+    /// unexpected.
+    pub fn restart(&self, name: &str) -> Result<u32> {
+        let (reply, rx) = mpsc::channel();
+        self.tx
+            .send(Request::Restart {
+                name: name.to_string(),
+                reply,
+            })
+            .map_err(|_| anyhow!("the testbed process owner thread is gone"))?;
+        rx.recv()
+            .map_err(|_| anyhow!("the testbed process owner thread is gone"))?
+    }
+
     /// A receiver that turns `Some` when a component exits unexpectedly.
     pub fn exits(&self) -> tokio::sync::watch::Receiver<Option<Exit>> {
         self.exits.clone()
@@ -174,15 +260,45 @@ fn owner_loop(rx: mpsc::Receiver<Request>, exit_tx: tokio::sync::watch::Sender<O
                 log,
                 reply,
             }) => {
+                let recipe = Recipe::of(&command);
                 let result = start(&name, &mut command, &log).map(|child| {
                     let pid = child.id();
-                    LIVE_PIDS
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .push(pid as i32);
-                    running.push(Running { name, child, log });
+                    remember_pid(pid);
+                    running.push(Running {
+                        name,
+                        child,
+                        log,
+                        recipe,
+                    });
                     pid
                 });
+                let _ = reply.send(result);
+            }
+            Ok(Request::Pid { name, reply }) => {
+                let pid = running
+                    .iter()
+                    .find(|r| r.name == name)
+                    .map(|r| r.child.id());
+                let _ = reply.send(pid);
+            }
+            Ok(Request::Restart { name, reply }) => {
+                let result = match running.iter_mut().find(|r| r.name == name) {
+                    None => Err(anyhow!("no component {name} is running")),
+                    Some(r) => {
+                        let old = r.child.id();
+                        let _ = r.child.kill();
+                        let _ = r.child.wait();
+                        forget_pid(old);
+                        let mut command = r.recipe.command();
+                        start(&r.name, &mut command, &r.log).map(|child| {
+                            let pid = child.id();
+                            remember_pid(pid);
+                            r.child = child;
+                            pid
+                        })
+                    }
+                };
+                // A component that did not start again is reported below as exited.
                 let _ = reply.send(result);
             }
             Ok(Request::Shutdown { reply }) => {
@@ -257,6 +373,13 @@ fn start(name: &str, command: &mut Command, log: &Path) -> Result<Child> {
     })
 }
 
+fn remember_pid(pid: u32) {
+    LIVE_PIDS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push(pid as i32);
+}
+
 fn forget_pid(pid: u32) {
     LIVE_PIDS
         .lock()
@@ -269,6 +392,9 @@ fn stop_all(running: &mut Vec<Running>) {
     for r in running.iter().rev() {
         // SAFETY: signalling our own child.
         unsafe { libc::kill(r.child.id() as i32, libc::SIGTERM) };
+        // A component frozen with SIGSTOP gets the SIGTERM only once it runs again.
+        // SAFETY: as above.
+        unsafe { libc::kill(r.child.id() as i32, libc::SIGCONT) };
         let deadline = Instant::now() + Duration::from_secs(5);
         let pid = r.child.id() as i32;
         loop {

@@ -30,7 +30,7 @@ use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams
 use serde_json::{Value, json};
 use tokio::sync::OnceCell;
 
-use crate::control_plane::{ControlPlane, Options};
+use crate::control_plane::{AuditOptions, ControlPlane, Options};
 use crate::kubeconfig;
 use crate::nodes::{self, NodeTemplate, SET_LABEL};
 use crate::paths;
@@ -130,6 +130,14 @@ impl TestCluster {
     /// Starts a new cluster owned by this value, in a temporary state folder. It stops
     /// when the value is dropped or the process ends.
     pub async fn start(kubevirt: bool) -> Result<TestCluster> {
+        TestCluster::start_with(kubevirt, None).await
+    }
+
+    /// [`TestCluster::start`], with the API server's audit log when `audit` is given
+    /// ([`TestCluster::audit_log`]). A cluster of its own is what a test needs to pause,
+    /// restart or reconfigure components ([`TestCluster::control_plane`]) without
+    /// disturbing the tests that share the testbed.
+    pub async fn start_with(kubevirt: bool, audit: Option<AuditOptions>) -> Result<TestCluster> {
         sweep_stale_state_dirs();
         let dir = std::env::temp_dir().join(format!(
             "vacate-testbed-{}-{:06x}",
@@ -140,6 +148,7 @@ impl TestCluster {
         process::remove_at_exit(&dir);
         let mut opts = Options::new(&dir);
         opts.kubevirt = kubevirt;
+        opts.audit = audit;
         let cp = ControlPlane::start(&opts).await?;
         tracing::info!(
             "started a test cluster in {:.1?} ({})",
@@ -153,6 +162,31 @@ impl TestCluster {
             kubevirt: cp.kubevirt,
             owned: Some(cp),
         })
+    }
+
+    /// The control plane when this process started the cluster ([`TestCluster::start`]):
+    /// its components can be paused, resumed and restarted. `None` for a testbed this
+    /// process only connected to, which other tests may share.
+    pub fn control_plane(&self) -> Option<&ControlPlane> {
+        self.owned.as_ref()
+    }
+
+    /// The control plane of a cluster this process started, or an error saying why not.
+    pub fn owned_control_plane(&self) -> Result<&ControlPlane> {
+        self.owned.as_ref().ok_or_else(|| {
+            anyhow::anyhow!(
+                "the cluster at {} was not started by this process; only a cluster of the \
+                 test's own (TestCluster::start) can have its components paused or restarted",
+                self.kubeconfig.display()
+            )
+        })
+    }
+
+    /// The API server's audit log, when this process started the cluster with one.
+    pub fn audit_log(&self) -> Option<PathBuf> {
+        let cp = self.owned.as_ref()?;
+        let path = cp.layout.audit_log();
+        path.exists().then_some(path)
     }
 
     /// Uses a running cluster; fails unless its /readyz answers within 5 seconds.
@@ -341,7 +375,16 @@ pub struct TestEnv {
 impl TestEnv {
     /// A namespace `<prefix>-<id>` and `nodes` Ready nodes made from `template`.
     pub async fn new(prefix: &str, nodes: usize, template: NodeTemplate) -> Result<TestEnv> {
-        let cluster = TestCluster::shared().await?;
+        TestEnv::on(TestCluster::shared().await?, prefix, nodes, template).await
+    }
+
+    /// [`TestEnv::new`] on `cluster` instead of the shared one.
+    pub async fn on(
+        cluster: Arc<TestCluster>,
+        prefix: &str,
+        nodes: usize,
+        template: NodeTemplate,
+    ) -> Result<TestEnv> {
         cluster.require_kubevirt()?;
         let ns = cluster.namespace(prefix).await?;
         let nodes = cluster.node_set(nodes, template).await?;

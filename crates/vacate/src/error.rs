@@ -16,6 +16,9 @@ pub enum Error {
     NodeNotFound(String),
     #[error("not acting: {0}")]
     Fenced(String),
+    /// KubeVirt's admission webhooks did not answer a request they must answer.
+    #[error("{0}")]
+    KubeVirtUnavailable(String),
 }
 
 impl Error {
@@ -25,7 +28,7 @@ impl Error {
     }
 
     /// Every label [`Error::metric_label`] returns; the series exist at 0 from the start.
-    pub const METRIC_LABELS: [&'static str; 7] = [
+    pub const METRIC_LABELS: [&'static str; 8] = [
         "conflict",
         "api_server_error",
         "api_rejected",
@@ -33,6 +36,7 @@ impl Error {
         "cache_timeout",
         "timeout",
         "node_not_found",
+        "kubevirt_unavailable",
     ];
 
     /// A short, stable label for `vacate_reconcile_errors_total`.
@@ -48,6 +52,7 @@ impl Error {
             Error::Timeout(_) => "timeout",
             Error::NodeNotFound(_) => "node_not_found",
             Error::Fenced(_) => "fenced",
+            Error::KubeVirtUnavailable(_) => "kubevirt_unavailable",
         }
     }
 }

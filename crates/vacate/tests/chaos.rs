@@ -1,22 +1,45 @@
-//! Chaos: vacate killed with SIGKILL at random moments of a drain and started again, and the
-//! invariants checked after every run. `make test` runs a few runs with a fixed seed; `make
-//! chaos` runs many and writes the figures to docs/reliability.md.
+//! Chaos: drains of a busy node while something fails, and the invariants checked after
+//! every run. `make test` runs a few runs with a fixed seed; `make chaos` runs many and
+//! writes the figures to docs/reliability.md.
 //!
-//! `CHAOS_RUNS` (default 2), `CHAOS_FAILING_RUNS` (runs where 30% of the migrations fail as
-//! well; default 1) and `CHAOS_SEED` (default 1) choose the runs; with `CHAOS_OUT` set, each
-//! run's record is appended to that file as one JSON line.
+//! The faults:
+//! - vacate killed with SIGKILL at random moments and started again (`CHAOS_RUNS`, default
+//!   2), also with 30% of the migrations failing (`CHAOS_FAILING_RUNS`, default 1); on the
+//!   shared testbed;
+//! - the leader of two replicas frozen with SIGSTOP past its lease and resumed
+//!   (`CHAOS_FREEZE_RUNS`); the API server's audit log shows what the frozen replica wrote;
+//! - kube-apiserver frozen with SIGSTOP for `CHAOS_APISERVER_PAUSE` seconds (default 30)
+//!   (`CHAOS_APISERVER_RUNS`), etcd killed and started again (`CHAOS_ETCD_RUNS`);
+//! - KubeVirt's API side unavailable: its admission webhooks refusing connections while a VMI
+//!   whose migrations fail is handed to KubeVirt's evacuation (`CHAOS_WEBHOOK_RUNS`), and the
+//!   whole simulator frozen for 20 s (`CHAOS_KUBEVIRT_RUNS`).
+//!
+//! The faults after the kills stop or reconfigure parts of the cluster, so they run on a
+//! cluster this test process starts for them (its own etcd, API server, simulator and audit
+//! log), one run at a time; the tests that share the testbed never see them. Each of their
+//! counts defaults to 1. `CHAOS_SEED` (default 1) seeds run 0 (run i uses seed + i); with
+//! `CHAOS_OUT` set, each run's record is appended to that file as one JSON line.
 
 mod support;
 
 use std::collections::BTreeMap;
 use std::io::Write;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use kube::ResourceExt;
+use chrono::{DateTime, Utc};
+use k8s_openapi::api::admissionregistration::v1::{
+    MutatingWebhookConfiguration, ValidatingWebhookConfiguration,
+};
+use kube::api::{ListParams, Patch, PatchParams, PostParams};
+use kube::{Api, ResourceExt};
+use kubevirt_api::VirtualMachineInstance;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use support::*;
+use testbed::control_plane::AuditOptions;
+use testbed::test_support::TestCluster;
 use vacate::planner::Phase;
 
 const DRAIN: Duration = Duration::from_secs(240);
@@ -34,10 +57,15 @@ fn env_number(name: &str, default: u64) -> Result<u64> {
 struct RunRecord {
     run: u64,
     seed: u64,
-    /// The faults of the run besides the kills.
+    /// The faults of the run.
     faults: String,
     /// Seconds after the request at which vacate was killed.
     kills_at: Vec<f64>,
+    /// What else was done to the cluster, and when (seconds after the request).
+    injected: Vec<String>,
+    /// What the run's own checks saw beyond the invariants (the audit log of a frozen
+    /// leader's writes, the webhooks' hazard).
+    evidence: Vec<String>,
     drain_seconds: f64,
     vmis: usize,
     migrations: usize,
@@ -82,9 +110,18 @@ async fn failing_migrations_and_sigkill_lose_nothing() -> Result<()> {
 }
 
 async fn runs_of(runs: std::ops::Range<u64>, seed: u64, faults: Faults) -> Result<()> {
-    let mut failed = Vec::new();
+    let mut records = Vec::new();
     for run in runs {
-        let record = one_run(run, seed.wrapping_add(run), faults).await?;
+        records.push(one_run(run, seed.wrapping_add(run), faults).await?);
+    }
+    report(records)
+}
+
+/// Prints the records, appends them to `$CHAOS_OUT`, and fails on any violation.
+fn report(records: Vec<RunRecord>) -> Result<()> {
+    let mut failed = Vec::new();
+    for record in records {
+        let run = record.run;
         println!(
             "run {run} ({}): killed at {:?} s, drained in {:.1} s, {} violations",
             record.faults,
@@ -92,6 +129,9 @@ async fn runs_of(runs: std::ops::Range<u64>, seed: u64, faults: Faults) -> Resul
             record.drain_seconds,
             record.violations.len()
         );
+        for line in record.injected.iter().chain(&record.evidence) {
+            println!("  {line}");
+        }
         if let Ok(path) = std::env::var("CHAOS_OUT") {
             let mut file = std::fs::OpenOptions::new()
                 .create(true)
@@ -101,7 +141,10 @@ async fn runs_of(runs: std::ops::Range<u64>, seed: u64, faults: Faults) -> Resul
             writeln!(file, "{}", serde_json::to_string(&record)?)?;
         }
         if !record.violations.is_empty() {
-            failed.push(format!("run {run}: {:?}", record.violations));
+            failed.push(format!(
+                "run {run} ({}): {:?}",
+                record.faults, record.violations
+            ));
         }
     }
     anyhow::ensure!(failed.is_empty(), "invariants violated: {failed:#?}");
@@ -123,12 +166,7 @@ async fn one_run(run: u64, seed: u64, faults: Faults) -> Result<RunRecord> {
         })
         .collect();
     env.busy_node_with(0, vms, 2, 1).await?;
-    let before: BTreeMap<String, String> = env
-        .vmis()
-        .await?
-        .iter()
-        .map(|v| (v.name_any(), v.uid().unwrap_or_default()))
-        .collect();
+    let before = uids(&env).await?;
     let (monitor, _watch) = MigrationMonitor::start(&env);
 
     let mut vacate = env.vacate(FAST).await?;
@@ -143,59 +181,16 @@ async fn one_run(run: u64, seed: u64, faults: Faults) -> Result<RunRecord> {
         vacate = env.vacate(FAST).await?;
     }
     let mut violations = Vec::new();
-    let drained = env.wait_phase(&node, Phase::Drained, DRAIN).await;
-    let drain_seconds = requested.elapsed().as_secs_f64();
-    if let Err(error) = &drained {
-        violations.push(format!("the drain did not end Drained: {error:#}"));
-    }
-
-    // Every VMI still exists (none deleted: all could migrate), runs, and not on the node.
-    let after = env.vmis().await?;
-    for (name, uid) in &before {
-        match after.iter().find(|v| &v.name_any() == name) {
-            None => violations.push(format!("VMI {name} is gone")),
-            Some(v) if v.uid().as_ref() != Some(uid) => {
-                violations.push(format!("VMI {name} was deleted and created again"))
-            }
-            Some(v) if !v.is_running() || v.node_name() == Some(node.as_str()) => {
-                violations.push(format!(
-                    "VMI {name} is {:?} on {:?}",
-                    v.status.as_ref().and_then(|s| s.phase),
-                    v.node_name()
-                ))
-            }
-            Some(_) => {}
-        }
-    }
-    // Without failures one migration per VMI; never two of a VMI at once, never more than
-    // the node's limit at once.
-    let per_vmi = monitor.per_vmi();
-    for (vmi, migrations) in &per_vmi {
-        if faults.failure_rate.is_none() && migrations.len() != 1 {
-            violations.push(format!("VMI {vmi} got migrations {migrations:?}"));
-        }
-    }
-    if monitor.max_concurrent_per_vmi() > 1 {
-        violations.push("a VMI had two of vacate's migrations in flight at once".into());
-    }
-    if monitor.max_in_flight_on(&node) > 2 {
-        violations.push(format!(
-            "{} migrations in flight on the node (limit 2)",
-            monitor.max_in_flight_on(&node)
-        ));
-    }
-    // The maintenance ends: vacate's cordon is lifted, no other node was cordoned.
-    env.request(&node, None).await?;
-    match env.wait_idle(&node, Duration::from_secs(60)).await {
-        Ok(n) if is_unschedulable(&n) => violations.push("the node stayed cordoned".into()),
-        Ok(_) => {}
-        Err(error) => violations.push(format!("the maintenance did not end: {error:#}")),
-    }
-    for other in [env.node(1), env.node(2)] {
-        if is_unschedulable(&env.get_node(other).await?) {
-            violations.push(format!("node {other} was cordoned"));
-        }
-    }
+    let drain_seconds = check_drain(
+        &env,
+        &node,
+        &before,
+        &monitor,
+        requested,
+        faults.failure_rate.is_none(),
+        &mut violations,
+    )
+    .await?;
     if !vacate.running() {
         violations.push("the last vacate exited".into());
     }
@@ -204,9 +199,678 @@ async fn one_run(run: u64, seed: u64, faults: Faults) -> Result<RunRecord> {
         seed,
         faults: faults.describe(),
         kills_at,
-        drain_seconds: (drain_seconds * 100.0).round() / 100.0,
+        injected: Vec::new(),
+        evidence: Vec::new(),
+        drain_seconds,
         vmis: before.len(),
-        migrations: per_vmi.values().map(Vec::len).sum(),
+        migrations: monitor.per_vmi().values().map(Vec::len).sum(),
         violations,
     })
+}
+
+/// The UID of every VMI of the test, by name.
+async fn uids(env: &Env) -> Result<BTreeMap<String, String>> {
+    Ok(env
+        .vmis()
+        .await?
+        .iter()
+        .map(|v| (v.name_any(), v.uid().unwrap_or_default()))
+        .collect())
+}
+
+/// Waits for the drain to end and checks the invariants every run shares: every VMI of
+/// `before` still exists with its UID (none deleted: all could migrate), runs, and not on
+/// the node; with `one_migration_each`, each got exactly one of vacate's migrations; never
+/// two of a VMI at once, never more than the node's limit at once; the drain ends Drained;
+/// removing the request uncordons the node and no other node was cordoned. Returns the drain
+/// time in seconds.
+async fn check_drain(
+    env: &Env,
+    node: &str,
+    before: &BTreeMap<String, String>,
+    monitor: &MigrationMonitor,
+    requested: Instant,
+    one_migration_each: bool,
+    violations: &mut Vec<String>,
+) -> Result<f64> {
+    let drained = env.wait_phase(node, Phase::Drained, DRAIN).await;
+    let drain_seconds = (requested.elapsed().as_secs_f64() * 100.0).round() / 100.0;
+    if let Err(error) = &drained {
+        violations.push(format!("the drain did not end Drained: {error:#}"));
+    }
+    let after = env.vmis().await?;
+    for (name, uid) in before {
+        match after.iter().find(|v| &v.name_any() == name) {
+            None => violations.push(format!("VMI {name} is gone")),
+            Some(v) if v.uid().as_ref() != Some(uid) => {
+                violations.push(format!("VMI {name} was deleted and created again"))
+            }
+            Some(v) if !v.is_running() || v.node_name() == Some(node) => violations.push(format!(
+                "VMI {name} is {:?} on {:?}",
+                v.status.as_ref().and_then(|s| s.phase),
+                v.node_name()
+            )),
+            Some(_) => {}
+        }
+    }
+    let per_vmi = monitor.per_vmi();
+    if one_migration_each {
+        for name in before.keys() {
+            let migrations = per_vmi.get(name).cloned().unwrap_or_default();
+            if migrations.len() != 1 {
+                violations.push(format!("VMI {name} got migrations {migrations:?}"));
+            }
+        }
+    }
+    if monitor.max_concurrent_per_vmi() > 1 {
+        violations.push("a VMI had two of vacate's migrations in flight at once".into());
+    }
+    if monitor.max_in_flight_on(node) > 2 {
+        violations.push(format!(
+            "{} migrations in flight on the node (limit 2)",
+            monitor.max_in_flight_on(node)
+        ));
+    }
+    env.request(node, None).await?;
+    match env.wait_idle(node, Duration::from_secs(60)).await {
+        Ok(n) if is_unschedulable(&n) => violations.push("the node stayed cordoned".into()),
+        Ok(_) => {}
+        Err(error) => violations.push(format!("the maintenance did not end: {error:#}")),
+    }
+    for other in env.nodes.names().iter().filter(|n| *n != node) {
+        if is_unschedulable(&env.get_node(other).await?) {
+            violations.push(format!("node {other} was cordoned"));
+        }
+    }
+    Ok(drain_seconds)
+}
+
+fn seconds_since(start: Instant) -> f64 {
+    (start.elapsed().as_secs_f64() * 100.0).round() / 100.0
+}
+
+// ---------------------------------------------------------------------------------------
+// Faults on a cluster of this process's own.
+
+/// The cluster the faults below run on: started by this process with the API server's audit
+/// log, so that freezing its API server, restarting its etcd or taking its KubeVirt down
+/// disturbs no other test.
+static OWN: tokio::sync::OnceCell<std::result::Result<Arc<TestCluster>, String>> =
+    tokio::sync::OnceCell::const_new();
+/// One run at a time on that cluster: each run's fault hits the whole cluster.
+static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+async fn own_cluster() -> Result<Arc<TestCluster>> {
+    OWN.get_or_init(|| async {
+        let started = Instant::now();
+        let cluster = TestCluster::start_with(true, Some(AuditOptions::default()))
+            .await
+            .map(Arc::new)
+            .map_err(|e| format!("starting the chaos suite's own cluster: {e:#}"));
+        println!(
+            "started the chaos suite's own cluster in {:.1} s",
+            started.elapsed().as_secs_f64()
+        );
+        cluster
+    })
+    .await
+    .clone()
+    .map_err(anyhow::Error::msg)
+}
+
+/// Runs `count` runs of one fault kind (from `$name`, default 1) on the own cluster.
+async fn own_runs<F, Fut>(name: &str, run: F) -> Result<()>
+where
+    F: Fn(Arc<TestCluster>, u64, u64) -> Fut,
+    Fut: std::future::Future<Output = Result<RunRecord>>,
+{
+    let runs = env_number(name, 1)?;
+    if runs == 0 {
+        return Ok(());
+    }
+    let seed = env_number("CHAOS_SEED", 1)?;
+    let _turn = TURN.lock().await;
+    let cluster = own_cluster().await?;
+    let mut records = Vec::new();
+    for i in 0..runs {
+        records.push(run(cluster.clone(), i, seed.wrapping_add(i)).await?);
+    }
+    report(records)
+}
+
+/// The scene of every run on the own cluster: 6 live-migratable VMs (`vms` changes them), a
+/// Deployment of 2 behind a PodDisruptionBudget and a DaemonSet on node 0 of 3.
+async fn own_scene(
+    cluster: Arc<TestCluster>,
+    prefix: &str,
+    vms: impl Fn(Vm) -> Vm,
+) -> Result<(Env, String)> {
+    let env = Env::on(cluster, prefix, 3).await?;
+    let vms = (0..6)
+        .map(|i| vms(Vm::migratable(format!("vm-{i}"))))
+        .collect();
+    env.busy_node_with(0, vms, 2, 1).await?;
+    let node = env.node(0).to_string();
+    Ok((env, node))
+}
+
+fn empty_record(run: u64, seed: u64, faults: &str) -> RunRecord {
+    RunRecord {
+        run,
+        seed,
+        faults: faults.into(),
+        kills_at: Vec::new(),
+        injected: Vec::new(),
+        evidence: Vec::new(),
+        drain_seconds: 0.0,
+        vmis: 0,
+        migrations: 0,
+        violations: Vec::new(),
+    }
+}
+
+// --- The leader frozen past its lease ---------------------------------------------------
+
+/// Two replicas; the leader is frozen with SIGSTOP a random moment into the drain, kept
+/// frozen until the other replica leads (its lease is 4 s) and a little longer, and resumed.
+/// The other replica finishes the drain. The API server's audit log, where each replica's
+/// requests carry a user of its own (impersonation), must show no write of the resumed
+/// replica: its lease is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_frozen_past_its_lease_writes_nothing_once_resumed() -> Result<()> {
+    own_runs("CHAOS_FREEZE_RUNS", freeze_run).await
+}
+
+const WRITE_VERBS: [&str; 5] = ["create", "update", "patch", "delete", "deletecollection"];
+
+/// A write request of the audit log.
+#[derive(Debug)]
+struct AuditWrite {
+    received: DateTime<Utc>,
+    verb: String,
+    resource: String,
+    name: String,
+    code: i64,
+}
+
+/// The writes the audit log holds of requests impersonating `user`.
+fn audit_writes(log: &std::path::Path, user: &str) -> Result<Vec<AuditWrite>> {
+    let text =
+        std::fs::read_to_string(log).with_context(|| format!("reading {}", log.display()))?;
+    let quoted = format!("\"{user}\"");
+    let mut writes = Vec::new();
+    for line in text.lines().filter(|l| l.contains(&quoted)) {
+        let event: serde_json::Value = serde_json::from_str(line)?;
+        if event["impersonatedUser"]["username"] != user
+            || event["stage"] != "ResponseComplete"
+            || !WRITE_VERBS.contains(&event["verb"].as_str().unwrap_or(""))
+        {
+            continue;
+        }
+        let received = event["requestReceivedTimestamp"]
+            .as_str()
+            .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+            .context("an audit event without requestReceivedTimestamp")?;
+        let object = &event["objectRef"];
+        let mut resource = object["resource"].as_str().unwrap_or("").to_string();
+        if let Some(sub) = object["subresource"].as_str() {
+            resource = format!("{resource}/{sub}");
+        }
+        writes.push(AuditWrite {
+            received: received.with_timezone(&Utc),
+            verb: event["verb"].as_str().unwrap_or("").into(),
+            resource,
+            name: object["name"].as_str().unwrap_or("").into(),
+            code: event["responseStatus"]["code"].as_i64().unwrap_or(0),
+        });
+    }
+    Ok(writes)
+}
+
+/// Waits until one of `replicas` reports `vacate_leader 1`; returns its index.
+async fn leader_of(replicas: &[&Vacate], timeout: Duration) -> Result<usize> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        for (i, replica) in replicas.iter().enumerate() {
+            if replica.metric("vacate_leader").await.unwrap_or(0.0) == 1.0 {
+                return Ok(i);
+            }
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "no replica led within {timeout:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn freeze_run(cluster: Arc<TestCluster>, run: u64, seed: u64) -> Result<RunRecord> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut record = empty_record(run, seed, "leader frozen (SIGSTOP) past its lease");
+    let (env, node) = own_scene(cluster.clone(), &format!("freeze{run}"), |vm| vm).await?;
+    let audit = cluster
+        .audit_log()
+        .context("the own cluster writes no audit log")?;
+    let before = uids(&env).await?;
+    let (monitor, _watch) = MigrationMonitor::start(&env);
+
+    // Each replica's requests impersonate a user of its own.
+    let dir = tempfile::tempdir()?;
+    let users = [format!("vacate-{run}-a"), format!("vacate-{run}-b")];
+    let lease = Lease {
+        namespace: env.ns.name(),
+        name: "vacate",
+    };
+    let mut replicas = Vec::new();
+    for user in &users {
+        let kubeconfig = dir.path().join(format!("{user}.kubeconfig"));
+        env.impersonating_kubeconfig(user, &kubeconfig)?;
+        replicas.push(env.vacate_with_kubeconfig(&kubeconfig, lease, FAST).await?);
+        if replicas.len() == 1 {
+            // The first leads before the second starts.
+            leader_of(&[&replicas[0]], Duration::from_secs(30)).await?;
+        }
+    }
+    let (leader, standby) = (0, 1);
+
+    let requested = Instant::now();
+    env.request(&node, Some("true")).await?;
+    tokio::time::sleep(Duration::from_millis(rng.random_range(500..3000))).await;
+    replicas[leader].freeze()?;
+    let frozen_at = Utc::now();
+    record.injected.push(format!(
+        "leader frozen at {:.2} s",
+        seconds_since(requested)
+    ));
+    // Past its lease: the standby leads, then a little longer.
+    let took_over = leader_of(&[&replicas[standby]], Duration::from_secs(30)).await;
+    let led_after = (Utc::now() - frozen_at).num_milliseconds() as f64 / 1000.0;
+    if took_over.is_err() {
+        record
+            .violations
+            .push("the standby did not take over within 30 s".into());
+    }
+    tokio::time::sleep(Duration::from_millis(rng.random_range(0..2000))).await;
+    let resumed_at = Utc::now();
+    replicas[leader].resume()?;
+    record.injected.push(format!(
+        "resumed at {:.2} s ({:.1} s frozen; the standby led after {:.1} s)",
+        seconds_since(requested),
+        (resumed_at - frozen_at).num_milliseconds() as f64 / 1000.0,
+        led_after
+    ));
+
+    record.drain_seconds = check_drain(
+        &env,
+        &node,
+        &before,
+        &monitor,
+        requested,
+        true,
+        &mut record.violations,
+    )
+    .await?;
+    for (i, replica) in replicas.iter_mut().enumerate() {
+        if !replica.running() {
+            record
+                .violations
+                .push(format!("replica {} exited", users[i]));
+        }
+    }
+
+    // The evidence: every write of the frozen replica, from the API server's audit log.
+    let writes = audit_writes(&audit, &users[leader])?;
+    let earlier = writes.iter().filter(|w| w.received < frozen_at).count();
+    let (lease_writes, after): (Vec<&AuditWrite>, Vec<&AuditWrite>) = writes
+        .iter()
+        .filter(|w| w.received >= resumed_at)
+        .partition(|w| w.resource == "leases");
+    let fenced = replicas[leader]
+        .metric("vacate_reconcile_errors_total{error=\"fenced\"}")
+        .await
+        .unwrap_or(0.0);
+    record.evidence.push(format!(
+        "audit log of {}: {earlier} writes before the freeze, {} after the resume besides its \
+         Lease ({} Lease requests: {:?}); {fenced} reconciliations refused by the fence",
+        users[leader],
+        after.len(),
+        lease_writes.len(),
+        lease_writes
+            .iter()
+            .map(|w| format!("{} {}", w.verb, w.code))
+            .collect::<Vec<_>>()
+    ));
+    if earlier == 0 {
+        record.violations.push(format!(
+            "the audit log shows no write of {} before the freeze: the check saw nothing",
+            users[leader]
+        ));
+    }
+    for w in &after {
+        record.violations.push(format!(
+            "the resumed replica wrote after its lease was gone: {} {} {} ({}) at {}",
+            w.verb, w.resource, w.name, w.code, w.received
+        ));
+    }
+    for w in lease_writes.iter().filter(|w| (200..300).contains(&w.code)) {
+        // Taking the Lease back while the other replica holds and renews it.
+        record.violations.push(format!(
+            "the resumed replica's {} of Lease {} succeeded at {}",
+            w.verb, w.name, w.received
+        ));
+    }
+    record.vmis = before.len();
+    record.migrations = monitor.per_vmi().values().map(Vec::len).sum();
+    Ok(record)
+}
+
+// --- kube-apiserver, etcd and the simulator stopped mid-drain ---------------------------
+
+/// What a run does to one component of the own cluster.
+#[derive(Clone, Copy)]
+enum ComponentFault {
+    /// SIGSTOP for this long, then SIGCONT.
+    Freeze(&'static str, Duration),
+    /// SIGKILL and started again at once with the same data.
+    Restart(&'static str),
+}
+
+/// kube-apiserver frozen with SIGSTOP for `CHAOS_APISERVER_PAUSE` seconds (default 30) a
+/// random moment into the drain: vacate's requests and watches hang, then go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kube_apiserver_frozen_mid_drain_loses_nothing() -> Result<()> {
+    let pause = Duration::from_secs(env_number("CHAOS_APISERVER_PAUSE", 30)?);
+    own_runs("CHAOS_APISERVER_RUNS", |cluster, run, seed| {
+        component_run(
+            cluster,
+            run,
+            seed,
+            ComponentFault::Freeze("kube-apiserver", pause),
+        )
+    })
+    .await
+}
+
+/// etcd killed and started again (its data kept) a random moment into the drain.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_restarted_mid_drain_loses_nothing() -> Result<()> {
+    own_runs("CHAOS_ETCD_RUNS", |cluster, run, seed| {
+        component_run(cluster, run, seed, ComponentFault::Restart("etcd"))
+    })
+    .await
+}
+
+/// The whole KubeVirt simulator (its webhooks and controllers) frozen for 20 s a random
+/// moment into the drain: migrations are neither admitted nor moved on, evictions wait for
+/// the webhook's 10 s timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubevirt_frozen_mid_drain_loses_nothing() -> Result<()> {
+    own_runs("CHAOS_KUBEVIRT_RUNS", |cluster, run, seed| {
+        component_run(
+            cluster,
+            run,
+            seed,
+            ComponentFault::Freeze("kubevirt-sim", Duration::from_secs(20)),
+        )
+    })
+    .await
+}
+
+async fn component_run(
+    cluster: Arc<TestCluster>,
+    run: u64,
+    seed: u64,
+    fault: ComponentFault,
+) -> Result<RunRecord> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let (name, faults) = match fault {
+        ComponentFault::Freeze(name, d) => {
+            (name, format!("{name} frozen (SIGSTOP) {}s", d.as_secs()))
+        }
+        ComponentFault::Restart(name) => (name, format!("{name} restarted (SIGKILL)")),
+    };
+    let mut record = empty_record(run, seed, &faults);
+    let prefix = format!("{}{run}", name.split('-').next_back().unwrap_or(name));
+    let (env, node) = own_scene(cluster.clone(), &prefix, |vm| vm).await?;
+    let control_plane = cluster.owned_control_plane()?;
+    let before = uids(&env).await?;
+    let (monitor, _watch) = MigrationMonitor::start(&env);
+    let mut vacate = env.vacate(FAST).await?;
+
+    let requested = Instant::now();
+    env.request(&node, Some("true")).await?;
+    tokio::time::sleep(Duration::from_millis(rng.random_range(500..4000))).await;
+    let at = seconds_since(requested);
+    match fault {
+        ComponentFault::Freeze(name, duration) => {
+            control_plane.pause(name)?;
+            tokio::time::sleep(duration).await;
+            control_plane.resume(name)?;
+            record.injected.push(format!(
+                "{name} frozen at {at:.2} s, resumed at {:.2} s",
+                seconds_since(requested)
+            ));
+        }
+        ComponentFault::Restart(name) => {
+            control_plane.restart(name)?;
+            record
+                .injected
+                .push(format!("{name} killed and started again at {at:.2} s"));
+        }
+    }
+    control_plane.wait_ready(Duration::from_secs(120)).await?;
+    record.injected.push(format!(
+        "the cluster answered again at {:.2} s",
+        seconds_since(requested)
+    ));
+
+    record.drain_seconds = check_drain(
+        &env,
+        &node,
+        &before,
+        &monitor,
+        requested,
+        true,
+        &mut record.violations,
+    )
+    .await?;
+    if !vacate.running() {
+        record.violations.push("vacate exited".into());
+    }
+    record.vmis = before.len();
+    record.migrations = monitor.per_vmi().values().map(Vec::len).sum();
+    Ok(record)
+}
+
+// --- KubeVirt's webhooks refusing -------------------------------------------------------
+
+/// KubeVirt's admission webhooks unreachable (virt-api down, its controllers up) while a VMI
+/// whose migrations fail is handed to KubeVirt: vacate's one attempt fails and it evicts the
+/// virt-launcher pod, which KubeVirt's webhook turns into an evacuation. That webhook's
+/// failurePolicy is Ignore (as in KubeVirt), so while it is down an eviction goes through and
+/// kills the VM: vacate must not evict then. The webhooks are pointed at a closed port from
+/// a random moment (0–1 s) after vacate's first migration of a failing VMI for
+/// `CHAOS_WEBHOOK_OUTAGE` seconds (default 20); then the migrations stop failing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubevirt_webhooks_down_while_a_vmi_is_evicted_loses_nothing() -> Result<()> {
+    let outage = Duration::from_secs(env_number("CHAOS_WEBHOOK_OUTAGE", 20)?);
+    own_runs("CHAOS_WEBHOOK_RUNS", |cluster, run, seed| {
+        webhook_run(cluster, run, seed, outage)
+    })
+    .await
+}
+
+const FAILURE_RATE: &str = "simulator.vacate.io/migration-failure-rate";
+
+/// The URLs of KubeVirt's admission webhooks, by configuration.
+struct WebhookUrls {
+    validating: Vec<(String, Vec<Option<String>>)>,
+    mutating: Vec<(String, Vec<Option<String>>)>,
+}
+
+/// Points every KubeVirt admission webhook at `url`; returns the URLs it had.
+async fn point_webhooks(client: &kube::Client, url: &str) -> Result<WebhookUrls> {
+    let validating: Api<ValidatingWebhookConfiguration> = Api::all(client.clone());
+    let mutating: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
+    let mut saved = WebhookUrls {
+        validating: Vec::new(),
+        mutating: Vec::new(),
+    };
+    let lp = ListParams::default().labels("kubevirt.io in (virt-api-validator,virt-api-mutator)");
+    for mut config in validating.list(&lp).await? {
+        let webhooks = config.webhooks.get_or_insert_default();
+        let urls = webhooks
+            .iter_mut()
+            .map(|w| w.client_config.url.replace(url.to_string()))
+            .collect();
+        validating
+            .replace(&config.name_any(), &PostParams::default(), &config)
+            .await?;
+        saved.validating.push((config.name_any(), urls));
+    }
+    for mut config in mutating.list(&lp).await? {
+        let webhooks = config.webhooks.get_or_insert_default();
+        let urls = webhooks
+            .iter_mut()
+            .map(|w| w.client_config.url.replace(url.to_string()))
+            .collect();
+        mutating
+            .replace(&config.name_any(), &PostParams::default(), &config)
+            .await?;
+        saved.mutating.push((config.name_any(), urls));
+    }
+    anyhow::ensure!(
+        !saved.validating.is_empty() && !saved.mutating.is_empty(),
+        "KubeVirt's webhook configurations were not found"
+    );
+    Ok(saved)
+}
+
+/// Puts back the URLs [`point_webhooks`] replaced.
+async fn restore_webhooks(client: &kube::Client, saved: &WebhookUrls) -> Result<()> {
+    let validating: Api<ValidatingWebhookConfiguration> = Api::all(client.clone());
+    let mutating: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
+    for (name, urls) in &saved.validating {
+        let mut config = validating.get(name).await?;
+        for (w, url) in config.webhooks.get_or_insert_default().iter_mut().zip(urls) {
+            w.client_config.url = url.clone();
+        }
+        validating
+            .replace(name, &PostParams::default(), &config)
+            .await?;
+    }
+    for (name, urls) in &saved.mutating {
+        let mut config = mutating.get(name).await?;
+        for (w, url) in config.webhooks.get_or_insert_default().iter_mut().zip(urls) {
+            w.client_config.url = url.clone();
+        }
+        mutating
+            .replace(name, &PostParams::default(), &config)
+            .await?;
+    }
+    Ok(())
+}
+
+async fn webhook_run(
+    cluster: Arc<TestCluster>,
+    run: u64,
+    seed: u64,
+    outage: Duration,
+) -> Result<RunRecord> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut record = empty_record(
+        run,
+        seed,
+        &format!("KubeVirt's webhooks refusing {}s", outage.as_secs()),
+    );
+    let failing = ["vm-0", "vm-1"];
+    let (env, node) = own_scene(cluster.clone(), &format!("webhooks{run}"), |vm| {
+        if failing.contains(&vm.name.as_str()) {
+            vm.annotate(FAILURE_RATE, "1")
+        } else {
+            vm
+        }
+    })
+    .await?;
+    let before = uids(&env).await?;
+    let (monitor, _watch) = MigrationMonitor::start(&env);
+    // One attempt: a failed migration hands the VMI to KubeVirt at once.
+    let config = FAST.replace("[migration]\n", "[migration]\nmax_attempts = 1\n");
+    let mut vacate = env.vacate(&config).await?;
+
+    let requested = Instant::now();
+    env.request(&node, Some("true")).await?;
+    env.wait(
+        "vacate's first migration of a VMI whose migrations fail",
+        Duration::from_secs(60),
+        || async {
+            Ok(failing
+                .iter()
+                .any(|vm| !monitor.migrations_of(vm).is_empty()))
+        },
+    )
+    .await?;
+    tokio::time::sleep(Duration::from_millis(rng.random_range(0..1000))).await;
+    // A port nobody listens on: the API server's calls are refused at once.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let saved = point_webhooks(&env.client, &format!("https://127.0.0.1:{dead}/")).await?;
+    let down_at = seconds_since(requested);
+    tokio::time::sleep(outage).await;
+    restore_webhooks(&env.client, &saved).await?;
+    record.injected.push(format!(
+        "webhooks refusing from {down_at:.2} s to {:.2} s",
+        seconds_since(requested)
+    ));
+    // The cause of the failures goes away: KubeVirt's evacuation can move them.
+    let vmis: Api<VirtualMachineInstance> = Api::namespaced(env.client.clone(), env.ns.name());
+    for vm in failing {
+        vmis.patch(
+            vm,
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"metadata": {"annotations": {FAILURE_RATE: null}}})),
+        )
+        .await?;
+    }
+    let evicted = vacate
+        .metric("vacate_evictions_total{kind=\"vmi\",result=\"evicted\"}")
+        .await
+        .unwrap_or(0.0);
+    let refused = vacate
+        .metric("vacate_evictions_total{kind=\"vmi\",result=\"refused\"}")
+        .await
+        .unwrap_or(0.0);
+    let held = vacate
+        .metric("vacate_reconcile_errors_total{error=\"kubevirt_unavailable\"}")
+        .await
+        .unwrap_or(0.0);
+    record.evidence.push(format!(
+        "during the outage: virt-launcher evictions {evicted} let through, {refused} answered \
+         429 by KubeVirt, {held} held back (a dry run let through: the webhook is down); \
+         vacate's migrations of the failing VMIs: {:?}",
+        failing.map(|vm| monitor.migrations_of(vm))
+    ));
+    if evicted > 0.0 {
+        record.violations.push(format!(
+            "{evicted} virt-launcher pods evicted while KubeVirt's webhook was down"
+        ));
+    }
+
+    record.drain_seconds = check_drain(
+        &env,
+        &node,
+        &before,
+        &monitor,
+        requested,
+        true,
+        &mut record.violations,
+    )
+    .await?;
+    if !vacate.running() {
+        record.violations.push("vacate exited".into());
+    }
+    record.vmis = before.len();
+    record.migrations = monitor.per_vmi().values().map(Vec::len).sum();
+    Ok(record)
 }

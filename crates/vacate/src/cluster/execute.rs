@@ -49,6 +49,21 @@ fn classify(error: kube::Error, doing: &str) -> Result<ActionResult> {
     }
 }
 
+/// An eviction that changes nothing: `dryRun=All` in the query (the admission request's
+/// `dryRun`) and in the Eviction's deleteOptions (KubeVirt's admitter reads either).
+fn dry_run_eviction() -> EvictParams {
+    EvictParams {
+        delete_options: Some(DeleteParams {
+            dry_run: true,
+            ..DeleteParams::default()
+        }),
+        post_options: PostParams {
+            dry_run: true,
+            ..PostParams::default()
+        },
+    }
+}
+
 fn done<T>(result: Result<T, kube::Error>, doing: &str) -> Result<ActionResult> {
     match result {
         Ok(_) => Ok(ActionResult::Done),
@@ -149,9 +164,35 @@ impl Executor<'_> {
                 done(result, &format!("cancelling migration {namespace}/{name}"))
             }
             Action::EvictPod {
-                namespace, name, ..
+                namespace,
+                name,
+                kubevirt_answers,
+                ..
             } => {
                 let api: Api<Pod> = Api::namespaced(self.client.clone(), namespace);
+                if *kubevirt_answers {
+                    // KubeVirt's webhook must answer this eviction (with a 429). Asked with a
+                    // dry run, an eviction let through means the webhook did not run: the real
+                    // one would delete the virt-launcher pod and kill the VM.
+                    let probe = api.evict(name, &dry_run_eviction()).await;
+                    match probe {
+                        Ok(_) => {
+                            return Err(Error::KubeVirtUnavailable(format!(
+                                "KubeVirt's eviction webhook did not answer a dry-run eviction of \
+                                 virt-launcher pod {namespace}/{name} (virt-api down? the webhook's \
+                                 failurePolicy is Ignore, so an eviction now would kill the VM); \
+                                 not evicting it, trying again later"
+                            )));
+                        }
+                        Err(error) if status_code(&error) == Some(429) => {}
+                        Err(error) => {
+                            return classify(
+                                error,
+                                &format!("evicting pod {namespace}/{name} (dry run)"),
+                            );
+                        }
+                    }
+                }
                 let result = api.evict(name, &EvictParams::default()).await;
                 let outcome = done(result, &format!("evicting pod {namespace}/{name}"))?;
                 // Evicted pods are announced together, in one event per plan (the shell's).

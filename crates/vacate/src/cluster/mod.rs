@@ -419,6 +419,7 @@ impl Context {
                         namespace,
                         name: pod,
                         vmi: None,
+                        ..
                     },
                     ActionResult::Done,
                 ) => evicted.push(format!("{namespace}/{pod}")),

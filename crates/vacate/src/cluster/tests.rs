@@ -598,3 +598,53 @@ async fn a_requested_nodes_pod_watch_starts_before_its_reconciliation() {
         "no reconciliation ran"
     );
 }
+
+/// The virt-launcher pod of VMI `vmi()` named `name`.
+fn launcher_pod(vmi: &str) -> Value {
+    json!({"apiVersion": "v1", "kind": "Pod",
+           "metadata": {"name": format!("virt-launcher-{vmi}-abcde"), "namespace": "vms",
+                        "uid": format!("uid-launcher-{vmi}"),
+                        "labels": {"kubevirt.io": "virt-launcher",
+                                   "kubevirt.io/created-by": format!("uid-{vmi}")},
+                        "ownerReferences": [{"apiVersion": "kubevirt.io/v1",
+                                             "kind": "VirtualMachineInstance", "name": vmi,
+                                             "uid": format!("uid-{vmi}"), "controller": true}]},
+           "spec": {"nodeName": NODE, "containers": []},
+           "status": {"phase": "Running"}})
+}
+
+/// KubeVirt's eviction webhook has failurePolicy Ignore: while virt-api is down, the API
+/// server lets the eviction of a virt-launcher pod through, which deletes the pod and kills
+/// the VM. The scripted API lets every eviction through, as then: vacate asks with a dry run,
+/// sees it let through, and does not evict.
+#[tokio::test]
+async fn a_launcher_pod_is_not_evicted_while_kubevirts_webhook_lets_evictions_through() {
+    let mut external = vmi("vm-0");
+    external.spec.eviction_strategy = Some(kubevirt_api::EvictionStrategy::External);
+    let fake = Fake::new(config(), requested(), vec![external]);
+    fake.script.lock().unwrap().pods = vec![launcher_pod("vm-0")];
+    let result = fake.ctx.reconcile(NODE).await;
+    let error = result.expect_err("the webhook's absence is an error retried later");
+    assert!(
+        error
+            .to_string()
+            .contains("did not answer a dry-run eviction"),
+        "{error}"
+    );
+    let seen = fake.seen();
+    let evictions: Vec<&Seen> = seen
+        .iter()
+        .filter(|s| {
+            s.path
+                .split('?')
+                .next()
+                .unwrap_or("")
+                .ends_with("/eviction")
+        })
+        .collect();
+    assert_eq!(evictions.len(), 1, "{evictions:#?}");
+    assert!(
+        evictions[0].path.contains("dryRun=All"),
+        "only a dry run: {evictions:#?}"
+    );
+}

@@ -42,6 +42,13 @@ pub enum Action {
         namespace: String,
         name: String,
         vmi: Option<String>,
+        /// KubeVirt's eviction webhook answers this eviction itself, with a 429 whatever
+        /// happens (pod-eviction-admitter.go, `admitLauncherPod`: the VMI's eviction strategy
+        /// is LiveMigrate or External, or LiveMigrateIfPossible and it can migrate). If the
+        /// API server lets it through, the webhook did not run: virt-api is down, and the
+        /// webhook's failurePolicy is Ignore. The pod would be deleted and the VM with it, so
+        /// the shell asks with a dry run first and evicts only once KubeVirt answers.
+        kubevirt_answers: bool,
     },
     /// Stop a VMI gracefully; its VirtualMachine starts it again elsewhere.
     RestartVmi {

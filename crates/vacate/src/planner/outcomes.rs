@@ -49,6 +49,7 @@ pub fn record_outcome(
                 namespace,
                 name,
                 vmi: None,
+                ..
             },
             ActionResult::Done,
         ) => {
@@ -82,6 +83,7 @@ pub fn record_outcome(
                 namespace,
                 name,
                 vmi: None,
+                ..
             },
             ActionResult::Refused(message) | ActionResult::Rejected(message),
         ) => {
@@ -117,6 +119,7 @@ pub fn record_outcome(
                 namespace,
                 name,
                 vmi: None,
+                ..
             },
             ActionResult::Gone,
         ) => {

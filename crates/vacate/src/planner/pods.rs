@@ -132,6 +132,7 @@ impl Planner<'_> {
                                 namespace: pod.namespace.clone(),
                                 name: pod.name.clone(),
                                 vmi: None,
+                                kubevirt_answers: false,
                             });
                         }
                     }

@@ -1006,6 +1006,7 @@ impl World {
                 namespace,
                 name,
                 vmi: None,
+                ..
             } => {
                 let now = self.now;
                 let Some(pod) = self

@@ -433,6 +433,7 @@ impl Planner<'_> {
             namespace: vmi.namespace.clone(),
             name: pod.clone(),
             vmi: Some(vmi.name.clone()),
+            kubevirt_answers: kubevirt_answers_eviction(vmi),
         });
         self.actions
             .push(Action::event(reason, message(pod)).about_vmi(&vmi.namespace, &vmi.name));
@@ -585,4 +586,16 @@ pub fn migration_name(node: &str, state: &DrainState, vmi: &str, attempt: u32) -
         vmi
     };
     format!("vacate-{}{suffix}", vmi.trim_end_matches(['-', '.']))
+}
+
+/// Whether KubeVirt's eviction webhook answers an eviction of the VMI's virt-launcher pod
+/// itself (always with a 429) rather than letting it through: pod-eviction-admitter.go
+/// (`admitLauncherPod`, v1.7.4 and v1.9.0) does for LiveMigrate (a VMI that cannot migrate
+/// is refused), External, and LiveMigrateIfPossible when the VMI can migrate.
+pub fn kubevirt_answers_eviction(vmi: &VmiView) -> bool {
+    match vmi.eviction_strategy {
+        EvictionStrategy::LiveMigrate | EvictionStrategy::External => true,
+        EvictionStrategy::LiveMigrateIfPossible => vmi.migratability == Migratability::Migratable,
+        EvictionStrategy::None | EvictionStrategy::Unrecognized => false,
+    }
 }

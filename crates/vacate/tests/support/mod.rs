@@ -26,7 +26,7 @@ use kube::{Api, ResourceExt};
 use kubevirt_api::{VirtualMachine, VirtualMachineInstance, VirtualMachineInstanceMigration};
 use serde_json::json;
 use testbed::nodes::NodeTemplate;
-use testbed::test_support::TestEnv;
+use testbed::test_support::{TestCluster, TestEnv};
 use vacate::planner::{DrainState, Phase, StateAnnotation};
 
 pub const REQUEST_LABEL: &str = "vacate.io/maintenance";
@@ -100,6 +100,36 @@ impl Vm {
 impl Env {
     pub async fn new(prefix: &str, nodes: usize) -> Result<Env> {
         Self::with_template(prefix, nodes, NodeTemplate::default()).await
+    }
+
+    /// A namespace and `nodes` nodes on `cluster` (one the test started itself) instead of
+    /// the shared testbed.
+    pub async fn on(cluster: Arc<TestCluster>, prefix: &str, nodes: usize) -> Result<Env> {
+        Ok(Env(TestEnv::on(
+            cluster,
+            prefix,
+            nodes,
+            NodeTemplate::default(),
+        )
+        .await?))
+    }
+
+    /// A copy of the admin kubeconfig whose requests impersonate `user` (in group
+    /// system:masters), written to `path`: the API server's audit log names `user` as the
+    /// `impersonatedUser` of each of them, which tells apart processes that share the
+    /// admin's credentials.
+    pub fn impersonating_kubeconfig(&self, user: &str, path: &Path) -> Result<()> {
+        let mut config = kube::config::Kubeconfig::read_from(self.cluster.kubeconfig_path())?;
+        for named in &mut config.auth_infos {
+            if let Some(auth) = named.auth_info.as_mut() {
+                auth.impersonate = Some(user.to_string());
+                auth.impersonate_groups = Some(vec!["system:masters".into()]);
+            }
+        }
+        // JSON is YAML: kubeconfig readers take it.
+        std::fs::write(path, serde_json::to_string(&config)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+        Ok(())
     }
 
     /// A namespace and `nodes` nodes made from `template`.
@@ -541,6 +571,24 @@ impl Vacate {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()
     }
 
+    /// SIGSTOP: the process is frozen (a hung process, a paused VM) until [`Vacate::resume`].
+    pub fn freeze(&self) -> Result<()> {
+        self.signal(libc::SIGSTOP)
+    }
+
+    /// SIGCONT after [`Vacate::freeze`].
+    pub fn resume(&self) -> Result<()> {
+        self.signal(libc::SIGCONT)
+    }
+
+    fn signal(&self, signal: i32) -> Result<()> {
+        // SAFETY: signalling our own child, not yet reaped.
+        if unsafe { libc::kill(self.child.id() as i32, signal) } != 0 {
+            return Err(std::io::Error::last_os_error()).context("signalling vacate");
+        }
+        Ok(())
+    }
+
     /// SIGKILL: no chance to clean up, as in a crash.
     pub fn kill(&mut self) {
         let _ = self.child.kill();
@@ -584,6 +632,8 @@ impl Drop for Vacate {
         if std::thread::panicking() {
             eprintln!("--- vacate log ---\n{}", self.log());
         }
+        // A frozen process would not die before it runs again.
+        let _ = self.resume();
         self.kill();
     }
 }
