@@ -42,3 +42,21 @@ pub const KUBEVIRT_NAMESPACE: &str = "kubevirt";
 pub const KUBEVIRT_NAME: &str = "kubevirt";
 /// Taint KubeVirt uses by default to find nodes to drain (`NodeDrainTaintDefaultKey`).
 pub const NODE_DRAIN_TAINT_DEFAULT_KEY: &str = "kubevirt.io/drain";
+
+/// Node label virt-handler sets to `"true"` on the nodes it serves; virt-launcher pods select
+/// it (`NodeSchedulable`, types.go).
+pub const NODE_SCHEDULABLE_LABEL: &str = "kubevirt.io/schedulable";
+/// virt-launcher pod label: the VMI's host name (`DeprecatedVirtualMachineNameLabel`).
+pub const VM_NAME_LABEL: &str = "vm.kubevirt.io/name";
+/// virt-launcher pod label: the VMI's name, truncated and hashed beyond 63 characters
+/// (`VirtualMachineInstanceIDLabel`, `CalculateVirtualMachineInstanceID`).
+pub const VMI_ID_LABEL: &str = "vmi.kubevirt.io/id";
+/// The readiness gate of virt-launcher pods (`VirtualMachineUnpaused`, types.go).
+pub const VIRTUAL_MACHINE_UNPAUSED: &str = "kubevirt.io/virtual-machine-unpaused";
+/// Annotation virt-controller puts on launcher pods naming their main container.
+pub const DEFAULT_CONTAINER_ANNOTATION: &str = "kubectl.kubernetes.io/default-container";
+/// Annotation on launcher pods: migrations use unix sockets (`MigrationTransportUnixAnnotation`).
+pub const MIGRATION_TRANSPORT_UNIX_ANNOTATION: &str = "kubevirt.io/migrationTransportUnix";
+/// The descheduler's annotation asking that the pod be evicted, never deleted
+/// (`descheduler.EvictOnlyAnnotation`), on every launcher pod.
+pub const EVICT_ONLY_ANNOTATION: &str = "descheduler.alpha.kubernetes.io/request-evict-only";

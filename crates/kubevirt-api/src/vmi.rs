@@ -68,6 +68,9 @@ pub struct VirtualMachineInstanceSpec {
     pub hostname: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subdomain: Option<String>,
+    /// CPU architecture (`amd64`, `arm64`, `s390x`); virt-launcher pods select nodes of it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub architecture: Option<String>,
 }
 
 /// `DomainSpec`: the virtual hardware.

@@ -8,19 +8,23 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
     Affinity, Container, EmptyDirVolumeSource, PersistentVolumeClaimVolumeSource, Pod,
-    PodAffinityTerm, PodAntiAffinity, PodSpec, ResourceRequirements, Toleration, Volume,
+    PodAffinityTerm, PodAntiAffinity, PodReadinessGate, PodSpec, ResourceRequirements, Toleration,
+    Volume,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use kube::Resource;
 use kubevirt_api::labels::{
-    APP_LABEL, CREATED_BY_LABEL, DOMAIN_ANNOTATION, MIGRATION_JOB_LABEL,
-    MIGRATION_JOB_NAME_ANNOTATION, VIRT_LAUNCHER,
+    APP_LABEL, CREATED_BY_LABEL, DEFAULT_CONTAINER_ANNOTATION, DOMAIN_ANNOTATION,
+    EVICT_ONLY_ANNOTATION, MIGRATION_JOB_LABEL, MIGRATION_JOB_NAME_ANNOTATION,
+    MIGRATION_TRANSPORT_UNIX_ANNOTATION, NODE_SCHEDULABLE_LABEL, VIRT_LAUNCHER,
+    VIRTUAL_MACHINE_UNPAUSED, VM_NAME_LABEL, VMI_ID_LABEL,
 };
 use kubevirt_api::{VirtualMachineInstance, VirtualMachineInstanceMigration};
 
 use crate::error::{Error, Result};
 use crate::faults::UNSCHEDULABLE_SELECTOR_KEY;
+use crate::settings::KubeVirtRelease;
 
 /// Memory virt-launcher needs on top of the guest (KubeVirt computes it per VMI; ~250 MiB is
 /// typical for a small guest).
@@ -30,43 +34,71 @@ const GRACE_PERIOD_KILL_AFTER: i64 = 15;
 /// KubeVirt's default `terminationGracePeriodSeconds` of a VMI.
 const DEFAULT_VMI_GRACE_PERIOD: i64 = 30;
 
-/// Annotations KubeVirt does not copy from the VMI to its pod.
+/// Annotations KubeVirt copies from the VMI to its pod (`filterVMIAnnotationsForPod`): all
+/// but `kubectl.kubernetes.io*`, `kubevirt.io/storage-observed-api-version*` and
+/// `kubevirt.io/latest-observed-api-version*`.
 fn copied_annotation(key: &str) -> bool {
-    key != "kubectl.kubernetes.io/last-applied-configuration" && !key.starts_with("kubevirt.io/")
+    !key.starts_with("kubectl.kubernetes.io")
+        && !key.starts_with("kubevirt.io/storage-observed-api-version")
+        && !key.starts_with("kubevirt.io/latest-observed-api-version")
 }
 
-/// The pod that runs a VMI (no migration).
-pub fn render_launch_pod(vmi: &VirtualMachineInstance) -> Result<Pod> {
-    render(vmi, None)
+/// The pod's host name (`dns.SanitizeHostname`): `spec.hostname`, else the VMI name up to
+/// its first dot, at most 63 characters.
+fn host_name(vmi: &VirtualMachineInstance, name: &str) -> String {
+    if let Some(h) = vmi.spec.hostname.as_deref().filter(|h| !h.is_empty()) {
+        return h.to_string();
+    }
+    let first = name.split('.').next().unwrap_or(name);
+    first.chars().take(63).collect()
+}
+
+/// `CalculateVirtualMachineInstanceID` (`pkg/apimachinery/labels.go`): the name itself up to
+/// 63 characters; longer names are cut to 54 and followed by `-` and the first 8 hex digits
+/// of the name's SHA-1.
+pub fn vmi_id(name: &str) -> String {
+    if name.len() <= 63 {
+        return name.to_string();
+    }
+    let hash = ring::digest::digest(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY, name.as_bytes());
+    let hex: String = hash.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+    format!("{}-{}", &name[..54], &hex[..8])
+}
+
+/// The pod that runs a VMI (no migration), as `release` renders it.
+pub fn render_launch_pod(vmi: &VirtualMachineInstance, release: KubeVirtRelease) -> Result<Pod> {
+    render(vmi, None, release)
 }
 
 /// The target pod of a migration: the launch pod plus KubeVirt's migration label and a
 /// required anti-affinity to every pod of the VMI (`kubevirt.io/created-by=<uid>`) per host,
 /// so the scheduler places it on another node. `unschedulable` adds a node selector no node
 /// satisfies (fault injection).
+///
+/// The migration's `spec.addedNodeSelector` joins the node selector, but where a key is also
+/// in the pod's own selector (the VMI's, `kubevirt.io/schedulable`) the pod's value stays:
+/// it can only restrict where the VMI may go (`createTargetPod`, migration.go).
 pub fn render_target_pod(
     vmi: &VirtualMachineInstance,
     migration: &VirtualMachineInstanceMigration,
     unschedulable: bool,
+    release: KubeVirtRelease,
 ) -> Result<Pod> {
-    let mut pod = render(vmi, Some(migration))?;
+    let mut pod = render(vmi, Some(migration), release)?;
     let spec = pod.spec.get_or_insert_with(Default::default);
+    let mut selector = migration.spec.added_node_selector.clone();
+    selector.extend(spec.node_selector.take().unwrap_or_default());
     if unschedulable {
-        spec.node_selector
-            .get_or_insert_with(Default::default)
-            .insert(UNSCHEDULABLE_SELECTOR_KEY.into(), "true".into());
+        selector.insert(UNSCHEDULABLE_SELECTOR_KEY.into(), "true".into());
     }
-    for (k, v) in &migration.spec.added_node_selector {
-        spec.node_selector
-            .get_or_insert_with(Default::default)
-            .insert(k.clone(), v.clone());
-    }
+    spec.node_selector = Some(selector);
     Ok(pod)
 }
 
 fn render(
     vmi: &VirtualMachineInstance,
     migration: Option<&VirtualMachineInstanceMigration>,
+    release: KubeVirtRelease,
 ) -> Result<Pod> {
     let name = vmi
         .metadata
@@ -80,11 +112,13 @@ fn render(
         .ok_or(Error::MissingField("metadata.uid"))?;
     let namespace = vmi.metadata.namespace.clone();
 
+    let hostname = host_name(vmi, &name);
+    // podLabels: every VMI label, then KubeVirt's own.
     let mut labels: BTreeMap<String, String> = vmi.metadata.labels.clone().unwrap_or_default();
-    // The VMI's node label describes the VMI, not this pod.
-    labels.remove(kubevirt_api::labels::NODE_NAME_LABEL);
     labels.insert(APP_LABEL.into(), VIRT_LAUNCHER.into());
     labels.insert(CREATED_BY_LABEL.into(), uid.clone());
+    labels.insert(VM_NAME_LABEL.into(), hostname.clone());
+    labels.insert(VMI_ID_LABEL.into(), vmi_id(&name));
     let mut annotations: BTreeMap<String, String> = vmi
         .metadata
         .annotations
@@ -93,7 +127,11 @@ fn render(
         .filter(|(k, _)| copied_annotation(k))
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
+    // generatePodAnnotations
     annotations.insert(DOMAIN_ANNOTATION.into(), name.clone());
+    annotations.insert(DEFAULT_CONTAINER_ANNOTATION.into(), "compute".into());
+    annotations.insert(MIGRATION_TRANSPORT_UNIX_ANNOTATION.into(), "true".into());
+    annotations.insert(EVICT_ONLY_ANNOTATION.into(), String::new());
     if let Some(m) = migration {
         labels.insert(
             MIGRATION_JOB_LABEL.into(),
@@ -230,6 +268,15 @@ fn render(
     // KubeVirt lets launcher pods ride out short node problems like any pod.
     tolerations.dedup();
 
+    // NodeSelectorRenderer: `kubevirt.io/schedulable: "true"`, the architecture when the VMI
+    // names one, then the VMI's own selector (which wins).
+    let mut node_selector =
+        BTreeMap::from([(NODE_SCHEDULABLE_LABEL.to_string(), "true".to_string())]);
+    if let Some(arch) = spec.architecture.as_deref().filter(|a| !a.is_empty()) {
+        node_selector.insert("kubernetes.io/arch".into(), arch.to_lowercase());
+    }
+    node_selector.extend(spec.node_selector.clone());
+
     let grace = spec
         .termination_grace_period_seconds
         .unwrap_or(DEFAULT_VMI_GRACE_PERIOD)
@@ -246,7 +293,7 @@ fn render(
         spec: Some(PodSpec {
             containers: vec![Container {
                 name: "compute".into(),
-                image: Some("quay.io/kubevirt/virt-launcher:v1.7.0".into()),
+                image: Some(release.launcher_image()),
                 command: Some(vec!["/usr/bin/virt-launcher-monitor".into()]),
                 resources: Some(ResourceRequirements {
                     requests: Some(requests),
@@ -255,7 +302,10 @@ fn render(
                 }),
                 ..Default::default()
             }],
-            node_selector: (!spec.node_selector.is_empty()).then(|| spec.node_selector.clone()),
+            node_selector: Some(node_selector),
+            readiness_gates: Some(vec![PodReadinessGate {
+                condition_type: VIRTUAL_MACHINE_UNPAUSED.into(),
+            }]),
             affinity,
             tolerations: (!tolerations.is_empty()).then_some(tolerations),
             scheduler_name: spec.scheduler_name.clone(),
@@ -263,7 +313,7 @@ fn render(
             termination_grace_period_seconds: Some(grace),
             restart_policy: Some("Never".into()),
             automount_service_account_token: Some(false),
-            hostname: spec.hostname.clone(),
+            hostname: Some(hostname),
             subdomain: spec.subdomain.clone(),
             volumes: Some(volumes),
             ..Default::default()
@@ -282,7 +332,8 @@ mod tests {
         let mut vmi: VirtualMachineInstance = serde_json::from_value(serde_json::json!({
             "apiVersion": "kubevirt.io/v1", "kind": "VirtualMachineInstance",
             "metadata": {"name": "web", "namespace": "ns", "uid": "u-1", "labels": {"app": "web", "kubevirt.io/nodeName": "n0"},
-                         "annotations": {"team": "a", "kubevirt.io/latest-observed-api-version": "v1"}},
+                         "annotations": {"team": "a", "kubevirt.io/keep": "yes", "kubevirt.io/latest-observed-api-version": "v1",
+                                             "kubectl.kubernetes.io/last-applied-configuration": "{}"}},
             "spec": {
                 "domain": {"memory": {"guest": "4Gi"}, "devices": {"gpus": [{"name": "g", "deviceName": "nvidia.com/A10"}]}},
                 "nodeSelector": {"pool": "a"},
@@ -300,17 +351,27 @@ mod tests {
 
     #[test]
     fn launch_pod_looks_like_kubevirts() {
-        let pod = render_launch_pod(&vmi()).unwrap();
+        let pod = render_launch_pod(&vmi(), KubeVirtRelease::V1_9).unwrap();
         let meta = &pod.metadata;
         assert_eq!(meta.generate_name.as_deref(), Some("virt-launcher-web-"));
         let labels = meta.labels.as_ref().unwrap();
         assert_eq!(labels["kubevirt.io"], "virt-launcher");
         assert_eq!(labels["kubevirt.io/created-by"], "u-1");
         assert_eq!(labels["app"], "web");
-        assert!(!labels.contains_key("kubevirt.io/nodeName"));
+        // podLabels copies every VMI label.
+        assert_eq!(labels["kubevirt.io/nodeName"], "n0");
+        assert_eq!(labels["vm.kubevirt.io/name"], "web");
+        assert_eq!(labels["vmi.kubevirt.io/id"], "web");
         let ann = meta.annotations.as_ref().unwrap();
         assert_eq!(ann["kubevirt.io/domain"], "web");
         assert_eq!(ann["team"], "a");
+        assert_eq!(ann["kubevirt.io/keep"], "yes");
+        assert_eq!(ann["kubectl.kubernetes.io/default-container"], "compute");
+        assert_eq!(ann["kubevirt.io/migrationTransportUnix"], "true");
+        assert_eq!(
+            ann["descheduler.alpha.kubernetes.io/request-evict-only"],
+            ""
+        );
         assert!(!ann.contains_key("kubevirt.io/latest-observed-api-version"));
         let owner = &meta.owner_references.as_ref().unwrap()[0];
         assert_eq!(
@@ -318,7 +379,23 @@ mod tests {
             ("VirtualMachineInstance", Some(true))
         );
         let spec = pod.spec.unwrap();
-        assert_eq!(spec.node_selector.unwrap()["pool"], "a");
+        let selector = spec.node_selector.clone().unwrap();
+        assert_eq!(selector["pool"], "a");
+        assert_eq!(selector["kubevirt.io/schedulable"], "true");
+        assert_eq!(
+            spec.readiness_gates.as_ref().unwrap()[0].condition_type,
+            "kubevirt.io/virtual-machine-unpaused"
+        );
+        assert_eq!(spec.hostname.as_deref(), Some("web"));
+        assert_eq!(
+            spec.containers[0].image.as_deref(),
+            Some("quay.io/kubevirt/virt-launcher:v1.9.0")
+        );
+        let old = render_launch_pod(&vmi(), KubeVirtRelease::V1_7).unwrap();
+        assert_eq!(
+            old.spec.unwrap().containers[0].image.as_deref(),
+            Some("quay.io/kubevirt/virt-launcher:v1.7.4")
+        );
         assert_eq!(spec.termination_grace_period_seconds, Some(15));
         let volumes = spec.volumes.unwrap();
         assert!(volumes[0].empty_dir.is_some());
@@ -349,10 +426,40 @@ mod tests {
     }
 
     #[test]
+    fn vmi_id_hashes_long_names_as_kubevirt_does() {
+        assert_eq!(vmi_id("web"), "web");
+        let long = "a".repeat(70);
+        let id = vmi_id(&long);
+        assert_eq!(id.len(), 63);
+        assert!(id.starts_with(&"a".repeat(54)));
+        // sha1("a" x 70), first 8 hex digits
+        assert_eq!(&id[55..], &sha1_hex8(&long));
+    }
+
+    fn sha1_hex8(s: &str) -> String {
+        let out = std::process::Command::new("sha1sum")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .and_then(|mut c| {
+                use std::io::Write as _;
+                c.stdin.take().unwrap().write_all(s.as_bytes())?;
+                c.wait_with_output()
+            })
+            .unwrap();
+        String::from_utf8(out.stdout).unwrap()[..8].to_string()
+    }
+
+    #[test]
     fn target_pod_avoids_the_source() {
         let mut m = VirtualMachineInstanceMigration::new("m1", Default::default());
         m.metadata.uid = Some("m-uid".into());
-        let pod = render_target_pod(&vmi(), &m, true).unwrap();
+        m.spec.added_node_selector = BTreeMap::from([
+            ("pool".to_string(), "b".to_string()),
+            ("zone".to_string(), "z1".to_string()),
+            ("kubevirt.io/schedulable".to_string(), "false".to_string()),
+        ]);
+        let pod = render_target_pod(&vmi(), &m, true, KubeVirtRelease::V1_9).unwrap();
         assert_eq!(
             pod.metadata.labels.as_ref().unwrap()["kubevirt.io/migrationJobUID"],
             "m-uid"
@@ -376,11 +483,12 @@ mod tests {
                 .unwrap()["kubevirt.io/created-by"],
             "u-1"
         );
-        assert!(
-            spec.node_selector
-                .unwrap()
-                .contains_key(UNSCHEDULABLE_SELECTOR_KEY)
-        );
+        let selector = spec.node_selector.unwrap();
+        assert!(selector.contains_key(UNSCHEDULABLE_SELECTOR_KEY));
+        // addedNodeSelector adds keys but never changes the VMI's own or KubeVirt's.
+        assert_eq!(selector["zone"], "z1");
+        assert_eq!(selector["pool"], "a");
+        assert_eq!(selector["kubevirt.io/schedulable"], "true");
         let _ = VirtualMachineInstanceSpec::default();
     }
 }

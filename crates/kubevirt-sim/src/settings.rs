@@ -68,6 +68,18 @@ impl KubeVirtRelease {
     pub fn priority_queue(self) -> bool {
         self == KubeVirtRelease::V1_9
     }
+
+    /// Whether garbage collection of finished migrations also deletes the pod each left
+    /// behind (`garbageCollectFinalizedMigrations`: v1.9.0 yes, v1.7.4 no).
+    pub fn collects_defunct_pods(self) -> bool {
+        self == KubeVirtRelease::V1_9
+    }
+
+    /// The virt-launcher image of the release (`GetLauncherImage`, the operator's
+    /// `quay.io/kubevirt` registry and the release's tag).
+    pub fn launcher_image(self) -> String {
+        format!("quay.io/kubevirt/virt-launcher:{}", self.version())
+    }
 }
 
 impl std::str::FromStr for KubeVirtRelease {
@@ -105,6 +117,10 @@ pub const UNSCHEDULABLE_PENDING_TIMEOUT: Duration = Duration::from_secs(5 * 60);
 pub const CATCH_ALL_PENDING_TIMEOUT: Duration = Duration::from_secs(15 * 60);
 /// How long virt-handler takes to prepare the target domain (simulated seconds).
 pub const TARGET_PREPARATION: Duration = Duration::from_secs(2);
+/// How long an abort asked for during the copy takes to take effect (virt-handler sees
+/// `abortRequested`, asks virt-launcher, which has libvirt abort the job), simulated seconds.
+/// A copy that ends sooner wins: the abort fails and the migration ends as it would have.
+pub const ABORT_RESOLUTION: Duration = Duration::from_secs(1);
 /// How often migration.go and evacuation.go look again at work held back by a limit.
 pub const LIMIT_RECHECK: Duration = Duration::from_secs(5);
 /// Finalized migrations kept per VMI (`defaultFinalizedMigrationGarbageCollectionBuffer`).

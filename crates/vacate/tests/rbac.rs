@@ -301,7 +301,18 @@ async fn drain_and_end(env: &Env, node: &str) -> Result<()> {
             vmi.name_any()
         );
     }
-    let left = env.pods_on(node).await?;
+    // Finished pods (the source virt-launcher pods, `Succeeded` after their VMI moved) stay.
+    let left: Vec<_> = env
+        .pods_on(node)
+        .await?
+        .into_iter()
+        .filter(|p| {
+            !matches!(
+                p.status.as_ref().and_then(|s| s.phase.as_deref()),
+                Some("Succeeded" | "Failed")
+            )
+        })
+        .collect();
     ensure!(
         left.len() == 1,
         "only the DaemonSet's pod stays: {:?}",

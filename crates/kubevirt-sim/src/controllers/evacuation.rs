@@ -194,7 +194,8 @@ async fn reconcile(node: Arc<Node>, ctx: Arc<Context>) -> Result<Action> {
         if ctx.migration_expectations.pending(&key) {
             continue;
         }
-        if vmi.status.as_ref().is_some_and(|s| s.active_pods.len() > 1) {
+        // `VMIActivePodsCount`: pods of the VMI that have not finished.
+        if ctx.unfinished_pods_of_vmi(vmi) > 1 {
             continue;
         }
         candidates.push(vmi.clone());

@@ -22,7 +22,9 @@
 //! * `PreparingTarget` → `TargetReady` when the target "domain" is prepared;
 //! * `TargetReady` → `Running` when the source starts sending memory (`startTimestamp`);
 //! * `Running` → `Succeeded` after guest memory / bandwidth (scaled); the VMI's node, label
-//!   and `migrationState` move to the target and the source pod goes away.
+//!   and `migrationState` move to the target and the source virt-launcher exits: its pod
+//!   turns `Succeeded` and stays (nothing deletes it but the VMI's end or, in v1.9, the
+//!   garbage collection of old migrations).
 //!
 //! Target preparation and the copy are timed from the instant this process moved the
 //! migration into `PreparingTarget` and `Running` ([`super::PhaseClocks`]), to the fraction of
@@ -30,12 +32,13 @@
 //! `startTimestamp`) are only read after a restart. API-visible timestamps are set as
 //! KubeVirt sets them.
 //!
-//! Deleting an unfinished migration aborts it (`migrationAbortRequested`; after hand-off
-//! `abortStatus: Succeeded`), removes the target pod and leaves the VMI on the source; the
-//! finalizer is removed once the migration is final so the deletion completes. At most five
-//! finished migrations are kept per VMI (`garbageCollectFinalizedMigrations`).
+//! Deleting an unfinished migration before the hand-off cancels it at once (target pod
+//! deleted); after it, it only asks for an abort, which takes effect a simulated second after
+//! the copy has started unless the copy ends first ([`abort_outcome`]); the finalizer is
+//! removed once the migration is final so the deletion completes. At most five finished
+//! migrations are kept per VMI (`garbageCollectFinalizedMigrations`).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -44,9 +47,7 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::ObjectRef;
-use kubevirt_api::common::{
-    Condition, PhaseTransitionTimestamp, condition_type, now, set_condition,
-};
+use kubevirt_api::common::{Condition, PhaseTransitionTimestamp, condition_type, now};
 use kubevirt_api::labels::{
     EVACUATION_MIGRATION_ANNOTATION, MIGRATION_FINALIZER, MIGRATION_JOB_LABEL,
     MIGRATION_JOB_NAME_ANNOTATION, MIGRATION_SELECTOR_LABEL, MIGRATION_TARGET_NODE_NAME_LABEL,
@@ -61,15 +62,16 @@ use kubevirt_api::{
 use serde_json::json;
 
 use super::{
-    Context, age, key_of, pod_is_down, pod_is_ready, pod_node, pod_unschedulable, replacing,
-    retry_after_error, since,
+    Context, age, finish_launcher_pod, key_of, pod_is_down, pod_is_ready, pod_node,
+    pod_unschedulable, replacing, retry_after_error, since,
 };
 use crate::error::{Error, Result, kube_not_found};
 use crate::faults::FaultKnobs;
 use crate::launcher;
 use crate::settings::{
-    CATCH_ALL_PENDING_TIMEOUT, ClusterConfig, DEFAULT_GUEST_MEMORY, EFFECTIVE_BANDWIDTH_ANNOTATION,
-    FINALIZED_MIGRATIONS_KEPT, TARGET_PREPARATION, UNSCHEDULABLE_PENDING_TIMEOUT,
+    ABORT_RESOLUTION, CATCH_ALL_PENDING_TIMEOUT, ClusterConfig, DEFAULT_GUEST_MEMORY,
+    EFFECTIVE_BANDWIDTH_ANNOTATION, FINALIZED_MIGRATIONS_KEPT, TARGET_PREPARATION,
+    UNSCHEDULABLE_PENDING_TIMEOUT,
 };
 
 pub async fn run(
@@ -396,6 +398,9 @@ impl Job<'_> {
     async fn forget_slot(&self) {
         self.ctx.started_migrations.lock().await.remove(&self.uid);
         self.ctx.phase_clocks.forget(&self.uid);
+        if let Ok(mut asked) = self.ctx.abort_requests.lock() {
+            asked.remove(&self.uid);
+        }
     }
 
     /// How long the migration has been in `phase`: on this process's clock when it moved the
@@ -453,13 +458,33 @@ impl Job<'_> {
             .ctx
             .migrations_of_vmi(&self.namespace, name)
             .into_iter()
-            .filter(|m| m.is_final())
+            .filter(|m| m.is_final() && m.metadata.deletion_timestamp.is_none())
             .collect();
         if finished.len() <= FINALIZED_MIGRATIONS_KEPT {
             return Ok(());
         }
         finished.sort_by_key(|m| m.metadata.creation_timestamp.as_ref().map(|t| t.0));
         for old in &finished[..finished.len() - FINALIZED_MIGRATIONS_KEPT] {
+            // v1.9.0 also deletes the pod the migration left behind: the target pod of a
+            // failed one, the source pod of a successful one. v1.7.4 deletes the migration only.
+            let defunct = old.migration_state().and_then(|s| {
+                if s.failed {
+                    s.target_pod.clone()
+                } else if s.completed {
+                    s.source_pod.clone()
+                } else {
+                    None
+                }
+            });
+            if self.cfg.release.collects_defunct_pods()
+                && let Some(pod) = defunct.filter(|p| !p.is_empty())
+            {
+                self.pods()
+                    .delete(&pod, &DeleteParams::default())
+                    .await
+                    .map(|_| ())
+                    .or_else(ignore_not_found)?;
+            }
             if let Some(n) = old.metadata.name.as_deref() {
                 self.api()
                     .delete(n, &DeleteParams::default())
@@ -504,25 +529,36 @@ impl Job<'_> {
             return Ok(Action::await_change());
         }
         if self.migration.metadata.deletion_timestamp.is_some() {
-            set_condition(
-                &mut status.conditions,
-                Condition::new(
+            if !status
+                .conditions
+                .iter()
+                .any(|c| c.type_ == condition_type::MIGRATION_ABORT_REQUESTED)
+            {
+                status.conditions.push(Condition::new(
                     condition_type::MIGRATION_ABORT_REQUESTED,
                     ConditionStatus::True,
                     "",
                     "",
-                ),
-            );
-            self.fail(
-                vmi,
-                status,
-                &targets,
-                handed_off,
-                "Migration failed due to being canceled",
-                true,
-            )
-            .await?;
-            return Ok(Action::await_change());
+                ));
+            }
+            if !handed_off {
+                // Before the hand-off a deletion cancels at once: the target pod is deleted
+                // (`handlePreHandoffMigrationCancel`).
+                self.fail(
+                    vmi,
+                    status,
+                    &targets,
+                    false,
+                    "Migration failed due to being canceled",
+                    false,
+                )
+                .await?;
+                return Ok(Action::await_change());
+            }
+            // After it, the deletion only asks for an abort: the migration goes on until the
+            // source has started sending memory, then virt-handler is asked to abort
+            // (`markMigrationAbortInVmiStatus`, in [`Self::progress`]); the finalizer keeps
+            // the object until the migration is final.
         }
         if let Some(pod) = target
             && pod_is_down(pod)
@@ -695,9 +731,12 @@ impl Job<'_> {
             tracing::info!(migration = %self.key, ?left, "vmi in migration backoff");
             return Ok(Action::requeue(left));
         }
-        // "Waiting until all the previous migrations target pods are cleaned up".
-        if vmi.status.as_ref().is_some_and(|s| s.active_pods.len() > 1) {
-            return Ok(recheck);
+        // "there are already multiple pods running for vmi" (`VMIActivePodsCount`: pods of
+        // the VMI that have not finished), looked at again after 1 s.
+        if self.ctx.unfinished_pods_of_vmi(vmi) > 1 {
+            return Ok(Action::requeue(
+                self.cfg.recheck_after(Duration::from_secs(1)),
+            ));
         }
         let Some(source_node) = vmi.node_name().map(str::to_string) else {
             return Ok(recheck);
@@ -778,7 +817,12 @@ impl Job<'_> {
             }
             let knobs =
                 FaultKnobs::from_annotations(vmi.metadata.annotations.as_ref(), &self.cfg.faults);
-            let pod = launcher::render_target_pod(vmi, self.migration, knobs.target_unschedulable)?;
+            let pod = launcher::render_target_pod(
+                vmi,
+                self.migration,
+                knobs.target_unschedulable,
+                self.cfg.release,
+            )?;
             let created = self.pods().create(&PostParams::default(), &pod).await?;
             self.ctx.pod_expectations.expect(&self.key);
             started.insert(self.uid.clone(), source_node.clone());
@@ -807,7 +851,7 @@ impl Job<'_> {
             &other.spec.vmi_name,
         )?;
         if !vmi.is_running()
-            || vmi.status.as_ref().is_some_and(|s| s.active_pods.len() > 1)
+            || self.ctx.unfinished_pods_of_vmi(&vmi) > 1
             || self.ctx.pod_expectations.pending(&key_of(other))
             || evacuation_backoff_left(other, store, &self.cfg).is_some()
         {
@@ -816,19 +860,10 @@ impl Job<'_> {
         vmi.node_name().map(str::to_string)
     }
 
-    /// The VMI's current (source) pod.
+    /// The VMI's current (source) pod (`CurrentVMIPod`).
     fn source_pod(&self, vmi: &VirtualMachineInstance) -> Option<Arc<Pod>> {
-        let status = vmi.status.as_ref()?;
-        let node = status.node_name.as_deref()?;
-        self.ctx
-            .pods_of_vmi(vmi.metadata.uid.as_deref().unwrap_or_default())
-            .into_iter()
-            .find(|p| {
-                pod_node(p) == Some(node)
-                    && status
-                        .active_pods
-                        .contains_key(p.metadata.uid.as_deref().unwrap_or_default())
-            })
+        vmi.node_name()?;
+        self.ctx.current_vmi_pod(vmi)
     }
 
     /// virt-controller hands the migration to virt-handler: the VMI's migration state names
@@ -841,11 +876,6 @@ impl Job<'_> {
     ) -> Result<()> {
         let planned = status.migration_state.clone().unwrap_or_default();
         let target_node = planned.target_node.clone().unwrap_or_default();
-        let target_uid = self
-            .target_pods()
-            .first()
-            .and_then(|p| p.metadata.uid.clone())
-            .unwrap_or_default();
         let state = VirtualMachineInstanceMigrationState {
             migration_uid: Some(self.uid.clone()),
             source_node: planned
@@ -861,7 +891,6 @@ impl Job<'_> {
             "metadata": {"labels": {MIGRATION_TARGET_NODE_NAME_LABEL: target_node}},
             "status": {
                 "migrationState": replacing(vmi.migration_state(), &state)?,
-                "activePods": {target_uid: target_node},
             },
         });
         self.ctx
@@ -908,7 +937,8 @@ impl Job<'_> {
         Ok(state)
     }
 
-    /// The Running phase: memory is copied at the migration bandwidth.
+    /// The Running phase: memory is copied at the migration bandwidth. A deletion of the
+    /// migration asks for an abort here (see [`abort_outcome`]).
     async fn progress(
         &self,
         vmi: &VirtualMachineInstance,
@@ -926,6 +956,7 @@ impl Job<'_> {
         if state.completed && !state.failed && vmi.node_name() == state.target_node.as_deref() {
             // Completed by an earlier reconcile whose status write did not land (that
             // reconcile moved the VMI to the target in the same write).
+            self.finish_source_pod(state).await?;
             status.migration_state = Some(state.clone());
             self.enter(
                 status,
@@ -936,10 +967,6 @@ impl Job<'_> {
         }
         let knobs =
             FaultKnobs::from_annotations(vmi.metadata.annotations.as_ref(), &self.cfg.faults);
-        if knobs.migration_stall {
-            // Stays Running until the migration is deleted (aborted).
-            return Ok(Action::await_change());
-        }
         // The copy runs from the moment this simulator started it (entered Running), to the
         // fraction of a second; `startTimestamp` only after a restart.
         let elapsed = self.in_phase_for(MigrationPhase::Running, state.start_timestamp.as_ref());
@@ -952,35 +979,93 @@ impl Job<'_> {
             .and_then(|q| kubevirt_api::quantity::parse_quantity(q))
             .filter(|b| *b > 0.0);
         let duration = self.cfg.migration_duration(memory, bandwidth);
-        if knobs.migration_fails(&self.uid) {
-            let fail_at = duration / 2;
-            if elapsed >= fail_at {
-                self.fail(vmi, status, targets, true, "Live migration failed: simulated failure (simulator.vacate.io/migration-failure-rate)", false)
-                    .await?;
-                return Ok(Action::await_change());
-            }
-            return Ok(Action::requeue(fail_at - elapsed));
-        }
         let timeout = self.cfg.completion_timeout(memory);
-        if elapsed >= timeout && elapsed < duration {
-            self.fail(vmi, status, targets, true, "Live migration is not completing after completionTimeoutPerGiB and has been aborted", false)
-                .await?;
-            return Ok(Action::await_change());
+        // When the copy ends on its own (None: never), and whether it ends in a failure.
+        let (ends_in, ends_failed) = if knobs.migration_stall {
+            (None, false)
+        } else if knobs.migration_fails(&self.uid) {
+            (Some((duration / 2).saturating_sub(elapsed)), true)
+        } else if timeout < duration {
+            (Some(timeout.saturating_sub(elapsed)), true)
+        } else {
+            (Some(duration.saturating_sub(elapsed)), false)
+        };
+
+        if self.migration.metadata.deletion_timestamp.is_some() {
+            // markMigrationAbortInVmiStatus: virt-handler is asked to abort.
+            let asked = if state.abort_requested {
+                self.abort_asked_at()
+            } else {
+                let _ = self
+                    .patch_vmi_state(vmi, |s| s.abort_requested = true)
+                    .await?;
+                self.abort_asked_at()
+            };
+            let abort_in = self
+                .cfg
+                .real(ABORT_RESOLUTION)
+                .saturating_sub(asked.elapsed());
+            match abort_outcome(abort_in, ends_in) {
+                AbortOutcome::Aborted => {
+                    self.fail(
+                        vmi,
+                        status,
+                        targets,
+                        true,
+                        "Live migration has been aborted",
+                        true,
+                    )
+                    .await?;
+                    return Ok(Action::await_change());
+                }
+                AbortOutcome::Pending(wait) => return Ok(Action::requeue(wait)),
+                // The copy ends first: the abort comes too late and fails.
+                AbortOutcome::TooLate => {}
+            }
         }
-        if elapsed < duration {
-            return Ok(Action::requeue(
-                (duration - elapsed).min(
-                    timeout
-                        .saturating_sub(elapsed)
-                        .max(Duration::from_millis(10)),
-                ),
-            ));
+
+        match ends_in {
+            None => Ok(Action::await_change()),
+            Some(left) if !left.is_zero() => {
+                Ok(Action::requeue(left.max(Duration::from_millis(10))))
+            }
+            Some(_) if ends_failed => {
+                let why = if knobs.migration_fails(&self.uid) {
+                    "Live migration failed: simulated failure (simulator.vacate.io/migration-failure-rate)"
+                } else {
+                    "Live migration is not completing after completionTimeoutPerGiB and has been aborted"
+                };
+                self.fail(vmi, status, targets, true, why, false).await?;
+                Ok(Action::await_change())
+            }
+            Some(_) => {
+                self.complete(vmi, status, state.clone()).await?;
+                Ok(Action::requeue(Duration::ZERO))
+            }
         }
-        self.complete(vmi, status, state.clone()).await?;
-        Ok(Action::requeue(Duration::ZERO))
     }
 
-    /// The guest runs on the target: the VMI moves there, the source pod goes away.
+    /// When this process asked virt-handler to abort the migration (now, if it did not, e.g.
+    /// after a restart).
+    fn abort_asked_at(&self) -> std::time::Instant {
+        match self.ctx.abort_requests.lock() {
+            Ok(mut asked) => *asked
+                .entry(self.uid.clone())
+                .or_insert_with(std::time::Instant::now),
+            Err(_) => std::time::Instant::now(),
+        }
+    }
+
+    /// The source virt-launcher exits once the guest has moved: its pod finishes
+    /// (`Succeeded`) and stays.
+    async fn finish_source_pod(&self, state: &VirtualMachineInstanceMigrationState) -> Result<()> {
+        if let Some(source_pod) = state.source_pod.as_deref().filter(|p| !p.is_empty()) {
+            finish_launcher_pod(&self.ctx.client, &self.namespace, source_pod).await?;
+        }
+        Ok(())
+    }
+
+    /// The guest runs on the target: the VMI moves there, the source pod finishes.
     async fn complete(
         &self,
         vmi: &VirtualMachineInstance,
@@ -997,22 +1082,9 @@ impl Job<'_> {
         state.completed = true;
         state.end_timestamp = Some(stamp.clone());
         state.target_node_domain_ready_timestamp = Some(stamp);
-        let mut active: BTreeMap<String, serde_json::Value> = BTreeMap::new();
-        for (pod_uid, node) in &vmi_status.active_pods {
-            // Only the target pod stays active.
-            active.insert(
-                pod_uid.clone(),
-                if *node == target_node {
-                    json!(node)
-                } else {
-                    serde_json::Value::Null
-                },
-            );
-        }
         let mut status_patch = json!({
             "nodeName": target_node,
             "migrationState": replacing(vmi.migration_state(), &state)?,
-            "activePods": active,
         });
         // virt-handler clears the eviction mark once the VMI has left the evacuated node.
         if vmi_status
@@ -1034,14 +1106,7 @@ impl Job<'_> {
                 patch,
             )
             .await?;
-        // The source virt-launcher exits once the guest has moved.
-        if let Some(source_pod) = state.source_pod.as_deref() {
-            self.pods()
-                .delete(source_pod, &DeleteParams::default().grace_period(0))
-                .await
-                .map(|_| ())
-                .or_else(ignore_not_found)?;
-        }
+        self.finish_source_pod(&state).await?;
         tracing::info!(migration = %self.key, from = %source_node, to = %target_node, "migration completed");
         status.migration_state = Some(state);
         self.enter(
@@ -1053,8 +1118,10 @@ impl Job<'_> {
     }
 
     /// Fails the migration: the VMI stays on the source. After hand-off the VMI's migration
-    /// state records the failure (and, when the migration was aborted, `abortStatus`); the
-    /// target pod is removed.
+    /// state records the failure (and, when the migration was aborted, `abortStatus`), and the
+    /// target virt-launcher exits on its own: its pod finishes (`Succeeded`) and stays. Before
+    /// hand-off the target pod is deleted (`handlePreHandoffMigrationCancel`,
+    /// `deleteTimedOutTargetPod`).
     async fn fail(
         &self,
         vmi: &VirtualMachineInstance,
@@ -1071,10 +1138,6 @@ impl Job<'_> {
         if handed_off && owns && !vmi.is_final() {
             let mut state = vmi.migration_state().cloned().unwrap_or_default();
             if !(state.completed && state.failed) {
-                let target_uids: Vec<String> = targets
-                    .iter()
-                    .filter_map(|p| p.metadata.uid.clone())
-                    .collect();
                 state.completed = true;
                 state.failed = true;
                 state.end_timestamp = Some(now());
@@ -1086,15 +1149,10 @@ impl Job<'_> {
                     state.abort_status = Some(MigrationAbortStatus::Succeeded);
                 }
                 state.failure_reason = Some(why.to_string());
-                let active: BTreeMap<String, serde_json::Value> = target_uids
-                    .into_iter()
-                    .map(|u| (u, serde_json::Value::Null))
-                    .collect();
                 let patch = json!({
                     "metadata": {"labels": {MIGRATION_TARGET_NODE_NAME_LABEL: null}},
                     "status": {
                         "migrationState": replacing(vmi.migration_state(), &state)?,
-                        "activePods": active,
                     },
                 });
                 self.ctx
@@ -1109,9 +1167,14 @@ impl Job<'_> {
             status.migration_state = Some(state);
         }
         for pod in targets {
-            if let Some(name) = pod.metadata.name.as_deref() {
+            let Some(name) = pod.metadata.name.as_deref() else {
+                continue;
+            };
+            if handed_off {
+                finish_launcher_pod(&self.ctx.client, &self.namespace, name).await?;
+            } else {
                 self.pods()
-                    .delete(name, &DeleteParams::default().grace_period(0))
+                    .delete(name, &DeleteParams::default())
                     .await
                     .map(|_| ())
                     .or_else(ignore_not_found)?;
@@ -1119,6 +1182,36 @@ impl Job<'_> {
         }
         self.enter(status, MigrationPhase::Failed, why);
         Ok(())
+    }
+}
+
+/// How an abort asked for during the copy resolves.
+#[derive(Debug, PartialEq, Eq)]
+enum AbortOutcome {
+    /// The abort takes effect: the migration fails, `abortStatus: Succeeded`.
+    Aborted,
+    /// The copy ends (succeeds or fails on its own) before the abort takes effect: the abort
+    /// fails and the migration ends as it would have.
+    TooLate,
+    /// Neither yet: look again after this long.
+    Pending(Duration),
+}
+
+/// The simulator's model of virt-handler's abort (`handleMigrationAbort` →
+/// `CancelVirtualMachineMigration` → libvirt `AbortJob`): it takes effect `abort_in` after
+/// now (the simulator's [`ABORT_RESOLUTION`], scaled, after it was asked for) unless the copy
+/// ends first (`copy_ends_in`, `None` for never), in which case libvirt finds no job to abort.
+fn abort_outcome(abort_in: Duration, copy_ends_in: Option<Duration>) -> AbortOutcome {
+    match copy_ends_in {
+        Some(ends) if ends <= abort_in => {
+            if ends.is_zero() {
+                AbortOutcome::TooLate
+            } else {
+                AbortOutcome::Pending(ends)
+            }
+        }
+        _ if abort_in.is_zero() => AbortOutcome::Aborted,
+        _ => AbortOutcome::Pending(abort_in),
     }
 }
 
@@ -1154,6 +1247,25 @@ mod tests {
             }))
             .unwrap(),
         )
+    }
+
+    #[test]
+    fn an_abort_wins_unless_the_copy_ends_first() {
+        let s = Duration::from_secs;
+        // Copy far from done: the abort takes effect when due.
+        assert_eq!(
+            abort_outcome(s(1), Some(s(10))),
+            AbortOutcome::Pending(s(1))
+        );
+        assert_eq!(abort_outcome(s(0), Some(s(10))), AbortOutcome::Aborted);
+        // A stalled copy never ends: the abort takes effect.
+        assert_eq!(abort_outcome(s(0), None), AbortOutcome::Aborted);
+        // The copy ends before the abort would: wait for it, then the abort is too late.
+        assert_eq!(
+            abort_outcome(s(1), Some(Duration::from_millis(300))),
+            AbortOutcome::Pending(Duration::from_millis(300))
+        );
+        assert_eq!(abort_outcome(s(1), Some(s(0))), AbortOutcome::TooLate);
     }
 
     #[test]

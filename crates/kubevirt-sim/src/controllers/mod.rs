@@ -3,6 +3,7 @@
 
 pub mod evacuation;
 pub mod migration;
+pub mod nodes;
 pub mod vm;
 pub mod vmi;
 
@@ -55,6 +56,9 @@ pub struct Context {
     /// When this simulator moved each unfinished migration into each phase, on a clock of
     /// its own: the API's timestamps have whole seconds only.
     pub phase_clocks: PhaseClocks,
+    /// When this process wrote `abortRequested` into the VMI's migration state, by migration
+    /// UID: the abort resolves a fixed (simulated) time later.
+    pub abort_requests: Mutex<HashMap<String, Instant>>,
 }
 
 /// The instant at which this process moved a migration (by UID) into a phase. Timers that
@@ -277,6 +281,7 @@ impl Context {
             migration_expectations: Expectations::default(),
             started_migrations: tokio::sync::Mutex::new(HashMap::new()),
             phase_clocks: PhaseClocks::default(),
+            abort_requests: Mutex::new(HashMap::new()),
         };
         let ready = async {
             ctx.vmis.wait_until_ready().await?;
@@ -316,6 +321,31 @@ impl Context {
     }
 
     /// Every virt-launcher pod of the VMI with this UID (source and target pods).
+    /// `VMIActivePodsCount` (`pkg/controller/controller.go`): the VMI's pods that have not
+    /// finished (phase neither `Succeeded` nor `Failed`).
+    pub fn unfinished_pods_of_vmi(&self, vmi: &VirtualMachineInstance) -> usize {
+        self.pods_of_vmi(vmi.metadata.uid.as_deref().unwrap_or_default())
+            .iter()
+            .filter(|p| !pod_finished(p))
+            .count()
+    }
+
+    /// `CurrentVMIPod` (`pkg/controller/controller.go`): the most recently created pod of the
+    /// VMI on its node (any pod of it while it has no node). Among pods created in the same
+    /// second, one that has not finished.
+    pub fn current_vmi_pod(&self, vmi: &VirtualMachineInstance) -> Option<Arc<Pod>> {
+        let node = vmi.node_name();
+        self.pods_of_vmi(vmi.metadata.uid.as_deref().unwrap_or_default())
+            .into_iter()
+            .filter(|p| node.is_none() || pod_node(p) == node)
+            .max_by_key(|p| {
+                (
+                    p.metadata.creation_timestamp.as_ref().map(|t| t.0),
+                    !pod_finished(p),
+                )
+            })
+    }
+
     pub fn pods_of_vmi(&self, vmi_uid: &str) -> Vec<Arc<Pod>> {
         self.launcher_pods
             .state()
@@ -414,6 +444,7 @@ pub async fn run_all(ctx: Arc<Context>, subs: Subscriptions) {
     tokio::select! {
         _ = vmi::run(ctx.clone(), subs.vmis_for_vmi, subs.pods_for_vmi) => tracing::error!("the VMI controller stopped"),
         _ = vm::run(ctx.clone()) => tracing::error!("the VM controller stopped"),
+        _ = nodes::run(ctx.clone()) => tracing::error!("the node labeller stopped"),
         _ = migration::run(ctx.clone(), subs.migrations_for_migration, subs.pods_for_migration, subs.vmis_for_migration) => {
             tracing::error!("the migration controller stopped")
         }
@@ -478,6 +509,75 @@ pub fn pod_is_down(pod: &Pod) -> bool {
             pod.status.as_ref().and_then(|s| s.phase.as_deref()),
             Some("Succeeded" | "Failed")
         )
+}
+
+/// Whether a pod has finished: phase `Succeeded` or `Failed`.
+pub fn pod_finished(pod: &Pod) -> bool {
+    matches!(
+        pod.status.as_ref().and_then(|s| s.phase.as_deref()),
+        Some("Succeeded" | "Failed")
+    )
+}
+
+/// virt-launcher exited on its own (its guest migrated away, or a migration target whose
+/// migration failed): the kubelet reports the pod `Succeeded`, its containers terminated with
+/// exit code 0 (`Completed`), not ready. Nothing deletes the pod; it stays until its VMI goes
+/// (garbage collector) or, with KubeVirt v1.9, until its migration is garbage-collected. A pod
+/// already finished, terminating or gone is left alone.
+pub async fn finish_launcher_pod(client: &Client, namespace: &str, name: &str) -> Result<()> {
+    let api: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    let Some(pod) = api.get_opt(name).await? else {
+        return Ok(());
+    };
+    if pod_is_down(&pod) {
+        return Ok(());
+    }
+    let now = kubevirt_api::common::now();
+    let started = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.start_time.clone())
+        .unwrap_or_else(|| now.clone());
+    let statuses: Vec<serde_json::Value> = pod
+        .spec
+        .iter()
+        .flat_map(|s| s.containers.iter())
+        .map(|c| {
+            serde_json::json!({
+                "name": c.name,
+                "image": c.image,
+                "imageID": "",
+                "ready": false,
+                "restartCount": 0,
+                "started": false,
+                "state": {"terminated": {
+                    "exitCode": 0, "reason": "Completed",
+                    "startedAt": started, "finishedAt": now,
+                }},
+            })
+        })
+        .collect();
+    let condition = |type_: &str| {
+        serde_json::json!({
+            "type": type_, "status": "False", "reason": "PodCompleted",
+            "lastTransitionTime": now, "lastProbeTime": null,
+        })
+    };
+    let patch = serde_json::json!({
+        "status": {
+            "phase": "Succeeded",
+            "conditions": [condition("Ready"), condition("ContainersReady")],
+            "containerStatuses": statuses,
+        }
+    });
+    match api
+        .patch_status(name, &PatchParams::default(), &Patch::Strategic(&patch))
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(e) if crate::error::kube_not_found(&e) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Whether a pod runs and is ready (kwok reports the Ready condition).

@@ -7,7 +7,9 @@
 //!   `status.nodeName`, `status.activePods` and the label `kubevirt.io/nodeName`; then `Running`
 //!   with `Ready=True` (virt-handler started the domain);
 //! * an unschedulable pod is mirrored as `PodScheduled=False/Unschedulable`;
-//! * `LiveMigratable` is computed from the spec ([`crate::live_migratable`]);
+//! * `LiveMigratable` is computed from the spec ([`crate::live_migratable`]) once the VMI is
+//!   Scheduled (virt-handler writes it);
+//! * `activePods` lists every pod the VMI controls, finished ones included (`setActivePods`);
 //! * when the pod the VMI runs in is deleted (not as part of a migration), the guest is shut
 //!   down: `Succeeded` if the pod was terminated gracefully, `Failed` if it vanished or failed.
 //!
@@ -21,14 +23,14 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
-use kube::api::{Api, PostParams};
+use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kubevirt_api::common::{
     Condition, PhaseTransitionTimestamp, condition_reason, condition_type, now, set_condition,
 };
-use kubevirt_api::labels::{MIGRATION_JOB_LABEL, NODE_NAME_LABEL};
+use kubevirt_api::labels::{MIGRATION_JOB_LABEL, NODE_NAME_LABEL, VIRTUAL_MACHINE_UNPAUSED};
 use kubevirt_api::vmi::VmiNetworkInterface;
 use kubevirt_api::{
     ConditionStatus, VirtualMachineInstance, VirtualMachineInstanceStatus, VmiPhase,
@@ -113,10 +115,48 @@ async fn reconcile(vmi: Arc<VirtualMachineInstance>, ctx: Arc<Context>) -> Resul
         ctx.pod_expectations.observed(&key);
     }
 
-    set_condition(
-        &mut new.conditions,
-        live_migratable_condition(&vmi, |claim| ctx.pvc(&namespace, claim)),
-    );
+    // setActivePods (lifecycle.go): every pod the VMI controls, finished ones included, with
+    // the node it is bound to ("" while unscheduled); a pod leaves only when it is deleted.
+    if !pods.is_empty() || !old.active_pods.is_empty() {
+        new.active_pods = pods
+            .iter()
+            .map(|p| {
+                (
+                    p.metadata.uid.clone().unwrap_or_default(),
+                    pod_node(p).unwrap_or_default().to_string(),
+                )
+            })
+            .collect();
+    }
+
+    // virt-handler computes LiveMigratable (`updateLiveMigrationConditions`, called by
+    // `updateVMIStatus`) on every sync of a VMI on its node, i.e. from Scheduled on; never
+    // before, and not in a final phase.
+    if matches!(old.phase, Some(VmiPhase::Scheduled | VmiPhase::Running)) {
+        set_condition(
+            &mut new.conditions,
+            live_migratable_condition(
+                &vmi,
+                |claim| ctx.pvc(&namespace, claim),
+                ctx.config().release,
+            ),
+        );
+    }
+
+    // syncPausedConditionToPod and setLauncherContainerInfo (lifecycle.go `updateStatus`):
+    // the VMI's current pod gets the readiness-gate condition, the VMI the pod's image.
+    if let Some(pod) = ctx.current_vmi_pod(&vmi).filter(|p| !pod_is_down(p)) {
+        sync_paused_condition_to_pod(&ctx, &vmi, &pod).await?;
+        if matches!(old.phase, Some(VmiPhase::Scheduled | VmiPhase::Running))
+            && let Some(image) = pod
+                .spec
+                .as_ref()
+                .and_then(|s| s.containers.iter().find(|c| c.name == "compute"))
+                .and_then(|c| c.image.clone())
+        {
+            new.launcher_container_image_version = Some(image);
+        }
+    }
 
     match old.phase {
         None | Some(VmiPhase::Pending) | Some(VmiPhase::Unknown) => {
@@ -124,7 +164,7 @@ async fn reconcile(vmi: Arc<VirtualMachineInstance>, ctx: Arc<Context>) -> Resul
                 if ctx.pod_expectations.pending(&key) {
                     return Ok(Action::requeue(Duration::from_secs(1)));
                 }
-                let pod = launcher::render_launch_pod(&vmi)?;
+                let pod = launcher::render_launch_pod(&vmi, ctx.config().release)?;
                 let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &namespace);
                 let created = api.create(&PostParams::default(), &pod).await?;
                 ctx.pod_expectations.expect(&key);
@@ -153,10 +193,6 @@ async fn reconcile(vmi: Arc<VirtualMachineInstance>, ctx: Arc<Context>) -> Resul
                         // virt-controller hands the VMI to virt-handler of that node.
                         new.phase = Some(VmiPhase::Scheduled);
                         new.node_name = Some(node.to_string());
-                        new.active_pods = BTreeMap::from([(
-                            pod.metadata.uid.clone().unwrap_or_default(),
-                            node.to_string(),
-                        )]);
                         new.conditions
                             .retain(|c| c.type_ != condition_type::POD_SCHEDULED);
                         labels.insert(NODE_NAME_LABEL.into(), Some(node.to_string()));
@@ -180,7 +216,8 @@ async fn reconcile(vmi: Arc<VirtualMachineInstance>, ctx: Arc<Context>) -> Resul
         }
         Some(VmiPhase::Scheduled) => {
             // virt-handler starts the domain and reports it running.
-            let pod = current_pod(&old, &pods);
+            let pod = ctx.current_vmi_pod(&vmi);
+            let pod = pod.as_deref();
             match pod {
                 Some(pod) if !pod_is_down(pod) => {
                     new.phase = Some(VmiPhase::Running);
@@ -198,24 +235,14 @@ async fn reconcile(vmi: Arc<VirtualMachineInstance>, ctx: Arc<Context>) -> Resul
                         ..Default::default()
                     }];
                     new.qos_class = pod.status.as_ref().and_then(|s| s.qos_class.clone());
-                    new.launcher_container_image_version =
-                        Some("quay.io/kubevirt/virt-launcher:v1.7.0".into());
                     new.migration_method = Some("LiveMigration".into());
                 }
                 Some(_) => finish_after_pod_loss(&mut new, true),
                 None => finish_after_pod_loss(&mut new, false),
             }
         }
-        Some(VmiPhase::Running) => match current_pod(&old, &pods) {
+        Some(VmiPhase::Running) => match ctx.current_vmi_pod(&vmi).as_deref() {
             Some(pod) if !pod_is_down(pod) => {
-                // As virt-controller's updateActivePods: target pods of failed or cancelled
-                // migrations that are gone leave activePods, so the next migration can start.
-                let existing: std::collections::BTreeSet<&str> = pods
-                    .iter()
-                    .filter_map(|p| p.metadata.uid.as_deref())
-                    .collect();
-                new.active_pods
-                    .retain(|uid, _| existing.contains(uid.as_str()));
                 if let Some(node) = old.node_name.as_deref() {
                     let label = vmi
                         .metadata
@@ -231,10 +258,11 @@ async fn reconcile(vmi: Arc<VirtualMachineInstance>, ctx: Arc<Context>) -> Resul
             None => {
                 // The active pod is gone: shut down if it was seen terminating gracefully,
                 // crashed if it vanished.
-                let graceful = ctx
-                    .terminating_pods
-                    .lock()
-                    .is_ok_and(|seen| old.active_pods.keys().any(|uid| seen.contains(uid)));
+                let graceful = ctx.terminating_pods.lock().is_ok_and(|seen| {
+                    old.active_pods.iter().any(|(uid, node)| {
+                        Some(node.as_str()) == old.node_name.as_deref() && seen.contains(uid)
+                    })
+                });
                 finish_after_pod_loss(&mut new, graceful)
             }
         },
@@ -295,22 +323,65 @@ fn owned_status_fields(s: &VirtualMachineInstanceStatus) -> serde_json::Value {
     })
 }
 
+/// `syncPausedConditionToPod`: the pod's readiness gate `kubevirt.io/virtual-machine-unpaused`
+/// is `False` (`Paused`) while the VMI has `Paused=True`, else `True` (`NotPaused`). Written
+/// only when it is not so already.
+async fn sync_paused_condition_to_pod(
+    ctx: &Context,
+    vmi: &VirtualMachineInstance,
+    pod: &Pod,
+) -> Result<()> {
+    let paused = vmi.status.as_ref().is_some_and(|s| {
+        s.conditions
+            .iter()
+            .any(|c| c.type_ == condition_type::PAUSED && c.status == ConditionStatus::True)
+    });
+    let current = pod.status.as_ref().and_then(|s| {
+        s.conditions
+            .iter()
+            .flatten()
+            .find(|c| c.type_ == VIRTUAL_MACHINE_UNPAUSED)
+    });
+    let want = if paused { "False" } else { "True" };
+    let in_place = current.is_some_and(|c| c.status == want);
+    // As KubeVirt: while paused only a True condition is turned False; while not paused any
+    // other state becomes True.
+    if in_place || (paused && current.is_none()) {
+        return Ok(());
+    }
+    let (reason, message) = if paused {
+        ("Paused", "the virtual machine is paused")
+    } else {
+        ("NotPaused", "the virtual machine is not paused")
+    };
+    let stamp = now();
+    let patch = json!({"status": {"conditions": [{
+        "type": VIRTUAL_MACHINE_UNPAUSED, "status": want, "reason": reason, "message": message,
+        "lastProbeTime": stamp, "lastTransitionTime": stamp,
+    }]}});
+    let api: Api<Pod> = Api::namespaced(
+        ctx.client.clone(),
+        pod.metadata.namespace.as_deref().unwrap_or_default(),
+    );
+    match api
+        .patch_status(
+            pod.metadata.name.as_deref().unwrap_or_default(),
+            &PatchParams::default(),
+            &Patch::Strategic(&patch),
+        )
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(e) if crate::error::kube_not_found(&e) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
 fn has_label(pod: &Pod, key: &str) -> bool {
     pod.metadata
         .labels
         .as_ref()
         .is_some_and(|l| l.contains_key(key))
-}
-
-/// The pod the VMI currently runs in: listed in `activePods` and on `status.nodeName`.
-fn current_pod<'a>(status: &VirtualMachineInstanceStatus, pods: &'a [Arc<Pod>]) -> Option<&'a Pod> {
-    let node = status.node_name.as_deref()?;
-    pods.iter().map(|p| p.as_ref()).find(|p| {
-        pod_node(p) == Some(node)
-            && status
-                .active_pods
-                .contains_key(p.metadata.uid.as_deref().unwrap_or_default())
-    })
 }
 
 /// The guest is gone because its pod was deleted: a graceful pod termination lets

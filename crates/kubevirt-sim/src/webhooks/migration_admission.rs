@@ -77,12 +77,9 @@ pub async fn validate_create(ctx: &Context, req: &AdmissionRequest) -> Verdict {
     if vmi.is_final() {
         return Verdict::bad_request("Cannot migrate VMI in finalized state.");
     }
-    if !vmi.is_running() {
-        return Verdict::bad_request(format!(
-            "Cannot migrate VMI {vmi_name} which is not running (phase {}).",
-            vmi.phase().map(|p| p.as_str()).unwrap_or("unset")
-        ));
-    }
+    // A VMI not running yet (Pending, Scheduling, Scheduled) is admitted: KubeVirt has no
+    // such check; the migration waits in Pending until the VMI runs (migration.go
+    // `handleTargetPodCreation` creates the target pod only for a running VMI).
     // Reject migration jobs for non-migratable VMIs.
     if let Some(c) = vmi.condition(condition_type::LIVE_MIGRATABLE)
         && c.status == ConditionStatus::False

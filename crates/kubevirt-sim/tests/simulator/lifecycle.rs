@@ -60,6 +60,49 @@ async fn vmi_gets_a_launcher_pod_and_runs() -> Result<()> {
         pod.spec.as_ref().unwrap().node_name.as_deref(),
         Some(node.as_str())
     );
+    // As template.go renders it: KubeVirt's labels, the node selector on the label
+    // virt-handler puts on its nodes, the readiness gate and its condition.
+    assert_eq!(pod_labels["vm.kubevirt.io/name"], "web");
+    assert_eq!(pod_labels["vmi.kubevirt.io/id"], "web");
+    let annotations = pod.metadata.annotations.clone().unwrap_or_default();
+    assert_eq!(
+        annotations["kubectl.kubernetes.io/default-container"],
+        "compute"
+    );
+    assert_eq!(annotations["testbed.vacate.io/termination-delay"], "1s");
+    let spec = pod.spec.as_ref().unwrap();
+    assert_eq!(
+        spec.node_selector.as_ref().unwrap()["kubevirt.io/schedulable"],
+        "true"
+    );
+    assert_eq!(
+        spec.readiness_gates.as_ref().unwrap()[0].condition_type,
+        "kubevirt.io/virtual-machine-unpaused"
+    );
+    assert!(
+        pod.status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|c| c
+                .iter()
+                .any(|c| c.type_ == "kubevirt.io/virtual-machine-unpaused" && c.status == "True")),
+        "{:?}",
+        pod.status
+    );
+    assert_eq!(
+        status.launcher_container_image_version.as_deref(),
+        spec.containers[0].image.as_deref()
+    );
+    // Every node virt-handler serves carries kubevirt.io/schedulable=true.
+    let nodes: kube::Api<k8s_openapi::api::core::v1::Node> = kube::Api::all(env.client.clone());
+    for n in env.nodes.names() {
+        let labels = nodes.get(n).await?.metadata.labels.unwrap_or_default();
+        assert_eq!(
+            labels.get("kubevirt.io/schedulable").map(String::as_str),
+            Some("true"),
+            "{n}"
+        );
+    }
     Ok(())
 }
 

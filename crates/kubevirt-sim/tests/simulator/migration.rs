@@ -127,18 +127,38 @@ async fn migration_moves_the_vmi_and_avoids_cordoned_nodes() -> Result<()> {
     let vstate = moved.migration_state().unwrap();
     assert!(vstate.completed && vstate.end_timestamp.is_some() && vstate.start_timestamp.is_some());
     assert_eq!(vstate.migration_uid, done.metadata.uid);
-    // The source pod goes away; one pod remains, on the target.
+    // virt-launcher exits on the source: its pod finishes (Succeeded) and stays, nobody
+    // deletes it; the target pod runs. activePods lists both (setActivePods: every pod the
+    // VMI controls).
+    let source_pod = vstate.source_pod.clone().unwrap();
     testbed::wait_for(
-        "only the target pod to remain",
+        "the source pod to finish and the target pod to run",
         crate::support::TIMEOUT,
         || async {
             let pods = env.launcher_pods(&moved).await?;
-            Ok(pods.len() == 1
-                && pods[0].spec.as_ref().unwrap().node_name.as_deref()
-                    == Some(expected_target.as_str()))
+            let source_done = pods.iter().any(|p| {
+                p.metadata.name.as_deref() == Some(source_pod.as_str())
+                    && pod_phase(p) == Some("Succeeded")
+                    && p.metadata.deletion_timestamp.is_none()
+            });
+            let target_runs = pods.iter().any(|p| {
+                p.spec.as_ref().unwrap().node_name.as_deref() == Some(expected_target.as_str())
+                    && pod_phase(p) == Some("Running")
+            });
+            let v = env.vmis().get("mover").await?;
+            let active = v.status.unwrap_or_default().active_pods;
+            Ok(pods.len() == 2 && source_done && target_runs && active.len() == 2)
         },
     )
     .await?;
+    // A finished pod stays finished: kwok does not play it back to Running.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let pods = env.launcher_pods(&moved).await?;
+    let source = pods
+        .iter()
+        .find(|p| p.metadata.name.as_deref() == Some(source_pod.as_str()))
+        .expect("the source pod stays");
+    assert_eq!(pod_phase(source), Some("Succeeded"));
     // The finalizer is gone from the finished migration.
     env.wait_migration(&name, "finalizer removed", |m| {
         !m.metadata
@@ -171,6 +191,40 @@ async fn deleting_a_running_migration_cancels_it() -> Result<()> {
         Some(MigrationPhase::Running)
     );
 
+    // Watch the migration from before the deletion: after the hand-off a deletion only
+    // asks for an abort; the finalizer keeps the object, still Running, until it is final.
+    let seen_abort_requested = {
+        let api = env.migrations();
+        let name = name.clone();
+        tokio::spawn(async move {
+            let stream = watcher(
+                api,
+                watcher::Config::default().fields(&format!("metadata.name={name}")),
+            )
+            .default_backoff()
+            .applied_objects();
+            let mut stream = std::pin::pin!(stream);
+            let mut seen = false;
+            while let Some(Ok(m)) = stream.next().await {
+                let requested = m.status.as_ref().is_some_and(|s| {
+                    s.conditions
+                        .iter()
+                        .any(|c| c.type_ == "migrationAbortRequested")
+                });
+                if m.metadata.deletion_timestamp.is_some()
+                    && m.phase() == Some(MigrationPhase::Running)
+                    && requested
+                {
+                    seen = true;
+                }
+                if m.is_final() {
+                    break;
+                }
+            }
+            seen
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
     env.migrations()
         .delete(&name, &DeleteParams::default())
         .await?;
@@ -180,6 +234,10 @@ async fn deleting_a_running_migration_cancels_it() -> Result<()> {
         || async { Ok(env.migrations().get_opt(&name).await?.is_none()) },
     )
     .await?;
+    ensure!(
+        tokio::time::timeout(Duration::from_secs(10), seen_abort_requested).await??,
+        "the deleted migration was never seen Running with deletionTimestamp and migrationAbortRequested"
+    );
     let after = env
         .wait_vmi("stay", "migration aborted", |v| {
             v.migration_state().is_some_and(|s| s.failed)
@@ -188,15 +246,186 @@ async fn deleting_a_running_migration_cancels_it() -> Result<()> {
     let state = after.migration_state().unwrap();
     assert_eq!(state.abort_status, Some(MigrationAbortStatus::Succeeded));
     assert!(state.abort_requested);
+    assert_eq!(
+        state.failure_reason.as_deref(),
+        Some("Live migration has been aborted")
+    );
     assert_eq!(after.node_name(), Some(source.as_str()));
     assert!(after.is_running());
+    // The target virt-launcher exits on its own: its pod finishes and stays.
     testbed::wait_for(
-        "the target pod to be removed",
+        "the target pod to finish",
         crate::support::TIMEOUT,
-        || async { Ok(env.launcher_pods(&after).await?.len() == 1) },
+        || async {
+            let pods = env.launcher_pods(&after).await?;
+            Ok(pods.len() == 2
+                && pods
+                    .iter()
+                    .filter(|p| pod_phase(p) == Some("Running"))
+                    .count()
+                    == 1
+                && pods.iter().any(|p| pod_phase(p) == Some("Succeeded")))
+        },
     )
     .await?;
     Ok(())
+}
+
+/// Before the hand-off (here: the target pod cannot be scheduled) deleting a migration
+/// cancels it at once: the target pod is deleted, the VMI never gets a migration state.
+#[tokio::test]
+async fn deleting_a_migration_before_the_hand_off_cancels_it_at_once() -> Result<()> {
+    let env = Env::new("sim-cancel-early", 2).await?;
+    let vmi = env.vmi("early", "1Gi", None, |v| {
+        v["metadata"]["annotations"]["simulator.vacate.io/target-unschedulable"] = json!("true");
+    });
+    let vmi = env.start_vmis(&[vmi]).await?.remove(0);
+    let m = env.migrate("early").await?;
+    let name = m.metadata.name.clone().unwrap();
+    env.wait_migration_phase(&name, MigrationPhase::Scheduling)
+        .await?;
+    testbed::wait_for("the target pod", crate::support::TIMEOUT, || async {
+        Ok(env.launcher_pods(&vmi).await?.len() == 2)
+    })
+    .await?;
+    env.migrations()
+        .delete(&name, &DeleteParams::default())
+        .await?;
+    testbed::wait_for(
+        "the cancelled migration to be deleted",
+        Duration::from_secs(10),
+        || async { Ok(env.migrations().get_opt(&name).await?.is_none()) },
+    )
+    .await?;
+    testbed::wait_for(
+        "the target pod to be deleted",
+        Duration::from_secs(15),
+        || async { Ok(env.launcher_pods(&vmi).await?.len() == 1) },
+    )
+    .await?;
+    let after = env.vmis().get("early").await?;
+    assert!(after.migration_state().is_none(), "{:?}", after.status);
+    assert!(after.is_running());
+    Ok(())
+}
+
+/// `spec.addedNodeSelector` steers the target pod, but cannot override the VMI's own node
+/// selector: a colliding key keeps the VMI's value.
+#[tokio::test]
+async fn added_node_selector_restricts_the_target() -> Result<()> {
+    let env = Env::new("sim-added", 3).await?;
+    let vmi = env
+        .start_vmis(&[env.vmi("steer", "1Gi", None, |_| {})])
+        .await?
+        .remove(0);
+    let source = vmi.node_name().unwrap().to_string();
+    // The last node that is not the source: the scheduler would pick either by itself.
+    let chosen = env
+        .nodes
+        .names()
+        .iter()
+        .rfind(|n| **n != source)
+        .cloned()
+        .unwrap();
+    let set_selector = env.nodes.node_selector();
+    let (set_key, set_value) = set_selector.iter().next().unwrap();
+    let mut m = VirtualMachineInstanceMigration::new(
+        "",
+        kubevirt_api::VirtualMachineInstanceMigrationSpec {
+            vmi_name: "steer".into(),
+            added_node_selector: BTreeMap::from([
+                ("kubernetes.io/hostname".to_string(), chosen.clone()),
+                (set_key.clone(), "no-such-set".to_string()),
+            ]),
+            ..Default::default()
+        },
+    );
+    m.metadata.name = Some("steer-added".into());
+    env.migrations()
+        .create(&kube::api::PostParams::default(), &m)
+        .await?;
+    let done = env
+        .wait_migration("steer-added", "final", |m| m.is_final())
+        .await?;
+    assert_eq!(
+        done.phase(),
+        Some(MigrationPhase::Succeeded),
+        "{:?}",
+        done.status
+    );
+    let target_pod = done.migration_state().unwrap().target_pod.clone().unwrap();
+    let pod = env.pods().get(&target_pod).await?;
+    let spec = pod.spec.unwrap();
+    let selector = spec.node_selector.unwrap();
+    assert_eq!(selector["kubernetes.io/hostname"], chosen);
+    assert_eq!(&selector[set_key], set_value, "the VMI's own selector wins");
+    assert_eq!(selector["kubevirt.io/schedulable"], "true");
+    assert_eq!(spec.node_name.as_deref(), Some(chosen.as_str()));
+    Ok(())
+}
+
+/// A migration of a VMI that is not running yet is admitted (KubeVirt has no such check)
+/// and waits in Pending; LiveMigratable only appears once virt-handler has the VMI
+/// (Scheduled); when the VMI runs, the migration goes ahead.
+#[tokio::test]
+async fn a_migration_of_a_vmi_not_running_yet_waits() -> Result<()> {
+    let env = Env::new("sim-early-mig", 3).await?;
+    let nodes = env.nodes.names().to_vec();
+    let vmi = env.vmi("later", "1Gi", Some("LiveMigrate"), |v| {
+        v["spec"]["nodeSelector"]["sim.vacate.io/ready"] = json!("yes");
+    });
+    env.create_vmi(&vmi).await?;
+    let pending = env
+        .wait_vmi("later", "Scheduling", |v| {
+            v.phase() == Some(kubevirt_api::VmiPhase::Scheduling)
+        })
+        .await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let pending = env.vmis().get("later").await.unwrap_or(pending);
+    assert!(
+        crate::support::live_migratable(&pending).is_none(),
+        "LiveMigratable before the VMI is scheduled: {:?}",
+        pending.status
+    );
+    let m = env.migrate("later").await?;
+    let name = m.metadata.name.clone().unwrap();
+    env.wait_migration_phase(&name, MigrationPhase::Pending)
+        .await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        env.migrations().get(&name).await?.phase(),
+        Some(MigrationPhase::Pending)
+    );
+    // Two nodes become eligible: the VMI starts on one and migrates to the other.
+    let nodes_api: kube::Api<k8s_openapi::api::core::v1::Node> = kube::Api::all(env.client.clone());
+    for n in &nodes[..2] {
+        nodes_api
+            .patch(
+                n,
+                &kube::api::PatchParams::default(),
+                &kube::api::Patch::Merge(
+                    json!({"metadata": {"labels": {"sim.vacate.io/ready": "yes"}}}),
+                ),
+            )
+            .await?;
+    }
+    let running = env.wait_running("later").await?;
+    assert_eq!(
+        crate::support::live_migratable(&running).map(|(ok, _)| ok),
+        Some(true)
+    );
+    let done = env.wait_migration(&name, "final", |m| m.is_final()).await?;
+    assert_eq!(
+        done.phase(),
+        Some(MigrationPhase::Succeeded),
+        "{:?}",
+        done.status
+    );
+    Ok(())
+}
+
+fn pod_phase(p: &k8s_openapi::api::core::v1::Pod) -> Option<&str> {
+    p.status.as_ref().and_then(|s| s.phase.as_deref())
 }
 
 /// Six migrations from one node: a watch on the migrations never sees more than two started
@@ -359,12 +588,18 @@ async fn a_vmi_migrated_twice_stays_on_the_last_target() -> Result<()> {
             let node_of = |p: &k8s_openapi::api::core::v1::Pod| {
                 p.spec.as_ref().and_then(|s| s.node_name.clone())
             };
-            let on_target = pods.len() == 1 && node_of(&pods[0]).as_ref() == Some(target);
+            // The finished source pods stay (nobody deletes them); one pod runs, on the
+            // target, and activePods lists every pod with its node.
+            let running: Vec<_> = pods
+                .iter()
+                .filter(|p| pod_phase(p) != Some("Succeeded"))
+                .collect();
+            let on_target = running.len() == 1 && node_of(running[0]).as_ref() == Some(target);
             let active_is_target = on_target
-                && status.active_pods.len() == 1
+                && status.active_pods.len() == pods.len()
                 && status
                     .active_pods
-                    .get(pods[0].metadata.uid.as_deref().unwrap_or_default())
+                    .get(running[0].metadata.uid.as_deref().unwrap_or_default())
                     == Some(target);
             let vmi_on_target = v.node_name() == Some(target.as_str())
                 && labels(&v).get(NODE_NAME_LABEL) == Some(target)

@@ -359,3 +359,47 @@ async fn a_user_set_priority_is_refused() -> Result<()> {
     env.migrate("vm").await?;
     Ok(())
 }
+
+/// The virt-launcher image (and the VMI's `launcherContainerImageVersion`) is the release's:
+/// v1.9.0 by default, v1.7.4 in the v1.7 mode.
+#[tokio::test]
+async fn launcher_image_follows_the_release() -> Result<()> {
+    let _lock = KUBEVIRT_CR.lock().await;
+    let env = Env::new("sim-image", 1).await?;
+    let result = async {
+        for (release, image) in [
+            (Some("v1.7"), "quay.io/kubevirt/virt-launcher:v1.7.4"),
+            (None, "quay.io/kubevirt/virt-launcher:v1.9.0"),
+        ] {
+            configure(&env, release, serde_json::Value::Null).await?;
+            let name = format!("img{}", if release.is_some() { "17" } else { "19" });
+            let vmi = env
+                .start_vmis(&[env.vmi(&name, "1Gi", None, |_| {})])
+                .await?
+                .remove(0);
+            let pods = env.launcher_pods(&vmi).await?;
+            ensure!(pods.len() == 1, "{pods:?}");
+            let pod_image = pods[0]
+                .spec
+                .as_ref()
+                .and_then(|s| s.containers[0].image.clone());
+            ensure!(
+                pod_image.as_deref() == Some(image),
+                "{release:?}: pod image {pod_image:?}"
+            );
+            let vmi = env
+                .wait_vmi(&name, "image version", |v| {
+                    v.status
+                        .as_ref()
+                        .and_then(|s| s.launcher_container_image_version.as_deref())
+                        == Some(image)
+                })
+                .await?;
+            drop(vmi);
+        }
+        Ok(())
+    }
+    .await;
+    restore(&env).await?;
+    result
+}
