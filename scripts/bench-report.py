@@ -273,6 +273,7 @@ def write_doc(args, results, runs, scale1_runs, scenarios, summary, cordon, comm
       "cluster-wide migration slots from the other; which tool goes first alternates between rounds. "
       "Each scenario has three nodes: worker-0 is drained, the other two receive the VMs.")
     w("")
+    releases = list(dict.fromkeys(r["release"] for r in results))
     for s in SCENARIOS:
         if any(r["base"] == s for r in results):
             w(f"- `tests/scenarios/{s}.yaml`: {SCENARIOS[s]}.")

@@ -36,7 +36,7 @@ pub(super) fn predicted_end(s: &Snapshot, config: &Config) -> Option<DateTime<Ut
 
 /// Seconds until the last job ends on `slots` parallel slots: the jobs under way keep their
 /// slots, the waiting ones start largest first on whichever slot frees first.
-fn makespan(slots: usize, running: Vec<f64>, mut waiting: Vec<f64>) -> f64 {
+pub(super) fn makespan(slots: usize, running: Vec<f64>, mut waiting: Vec<f64>) -> f64 {
     let mut free_at: Vec<f64> = running;
     // More migrations under way than slots (someone else's): the surplus ends first.
     free_at.resize(free_at.len().max(slots), 0.0);

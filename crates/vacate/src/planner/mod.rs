@@ -13,6 +13,7 @@ pub mod explain;
 pub mod fleet;
 pub mod model;
 pub mod pod_filters;
+pub mod rollout;
 pub mod state;
 pub mod windows;
 
