@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use vacate::commands::{self, drain, run, status};
+use vacate::commands::{self, drain, plan, run, status};
 
 #[derive(Parser)]
 #[command(
@@ -46,6 +46,25 @@ enum Command {
         #[arg(long, short, env = "VACATE_CONFIG")]
         config: Option<PathBuf>,
     },
+    /// Show the plan of a rollout before anything moves: order of nodes, each VMI's and pod's
+    /// fate, room for what moves, blockers, predicted durations.
+    Plan {
+        /// The rollout's nodes (a label selector, within node.selector), one at a time
+        /// unless --concurrency says otherwise.
+        #[arg(long, short = 'l', conflicts_with = "schedule")]
+        selector: Option<String>,
+        /// The nodes of this configured schedule, at its concurrency.
+        #[arg(long)]
+        schedule: Option<String>,
+        /// Nodes in maintenance at once.
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+        concurrency: Option<u32>,
+        /// `table` or `json`.
+        #[arg(long, short, default_value = "table", value_parser = ["table", "json"])]
+        output: String,
+        #[arg(long, short, env = "VACATE_CONFIG")]
+        config: Option<PathBuf>,
+    },
     /// End the maintenance of a node and uncordon it.
     Uncordon {
         node: String,
@@ -64,6 +83,7 @@ async fn main() -> ExitCode {
         Command::Run { config }
         | Command::Status { config, .. }
         | Command::Drain { config, .. }
+        | Command::Plan { config, .. }
         | Command::Uncordon { config, .. } => config.clone(),
     };
     let config = match commands::load_config(config_path.as_deref()) {
@@ -83,6 +103,21 @@ async fn main() -> ExitCode {
         } => drain::dry_run(config, &node).await,
         Command::Drain { node, timeout, .. } => drain::drain(config, &node, timeout).await,
         Command::Uncordon { node, .. } => drain::uncordon(config, &node).await,
+        Command::Plan {
+            selector,
+            schedule,
+            concurrency,
+            output,
+            ..
+        } => {
+            let request = plan::PlanRequest {
+                selector,
+                schedule,
+                concurrency,
+                json: output == "json",
+            };
+            plan::plan(config, request).await
+        }
         Command::CheckConfig { .. } => unreachable!("handled before loading the configuration"),
     };
     match result {

@@ -258,3 +258,127 @@ async fn drain_gives_up_on_a_node_that_cannot_start() -> anyhow::Result<()> {
     assert!(!is_unschedulable(&env.get_node(&node).await?));
     Ok(())
 }
+
+/// `vacate plan` shows a rollout of three nodes, one at a time, before anything moves: the
+/// order, each VMI's migration and where there is room for it (on a node drained later it
+/// moves again), a PodDisruptionBudget that never allows an eviction, and nothing changed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plan_shows_a_rollout_before_anything_moves() -> anyhow::Result<()> {
+    let env = Env::new("plan", 3).await?;
+    let (n0, n1, n2) = (
+        env.node(0).to_string(),
+        env.node(1).to_string(),
+        env.node(2).to_string(),
+    );
+    env.place_on(0, || async {
+        env.create_vm(&Vm::migratable("a")).await?;
+        env.create_vm(&Vm::migratable("b")).await?;
+        env.wait_vmis_running_on(&n0, 2).await
+    })
+    .await?;
+    env.place_on(1, || async {
+        env.create_vm(&Vm::migratable("c")).await?;
+        env.create_deployment("db", 1, Some(1)).await?;
+        env.wait_vmis_running_on(&n1, 1).await?;
+        env.wait_pods_running_on(&n1, 2).await
+    })
+    .await?;
+    let ns = env.ns.name().to_string();
+    let pdbs: kube::Api<k8s_openapi::api::policy::v1::PodDisruptionBudget> =
+        kube::Api::namespaced(env.client.clone(), &ns);
+    env.wait(
+        "the PDB to count its pod",
+        Duration::from_secs(30),
+        || async {
+            let pdb = pdbs.get("db").await?;
+            Ok(pdb.status.and_then(|s| s.expected_pods) == Some(1))
+        },
+    )
+    .await?;
+
+    let config = tempfile::NamedTempFile::new()?;
+    std::fs::write(
+        config.path(),
+        format!("[node]\nselector = \"{}\"\n", env.selector()),
+    )?;
+    let kubeconfig = env.cluster.kubeconfig_path().to_path_buf();
+    let selector = env.selector();
+    let run = |output: &'static str| {
+        let (kubeconfig, config, selector) = (
+            kubeconfig.clone(),
+            config.path().to_path_buf(),
+            selector.clone(),
+        );
+        tokio::task::spawn_blocking(move || {
+            vacate()
+                .args([
+                    "plan",
+                    "--selector",
+                    &selector,
+                    "--output",
+                    output,
+                    "--config",
+                ])
+                .arg(config)
+                .env("KUBECONFIG", kubeconfig)
+                .output()
+        })
+    };
+    let out = run("json").await??;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let plan: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let nodes = plan["nodes"].as_array().expect("nodes");
+    let order: Vec<(&str, u64)> = nodes
+        .iter()
+        .map(|n| (n["node"].as_str().unwrap(), n["wave"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(
+        order,
+        vec![(n0.as_str(), 1), (n1.as_str(), 2), (n2.as_str(), 3)]
+    );
+    // The first node's VMs can only go to nodes drained after it: they move again.
+    for vmi in nodes[0]["vmis"].as_array().unwrap() {
+        assert_eq!(vmi["action"], "migrate", "{vmi}");
+        let room = vmi["roomOn"].as_str().unwrap_or("");
+        assert!(room == n1 || room == n2, "{vmi}");
+        assert_eq!(vmi["movesAgain"], true, "{vmi}");
+    }
+    // The second node's VM has room on the first, drained by then: it moves once.
+    let c = &nodes[1]["vmis"][0];
+    assert_eq!(c["name"], format!("{ns}/c"));
+    assert_eq!(c["roomOn"], n0.as_str(), "{c}");
+    assert!(c.get("movesAgain").is_none(), "{c}");
+    assert_eq!(plan["migrations"], 3);
+    assert_eq!(plan["migrationsMovingAgain"], 2);
+    let blockers = nodes[1]["blockers"].to_string();
+    assert!(
+        blockers.contains(&format!("PodDisruptionBudget {ns}/db allows no disruption")),
+        "{blockers}"
+    );
+    assert_eq!(nodes[0]["blockers"].as_array().map(Vec::len), Some(0));
+
+    let out = run("table").await??;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("3 migration(s), 2 of them onto a node drained later"),
+        "{text}"
+    );
+    assert!(text.contains("Nothing was changed"), "{text}");
+    for node in [&n0, &n1, &n2] {
+        let n = env.get_node(node).await?;
+        assert!(!is_unschedulable(&n), "{node} was cordoned");
+        assert!(
+            !n.metadata
+                .annotations
+                .unwrap_or_default()
+                .contains_key(STATE_ANNOTATION),
+            "{node} got a state"
+        );
+    }
+    Ok(())
+}

@@ -179,60 +179,68 @@ impl Context {
             )
             .await
             .map_err(Error::kube("listing pods for the capacity check"))?;
-        let mut used: HashMap<String, (Resources, i64)> = HashMap::new();
-        let mut workloads = Vec::new();
-        for pod in &list.items {
-            let Some(on) = pod.spec.as_ref().and_then(|s| s.node_name.clone()) else {
-                continue;
-            };
-            let requests = snapshot::pod_requests(pod);
-            if on == name {
-                if snapshot::moves_in_drain(pod) {
-                    workloads.push(Workload {
-                        name: format!(
-                            "pod {}/{}",
-                            pod.namespace().unwrap_or_default(),
-                            pod.name_any()
-                        ),
-                        requests,
-                        node_selector: pod
-                            .spec
-                            .as_ref()
-                            .and_then(|s| s.node_selector.clone())
-                            .unwrap_or_default(),
-                    });
-                }
-                continue;
-            }
-            let entry = used.entry(on).or_default();
-            entry.0.add(requests);
-            entry.1 += 1;
+        let (mut moving, targets) = room_and_movers(&list.items, all_nodes, &self.config);
+        let mut workloads = moving.remove(name).unwrap_or_default();
+        for w in &mut workloads {
+            w.name = format!("pod {}", w.name);
         }
-        let targets: Vec<Target> = all_nodes
-            .iter()
-            .filter(|n| n.name_any() != name)
-            .filter(|n| {
-                // Nodes waiting for their own drain count: in a rollout every node is waiting,
-                // and the VMs of the first ones can only go to the later ones.
-                let view = snapshot::node_view(n, &self.config);
-                view.ready && !view.unschedulable
-            })
-            .map(|n| {
-                let (alloc, pods_alloc) = snapshot::allocatable(n);
-                let (u, count) = used.get(&n.name_any()).copied().unwrap_or_default();
-                Target {
-                    name: n.name_any(),
-                    labels: n.labels().clone(),
-                    free: Resources {
-                        cpu_millis: alloc.cpu_millis - u.cpu_millis,
-                        memory_bytes: alloc.memory_bytes - u.memory_bytes,
-                    },
-                    pods_free: pods_alloc - count,
-                }
-            })
-            .collect();
+        let targets: Vec<Target> = targets.into_iter().filter(|t| t.name != name).collect();
         Ok(capacity::check(&workloads, &targets).map_err(|message| {
             Gate::new(BlockReason::InsufficientCapacity, message).recheck_after(Utc::now())
         }))
     }
+}
+
+/// From every unfinished pod and node: the pods that would move in a drain, by node
+/// (named `namespace/name`), and every schedulable Ready node with the room it has left.
+pub fn room_and_movers(
+    pods: &[Pod],
+    nodes: &[Node],
+    config: &crate::config::Config,
+) -> (HashMap<String, Vec<Workload>>, Vec<Target>) {
+    let mut used: HashMap<String, (Resources, i64)> = HashMap::new();
+    let mut moving: HashMap<String, Vec<Workload>> = HashMap::new();
+    for pod in pods {
+        let Some(on) = pod.spec.as_ref().and_then(|s| s.node_name.clone()) else {
+            continue;
+        };
+        let requests = snapshot::pod_requests(pod);
+        if snapshot::moves_in_drain(pod) {
+            moving.entry(on.clone()).or_default().push(Workload {
+                name: format!("{}/{}", pod.namespace().unwrap_or_default(), pod.name_any()),
+                requests,
+                node_selector: pod
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.node_selector.clone())
+                    .unwrap_or_default(),
+            });
+        }
+        let entry = used.entry(on).or_default();
+        entry.0.add(requests);
+        entry.1 += 1;
+    }
+    let targets = nodes
+        .iter()
+        .filter(|n| {
+            // Nodes waiting for their own drain count: in a rollout every node is waiting,
+            // and the VMs of the first ones can only go to the later ones.
+            let view = snapshot::node_view(n, config);
+            view.ready && !view.unschedulable
+        })
+        .map(|n| {
+            let (alloc, pods_alloc) = snapshot::allocatable(n);
+            let (u, count) = used.get(&n.name_any()).copied().unwrap_or_default();
+            Target {
+                name: n.name_any(),
+                labels: n.labels().clone(),
+                free: Resources {
+                    cpu_millis: alloc.cpu_millis - u.cpu_millis,
+                    memory_bytes: alloc.memory_bytes - u.memory_bytes,
+                },
+                pods_free: pods_alloc - count,
+            }
+        })
+        .collect();
+    (moving, targets)
 }

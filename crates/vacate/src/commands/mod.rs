@@ -1,6 +1,7 @@
 //! The subcommands of the `vacate` binary.
 
 pub mod drain;
+pub mod plan;
 pub mod run;
 pub mod status;
 
