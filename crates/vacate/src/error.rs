@@ -28,14 +28,16 @@ impl Error {
     }
 
     /// Every label [`Error::metric_label`] returns; the series exist at 0 from the start.
-    pub const METRIC_LABELS: [&'static str; 8] = [
+    pub const METRIC_LABELS: [&'static str; 10] = [
         "conflict",
+        "throttled",
         "api_server_error",
         "api_rejected",
         "api_unreachable",
         "cache_timeout",
         "timeout",
         "node_not_found",
+        "fenced",
         "kubevirt_unavailable",
     ];
 
@@ -44,6 +46,7 @@ impl Error {
         match self {
             Error::Kube { source, .. } => match source {
                 kube::Error::Api(status) if status.code == 409 => "conflict",
+                error if is_throttled(error) => "throttled",
                 kube::Error::Api(status) if status.code >= 500 => "api_server_error",
                 kube::Error::Api(_) => "api_rejected",
                 _ => "api_unreachable",
@@ -65,6 +68,18 @@ pub fn status_code(error: &kube::Error) -> Option<u16> {
         kube::Error::Api(status) => Some(status.code),
         _ => None,
     }
+}
+
+/// Whether the API server turned the request away before looking at it: API priority and
+/// fairness and the max-in-flight filter answer 429 with the plain text "Too many requests,
+/// please try again later." (k8s.io/apiserver, filters/priority-and-fairness.go and
+/// filters/maxinflight.go). Unlike a PodDisruptionBudget's 429 ("Cannot evict pod as it would
+/// violate the pod's disruption budget.") or an admission webhook's ("admission webhook ...
+/// denied the request: ..."), it says nothing about the object: the request is simply tried
+/// again.
+pub fn is_throttled(error: &kube::Error) -> bool {
+    matches!(error, kube::Error::Api(status)
+        if status.code == 429 && status.message.starts_with("Too many requests"))
 }
 
 /// The API server's message, or the error's text.

@@ -54,6 +54,7 @@ pub struct Metrics {
     pub schedule_next_run: GaugeVec,
     pub fleet_in_maintenance: IntGaugeVec,
     pub fleet_max_in_maintenance: IntGaugeVec,
+    pub runtime_tasks: IntGauge,
 }
 
 impl Default for Metrics {
@@ -265,6 +266,13 @@ impl Metrics {
                 &["scope"],
             )
             .unwrap(),
+            runtime_tasks: IntGauge::new(
+                "vacate_runtime_tasks",
+                "Tasks alive in vacate's async runtime (tokio), read at each scrape: with \
+                 process_open_fds and process_resident_memory_bytes, shows a leak as a rise \
+                 that does not come back down.",
+            )
+            .unwrap(),
             registry,
         };
         m.register_all();
@@ -334,6 +342,7 @@ impl Metrics {
             Box::new(self.schedule_next_run.clone()),
             Box::new(self.fleet_in_maintenance.clone()),
             Box::new(self.fleet_max_in_maintenance.clone()),
+            Box::new(self.runtime_tasks.clone()),
         ];
         for c in collectors {
             self.registry.register(c).expect("metric names are unique");
@@ -544,6 +553,11 @@ impl Metrics {
 
     /// The text exposition of every metric.
     pub fn render(&self) -> String {
+        // Outside a runtime (a unit test) the gauge keeps its last value.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            self.runtime_tasks
+                .set(runtime.metrics().num_alive_tasks() as i64);
+        }
         let mut buffer = Vec::new();
         TextEncoder::new()
             .encode(&self.registry.gather(), &mut buffer)
@@ -567,6 +581,27 @@ mod tests {
         ] {
             assert!(text.contains(&format!("\n{name} ")), "{name} missing");
         }
+    }
+
+    #[tokio::test]
+    async fn the_runtime_task_count_is_exported() {
+        let m = Metrics::new();
+        let before = m.render();
+        let count = |text: &str| -> i64 {
+            text.lines()
+                .find_map(|l| l.strip_prefix("vacate_runtime_tasks "))
+                .and_then(|v| v.parse().ok())
+                .expect("vacate_runtime_tasks is exported")
+        };
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            let _ = stopped.await;
+        });
+        let during = m.render();
+        assert_eq!(count(&during), count(&before) + 1, "{during}");
+        let _ = stop.send(());
+        task.await.unwrap();
+        assert_eq!(count(&m.render()), count(&before));
     }
 
     #[test]

@@ -14,7 +14,7 @@ use super::snapshot::{
     node_label_value,
 };
 use crate::config::Config;
-use crate::error::{Error, Result, status_code, status_message};
+use crate::error::{Error, Result, is_throttled, status_code, status_message};
 use crate::planner::{Action, ActionResult, EventType, Subject};
 
 /// The longest one API call of an action may take.
@@ -30,6 +30,15 @@ pub struct Executor<'a> {
 
 /// Sorts an API error into a result the planner understands, or a real error.
 fn classify(error: kube::Error, doing: &str) -> Result<ActionResult> {
+    if is_throttled(&error) {
+        // Not a refusal by a PodDisruptionBudget or KubeVirt: the API server had no room for
+        // the request. An error, so the action is tried again after the error back-off and
+        // nothing is recorded (a launcher pod's eviction is not taken as refused).
+        return Err(Error::Kube {
+            doing: format!("{doing} (throttled by the API server)"),
+            source: error,
+        });
+    }
     match status_code(&error) {
         Some(404) => Ok(ActionResult::Gone),
         Some(409) => Ok(ActionResult::AlreadyExists),

@@ -39,8 +39,19 @@ use read::{Kept, Ledger};
 pub use read::{Look, Read};
 use watch::{NodeCache, NodeFilter, PodWatches, Stores, Trigger, Wake};
 
-/// Wait after a failed reconciliation before the next attempt.
+/// Wait after a failed reconciliation before the next attempt, on average.
 const ERROR_BACKOFF: Duration = Duration::from_secs(5);
+
+/// [`ERROR_BACKOFF`] with ±50 % jitter: retries at a fixed period can lock onto a periodic
+/// load on the API server (seen with API priority and fairness answering 429 in bursts) and
+/// land in every burst.
+fn error_backoff() -> Duration {
+    use std::hash::BuildHasher;
+    let random = std::collections::hash_map::RandomState::new()
+        .hash_one(std::time::SystemTime::now())
+        % 1000;
+    ERROR_BACKOFF.mul_f64(0.5 + random as f64 / 1000.0)
+}
 
 /// What one reconciliation left behind, for metrics, `vacate drain` and tests.
 #[derive(Debug, Clone, PartialEq)]
@@ -171,7 +182,7 @@ impl Shell {
             |node: Arc<Node>, error: &Error, ctx: Arc<Context>| {
                 ctx.metrics.record_error(error);
                 tracing::warn!(node = %node.name_any(), %error, "reconciliation failed; retrying");
-                Requeue::requeue(ERROR_BACKOFF)
+                Requeue::requeue(error_backoff())
             },
             Arc::clone(&ctx),
             ctx.stores.nodes.clone(),

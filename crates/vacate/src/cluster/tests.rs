@@ -49,6 +49,8 @@ struct Script {
     pods: Vec<Value>,
     /// Evictions answered with this status code and message, by pod name.
     eviction_errors: HashMap<String, (u16, String)>,
+    /// Pods whose evictions API priority and fairness turns away (429 in plain text).
+    throttled_evictions: Vec<String>,
 }
 
 struct Fake {
@@ -149,7 +151,21 @@ async fn serve(
                 .rsplit('/')
                 .next()
                 .unwrap_or("");
-            match script.lock().unwrap().eviction_errors.get(pod) {
+            let script = script.lock().unwrap();
+            if script.throttled_evictions.iter().any(|p| p == pod) {
+                // As filters/priority-and-fairness.go answers, with http.Error.
+                let response = Response::builder()
+                    .status(StatusCode::TOO_MANY_REQUESTS)
+                    .header("content-type", "text/plain; charset=utf-8")
+                    .header("retry-after", "1")
+                    .body(Body::from(
+                        b"Too many requests, please try again later.\n".to_vec(),
+                    ))
+                    .expect("response");
+                respond.send_response(response);
+                continue;
+            }
+            match script.eviction_errors.get(pod) {
                 Some((code, message)) => {
                     let mut body = status(*code, "InternalError");
                     body["message"] = json!(message);
@@ -647,4 +663,47 @@ async fn a_launcher_pod_is_not_evicted_while_kubevirts_webhook_lets_evictions_th
         evictions[0].path.contains("dryRun=All"),
         "only a dry run: {evictions:#?}"
     );
+}
+
+#[tokio::test]
+async fn a_request_throttled_by_the_api_server_is_tried_again_not_taken_as_a_refusal() {
+    let fake = Fake::new(config(), requested(), vec![]);
+    {
+        let mut script = fake.script.lock().unwrap();
+        script.pods = vec![pod("a"), pod("b")];
+        script.throttled_evictions.push("a".into());
+    }
+    let result = fake.ctx.reconcile(NODE).await;
+    let error = result.expect_err("a throttled request is an error, retried after the back-off");
+    assert_eq!(error.metric_label(), "throttled");
+    assert!(error.to_string().contains("throttled"), "{error}");
+    // The other eviction went on; no PodDisruptionBudget is blamed for the 429.
+    assert_eq!(evictions(&fake.seen()), vec!["a", "b"]);
+    let state = fake.last_state();
+    assert_eq!(state.blocked, None, "{state:#?}");
+    assert_eq!(
+        state.pods.get("apps/a").map(|r| r.retries),
+        Some(0),
+        "{state:#?}"
+    );
+    assert_eq!(
+        fake.ctx
+            .metrics
+            .eviction_retries
+            .with_label_values(&["pdb"])
+            .get(),
+        0
+    );
+}
+
+#[test]
+fn retries_after_an_error_are_spread_out() {
+    let waits: Vec<Duration> = (0..20).map(|_| error_backoff()).collect();
+    for wait in &waits {
+        assert!(
+            *wait >= ERROR_BACKOFF / 2 && *wait < ERROR_BACKOFF * 3 / 2,
+            "{wait:?}"
+        );
+    }
+    assert!(waits.iter().any(|w| *w != waits[0]), "{waits:?}");
 }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kube::Client;
-use kube_lease_manager::LeaseManagerBuilder;
+use kube_lease_manager::{LeaseManager, LeaseManagerBuilder, LeaseManagerError};
 use tokio::sync::watch;
 
 use crate::cluster::Shell;
@@ -61,21 +61,39 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let identity = identity();
     let namespace = lease_namespace(&config);
     let duration = config.leader_election.lease_duration.get().as_secs();
-    let manager = LeaseManagerBuilder::new(client.clone(), &config.leader_election.lease_name)
-        .with_namespace(&namespace)
-        .with_identity(&identity)
-        .with_duration(duration)
-        .with_grace((duration / 3).max(1))
-        .with_field_manager("vacate")
-        .build()
-        .await
-        .map_err(|e| {
-            anyhow::anyhow!(
-                "cannot use Lease {namespace}/{} for leader election: {e}",
-                config.leader_election.lease_name
-            )
-        })?;
-    let (mut leader_rx, lease_task) = manager.watch().await;
+    // Building the manager reads (and may create) the Lease. A transient failure (a 429 from
+    // API priority and fairness, a 5xx, an API server not reachable yet) is waited out:
+    // exiting would only have the replica restarted into the same answer.
+    let mut wait = Duration::from_millis(500);
+    let manager = loop {
+        let built = LeaseManagerBuilder::new(client.clone(), &config.leader_election.lease_name)
+            .with_namespace(&namespace)
+            .with_identity(&identity)
+            .with_duration(duration)
+            .with_grace((duration / 3).max(1))
+            .with_field_manager("vacate")
+            .build()
+            .await;
+        match built {
+            Ok(manager) => break manager,
+            Err(e) if lease_error_is_transient(&e) => {
+                tracing::warn!(error = %e, retry_in = ?wait, lease = %format!("{namespace}/{}", config.leader_election.lease_name), "cannot use the leader-election Lease yet; trying again");
+                let mut stop = stop_rx.clone();
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = stop.wait_for(|stop| *stop) => return Ok(()),
+                }
+                wait = (wait * 2).min(Duration::from_secs(30));
+            }
+            Err(e) => {
+                return Err(anyhow::anyhow!(
+                    "cannot use Lease {namespace}/{} for leader election: {e}",
+                    config.leader_election.lease_name
+                ));
+            }
+        }
+    };
+    let (mut leader_rx, lease_task) = watch_lease(manager, Duration::from_secs(duration));
     // vacate writes only while the Lease, as its own watch shows it, is held and current.
     let (fence, _fence_watch) = Fence::start(
         &client,
@@ -139,13 +157,88 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     // over at once instead of after the lease duration.
     drop(leader_rx);
     match tokio::time::timeout(Duration::from_secs(5), lease_task).await {
-        Ok(Ok(Ok(_))) => tracing::info!("released the lease"),
+        Ok(Ok(Ok(()))) => tracing::info!("released the lease"),
         Ok(Ok(Err(e))) => tracing::warn!(error = %e, "releasing the lease failed"),
         _ => tracing::warn!(
             "the lease was not released in time; a standby takes over when it expires"
         ),
     }
     Ok(())
+}
+
+/// Follows the Lease: the receiver says whether this replica holds it; dropping every
+/// receiver releases it and ends the task.
+///
+/// kube-lease-manager's own `LeaseManager::watch` waits 1 s, 2 s, ... up to 30 s after each
+/// failed renewal and starts again from 1 s only when the leadership changes: a leader that
+/// keeps its lease through a few transient failures (429s from API priority and fairness,
+/// say) ends up waiting 30 s after the next one, far past its lease, and acts for no one in
+/// the meantime. Here the wait after a failure is never longer than a third of the lease, so
+/// the renewal is tried again before the lease runs out, and starts again from short waits
+/// once a lease duration has passed without failures.
+fn watch_lease(
+    manager: LeaseManager,
+    lease: Duration,
+) -> (
+    watch::Receiver<bool>,
+    tokio::task::JoinHandle<Result<(), LeaseManagerError>>,
+) {
+    let (tx, rx) = watch::channel(false);
+    let task = tokio::spawn(async move {
+        let mut failures = 0u32;
+        let mut last_failure = tokio::time::Instant::now();
+        loop {
+            tokio::select! {
+                biased;
+                _ = tx.closed() => return manager.release().await,
+                changed = manager.changed() => match changed {
+                    Ok(leader) => {
+                        failures = 0;
+                        if tx.send(leader).is_err() {
+                            return manager.release().await;
+                        }
+                    }
+                    Err(error) => {
+                        if last_failure.elapsed() > lease {
+                            failures = 0;
+                        }
+                        last_failure = tokio::time::Instant::now();
+                        failures += 1;
+                        let wait = lease_retry_wait(failures, lease);
+                        tracing::warn!(%error, retry_in = ?wait, "renewing or taking the leader-election Lease failed; trying again");
+                        tokio::select! {
+                            _ = tokio::time::sleep(wait) => {}
+                            _ = tx.closed() => return manager.release().await,
+                        }
+                    }
+                }
+            }
+        }
+    });
+    (rx, task)
+}
+
+/// The wait after the `failures`-th failure in a row to renew or take the Lease: doubling
+/// from 250 ms, at most a third of the lease.
+fn lease_retry_wait(failures: u32, lease: Duration) -> Duration {
+    let longest = (lease / 3).max(Duration::from_millis(250));
+    Duration::from_millis(250)
+        .saturating_mul(1 << failures.saturating_sub(1).min(10))
+        .min(longest)
+}
+
+/// Whether setting up leader election may succeed if tried again: the API server answered
+/// 429 (API priority and fairness) or 5xx, could not be reached, or another replica created
+/// the Lease at the same moment. A refusal (403, say) is not: vacate exits and says why.
+fn lease_error_is_transient(error: &LeaseManagerError) -> bool {
+    match error {
+        LeaseManagerError::KubeError(kube::Error::Api(status)) => {
+            status.code == 429 || status.code >= 500
+        }
+        LeaseManagerError::KubeError(kube::Error::HyperError(_) | kube::Error::Service(_)) => true,
+        LeaseManagerError::LeaseAlreadyExists(_) => true,
+        _ => false,
+    }
 }
 
 /// How long vacate waits for its watch caches before it says again what it waits for.
@@ -254,5 +347,50 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = term.recv() => {}
         _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn api(code: u16) -> LeaseManagerError {
+        LeaseManagerError::KubeError(kube::Error::Api(
+            kube::core::Status::failure("answer", "Reason")
+                .with_code(code)
+                .boxed(),
+        ))
+    }
+
+    #[test]
+    fn a_failed_renewal_is_tried_again_before_the_lease_runs_out() {
+        let lease = Duration::from_secs(15);
+        assert_eq!(lease_retry_wait(1, lease), Duration::from_millis(250));
+        assert_eq!(lease_retry_wait(2, lease), Duration::from_millis(500));
+        for failures in 1..100 {
+            assert!(lease_retry_wait(failures, lease) <= Duration::from_secs(5));
+        }
+        assert_eq!(lease_retry_wait(1000, lease), Duration::from_secs(5));
+        assert_eq!(
+            lease_retry_wait(50, Duration::from_secs(1)),
+            Duration::from_secs(1) / 3
+        );
+    }
+
+    #[test]
+    fn throttling_and_server_errors_setting_up_the_lease_are_waited_out() {
+        // API priority and fairness answers 429 in plain text, which kube reads this way.
+        assert!(lease_error_is_transient(&api(429)));
+        assert!(lease_error_is_transient(&api(500)));
+        assert!(lease_error_is_transient(&api(503)));
+        assert!(lease_error_is_transient(
+            &LeaseManagerError::LeaseAlreadyExists("vacate".into())
+        ));
+        // A refusal is not: vacate exits and says why.
+        assert!(!lease_error_is_transient(&api(403)));
+        assert!(!lease_error_is_transient(&api(422)));
+        assert!(!lease_error_is_transient(
+            &LeaseManagerError::InconsistentState("x".into())
+        ));
     }
 }

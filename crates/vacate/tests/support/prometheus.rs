@@ -52,6 +52,7 @@ pub struct PrometheusSetup {
     targets: Vec<(String, u16)>,
     alerts: Vec<(String, String)>,
     route_prefix: String,
+    port: Option<u16>,
 }
 
 impl PrometheusSetup {
@@ -70,6 +71,13 @@ impl PrometheusSetup {
     /// Serves the web UI and API below `prefix` (`--web.route-prefix`), as behind a proxy.
     pub fn route_prefix(mut self, prefix: &str) -> Self {
         self.route_prefix = prefix.trim_end_matches('/').into();
+        self
+    }
+
+    /// Listens on `port` (a Prometheus started again where the last one was) instead of a
+    /// free port.
+    pub fn port(mut self, port: u16) -> Self {
+        self.port = Some(port);
         self
     }
 
@@ -108,7 +116,7 @@ impl PrometheusSetup {
                 "scrape_configs": scrape_configs
             }))?,
         )?;
-        let port = free_port();
+        let port = self.port.unwrap_or_else(free_port);
         let log_path = dir.path().join("prometheus.log");
         let mut command = Command::new(&bin);
         command
@@ -155,6 +163,10 @@ impl Prometheus {
             .scrape("vacate", target_port)
             .start()
             .await
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
     }
 
     /// Where its API is, with the route prefix: `http://127.0.0.1:<port>[/prefix]`.
