@@ -1,10 +1,12 @@
 # vacate: the entry points. Each does all its own set-up on a fresh machine.
 #   make demo   build, start a local testbed cluster, drain a node live, clean up
 #   make test   the whole test suite (what CI runs)
-#   make bench  vacate against kubectl drain and the bound, into docs/benchmarks.md and
-#               docs/benchmarks.png (~25 min; ROUNDS=2 BENCH_SCALE1=0 for a quick check)
-#   make chaos  vacate killed at random moments of drains, invariants checked, figures into
-#               docs/reliability.md (~15 min; CHAOS_RUNS=5 for a quick check)
+#   make bench  vacate against kubectl drain and the bound, on both KubeVirt releases the
+#               simulator follows, into docs/benchmarks.md and docs/benchmarks.png (~40 min;
+#               ROUNDS=2 BENCH_SCALE1=0 for a quick check)
+#   make chaos  drains under faults (vacate killed, the leader frozen, the API server stopped,
+#               etcd restarted, KubeVirt down, migrations failing), invariants checked,
+#               figures into docs/reliability.md (~30 min; CHAOS_RUNS=5 for a quick check)
 
 .PHONY: demo test bench chaos build lint unit
 

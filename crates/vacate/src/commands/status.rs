@@ -364,6 +364,7 @@ mod tests {
             in_maintenance: busy,
             started_at: None,
             request_value: value.map(String::from),
+            waiting_for_place: false,
         };
         let nodes = [
             node("a", Some("monthly.20261101T030000Z"), true),

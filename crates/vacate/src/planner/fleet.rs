@@ -57,6 +57,9 @@ pub struct FleetNode {
     pub started_at: Option<DateTime<Utc>>,
     /// Value of the maintenance request label.
     pub request_value: Option<String>,
+    /// Requested and waiting only for a place in the fleet (not looked at yet, or Pending
+    /// behind the fleet limits): such nodes take the places that free up in name order.
+    pub waiting_for_place: bool,
 }
 
 impl FleetNode {
@@ -78,7 +81,21 @@ impl FleetNode {
             Phase::Uncordoning => false,
             _ => true,
         });
+        let requested = labels.contains_key(request_label);
+        let waiting_for_place = requested
+            && !in_maintenance
+            && match state {
+                StateAnnotation::Absent => true,
+                StateAnnotation::Valid(s) => {
+                    matches!(s.phase, Phase::Idle | Phase::Pending)
+                        && s.blocked
+                            .as_ref()
+                            .is_none_or(|b| b.reason == BlockReason::FleetLimit)
+                }
+                _ => false,
+            };
         Self {
+            waiting_for_place,
             request_value: labels.get(request_label).cloned(),
             name,
             labels,
@@ -116,6 +133,7 @@ pub fn check(
         everyone,
         fleet.max_draining,
         fleet.min_schedulable,
+        now,
     )
     .map_err(|gate| gate.recheck_if_min_schedulable(now))?;
     for pool in &fleet.pools {
@@ -129,6 +147,7 @@ pub fn check(
                 |n| selector.matches(&n.labels),
                 pool.max_draining,
                 pool.min_schedulable,
+                now,
             )
             .map_err(|gate| gate.recheck_if_min_schedulable(now))?;
         }
@@ -160,6 +179,27 @@ pub fn check(
                 ),
             ));
         }
+        let rollout: Vec<&FleetNode> = nodes
+            .iter()
+            .filter(|n| {
+                n.request_value
+                    .as_deref()
+                    .is_some_and(|v| v.starts_with(&prefix))
+            })
+            .collect();
+        let ahead = ahead_of(me, &rollout);
+        if busy.len() + ahead.len() >= schedule.concurrency.get() as usize {
+            return Err(Gate::new(
+                BlockReason::FleetLimit,
+                format!(
+                    "schedule {} works through its nodes in name order, {} at a time; next: {}",
+                    schedule.name,
+                    schedule.concurrency,
+                    ahead.join(", ")
+                ),
+            )
+            .recheck_after(now));
+        }
     }
     let delay = fleet.delay_between_nodes.get();
     if !delay.is_zero() {
@@ -188,6 +228,16 @@ pub fn check(
     Ok(())
 }
 
+/// The nodes among `members` that wait for a place and come before `me` in name order, so
+/// that a rollout goes through its nodes in the order `vacate plan` shows.
+fn ahead_of<'a>(me: &FleetNode, members: &[&'a FleetNode]) -> Vec<&'a str> {
+    members
+        .iter()
+        .filter(|n| n.waiting_for_place && n.name < me.name)
+        .map(|n| n.name.as_str())
+        .collect()
+}
+
 fn limit_in(
     scope: &str,
     keys: &str,
@@ -196,6 +246,7 @@ fn limit_in(
     member: impl Fn(&FleetNode) -> bool,
     max: Limit,
     min_schedulable: u32,
+    now: DateTime<Utc>,
 ) -> Result<(), Gate> {
     let members: Vec<&FleetNode> = nodes.iter().filter(|n| member(n)).collect();
     let allowed = max.of(members.len());
@@ -213,6 +264,19 @@ fn limit_in(
                 busy.join(", ")
             ),
         ));
+    }
+    let ahead = ahead_of(me, &members);
+    if busy.len() + ahead.len() >= allowed {
+        return Err(Gate::new(
+            BlockReason::FleetLimit,
+            format!(
+                "{scope} has {} free place(s) ({keys} max_draining = {max}), taken in name order by the nodes waiting ahead of this one: {}",
+                allowed - busy.len(),
+                ahead.join(", ")
+            ),
+        )
+        // A node ahead may come to wait for something else instead: look again soon.
+        .recheck_after(now));
     }
     if min_schedulable > 0 && me.schedulable() {
         let schedulable = members.iter().filter(|n| n.schedulable()).count();

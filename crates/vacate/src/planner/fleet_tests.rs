@@ -180,7 +180,39 @@ fn fleet_node(name: &str, in_maintenance: bool, labels: &[(&str, &str)]) -> Flee
             .iter()
             .find(|(k, _)| *k == "vacate.io/maintenance")
             .map(|(_, v)| v.to_string()),
+        waiting_for_place: !in_maintenance
+            && labels.iter().any(|(k, _)| *k == "vacate.io/maintenance"),
     }
+}
+
+/// Nodes waiting for a place take them in name order, whatever order they are looked at
+/// in; a node held back by something else (its window, its room) does not hold others up.
+#[test]
+fn waiting_nodes_take_the_free_places_in_name_order() {
+    let c = config("[fleet]\nmax_draining = 2");
+    let req = [("vacate.io/maintenance", "true")];
+    let mut nodes = vec![
+        fleet_node("a", true, &req),
+        fleet_node("b", false, &req),
+        fleet_node("c", false, &req),
+        fleet_node("d", false, &req),
+    ];
+    // One place free: b's, not c's or d's.
+    assert!(fleet::check(&c, "b", &nodes, None, t(0)).is_ok());
+    for late in ["c", "d"] {
+        let gate = fleet::check(&c, late, &nodes, None, t(0)).unwrap_err();
+        assert_eq!(gate.reason, BlockReason::FleetLimit);
+        assert!(
+            gate.message.contains("ahead of this one: b"),
+            "{}",
+            gate.message
+        );
+        assert_eq!(gate.retry_at, Some(t(10)), "looked at again soon");
+    }
+    // b is held back by something else: c may go.
+    nodes[1].waiting_for_place = false;
+    assert!(fleet::check(&c, "c", &nodes, None, t(0)).is_ok());
+    assert!(fleet::check(&c, "d", &nodes, None, t(0)).is_err());
 }
 
 #[test]
