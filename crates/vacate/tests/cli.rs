@@ -265,18 +265,18 @@ async fn drain_gives_up_on_a_node_that_cannot_start() -> anyhow::Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plan_shows_a_rollout_before_anything_moves() -> anyhow::Result<()> {
     let env = Env::new("plan", 3).await?;
-    let (n0, n1, n2) = (
-        env.node(0).to_string(),
-        env.node(1).to_string(),
-        env.node(2).to_string(),
-    );
-    env.place_on(0, || async {
+    // The rollout goes in name order.
+    let mut names: Vec<String> = (0..3).map(|i| env.node(i).to_string()).collect();
+    names.sort();
+    let (n0, n1, n2) = (names[0].clone(), names[1].clone(), names[2].clone());
+    let index = |name: &str| (0..3).find(|&i| env.node(i) == name).unwrap();
+    env.place_on(index(&n0), || async {
         env.create_vm(&Vm::migratable("a")).await?;
         env.create_vm(&Vm::migratable("b")).await?;
         env.wait_vmis_running_on(&n0, 2).await
     })
     .await?;
-    env.place_on(1, || async {
+    env.place_on(index(&n1), || async {
         env.create_vm(&Vm::migratable("c")).await?;
         env.create_deployment("db", 1, Some(1)).await?;
         env.wait_vmis_running_on(&n1, 1).await?;
