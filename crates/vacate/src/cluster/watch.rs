@@ -180,7 +180,7 @@ pub fn start(client: &Client, filter: &NodeFilter, trigger: Trigger) -> (Stores,
     );
     tasks.push(task);
 
-    let (vmis, task) = reflect(
+    let (vmis, task) = reflect_stripped(
         Api::<VirtualMachineInstance>::all(client.clone()),
         watcher::Config::default(),
         trigger.clone(),
@@ -193,11 +193,12 @@ pub fn start(client: &Client, filter: &NodeFilter, trigger: Trigger) -> (Stores,
             wake_nodes(names)
         },
         "virtualmachineinstances",
+        strip_managed_fields,
     );
     tasks.push(task);
 
     let vmi_store = vmis.clone();
-    let (migrations, task) = reflect(
+    let (migrations, task) = reflect_stripped(
         Api::<VirtualMachineInstanceMigration>::all(client.clone()),
         watcher::Config::default(),
         trigger.clone(),
@@ -209,6 +210,7 @@ pub fn start(client: &Client, filter: &NodeFilter, trigger: Trigger) -> (Stores,
             migration_wakes(m, deleted, vmi_node)
         },
         "virtualmachineinstancemigrations",
+        strip_managed_fields,
     );
     tasks.push(task);
 
@@ -340,12 +342,13 @@ impl PodWatches {
             return w.store.clone();
         }
         let name = node.to_string();
-        let (store, task) = reflect(
+        let (store, task) = reflect_stripped(
             Api::<Pod>::all(client.clone()),
             watcher::Config::default().fields(&format!("spec.nodeName={node}")),
             trigger.clone(),
             move |_: &Pod, _| vec![Wake::Node(name.clone())],
             "pods",
+            strip_managed_fields,
         );
         watches.insert(
             node.to_string(),
