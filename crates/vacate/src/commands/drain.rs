@@ -15,7 +15,6 @@ use tokio::sync::watch;
 use crate::cluster::watch::NodeFilter;
 use crate::cluster::{NodeReport, Shell, get_node};
 use crate::config::Config;
-use crate::metrics::Metrics;
 use crate::planner::{self, Phase};
 
 /// The request label value `vacate drain` sets when the label is absent.
@@ -27,13 +26,7 @@ async fn start_shell(client: &Client, config: &Arc<Config>, node: &str) -> anyho
         name: Some(node.to_string()),
         label_selector: None,
     };
-    let shell = Shell::start(client.clone(), config.clone(), Metrics::new(), filter, None);
-    shell
-        .ctx
-        .stores
-        .wait_until_ready(Duration::from_secs(60))
-        .await?;
-    Ok(shell)
+    super::start_shell(client, config, filter).await
 }
 
 pub async fn dry_run(config: Config, node: &str) -> anyhow::Result<ExitCode> {

@@ -59,3 +59,25 @@ pub async fn client() -> anyhow::Result<kube::Client> {
     kube::Client::try_from(config)
         .map_err(|e| anyhow::anyhow!("cannot build a client for the cluster: {e}"))
 }
+
+/// Starts the engine's watches for the nodes of `filter`, without leader election, and waits
+/// until its caches are filled: the shell of the one-shot commands.
+pub(crate) async fn start_shell(
+    client: &kube::Client,
+    config: &std::sync::Arc<crate::config::Config>,
+    filter: crate::cluster::watch::NodeFilter,
+) -> anyhow::Result<crate::cluster::Shell> {
+    let shell = crate::cluster::Shell::start(
+        client.clone(),
+        config.clone(),
+        crate::metrics::Metrics::new(),
+        filter,
+        None,
+    );
+    shell
+        .ctx
+        .stores
+        .wait_until_ready(std::time::Duration::from_secs(60))
+        .await?;
+    Ok(shell)
+}

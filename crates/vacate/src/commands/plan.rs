@@ -4,7 +4,6 @@
 use std::collections::BTreeMap;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use k8s_openapi::api::core::v1::{Node, Pod};
@@ -13,11 +12,9 @@ use kube::api::ListParams;
 use kube::core::{Selector, SelectorExt};
 use kube::{Api, ResourceExt};
 
-use crate::cluster::Shell;
 use crate::cluster::gate::room_and_movers;
 use crate::cluster::watch::NodeFilter;
 use crate::config::{Config, LabelSelector};
-use crate::metrics::Metrics;
 use crate::planner::rollout::{RolloutInput, RolloutNode, RolloutPlan, plan_rollout};
 
 /// What `vacate plan` was asked for.
@@ -63,12 +60,7 @@ pub async fn plan(config: Config, request: PlanRequest) -> anyhow::Result<ExitCo
         label_selector: (!config.node.selector.is_empty())
             .then(|| config.node.selector.as_str().to_string()),
     };
-    let shell = Shell::start(client.clone(), config.clone(), Metrics::new(), filter, None);
-    shell
-        .ctx
-        .stores
-        .wait_until_ready(Duration::from_secs(60))
-        .await?;
+    let shell = super::start_shell(&client, &config, filter).await?;
     let mut members: Vec<String> = shell
         .ctx
         .stores

@@ -50,6 +50,25 @@ pub struct Target {
     pub pods_free: i64,
 }
 
+impl Target {
+    /// Whether `w` fits in what this node has left and matches its node selector.
+    pub fn fits(&self, w: &Workload) -> bool {
+        w.node_selector
+            .iter()
+            .all(|(k, v)| self.labels.get(k) == Some(v))
+            && self.pods_free > 0
+            && self.free.cpu_millis >= w.requests.cpu_millis
+            && self.free.memory_bytes >= w.requests.memory_bytes
+    }
+
+    /// Places `w` here.
+    pub fn take(&mut self, w: &Workload) {
+        self.free.cpu_millis -= w.requests.cpu_millis;
+        self.free.memory_bytes -= w.requests.memory_bytes;
+        self.pods_free -= 1;
+    }
+}
+
 /// `Ok` when every workload fits somewhere, else a message naming what does not.
 pub fn check(workloads: &[Workload], targets: &[Target]) -> Result<(), String> {
     if workloads.is_empty() {
@@ -66,20 +85,8 @@ pub fn check(workloads: &[Workload], targets: &[Target]) -> Result<(), String> {
     });
     let mut stranded: Vec<&Workload> = Vec::new();
     for w in order {
-        let slot = targets.iter_mut().find(|t| {
-            w.node_selector
-                .iter()
-                .all(|(k, v)| t.labels.get(k) == Some(v))
-                && t.pods_free > 0
-                && t.free.cpu_millis >= w.requests.cpu_millis
-                && t.free.memory_bytes >= w.requests.memory_bytes
-        });
-        match slot {
-            Some(t) => {
-                t.free.cpu_millis -= w.requests.cpu_millis;
-                t.free.memory_bytes -= w.requests.memory_bytes;
-                t.pods_free -= 1;
-            }
+        match targets.iter_mut().find(|t| t.fits(w)) {
+            Some(t) => t.take(w),
             None => stranded.push(w),
         }
     }

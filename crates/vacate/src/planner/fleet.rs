@@ -126,8 +126,7 @@ pub fn check(
     let fleet = &config.fleet;
     let everyone = |_: &FleetNode| true;
     limit_in(
-        "the fleet",
-        "fleet",
+        ("the fleet", "fleet"),
         nodes,
         me,
         everyone,
@@ -140,8 +139,10 @@ pub fn check(
         if pool.selector.matches(&me.labels) {
             let selector: &LabelSelector = &pool.selector;
             limit_in(
-                &format!("pool {}", pool.name),
-                &format!("fleet.pools {}", pool.name),
+                (
+                    &format!("pool {}", pool.name),
+                    &format!("fleet.pools {}", pool.name),
+                ),
                 nodes,
                 me,
                 |n| selector.matches(&n.labels),
@@ -238,9 +239,9 @@ fn ahead_of<'a>(me: &FleetNode, members: &[&'a FleetNode]) -> Vec<&'a str> {
         .collect()
 }
 
+/// Checks one scope's limits (`scope` names it, `keys` its configuration keys).
 fn limit_in(
-    scope: &str,
-    keys: &str,
+    (scope, keys): (&str, &str),
     nodes: &[FleetNode],
     me: &FleetNode,
     member: impl Fn(&FleetNode) -> bool,

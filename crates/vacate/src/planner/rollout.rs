@@ -205,30 +205,19 @@ fn plan_node(
         ))
     });
     for w in order {
-        let fits = |t: &Target| {
-            w.node_selector
-                .iter()
-                .all(|(k, v)| t.labels.get(k) == Some(v))
-                && t.pods_free > 0
-                && t.free.cpu_millis >= w.requests.cpu_millis
-                && t.free.memory_bytes >= w.requests.memory_bytes
-        };
         let pick = free
             .values()
             .filter(|t| t.name != name && usable(&t.name) && !drained_later(&t.name))
-            .find(|t| fits(t))
+            .find(|t| t.fits(w))
             .or_else(|| {
                 free.values()
                     .filter(|t| t.name != name && usable(&t.name))
-                    .find(|t| fits(t))
+                    .find(|t| t.fits(w))
             })
             .map(|t| t.name.clone());
         match pick {
             Some(target) => {
-                let t = free.get_mut(&target).expect("picked from the map");
-                t.free.cpu_millis -= w.requests.cpu_millis;
-                t.free.memory_bytes -= w.requests.memory_bytes;
-                t.pods_free -= 1;
+                free.get_mut(&target).expect("picked from the map").take(w);
                 let again = drained_later(&target);
                 room.insert(w.name.clone(), (target, again));
             }
