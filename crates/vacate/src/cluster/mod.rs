@@ -389,10 +389,9 @@ impl Context {
         let mut failed = None;
         let mut evicted = Vec::new();
         for action in &plan.actions {
-            // A plan may take a while to carry out: the lease is checked before each step.
-            if action.changes_cluster() {
-                self.check_fence()?;
-            }
+            // A plan may take a while to carry out: the lease is checked before each step,
+            // events included (they are writes too).
+            self.check_fence()?;
             let result = if node_changes.contains(&action) {
                 if matches!(plan.state, NextState::Clear) {
                     // Sent below, with the removal of the state.
@@ -443,6 +442,7 @@ impl Context {
             }
         }
         if !evicted.is_empty() {
+            self.check_fence()?;
             let message = format!("evicted {} pods: {}", evicted.len(), evicted.join(", "));
             executor
                 .publish(planner::EventType::Normal, "PodsEvicted", message)
