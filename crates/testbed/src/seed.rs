@@ -154,6 +154,14 @@ pub async fn seed(
             template.kubelet_version = v.clone();
         }
         template.labels.insert(SEED_LABEL.into(), seed_id.clone());
+        if !scenario.vms.is_empty() {
+            // Seeded as if virt-handler already ran on them: the simulator labels every node
+            // it sees, but a VM created before that label is there would be placed on
+            // another node than its `preferNode`.
+            template
+                .labels
+                .insert("kubevirt.io/schedulable".into(), "true".into());
+        }
         if let Some(p) = naming.prefix {
             template.labels.insert(SET_LABEL.into(), p.to_string());
         }
