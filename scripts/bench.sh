@@ -54,7 +54,7 @@ vacate_pid=""
 cleanup() {
   if [ -n "$vacate_pid" ]; then kill "$vacate_pid" 2>/dev/null || true; wait "$vacate_pid" 2>/dev/null || true; fi
   "$bin/testbed" down --state-dir "$state" >/dev/null 2>&1 || true
-  if [ "${BENCH_KEEP:-0}" = 1 ]; then log "kept $out"; else rm -rf "$work"; fi
+  if [ "${BENCH_KEEP:-0}" = 1 ] || [ "${report_failed:-0}" = 1 ]; then log "kept $out"; else rm -rf "$work"; fi
 }
 trap cleanup EXIT
 
@@ -220,5 +220,9 @@ fi
 
 cp "$state/audit.log" "$out/audit.log"
 mkdir -p "$docs"
-run python3 scripts/bench-report.py "$out" "$docs" --rounds "$rounds" --time-scale "$time_scale" \
-  --scale1 "$scale1" --cordon-requests "$cordon_requests"
+# A report that fails keeps the measurements (see cleanup), so it can be run again by hand.
+if ! run python3 scripts/bench-report.py "$out" "$docs" --rounds "$rounds" --time-scale "$time_scale" \
+  --scale1 "$scale1" --cordon-requests "$cordon_requests"; then
+  report_failed=1
+  exit 1
+fi
