@@ -32,6 +32,7 @@ use chrono::{DateTime, Utc};
 use k8s_openapi::api::admissionregistration::v1::{
     MutatingWebhookConfiguration, ValidatingWebhookConfiguration,
 };
+use k8s_openapi::api::core::v1::Pod;
 use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, ResourceExt};
 use kubevirt_api::VirtualMachineInstance;
@@ -687,8 +688,9 @@ async fn component_run(
 /// KubeVirt's admission webhooks unreachable (virt-api down, its controllers up) while a VMI
 /// whose migrations fail is handed to KubeVirt: vacate's one attempt fails and it evicts the
 /// virt-launcher pod, which KubeVirt's webhook turns into an evacuation. That webhook's
-/// failurePolicy is Ignore (as in KubeVirt), so while it is down an eviction goes through and
-/// kills the VM: vacate must not evict then. The webhooks are pointed at a closed port from
+/// failurePolicy is Fail (as in KubeVirt), so while it is down the API server must refuse the
+/// eviction (checked with dry runs at the end of the outage), and vacate must wait and try
+/// again, never evicting a virt-launcher pod past it. The webhooks are pointed at a closed port from
 /// a random moment (0–1 s) after vacate's first migration of a failing VMI for
 /// `CHAOS_WEBHOOK_OUTAGE` seconds (default 20); then the migrations stop failing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -771,6 +773,39 @@ async fn restore_webhooks(client: &kube::Client, saved: &WebhookUrls) -> Result<
     Ok(())
 }
 
+struct EvictionProbe {
+    refused: usize,
+    let_through: usize,
+}
+
+/// Dry-run evictions of every running virt-launcher pod on `node`: while KubeVirt's webhook
+/// is down (failurePolicy Fail) the API server must refuse each of them.
+async fn probe_launcher_evictions(env: &Env, node: &str) -> Result<EvictionProbe> {
+    let pods: Api<Pod> = Api::namespaced(env.client.clone(), env.ns.name());
+    let mut probe = EvictionProbe {
+        refused: 0,
+        let_through: 0,
+    };
+    let params = kube::api::EvictParams {
+        post_options: PostParams {
+            dry_run: true,
+            ..PostParams::default()
+        },
+        ..Default::default()
+    };
+    for pod in env.pods_on(node).await? {
+        let running = pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running");
+        if !running || !pod.name_any().starts_with("virt-launcher-") {
+            continue;
+        }
+        match pods.evict(&pod.name_any(), &params).await {
+            Ok(_) => probe.let_through += 1,
+            Err(_) => probe.refused += 1,
+        }
+    }
+    Ok(probe)
+}
+
 async fn webhook_run(
     cluster: Arc<TestCluster>,
     run: u64,
@@ -818,6 +853,7 @@ async fn webhook_run(
     let saved = point_webhooks(&env.client, &format!("https://127.0.0.1:{dead}/")).await?;
     let down_at = seconds_since(requested);
     tokio::time::sleep(outage).await;
+    let probe = probe_launcher_evictions(&env, &node).await?;
     restore_webhooks(&env.client, &saved).await?;
     record.injected.push(format!(
         "webhooks refusing from {down_at:.2} s to {:.2} s",
@@ -847,13 +883,25 @@ async fn webhook_run(
         .unwrap_or(0.0);
     record.evidence.push(format!(
         "during the outage: virt-launcher evictions {evicted} let through, {refused} answered \
-         429 by KubeVirt, {held} held back (a dry run let through: the webhook is down); \
+         429 by KubeVirt, {held} held back (KubeVirt unavailable: its webhook not answering); \
          vacate's migrations of the failing VMIs: {:?}",
         failing.map(|vm| monitor.migrations_of(vm))
     ));
     if evicted > 0.0 {
         record.violations.push(format!(
             "{evicted} virt-launcher pods evicted while KubeVirt's webhook was down"
+        ));
+    }
+    record.evidence.push(format!(
+        "dry-run evictions of the virt-launcher pods left on the node at the end of the \
+         outage: {} refused by the API server, {} let through",
+        probe.refused, probe.let_through
+    ));
+    if probe.let_through > 0 {
+        record.violations.push(format!(
+            "{} virt-launcher evictions let through while KubeVirt's webhook (failurePolicy \
+             Fail) was down",
+            probe.let_through
         ));
     }
 

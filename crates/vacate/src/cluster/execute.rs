@@ -58,6 +58,22 @@ fn classify(error: kube::Error, doing: &str) -> Result<ActionResult> {
     }
 }
 
+/// As [`classify`], and an eviction KubeVirt's webhook could not be asked about (virt-api
+/// down: the API server answers 500 "failed calling webhook", as the webhook's failurePolicy
+/// is Fail) is KubeVirt being unavailable, tried again later.
+fn classify_eviction(error: kube::Error, doing: &str) -> Result<ActionResult> {
+    let message = status_message(&error);
+    if status_code(&error) == Some(500)
+        && message.contains("failed calling webhook")
+        && message.contains(".kubevirt.io")
+    {
+        return Err(Error::KubeVirtUnavailable(format!(
+            "{doing}: KubeVirt's eviction webhook did not answer ({message}); trying again later"
+        )));
+    }
+    classify(error, doing)
+}
+
 /// An eviction that changes nothing: `dryRun=All` in the query (the admission request's
 /// `dryRun`) and in the Eviction's deleteOptions (KubeVirt's admitter reads either).
 fn dry_run_eviction() -> EvictParams {
@@ -181,21 +197,22 @@ impl Executor<'_> {
                 let api: Api<Pod> = Api::namespaced(self.client.clone(), namespace);
                 if *kubevirt_answers {
                     // KubeVirt's webhook must answer this eviction (with a 429). Asked with a
-                    // dry run, an eviction let through means the webhook did not run: the real
-                    // one would delete the virt-launcher pod and kill the VM.
+                    // dry run, an eviction let through means the webhook did not run: its
+                    // registration was changed to failurePolicy Ignore or removed, and the
+                    // real eviction would delete the virt-launcher pod and kill the VM.
                     let probe = api.evict(name, &dry_run_eviction()).await;
                     match probe {
                         Ok(_) => {
                             return Err(Error::KubeVirtUnavailable(format!(
                                 "KubeVirt's eviction webhook did not answer a dry-run eviction of \
-                                 virt-launcher pod {namespace}/{name} (virt-api down? the webhook's \
-                                 failurePolicy is Ignore, so an eviction now would kill the VM); \
-                                 not evicting it, trying again later"
+                                 virt-launcher pod {namespace}/{name} (is \
+                                 virt-launcher-eviction-interceptor.kubevirt.io registered with \
+                                 failurePolicy Fail?); not evicting it, trying again later"
                             )));
                         }
                         Err(error) if status_code(&error) == Some(429) => {}
                         Err(error) => {
-                            return classify(
+                            return classify_eviction(
                                 error,
                                 &format!("evicting pod {namespace}/{name} (dry run)"),
                             );
@@ -203,7 +220,12 @@ impl Executor<'_> {
                     }
                 }
                 let result = api.evict(name, &EvictParams::default()).await;
-                let outcome = done(result, &format!("evicting pod {namespace}/{name}"))?;
+                let outcome = match result {
+                    Ok(_) => ActionResult::Done,
+                    Err(error) => {
+                        classify_eviction(error, &format!("evicting pod {namespace}/{name}"))?
+                    }
+                };
                 // Evicted pods are announced together, in one event per plan (the shell's).
                 match &outcome {
                     ActionResult::Refused(message) => {

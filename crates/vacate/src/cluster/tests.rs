@@ -629,10 +629,11 @@ fn launcher_pod(vmi: &str) -> Value {
            "status": {"phase": "Running"}})
 }
 
-/// KubeVirt's eviction webhook has failurePolicy Ignore: while virt-api is down, the API
-/// server lets the eviction of a virt-launcher pod through, which deletes the pod and kills
-/// the VM. The scripted API lets every eviction through, as then: vacate asks with a dry run,
-/// sees it let through, and does not evict.
+/// KubeVirt registers its eviction webhook with failurePolicy Fail; a cluster where it was
+/// changed to Ignore (or removed) lets the eviction of a virt-launcher pod through while
+/// virt-api is down, which deletes the pod and kills the VM. The scripted API lets every
+/// eviction through, as then: vacate asks with a dry run, sees it let through, and does not
+/// evict.
 #[tokio::test]
 async fn a_launcher_pod_is_not_evicted_while_kubevirts_webhook_lets_evictions_through() {
     let mut external = vmi("vm-0");
@@ -663,6 +664,40 @@ async fn a_launcher_pod_is_not_evicted_while_kubevirts_webhook_lets_evictions_th
         evictions[0].path.contains("dryRun=All"),
         "only a dry run: {evictions:#?}"
     );
+}
+
+/// While virt-api is down, the API server refuses a virt-launcher eviction because KubeVirt's
+/// webhook (failurePolicy Fail) cannot be called: KubeVirt is unavailable, the eviction is
+/// tried again later, and nothing is taken as a refusal (no VM restarted for it).
+#[tokio::test]
+async fn a_launcher_eviction_kubevirts_webhook_could_not_answer_is_tried_again() {
+    let mut external = vmi("vm-0");
+    external.spec.eviction_strategy = Some(kubevirt_api::EvictionStrategy::External);
+    let fake = Fake::new(config(), requested(), vec![external]);
+    {
+        let mut script = fake.script.lock().unwrap();
+        script.pods = vec![launcher_pod("vm-0")];
+        script.eviction_errors.insert(
+            "virt-launcher-vm-0-abcde".into(),
+            (
+                500,
+                "Internal error occurred: failed calling webhook \
+                 \"virt-launcher-eviction-interceptor.kubevirt.io\": failed to call webhook: \
+                 Post \"https://virt-api.kubevirt.svc:443/pod-eviction-validate\": dial tcp: \
+                 connect: connection refused"
+                    .into(),
+            ),
+        );
+    }
+    let error = fake
+        .ctx
+        .reconcile(NODE)
+        .await
+        .expect_err("KubeVirt being unavailable is an error retried later");
+    assert_eq!(error.metric_label(), "kubevirt_unavailable", "{error}");
+    let state = fake.last_state();
+    let record = &state.vmis["vms/vm-0"];
+    assert!(!record.eviction_refused, "{record:?}");
 }
 
 #[tokio::test]
