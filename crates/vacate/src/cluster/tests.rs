@@ -51,6 +51,9 @@ struct Script {
     eviction_errors: HashMap<String, (u16, String)>,
     /// Pods whose evictions API priority and fairness turns away (429 in plain text).
     throttled_evictions: Vec<String>,
+    /// Called with each request before it is answered: what else happens in the cluster
+    /// meanwhile (another replica taking the lease, ...).
+    on_request: Option<Box<dyn FnMut(&Seen) + Send>>,
 }
 
 struct Fake {
@@ -133,6 +136,9 @@ async fn serve(
             body: body.clone(),
         };
         seen.lock().unwrap().push(entry.clone());
+        if let Some(hook) = script.lock().unwrap().on_request.as_mut() {
+            hook(&entry);
+        }
         let response = if path.contains("watch=true") {
             held.push(respond);
             continue;
@@ -510,6 +516,56 @@ async fn a_replica_whose_lease_ran_out_writes_nothing() {
     writer.apply_watcher_event(&watcher::Event::Apply(lease(Utc::now())));
     fake.ctx.reconcile(NODE).await.expect("reconcile");
     assert!(fake.seen().iter().any(Seen::writes_state));
+}
+
+/// A plan takes a while to carry out, and the lease may be lost in the middle of it (another
+/// replica took it while this one was frozen, or a renewal failed): the rest of the plan is
+/// not sent, the Event announcing the pods evicted included.
+#[tokio::test]
+async fn a_lease_lost_in_the_middle_of_a_plan_stops_its_remaining_writes() {
+    use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+    let lease = |holder: &str| Lease {
+        metadata: kube::api::ObjectMeta {
+            name: Some("vacate".into()),
+            namespace: Some("vacate-system".into()),
+            ..Default::default()
+        },
+        spec: Some(LeaseSpec {
+            holder_identity: Some(holder.into()),
+            renew_time: Some(fence::tests::micro_time(Utc::now())),
+            lease_duration_seconds: Some(15),
+            ..Default::default()
+        }),
+    };
+    let (store, mut writer) = reflector::store::<Lease>();
+    writer.apply_watcher_event(&watcher::Event::Apply(lease("me")));
+    let fence = fence::Fence::with_store(store, "vacate-system", "vacate", "me");
+    let fake = Fake::fenced(config(), requested(), vec![], Some(fence));
+    {
+        let mut script = fake.script.lock().unwrap();
+        script.pods = vec![pod("a"), pod("b")];
+        // The other replica takes the lease while the first eviction is on its way.
+        script.on_request = Some(Box::new(move |seen: &Seen| {
+            if seen.method == "POST" && seen.path.contains("/pods/a/eviction") {
+                writer.apply_watcher_event(&watcher::Event::Apply(lease("other")));
+            }
+        }));
+    }
+    let error = fake.ctx.reconcile(NODE).await.expect_err("fenced");
+    assert!(matches!(error, Error::Fenced(_)), "{error}");
+    let seen = fake.seen();
+    let lost = seen
+        .iter()
+        .position(|s| s.method == "POST" && s.path.contains("/pods/a/eviction"))
+        .expect("the first eviction was sent");
+    let after: Vec<&Seen> = seen[lost + 1..]
+        .iter()
+        .filter(|s| s.method != "GET")
+        .collect();
+    assert!(
+        after.is_empty(),
+        "written after the lease was lost: {after:#?}"
+    );
 }
 
 fn pod(name: &str) -> Value {
