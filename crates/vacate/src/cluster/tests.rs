@@ -40,6 +40,9 @@ impl Seen {
     }
 }
 
+/// Something done in the cluster as a request arrives.
+type RequestHook = Box<dyn FnMut(&Seen) + Send>;
+
 /// How the fake API answers.
 #[derive(Default)]
 struct Script {
@@ -53,7 +56,7 @@ struct Script {
     throttled_evictions: Vec<String>,
     /// Called with each request before it is answered: what else happens in the cluster
     /// meanwhile (another replica taking the lease, ...).
-    on_request: Option<Box<dyn FnMut(&Seen) + Send>>,
+    on_request: Option<RequestHook>,
 }
 
 struct Fake {
