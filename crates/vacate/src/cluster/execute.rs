@@ -10,8 +10,8 @@ use kubevirt_api::{
 use serde_json::json;
 
 use super::snapshot::{
-    MANAGED_BY_LABEL, MANAGED_BY_VALUE, MIGRATION_NODE_ANNOTATION, MIGRATION_NODE_LABEL,
-    node_label_value,
+    HOSTNAME_LABEL, MANAGED_BY_LABEL, MANAGED_BY_VALUE, MIGRATION_NODE_ANNOTATION,
+    MIGRATION_NODE_LABEL, node_label_value,
 };
 use crate::config::Config;
 use crate::error::{Error, Result, is_throttled, status_code, status_message};
@@ -150,6 +150,7 @@ impl Executor<'_> {
                 namespace,
                 name,
                 vmi,
+                target,
             } => {
                 let api: Api<VirtualMachineInstanceMigration> =
                     Api::namespaced(self.client.clone(), namespace);
@@ -157,6 +158,10 @@ impl Executor<'_> {
                     name,
                     VirtualMachineInstanceMigrationSpec {
                         vmi_name: vmi.clone(),
+                        added_node_selector: target
+                            .iter()
+                            .map(|t| (HOSTNAME_LABEL.to_string(), t.clone()))
+                            .collect(),
                         ..Default::default()
                     },
                 );

@@ -97,19 +97,39 @@ impl Context {
         if self.config.fleet.capacity_check {
             // Every node of the cluster, not only those vacate handles: VMs and pods may go
             // anywhere.
-            let all_nodes = if self.node_cache.has_cluster {
-                self.stores
-                    .nodes
-                    .state()
-                    .iter()
-                    .map(|n| (**n).clone())
-                    .collect()
-            } else {
-                self.list_nodes(ListParams::default().match_any()).await?
-            };
+            let all_nodes = self.all_nodes().await?;
             return self.capacity(&name, &all_nodes).await;
         }
         Ok(Ok(()))
+    }
+
+    /// Every node of the cluster: from the watch cache when it holds them all, else listed.
+    pub(super) async fn all_nodes(&self) -> Result<Vec<Node>> {
+        if self.node_cache.has_cluster {
+            return Ok(self
+                .stores
+                .nodes
+                .state()
+                .iter()
+                .map(|n| (**n).clone())
+                .collect());
+        }
+        self.list_nodes(ListParams::default().match_any()).await
+    }
+
+    /// Every pod that has not finished, served from the API server's watch cache
+    /// (resourceVersion 0): an estimate of room needs no read from etcd, and a large
+    /// cluster's pod list stays cheap.
+    pub(super) async fn unfinished_pods(&self, doing: &'static str) -> Result<Vec<Pod>> {
+        Ok(Api::<Pod>::all(self.client.clone())
+            .list(
+                &ListParams::default()
+                    .match_any()
+                    .fields("status.phase!=Succeeded,status.phase!=Failed"),
+            )
+            .await
+            .map_err(Error::kube(doing))?
+            .items)
     }
 
     async fn list_nodes(&self, params: ListParams) -> Result<Vec<Node>> {
@@ -168,18 +188,10 @@ impl Context {
         name: &str,
         all_nodes: &[Node],
     ) -> Result<std::result::Result<(), Gate>> {
-        // Served from the API server's watch cache (resourceVersion 0): a capacity estimate
-        // does not need a read from etcd, and a large cluster's pod list stays cheap.
-        let pods: Api<Pod> = Api::all(self.client.clone());
-        let list = pods
-            .list(
-                &ListParams::default()
-                    .match_any()
-                    .fields("status.phase!=Succeeded,status.phase!=Failed"),
-            )
-            .await
-            .map_err(Error::kube("listing pods for the capacity check"))?;
-        let (mut moving, targets) = room_and_movers(&list.items, all_nodes, &self.config);
+        let pods = self
+            .unfinished_pods("listing pods for the capacity check")
+            .await?;
+        let (mut moving, targets) = room_and_movers(&pods, all_nodes, &self.config);
         let mut workloads = moving.remove(name).unwrap_or_default();
         for w in &mut workloads {
             w.name = format!("pod {}", w.name);

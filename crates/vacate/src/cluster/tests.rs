@@ -269,6 +269,7 @@ impl Fake {
             last_start: Mutex::new(None),
             prometheus: None,
             fence,
+            rooms: Mutex::default(),
         });
         Fake {
             ctx,

@@ -54,6 +54,18 @@ pub fn row(node: &Node, config: &Config) -> Option<Row> {
                     format!("{eta}; {detail}")
                 };
             }
+            if let Some(why) = state
+                .unsteered
+                .as_ref()
+                .filter(|_| state.phase == crate::planner::Phase::Migrating)
+            {
+                let note = format!("not steered: {why}");
+                detail = if detail.is_empty() {
+                    note
+                } else {
+                    format!("{detail}; {note}")
+                };
+            }
             Some(Row {
                 node: name,
                 phase: state.phase.to_string(),

@@ -31,6 +31,9 @@ pub enum Action {
         namespace: String,
         name: String,
         vmi: String,
+        /// The hostname label of the node the migration is sent to (`spec.addedNodeSelector`);
+        /// `None` leaves the choice to KubeVirt.
+        target: Option<String>,
     },
     /// Deleting an unfinished migration makes KubeVirt abort it.
     CancelMigration {

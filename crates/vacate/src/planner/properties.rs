@@ -12,6 +12,7 @@ use proptest::prelude::*;
 use proptest::sample::select;
 use proptest::test_runner::{RngSeed, TestCaseError};
 
+use super::capacity::Resources;
 use super::tests::{node, t};
 use super::*;
 use crate::config::{ConfigDuration, PodPolicy};
@@ -428,6 +429,12 @@ fn vmi_view(i: usize, v: &VmiSpec) -> VmiView {
         restartable: v.restartable,
         deleting: v.deleting,
         memory: v.memory,
+        requests: Resources {
+            cpu_millis: 1000,
+            memory_bytes: v.memory as i64,
+        },
+        node_selector: Default::default(),
+        placement_rules: false,
     }
 }
 
@@ -502,6 +509,7 @@ fn build(sc: &Scenario) -> (Snapshot, Config) {
                     attempts: r.attempts,
                     retry_at: r.retry_in.map(|s| t(now + s)),
                     eviction_refused: r.eviction_refused,
+                    target: None,
                 },
             );
         }
@@ -590,6 +598,7 @@ fn build(sc: &Scenario) -> (Snapshot, Config) {
             kubevirt_per_node: sc.kubevirt_per_node,
             kubevirt_per_cluster: sc.kubevirt_per_cluster,
             bandwidth: Some(128.0 * 1024.0 * 1024.0),
+            steering: Steering::Off,
         },
         start_gate: StartGate::Open,
     };
@@ -639,6 +648,7 @@ fn check_limits(s: &Snapshot, config: &Config, plan: &Plan) -> Result<(), TestCa
             namespace,
             name,
             vmi,
+            ..
         } = action
         {
             if is_repeat(namespace, name, vmi) {
@@ -913,6 +923,7 @@ impl World {
                 kubevirt_per_node: self.kubevirt_per_node,
                 kubevirt_per_cluster: self.kubevirt_per_cluster,
                 bandwidth: Some(128.0 * 1024.0 * 1024.0),
+                steering: Steering::Off,
             },
             start_gate: StartGate::Open,
         }
@@ -943,6 +954,7 @@ impl World {
                 namespace,
                 name,
                 vmi,
+                ..
             } => {
                 if self.migrations.iter().any(|m| m.name == *name) {
                     return ActionResult::AlreadyExists;
