@@ -34,12 +34,23 @@ impl Context {
     /// metrics; `vacate drain` watches one node only).
     pub fn fleet_nodes(&self) -> Vec<FleetNode> {
         let config = &self.config;
+        // Guest memory by node: the rollout takes its lightest nodes first.
+        let mut memory: HashMap<String, u64> = HashMap::new();
+        for vmi in self.stores.vmis.state() {
+            if let Some(node) = vmi.node_name() {
+                *memory.entry(node.to_string()).or_default() +=
+                    vmi.guest_memory_bytes().unwrap_or(0);
+            }
+        }
         self.stores
             .nodes
             .state()
             .iter()
             .filter(|n| config.node.selector.matches(n.labels()))
-            .map(|n| fleet_node(n, config))
+            .map(|n| {
+                let vm_memory = memory.get(&n.name_any()).copied().unwrap_or(0);
+                fleet_node(n, config).with_vm_memory(vm_memory)
+            })
             .collect()
     }
 

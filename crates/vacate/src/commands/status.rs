@@ -377,6 +377,7 @@ mod tests {
             started_at: None,
             request_value: value.map(String::from),
             waiting_for_place: false,
+            vm_memory: 0,
         };
         let nodes = [
             node("a", Some("monthly.20261101T030000Z"), true),
