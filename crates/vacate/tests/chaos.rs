@@ -78,26 +78,37 @@ struct RunRecord {
 struct Faults {
     /// Share of migrations that fail halfway (the simulator's per-VMI annotation).
     failure_rate: Option<&'static str>,
+    /// One VM's migrations stall (make no progress) from the request until a random moment
+    /// 3–10 s later, then go on.
+    stall: bool,
 }
 
 impl Faults {
     fn describe(self) -> String {
+        let stall = if self.stall { ", one stalling" } else { "" };
         match self.failure_rate {
-            Some(rate) => format!("SIGKILL, {rate} of migrations failing"),
-            None => "SIGKILL".into(),
+            Some(rate) => format!("SIGKILL, {rate} of migrations failing{stall}"),
+            None => format!("SIGKILL{stall}"),
         }
     }
 }
+
+const STALL: &str = "simulator.vacate.io/migration-stall";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_at_random_moments_loses_nothing() -> Result<()> {
     let runs = env_number("CHAOS_RUNS", 2)?;
     let seed = env_number("CHAOS_SEED", 1)?;
-    runs_of(0..runs, seed, Faults { failure_rate: None }).await
+    let faults = Faults {
+        failure_rate: None,
+        stall: false,
+    };
+    runs_of(0..runs, seed, faults).await
 }
 
-/// Migrations failing at random on top of the kills: vacate retries them, and after its
-/// attempts hands the VMI to KubeVirt (an eviction its evacuation turns into a migration).
+/// Migrations failing at random on top of the kills, and one VM's migrations stalling for a
+/// while: vacate retries the failed ones, and after its attempts hands the VMI to KubeVirt
+/// (an eviction its evacuation turns into a migration); it waits out the stalled one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failing_migrations_and_sigkill_lose_nothing() -> Result<()> {
     let runs = env_number("CHAOS_FAILING_RUNS", 1)?;
@@ -106,6 +117,7 @@ async fn failing_migrations_and_sigkill_lose_nothing() -> Result<()> {
     let first = env_number("CHAOS_RUNS", 2)?;
     let faults = Faults {
         failure_rate: Some("0.3"),
+        stall: true,
     };
     runs_of(first..first + runs, seed, faults).await
 }
@@ -157,12 +169,20 @@ async fn one_run(run: u64, seed: u64, faults: Faults) -> Result<RunRecord> {
     let mut rng = StdRng::seed_from_u64(seed);
     let env = Env::new(&format!("chaos{run}"), 3).await?;
     let node = env.node(0).to_string();
+    let stalling = faults
+        .stall
+        .then(|| format!("vm-{}", rng.random_range(0..6)));
     let vms = (0..6)
         .map(|i| {
             let vm = Vm::migratable(format!("vm-{i}"));
-            match faults.failure_rate {
+            let vm = match faults.failure_rate {
                 Some(rate) => vm.annotate("simulator.vacate.io/migration-failure-rate", rate),
                 None => vm,
+            };
+            if stalling.as_deref() == Some(vm.name.as_str()) {
+                vm.annotate(STALL, "true")
+            } else {
+                vm
             }
         })
         .collect();
@@ -173,6 +193,22 @@ async fn one_run(run: u64, seed: u64, faults: Faults) -> Result<RunRecord> {
     let mut vacate = env.vacate(FAST).await?;
     let requested = Instant::now();
     env.request(&node, Some("true")).await?;
+    let mut injected = Vec::new();
+    let unstall = stalling.map(|vm| {
+        let after = Duration::from_millis(rng.random_range(3000..10_000));
+        injected.push(format!(
+            "{vm}'s migrations stalled until {:.2} s",
+            after.as_secs_f64()
+        ));
+        let vmis: Api<VirtualMachineInstance> = Api::namespaced(env.client.clone(), env.ns.name());
+        tokio::spawn(async move {
+            tokio::time::sleep(after).await;
+            let patch = serde_json::json!({"metadata": {"annotations": {STALL: null}}});
+            vmis.patch(&vm, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+                .map(|_| ())
+        })
+    });
     let mut kills_at = Vec::new();
     for _ in 0..rng.random_range(1..=3) {
         let wait = Duration::from_millis(rng.random_range(100..4000));
@@ -182,6 +218,9 @@ async fn one_run(run: u64, seed: u64, faults: Faults) -> Result<RunRecord> {
         vacate = env.vacate(FAST).await?;
     }
     let mut violations = Vec::new();
+    if let Some(unstall) = unstall {
+        unstall.await??;
+    }
     let drain_seconds = check_drain(
         &env,
         &node,
@@ -200,7 +239,7 @@ async fn one_run(run: u64, seed: u64, faults: Faults) -> Result<RunRecord> {
         seed,
         faults: faults.describe(),
         kills_at,
-        injected: Vec::new(),
+        injected,
         evidence: Vec::new(),
         drain_seconds,
         vmis: before.len(),
