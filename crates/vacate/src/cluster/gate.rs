@@ -3,7 +3,7 @@
 //! from the watch caches, the API server and Prometheus. Cheap checks go first, so a busy
 //! fleet costs no Prometheus query and no pod list.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use chrono::Utc;
@@ -202,7 +202,8 @@ impl Context {
         let pods = self
             .unfinished_pods("listing pods for the capacity check")
             .await?;
-        let (mut moving, targets) = room_and_movers(&pods, all_nodes, &self.config);
+        let launchers = snapshot::launcher_selectors(self.stores.vmis.state().iter().map(|v| &**v));
+        let (mut moving, targets) = room_and_movers(&pods, all_nodes, &self.config, &launchers);
         let mut workloads = moving.remove(name).unwrap_or_default();
         for w in &mut workloads {
             w.name = format!("pod {}", w.name);
@@ -215,11 +216,14 @@ impl Context {
 }
 
 /// From every unfinished pod and node: the pods that would move in a drain, by node
-/// (named `namespace/name`), and every schedulable Ready node with the room it has left.
+/// (named `namespace/name`), and every schedulable Ready node with the room it has left. A
+/// virt-launcher pod's node selector is its VMI's next one (`launchers`, by the VMI's
+/// `namespace/name`: [`snapshot::launcher_selectors`]), not the pod's own.
 pub fn room_and_movers(
     pods: &[Pod],
     nodes: &[Node],
     config: &crate::config::Config,
+    launchers: &BTreeMap<String, BTreeMap<String, String>>,
 ) -> (HashMap<String, Vec<Workload>>, Vec<Target>) {
     let mut used: HashMap<String, (Resources, i64)> = HashMap::new();
     let mut moving: HashMap<String, Vec<Workload>> = HashMap::new();
@@ -232,11 +236,14 @@ pub fn room_and_movers(
             moving.entry(on.clone()).or_default().push(Workload {
                 name: format!("{}/{}", pod.namespace().unwrap_or_default(), pod.name_any()),
                 requests,
-                node_selector: pod
-                    .spec
-                    .as_ref()
-                    .and_then(|s| s.node_selector.clone())
-                    .unwrap_or_default(),
+                node_selector: snapshot::launcher_vmi(pod)
+                    .and_then(|vmi| launchers.get(&vmi).cloned())
+                    .unwrap_or_else(|| {
+                        pod.spec
+                            .as_ref()
+                            .and_then(|s| s.node_selector.clone())
+                            .unwrap_or_default()
+                    }),
             });
         }
         let entry = used.entry(on).or_default();
@@ -266,4 +273,54 @@ pub fn room_and_movers(
         })
         .collect();
     (moving, targets)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    /// A VM that came from a migration steered to `worker-2` runs in a pod pinned there by
+    /// the migration's added node selector; its next migration is not, and the capacity
+    /// check must not think it can go nowhere.
+    #[test]
+    fn a_launcher_pods_selector_is_its_vmis_not_a_past_migrations() {
+        let pod: Pod = serde_json::from_value(json!({
+            "metadata": {"name": "virt-launcher-vm-0-abcde", "namespace": "vms",
+                         "labels": {"kubevirt.io": "virt-launcher"},
+                         "ownerReferences": [{"apiVersion": "kubevirt.io/v1",
+                             "kind": "VirtualMachineInstance", "name": "vm-0",
+                             "uid": "u", "controller": true}]},
+            "spec": {"nodeName": "worker-2", "containers": [],
+                     "nodeSelector": {"kubernetes.io/hostname": "worker-2",
+                                      "kubevirt.io/schedulable": "true", "zone": "a"}},
+            "status": {"phase": "Running"}
+        }))
+        .unwrap();
+        let vmi: kubevirt_api::VirtualMachineInstance = serde_json::from_value(json!({
+            "apiVersion": "kubevirt.io/v1", "kind": "VirtualMachineInstance",
+            "metadata": {"name": "vm-0", "namespace": "vms"},
+            "spec": {"nodeSelector": {"zone": "a"}, "domain": {"devices": {}}}
+        }))
+        .unwrap();
+        let launchers = snapshot::launcher_selectors([&vmi]);
+        let config = crate::config::Config::default();
+        let (moving, _) = room_and_movers(std::slice::from_ref(&pod), &[], &config, &launchers);
+        let selector = &moving["worker-2"][0].node_selector;
+        assert_eq!(
+            selector,
+            &[
+                ("kubevirt.io/schedulable".to_string(), "true".to_string()),
+                ("zone".to_string(), "a".to_string())
+            ]
+            .into()
+        );
+        // Without its VMI known, the pod's own selector is all there is.
+        let (moving, _) = room_and_movers(&[pod], &[], &config, &Default::default());
+        assert!(
+            moving["worker-2"][0]
+                .node_selector
+                .contains_key("kubernetes.io/hostname")
+        );
+    }
 }

@@ -140,9 +140,7 @@ pub fn vmi_view(
     VmiView {
         launcher_pod: launcher.map(|p| p.name_any()),
         requests: launcher.map(pod_requests).unwrap_or_default(),
-        node_selector: spec
-            .and_then(|s| s.node_selector.clone())
-            .unwrap_or_default(),
+        node_selector: launcher_selector(vmi),
         placement_rules: spec.is_some_and(placement_rules),
         namespace: vmi.namespace().unwrap_or_default(),
         name: vmi.name_any(),
@@ -322,6 +320,52 @@ pub fn allocatable(node: &Node) -> (Resources, i64) {
 }
 
 /// Pods that leave the node in a drain: everything but DaemonSet and mirror pods.
+/// The node selector the next virt-launcher pod of a VMI gets (template.go): the VMI's own
+/// and `kubevirt.io/schedulable=true`. The running launcher pod's own selector is not it: a
+/// pod that came from a migration also carries that migration's `addedNodeSelector`, which
+/// pins it to the node it was sent to and does not follow the VM to its next migration.
+pub fn launcher_selector(vmi: &VirtualMachineInstance) -> BTreeMap<String, String> {
+    let mut selector = vmi.spec.node_selector.clone();
+    selector.insert(
+        kv_labels::NODE_SCHEDULABLE_LABEL.to_string(),
+        "true".to_string(),
+    );
+    selector
+}
+
+/// [`launcher_selector`] of every VMI, by `namespace/name`.
+pub fn launcher_selectors<'a>(
+    vmis: impl IntoIterator<Item = &'a VirtualMachineInstance>,
+) -> BTreeMap<String, BTreeMap<String, String>> {
+    vmis.into_iter()
+        .map(|v| {
+            (
+                format!("{}/{}", v.namespace().unwrap_or_default(), v.name_any()),
+                launcher_selector(v),
+            )
+        })
+        .collect()
+}
+
+/// The VMI a virt-launcher pod runs (`namespace/name`, from its controller reference).
+pub fn launcher_vmi(pod: &Pod) -> Option<String> {
+    if pod.labels().get(kv_labels::APP_LABEL).map(String::as_str) != Some(kv_labels::VIRT_LAUNCHER)
+    {
+        return None;
+    }
+    let owner = pod
+        .metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .find(|o| o.controller == Some(true) && o.kind == "VirtualMachineInstance")?;
+    Some(format!(
+        "{}/{}",
+        pod.namespace().unwrap_or_default(),
+        owner.name
+    ))
+}
+
 pub fn moves_in_drain(pod: &Pod) -> bool {
     let view = pod_view(pod);
     !view.finished && !view.mirror && view.controller_kind.as_deref() != Some("DaemonSet")

@@ -153,7 +153,8 @@ impl Context {
         let pods = self
             .unfinished_pods("listing pods to steer migrations")
             .await?;
-        let (_, targets) = room_and_movers(&pods, &nodes, &self.config);
+        // Only the targets' room is used here: which pods would move does not matter.
+        let (_, targets) = room_and_movers(&pods, &nodes, &self.config, &Default::default());
         let by_name: HashMap<String, &Node> = nodes.iter().map(|n| (n.name_any(), n)).collect();
         let targets: Vec<(Target, String)> = targets
             .into_iter()

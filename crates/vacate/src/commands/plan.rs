@@ -98,7 +98,10 @@ pub async fn plan(config: Config, request: PlanRequest) -> anyhow::Result<ExitCo
         .await
         .context("listing PodDisruptionBudgets")?
         .items;
-    let (mut moving, targets) = room_and_movers(&pods, &nodes, &config);
+    let launchers = crate::cluster::snapshot::launcher_selectors(
+        shell.ctx.stores.vmis.state().iter().map(|v| &**v),
+    );
+    let (mut moving, targets) = room_and_movers(&pods, &nodes, &config, &launchers);
     let mut input = RolloutInput {
         nodes: Vec::new(),
         targets,
