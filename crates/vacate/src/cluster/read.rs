@@ -170,7 +170,7 @@ impl Context {
     /// [`BANDWIDTH_SAMPLES`] migrations that succeeded, of the VMI's guest memory over the
     /// migration's time from creation to success (scheduling and target preparation
     /// included, as a drain waits for them too).
-    fn observed_bandwidth(&self) -> Option<f64> {
+    pub fn observed_bandwidth(&self) -> Option<f64> {
         let mut finished: Vec<(chrono::DateTime<Utc>, f64)> = self
             .stores
             .migrations

@@ -108,10 +108,13 @@ pub async fn plan(config: Config, request: PlanRequest) -> anyhow::Result<ExitCo
         concurrency: concurrency as usize,
         never_evictable: never_evictable(&pdbs, &pods),
     };
+    // Measured on the migrations that finished in the cluster, as a drain under way does.
+    let measured = shell.ctx.observed_bandwidth();
     for name in &members {
-        let Some(snapshot) = shell.ctx.snapshot(name, true).await? else {
+        let Some(mut snapshot) = shell.ctx.snapshot(name, true).await? else {
             continue;
         };
+        snapshot.cluster.bandwidth = measured.or(snapshot.cluster.bandwidth);
         input.nodes.push(RolloutNode {
             snapshot,
             workloads: moving.remove(name).unwrap_or_default(),
