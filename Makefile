@@ -4,11 +4,15 @@
 #   make bench  vacate against kubectl drain and the bound, on both KubeVirt releases the
 #               simulator follows, into docs/benchmarks.md and docs/benchmarks.png (~40 min;
 #               ROUNDS=2 BENCH_SCALE1=0 for a quick check)
+#   make bench-scale  one vacate replica on fleets of 500, 1,000, 2,000 and 5,000 nodes (as far
+#               as the machine gets): RSS, CPU, API requests, request-to-cordon, into the
+#               section "Scale" of docs/benchmarks.md and docs/benchmarks-scale.png
+#               (SCALE_SIZES="500 1000" to choose the sizes)
 #   make chaos  drains under faults (vacate killed, the leader frozen, the API server stopped,
 #               etcd restarted, KubeVirt down, migrations failing), invariants checked,
 #               figures into docs/reliability.md (~30 min; CHAOS_RUNS=5 for a quick check)
 
-.PHONY: demo test bench chaos build lint unit
+.PHONY: demo test bench bench-scale chaos build lint unit
 
 demo:
 	bash scripts/demo.sh
@@ -18,6 +22,9 @@ test:
 
 bench:
 	bash scripts/bench.sh
+
+bench-scale:
+	bash scripts/bench-scale.sh
 
 chaos:
 	bash scripts/chaos.sh
