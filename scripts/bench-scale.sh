@@ -15,6 +15,7 @@
 #   SCALE_TIME_SCALE=5     the simulator's time scale (migrations 5x faster than real)
 #   BENCH_DOCS=docs        where benchmarks.md and benchmarks-scale.png go
 #   BENCH_KEEP=0           1: keep the measurements (results, logs) after the run
+#   SCALE_NO_BUILD=0       1: skip the release build and use the binaries already built
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/env.sh
@@ -42,7 +43,10 @@ bin_dir=$(tests/testbed/build.sh | tail -n 1)
 export VACATE_TESTBED_BIN="$bin_dir"
 log "building vacate, testbed and kubevirt-sim (release)"
 build=(cargo build --release --locked -p vacate -p testbed -p kubevirt-sim)
-"${build[@]}" >/dev/null 2>&1 || "${build[@]}"
+# SCALE_NO_BUILD=1: use the release binaries already in $CARGO_TARGET_DIR/release.
+if [ "${SCALE_NO_BUILD:-0}" != 1 ]; then
+  "${build[@]}" >/dev/null 2>&1 || "${build[@]}"
+fi
 bin="$CARGO_TARGET_DIR/release"
 export VACATE_KUBEVIRT_SIM="$bin/kubevirt-sim"
 
