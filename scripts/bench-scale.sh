@@ -218,9 +218,11 @@ for size in "${sizes[@]}"; do
   if ! timeout "$((seed_limit + 120))" "$bin/testbed" seed "$out/scale-$size.yaml" --state-dir "$state" \
     --timeout "$seed_limit" >"$out/seed-$size.txt" 2>&1; then
     ended=$(date +%s.%N)
-    reason=$(tail -n 3 "$out/seed-$size.txt" | tr '\n"' ' \047' | cut -c1-400)
+    # The seed's last words, without terminal colours, as a JSON string.
+    reason=$(tail -n 3 "$out/seed-$size.txt" | sed 's/\x1b\[[0-9;]*m//g' | tr '\n' ' ' | cut -c1-400 |
+      python3 -c 'import json, sys; print(json.dumps(sys.stdin.read().strip()))')
     apiserver_requests >"$out/apiserver-after-seed-$size.jsonl" 2>/dev/null || true
-    printf '{"size":%s,"reached":false,"seed_seconds":%s,"reason":"%s"}\n' "$size" \
+    printf '{"size":%s,"reached":false,"seed_seconds":%s,"reason":%s}\n' "$size" \
       "$(python3 -c "print(round($ended - $started, 1))")" "$reason" >>"$out/sizes.jsonl"
     log "size $size: not reached: $reason"
     cp "$state"/logs/*.log "$out/" 2>/dev/null || true
