@@ -7,11 +7,15 @@
 #   make bench-rollout  a 20-node rolling upgrade, two at a time: vacate against the loop of
 #               kubectl drain kured and system-upgrade-controller run; migrations per VM, time
 #               against the bound, vacate plan's prediction (~20 min; ROLLOUT_ROUNDS=1 quick)
+#   make bench-scale  one vacate replica on fleets of 500, 1,000, 2,000 and 5,000 nodes (as far
+#               as the machine gets): RSS, CPU, API requests, request-to-cordon, into the
+#               section "Scale" of docs/benchmarks.md and docs/benchmarks-scale.png
+#               (SCALE_SIZES="500 1000" to choose the sizes)
 #   make chaos  drains under faults (vacate killed, the leader frozen, the API server stopped,
 #               etcd restarted, KubeVirt down, migrations failing), invariants checked,
 #               figures into docs/reliability.md (~30 min; CHAOS_RUNS=5 for a quick check)
 
-.PHONY: demo test bench bench-rollout chaos build lint unit
+.PHONY: demo test bench bench-rollout bench-scale chaos build lint unit
 
 demo:
 	bash scripts/demo.sh
@@ -25,6 +29,9 @@ bench:
 
 bench-rollout:
 	bash scripts/bench-rollout.sh
+
+bench-scale:
+	bash scripts/bench-scale.sh
 
 chaos:
 	bash scripts/chaos.sh

@@ -420,8 +420,17 @@ def write_doc(args, results, runs, scale1_runs, scenarios, summary, cordon, comm
     L.extend(commands)
     w("```")
     w("")
-    with open(os.path.join(args.docs, "benchmarks.md"), "w") as f:
-        f.write("\n".join(L))
+    path = os.path.join(args.docs, "benchmarks.md")
+    # The section "Scale" belongs to `make bench-scale` (scripts/bench-scale-report.py): kept.
+    scale = ""
+    if os.path.exists(path):
+        text = open(path).read()
+        start = text.find("\n## Scale\n")
+        if start >= 0:
+            end = text.find("\n## ", start + 1)
+            scale = text[start:] if end < 0 else text[start:end]
+    with open(path, "w") as f:
+        f.write("\n".join(L).rstrip("\n") + "\n" + scale.rstrip("\n") + ("\n" if scale else ""))
 
 
 def print_summary(summary):

@@ -19,6 +19,10 @@ pub enum Error {
     Task(String),
     #[error("object without {0}")]
     MissingField(&'static str),
+    /// The cache still shows a version of the object that this process already wrote over:
+    /// a write based on it would be refused, so it is not sent.
+    #[error("the cache of {0} is older than this process's last write of it")]
+    StaleCache(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

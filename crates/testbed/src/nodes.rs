@@ -30,6 +30,9 @@ pub struct NodeTemplate {
     pub taints: Vec<Taint>,
     /// Extra capacity, e.g. `devices.kubevirt.io/kvm`.
     pub extra_capacity: BTreeMap<String, String>,
+    /// Container images reported in `status.images` (a real kubelet lists up to 50), so
+    /// that Node objects weigh what they weigh in a real cluster.
+    pub images: u32,
 }
 
 impl Default for NodeTemplate {
@@ -42,6 +45,7 @@ impl Default for NodeTemplate {
             kubelet_version: KUBE_VERSION.into(),
             taints: Vec::new(),
             extra_capacity: BTreeMap::new(),
+            images: 0,
         }
     }
 }
@@ -71,6 +75,7 @@ impl NodeTemplate {
         for (k, v) in &self.extra_capacity {
             capacity.insert(k.clone(), json!(v));
         }
+        let images: Vec<serde_json::Value> = (0..self.images).map(|i| image(name, i)).collect();
         let node = json!({
             "apiVersion": "v1",
             "kind": "Node",
@@ -92,6 +97,7 @@ impl NodeTemplate {
                 ],
                 "capacity": capacity,
                 "allocatable": capacity,
+                "images": images,
                 "nodeInfo": {
                     "kubeletVersion": self.kubelet_version,
                     "kubeProxyVersion": self.kubelet_version,
@@ -108,6 +114,22 @@ impl NodeTemplate {
         });
         serde_json::from_value(node).with_context(|| format!("building node {name}"))
     }
+}
+
+/// The `i`th entry of a node's `status.images`: two names (tag and digest) and a size, as
+/// the kubelet reports them; digests differ per node and image.
+fn image(node: &str, i: u32) -> serde_json::Value {
+    let h = kubevirt_api::hash::fnv1a(&format!("{node}/{i}"));
+    let digest = format!(
+        "{h:016x}{:016x}{h:016x}{:016x}",
+        h.rotate_left(17),
+        h.rotate_left(31)
+    );
+    let repo = format!("registry.example.com/platform/component-{i:02}");
+    json!({
+        "names": [format!("{repo}@sha256:{digest}"), format!("{repo}:v1.{}.{}", i % 7, h % 20)],
+        "sizeBytes": 20_000_000 + (h % 400_000_000),
+    })
 }
 
 /// A stable made-up address in 10.64.0.0/10 for a node name (nothing listens there).

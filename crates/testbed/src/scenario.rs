@@ -63,7 +63,13 @@ pub struct NodeGroup {
     pub kubelet_version: Option<String>,
     #[serde(default)]
     pub taints: Vec<TaintSpec>,
+    /// Entries of `status.images` per node (a real kubelet reports up to 50); default 0.
+    #[serde(default)]
+    pub images: u32,
 }
+
+/// The kubelet's default `nodeStatusMaxImages`.
+pub const MAX_NODE_IMAGES: u32 = 50;
 
 fn default_node_prefix() -> String {
     "node".into()
@@ -468,6 +474,15 @@ impl Scenario {
                 return Err(err(f("count"), "must be at least 1".into()));
             }
             check_name(&g.name_prefix).map_err(|m| err(f("namePrefix"), m))?;
+            if g.images > MAX_NODE_IMAGES {
+                return Err(err(
+                    f("images"),
+                    format!(
+                        "{} is more than a kubelet reports ({MAX_NODE_IMAGES})",
+                        g.images
+                    ),
+                ));
+            }
             for (k, v) in [
                 ("cpu", &g.capacity.cpu),
                 ("memory", &g.capacity.memory),

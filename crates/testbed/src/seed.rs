@@ -148,6 +148,7 @@ pub async fn seed(
             pods: g.capacity.pods.clone(),
             extra_capacity: g.capacity.extra.clone(),
             taints: g.taints.iter().map(taint).collect::<Result<_>>()?,
+            images: g.images,
             ..NodeTemplate::default()
         };
         if let Some(v) = &g.kubelet_version {

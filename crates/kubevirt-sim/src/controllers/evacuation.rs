@@ -157,7 +157,10 @@ async fn reconcile(node: Arc<Node>, ctx: Arc<Context>) -> Result<Action> {
             .collect()
     };
     if to_migrate.is_empty() {
-        return Ok(resync);
+        // Nothing to evacuate: a taint (node event) or a mark (VMI event) wakes the node.
+        // Not resynced: thousands of nodes with VMIs would each be looked at every few
+        // seconds, reading every VMI each time.
+        return Ok(Action::await_change());
     }
 
     let migrations = ctx.migrations.state();

@@ -39,6 +39,9 @@ pub struct Context {
     pub vmis: Store<VirtualMachineInstance>,
     /// Pods labelled `kubevirt.io=virt-launcher`.
     pub launcher_pods: Store<Pod>,
+    /// Those pods by the UID of their VMI (label `kubevirt.io/created-by`), so that finding
+    /// a VMI's pods costs the same whatever the number of pods in the cluster.
+    pub pods_by_vmi: PodIndex,
     pub migrations: Store<VirtualMachineInstanceMigration>,
     pub kubevirt: Store<KubeVirt>,
     pub pvcs: Store<PersistentVolumeClaim>,
@@ -59,6 +62,154 @@ pub struct Context {
     /// When this process wrote `abortRequested` into the VMI's migration state, by migration
     /// UID: the abort resolves a fixed (simulated) time later.
     pub abort_requests: Mutex<HashMap<String, Instant>>,
+    /// The versions of VMIs this process has written over (see [`WrittenVersions`]).
+    pub vmi_writes: WrittenVersions,
+    /// Consecutive failed reconciles per object, for the back-off of [`retry_after_error`].
+    pub retries: Retries,
+}
+
+/// The launcher pods of each VMI (by UID), as object references into the pod cache.
+///
+/// Filled from the pod watch's events; a reference whose pod the cache no longer holds (or
+/// holds for another VMI) is dropped when read.
+#[derive(Clone, Default)]
+pub struct PodIndex(Arc<Mutex<HashMap<String, HashSet<ObjectRef<Pod>>>>>);
+
+impl PodIndex {
+    fn observe(&self, pod: &Pod, deleted: bool) {
+        let Some(vmi_uid) = pod
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(CREATED_BY_LABEL))
+        else {
+            return;
+        };
+        let Ok(mut map) = self.0.lock() else {
+            return;
+        };
+        let pod_ref = ObjectRef::from_obj(pod);
+        if deleted {
+            if let Some(set) = map.get_mut(vmi_uid) {
+                set.remove(&pod_ref);
+                if set.is_empty() {
+                    map.remove(vmi_uid);
+                }
+            }
+        } else {
+            map.entry(vmi_uid.clone()).or_default().insert(pod_ref);
+        }
+    }
+
+    /// The pods of the VMI with this UID that `store` holds.
+    fn pods(&self, store: &Store<Pod>, vmi_uid: &str) -> Vec<Arc<Pod>> {
+        let Ok(mut map) = self.0.lock() else {
+            return Vec::new();
+        };
+        let Some(refs) = map.get_mut(vmi_uid) else {
+            return Vec::new();
+        };
+        let mut pods = Vec::with_capacity(refs.len());
+        refs.retain(|r| match store.get(r) {
+            Some(pod)
+                if pod
+                    .metadata
+                    .labels
+                    .as_ref()
+                    .and_then(|l| l.get(CREATED_BY_LABEL))
+                    .map(String::as_str)
+                    == Some(vmi_uid) =>
+            {
+                pods.push(pod);
+                true
+            }
+            _ => false,
+        });
+        if refs.is_empty() {
+            map.remove(vmi_uid);
+        }
+        pods
+    }
+}
+
+/// The resourceVersions of VMIs this process wrote over: a write conditional on version V
+/// that succeeded means the cache will show something newer than V. Until it does, a
+/// decision taken on V is taken on a stale cache and its write would be refused (409): such
+/// writes are not sent at all ([`Error::StaleCache`]), and the watch event of the newer
+/// version wakes the controller again. Without this, every event of a lagging watch made each
+/// controller send a write bound to fail, hundreds per second at a few thousand VMIs.
+#[derive(Default)]
+pub struct WrittenVersions(Mutex<HashMap<String, String>>);
+
+impl WrittenVersions {
+    /// Bound on the entries kept (VMIs deleted right after a write leave theirs behind).
+    const MAX: usize = 100_000;
+
+    fn wrote_over(&self, key: &str, read: &str, written: Option<&str>) {
+        if written == Some(read) {
+            // Nothing changed (a no-op patch): the version read stays current.
+            return;
+        }
+        if let Ok(mut map) = self.0.lock() {
+            if map.len() >= Self::MAX {
+                map.clear();
+            }
+            map.insert(key.to_string(), read.to_string());
+        }
+    }
+
+    /// Whether version `rv` of the VMI `key` is known to be superseded by a write of ours.
+    pub fn superseded(&self, key: &str, rv: &str) -> bool {
+        let Ok(mut map) = self.0.lock() else {
+            return false;
+        };
+        match map.get(key) {
+            Some(old) if old == rv => true,
+            Some(_) => {
+                // The cache moved past the version written over.
+                map.remove(key);
+                false
+            }
+            None => false,
+        }
+    }
+}
+
+/// Consecutive failed reconciles per object: the retry delay doubles with each (as
+/// client-go's per-item exponential rate limiter), and starts over once an object has not
+/// failed for a while.
+#[derive(Default)]
+pub struct Retries(Mutex<HashMap<String, (u32, Instant)>>);
+
+impl Retries {
+    /// First retry delay.
+    const BASE: Duration = Duration::from_millis(200);
+    /// Longest retry delay.
+    const MAX_DELAY: Duration = Duration::from_secs(10);
+    /// A failure this long after the previous one counts as a first failure again.
+    const FORGET: Duration = Duration::from_secs(30);
+
+    /// The delay before retrying `key` after one more failure.
+    pub fn next_delay(&self, key: &str) -> Duration {
+        let Ok(mut map) = self.0.lock() else {
+            return Self::BASE;
+        };
+        if map.len() >= 100_000 {
+            map.retain(|_, (_, at)| at.elapsed() < Self::FORGET);
+        }
+        let now = Instant::now();
+        let entry = map.entry(key.to_string()).or_insert((0, now));
+        if now.duration_since(entry.1) > Self::FORGET {
+            entry.0 = 0;
+        }
+        entry.1 = now;
+        let delay = Self::BASE.saturating_mul(2u32.saturating_pow(entry.0.min(16)));
+        entry.0 += 1;
+        let delay = delay.min(Self::MAX_DELAY);
+        // Up to a quarter more, so that objects that failed together do not retry together.
+        let jitter = rand::random::<f64>() * 0.25;
+        delay.mul_f64(1.0 + jitter)
+    }
 }
 
 /// The instant at which this process moved a migration (by UID) into a phase. Timers that
@@ -146,10 +297,11 @@ where
     K: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
     K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
 {
-    shared_informer_with(api, config, subscribers, |_: &K| {})
+    shared_informer_with(api, config, subscribers, |_: &K, _| {})
 }
 
-/// [`shared_informer`] that also shows every object, as of its watch event, to `observe`.
+/// [`shared_informer`] that also shows every object, as of its watch event, to `observe`
+/// (with `true` when the event is its deletion).
 ///
 /// Subscribers get the event's object itself, through a channel of their own, as
 /// client-go's event handlers do (KubeVirt's controllers enqueue from `addPod`,
@@ -162,7 +314,7 @@ fn shared_informer_with<K>(
     api: Api<K>,
     config: watcher::Config,
     subscribers: usize,
-    observe: impl Fn(&K) + Send + Sync + 'static,
+    observe: impl Fn(&K, bool) + Send + Sync + 'static,
 ) -> (Store<K>, Vec<Subscription<K>>)
 where
     K: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
@@ -179,8 +331,12 @@ where
         let mut listed: Vec<Arc<K>> = Vec::new();
         while let Some(event) = stream.next().await {
             let ready: Vec<Arc<K>> = match event {
-                Ok(watcher::Event::Apply(obj) | watcher::Event::Delete(obj)) => {
-                    observe(&obj);
+                Ok(watcher::Event::Apply(obj)) => {
+                    observe(&obj, false);
+                    vec![Arc::new(obj)]
+                }
+                Ok(watcher::Event::Delete(obj)) => {
+                    observe(&obj, true);
                     vec![Arc::new(obj)]
                 }
                 Ok(watcher::Event::Init) => {
@@ -188,7 +344,7 @@ where
                     Vec::new()
                 }
                 Ok(watcher::Event::InitApply(obj)) => {
-                    observe(&obj);
+                    observe(&obj, false);
                     listed.push(Arc::new(obj));
                     Vec::new()
                 }
@@ -212,6 +368,7 @@ where
 /// The trigger streams of the controllers, one per (informer, controller) pair.
 pub struct Subscriptions {
     pub vmis_for_vmi: Subscription<VirtualMachineInstance>,
+    pub vmis_for_vm: Subscription<VirtualMachineInstance>,
     pub vmis_for_migration: Subscription<VirtualMachineInstance>,
     pub vmis_for_evacuation: Subscription<VirtualMachineInstance>,
     pub pods_for_vmi: Subscription<Pod>,
@@ -230,16 +387,19 @@ impl Context {
     ) -> Result<(Context, Subscriptions)> {
         let launcher_selector = format!("{APP_LABEL}={VIRT_LAUNCHER}");
         let (vmis, mut vmi_subs) =
-            shared_informer(Api::all(client.clone()), watcher::Config::default(), 3);
+            shared_informer(Api::all(client.clone()), watcher::Config::default(), 4);
         // Graceful terminations are recorded as the watch reports them: kwok may remove the
         // pod before a controller reads the cache.
         let terminating_pods: Arc<Mutex<HashSet<String>>> = Arc::default();
         let seen = terminating_pods.clone();
+        let pods_by_vmi = PodIndex::default();
+        let index = pods_by_vmi.clone();
         let (launcher_pods, mut pod_subs) = shared_informer_with(
             Api::all(client.clone()),
             watcher::Config::default().labels(&launcher_selector),
             2,
-            move |pod: &Pod| {
+            move |pod: &Pod, deleted| {
+                index.observe(pod, deleted);
                 if pod.metadata.deletion_timestamp.is_some()
                     && let (Some(uid), Ok(mut seen)) = (pod.metadata.uid.clone(), seen.lock())
                 {
@@ -261,6 +421,7 @@ impl Context {
             vmis_for_evacuation: vmi_subs.pop().ok_or_else(missing)?,
             vmis_for_migration: vmi_subs.pop().ok_or_else(missing)?,
             vmis_for_vmi: vmi_subs.pop().ok_or_else(missing)?,
+            vmis_for_vm: vmi_subs.pop().ok_or_else(missing)?,
             pods_for_migration: pod_subs.pop().ok_or_else(missing)?,
             pods_for_vmi: pod_subs.pop().ok_or_else(missing)?,
             migrations_for_evacuation: migration_subs.pop().ok_or_else(missing)?,
@@ -270,6 +431,7 @@ impl Context {
         let ctx = Context {
             vmis,
             launcher_pods,
+            pods_by_vmi,
             migrations,
             kubevirt,
             pvcs,
@@ -282,6 +444,8 @@ impl Context {
             started_migrations: tokio::sync::Mutex::new(HashMap::new()),
             phase_clocks: PhaseClocks::default(),
             abort_requests: Mutex::new(HashMap::new()),
+            vmi_writes: WrittenVersions::default(),
+            retries: Retries::default(),
         };
         let ready = async {
             ctx.vmis.wait_until_ready().await?;
@@ -347,18 +511,7 @@ impl Context {
     }
 
     pub fn pods_of_vmi(&self, vmi_uid: &str) -> Vec<Arc<Pod>> {
-        self.launcher_pods
-            .state()
-            .into_iter()
-            .filter(|p| {
-                p.metadata
-                    .labels
-                    .as_ref()
-                    .and_then(|l| l.get(CREATED_BY_LABEL))
-                    .map(String::as_str)
-                    == Some(vmi_uid)
-            })
-            .collect()
+        self.pods_by_vmi.pods(&self.launcher_pods, vmi_uid)
     }
 
     /// Migrations of a VMI (by namespace and VMI name).
@@ -385,13 +538,22 @@ impl Context {
         resource_version: Option<&str>,
         mut patch: serde_json::Value,
     ) -> Result<VirtualMachineInstance> {
+        let key = format!("{namespace}/{name}");
         if let Some(rv) = resource_version {
+            if self.vmi_writes.superseded(&key, rv) {
+                return Err(Error::StaleCache(key));
+            }
             patch["metadata"]["resourceVersion"] = rv.into();
         }
         let api: Api<VirtualMachineInstance> = Api::namespaced(self.client.clone(), namespace);
-        Ok(api
+        let written = api
             .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
-            .await?)
+            .await?;
+        if let Some(rv) = resource_version {
+            self.vmi_writes
+                .wrote_over(&key, rv, written.metadata.resource_version.as_deref());
+        }
+        Ok(written)
     }
 }
 
@@ -427,23 +589,27 @@ fn null_removed(old: &serde_json::Value, new: serde_json::Value) -> serde_json::
     }
 }
 
-/// What every controller does with a failed reconcile: log it and retry soon. Conflicts and
-/// vanished objects are routine (another writer was faster) and logged quietly.
-pub fn retry_after_error<K>(_obj: Arc<K>, error: &Error, _ctx: Arc<Context>) -> Action {
-    if error.is_conflict() || error.is_not_found() {
-        tracing::debug!("retrying after: {error}");
-        Action::requeue(Duration::from_millis(200))
+/// What every controller does with a failed reconcile: log it and retry, after a delay that
+/// doubles with each consecutive failure of the object (200 ms up to 10 s, with jitter), so
+/// that an overloaded API server or a lagging watch is not met with a retry storm. Conflicts,
+/// stale caches and vanished objects are routine (another writer was faster) and logged
+/// quietly.
+pub fn retry_after_error<K: Resource>(obj: Arc<K>, error: &Error, ctx: Arc<Context>) -> Action {
+    let key = format!("{}:{}", std::any::type_name::<K>(), key_of(obj.as_ref()));
+    let delay = ctx.retries.next_delay(&key);
+    if error.is_conflict() || error.is_not_found() || matches!(error, Error::StaleCache(_)) {
+        tracing::debug!("retrying in {delay:?} after: {error}");
     } else {
-        tracing::warn!("reconcile failed, retrying: {error}");
-        Action::requeue(Duration::from_secs(1))
+        tracing::warn!("reconcile failed, retrying in {delay:?}: {error}");
     }
+    Action::requeue(delay)
 }
 
 /// Runs every controller until one of them stops.
 pub async fn run_all(ctx: Arc<Context>, subs: Subscriptions) {
     tokio::select! {
         _ = vmi::run(ctx.clone(), subs.vmis_for_vmi, subs.pods_for_vmi) => tracing::error!("the VMI controller stopped"),
-        _ = vm::run(ctx.clone()) => tracing::error!("the VM controller stopped"),
+        _ = vm::run(ctx.clone(), subs.vmis_for_vm) => tracing::error!("the VM controller stopped"),
         _ = nodes::run(ctx.clone()) => tracing::error!("the node labeller stopped"),
         _ = migration::run(ctx.clone(), subs.migrations_for_migration, subs.pods_for_migration, subs.vmis_for_migration) => {
             tracing::error!("the migration controller stopped")

@@ -24,16 +24,17 @@ use serde_json::json;
 use super::{Context, key_of, retry_after_error};
 use crate::error::{Error, Result, kube_conflict, kube_not_found};
 
-pub async fn run(ctx: Arc<Context>) {
+pub async fn run(ctx: Arc<Context>, vmis: super::Subscription<VirtualMachineInstance>) {
     let client = ctx.client.clone();
     Controller::new(
-        Api::<VirtualMachine>::all(client.clone()),
+        Api::<VirtualMachine>::all(client),
         watcher::Config::default(),
     )
-    .owns(
-        Api::<VirtualMachineInstance>::all(client),
-        watcher::Config::default(),
-    )
+    // Bounded workers, as virt-controller's queues have: thousands of VMs created at
+    // once do not flood the API server.
+    .with_config(kube::runtime::controller::Config::default().concurrency(10))
+    // The shared VMI informer: one VMI watch for all controllers.
+    .owns_shared_stream(vmis)
     .run(reconcile, retry_after_error, ctx)
     .for_each(|_| async {})
     .await;
@@ -56,16 +57,29 @@ async fn reconcile(vm: Arc<VirtualMachine>, ctx: Arc<Context>) -> Result<Action>
     let vm_uid = vm.metadata.uid.clone().unwrap_or_default();
     let vmis: Api<VirtualMachineInstance> = Api::namespaced(ctx.client.clone(), &namespace);
     // A VMI of the same name that this VM does not own is left alone.
-    // Read from the API: this controller is woken by VMI deletions, which a cache may not
-    // show yet.
-    let vmi = vmis.get_opt(&name).await?.filter(|v| {
+    let owned = |v: &VirtualMachineInstance| {
         v.metadata
             .owner_references
             .iter()
             .flatten()
             .any(|o| o.uid == vm_uid && o.controller == Some(true))
-    });
+    };
     let strategy = vm.effective_run_strategy();
+    // The shared cache is enough while the VM's VMI exists, is not on its way out and is
+    // to stay: nothing is to be done but the status. Otherwise, before deciding to create or
+    // delete, the API is asked: this controller is woken by VMI deletions, which a cache may
+    // not show yet. (Asking the API at every pass made thousands of VMs cost a GET each
+    // every 10 s.)
+    let cached = ctx
+        .vmi(&namespace, &name)
+        .filter(|v| owned(v))
+        .filter(|v| v.metadata.deletion_timestamp.is_none() && !v.is_final());
+    let vmi = match cached {
+        Some(v) if !matches!(strategy, RunStrategy::Halted | RunStrategy::Unrecognized) => {
+            Some((*v).clone())
+        }
+        _ => vmis.get_opt(&name).await?.filter(|v| owned(v)),
+    };
 
     let wants_vmi = match strategy {
         RunStrategy::Always => true,

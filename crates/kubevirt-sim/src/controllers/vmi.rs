@@ -53,6 +53,9 @@ pub async fn run(
     let client = ctx.client.clone();
     let mapper_ctx = ctx.clone();
     Controller::for_shared_stream(vmis, ctx.vmis.clone())
+        // virt-controller's VMI workers (`defaultVMIControllerThreads`, application.go): a
+        // few thousand VMIs starting at once do not flood the API server.
+        .with_config(kube::runtime::controller::Config::default().concurrency(10))
         // Pods wake the VMI that controls them.
         .owns_shared_stream(pods)
         // A PVC appearing or changing access modes changes LiveMigratable.
