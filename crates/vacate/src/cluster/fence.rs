@@ -32,7 +32,9 @@ impl Fence {
             writer,
             watcher(
                 api,
-                watcher::Config::default().fields(&format!("metadata.name={name}")),
+                watcher::Config::default()
+                    .fields(&format!("metadata.name={name}"))
+                    .timeout(super::watch::WATCH_TIMEOUT_SECONDS),
             )
             .default_backoff(),
         )
