@@ -362,6 +362,10 @@ impl Context {
         } else {
             Vec::new()
         };
+        // What the read of the node left to tidy: a kept state someone else's write made
+        // void, migrations of the ledger the watch cache shows by now or too old to count.
+        (self.kept.lock().expect("kept states lock")).forget_void(&name, read.stored.as_deref());
+        (self.ledger.lock().expect("ledger lock")).prune(|ns, m| self.in_migration_cache(ns, m));
         self.check_fence()?;
         // What the annotation holds once the write is done.
         let mut stored = read.stored.clone();
