@@ -592,6 +592,50 @@ struct Applied {
     failed: Option<Error>,
 }
 
+/// Sets (`Some`) or removes (`None`) one label of a node, for the requests of maintenance
+/// that commands and schedules make. (The plan's own node changes go with its state, in
+/// one request: see [`execute::Executor::write_state`].)
+pub async fn set_node_label(
+    client: &Client,
+    node: &str,
+    label: &str,
+    value: Option<&str>,
+) -> Result<()> {
+    let patch = serde_json::json!({"metadata": {"labels": {label: value}}});
+    patch_node(
+        client,
+        node,
+        &patch,
+        format!("setting label {label} of node {node}"),
+    )
+    .await
+}
+
+/// Cordons (`true`) or uncordons a node, for `vacate uncordon`.
+pub async fn set_unschedulable(client: &Client, node: &str, unschedulable: bool) -> Result<()> {
+    let patch = serde_json::json!({"spec": {"unschedulable": unschedulable}});
+    let doing = format!("setting spec.unschedulable of node {node} to {unschedulable}");
+    patch_node(client, node, &patch, doing).await
+}
+
+async fn patch_node(
+    client: &Client,
+    node: &str,
+    patch: &serde_json::Value,
+    doing: String,
+) -> Result<()> {
+    let nodes: kube::Api<Node> = kube::Api::all(client.clone());
+    nodes
+        .patch(
+            node,
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(patch),
+        )
+        .await
+        .map_err(Error::kube(doing))?;
+    Ok(())
+}
+
 /// Looks up a node, for commands that act on one.
 pub async fn get_node(client: &Client, name: &str) -> Result<Node> {
     let nodes: kube::Api<Node> = kube::Api::all(client.clone());

@@ -185,7 +185,6 @@ async fn start_run(
             config.node.selector.matches(n.labels()) && schedule.selector.matches(n.labels())
         })
         .collect();
-    let api: Api<Node> = Api::all(ctx.client.clone());
     let mut labelled = Vec::new();
     for node in &nodes {
         let name = node.name_any();
@@ -193,12 +192,7 @@ async fn start_run(
             // Already in maintenance for another reason; the rollout does not take it over.
             continue;
         }
-        let patch = json!({"metadata": {"labels": {&config.node.request_label: &value}}});
-        api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
-            .await
-            .map_err(Error::kube(format!(
-                "requesting maintenance of node {name}"
-            )))?;
+        super::set_node_label(&ctx.client, &name, &config.node.request_label, Some(&value)).await?;
         labelled.push(name);
     }
     tracing::info!(
