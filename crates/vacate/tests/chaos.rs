@@ -676,23 +676,6 @@ fn audit_writes(log: &std::path::Path, user: &str) -> Result<Vec<AuditWrite>> {
     Ok(writes)
 }
 
-/// Waits until one of `replicas` reports `vacate_leader 1`; returns its index.
-async fn leader_of(replicas: &[&Vacate], timeout: Duration) -> Result<usize> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        for (i, replica) in replicas.iter().enumerate() {
-            if replica.metric("vacate_leader").await.unwrap_or(0.0) == 1.0 {
-                return Ok(i);
-            }
-        }
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "no replica led within {timeout:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 // --- kube-apiserver, etcd and the simulator stopped mid-drain ---------------------------
 
 /// What a run does to one component of the own cluster, a random moment (0.5–4 s) into the

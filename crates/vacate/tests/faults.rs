@@ -7,7 +7,7 @@ mod support;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use anyhow::{Context, Result, anyhow, bail, ensure};
+use anyhow::{Context, Result, anyhow, ensure};
 use k8s_openapi::api::coordination::v1::Lease as LeaseObject;
 use k8s_openapi::api::core::v1::ServiceAccount;
 use k8s_openapi::api::flowcontrol::v1::{FlowSchema, PriorityLevelConfiguration};
@@ -369,13 +369,11 @@ async fn settled(vacate: &Vacate, series: &str) -> Result<f64> {
 }
 
 async fn wait_leader(vacate: &Vacate, leader: bool) -> Result<()> {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while (vacate.metric("vacate_leader").await? == 1.0) != leader {
-        if tokio::time::Instant::now() > deadline {
-            bail!("vacate_leader did not become {}", u8::from(leader));
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let what = format!("vacate_leader to become {}", u8::from(leader));
+    testbed::wait_for(&what, Duration::from_secs(60), || async {
+        Ok(vacate.leads().await? == leader)
+    })
+    .await?;
     Ok(())
 }
 

@@ -703,6 +703,11 @@ impl Vacate {
         self.get("/metrics").await
     }
 
+    /// Whether this replica leads: its `vacate_leader` gauge is 1.
+    pub async fn leads(&self) -> Result<bool> {
+        Ok(self.metric("vacate_leader").await? == 1.0)
+    }
+
     /// The value of one sample line (`name{labels}`), 0 when absent.
     pub async fn metric(&self, series: &str) -> Result<f64> {
         let text = self.metrics().await?;
@@ -724,6 +729,24 @@ impl Drop for Vacate {
         // A frozen process would not die before it runs again.
         let _ = self.resume();
         self.kill();
+    }
+}
+
+/// Waits until one of `replicas` leads; returns its index. A replica that does not answer
+/// (a frozen one) does not lead.
+pub async fn leader_of(replicas: &[&Vacate], timeout: Duration) -> Result<usize> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        for (i, replica) in replicas.iter().enumerate() {
+            if replica.leads().await.unwrap_or(false) {
+                return Ok(i);
+            }
+        }
+        ensure!(
+            tokio::time::Instant::now() < deadline,
+            "no replica led within {timeout:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
