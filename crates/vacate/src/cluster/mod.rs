@@ -326,18 +326,7 @@ impl Context {
             // The other actions ran; this one is tried again after the error back-off.
             return Err(error);
         }
-
-        let mut next = plan.requeue_after;
-        if let Some(at) = replan_at {
-            let after = (at - Utc::now()).to_std().unwrap_or_default();
-            next = Some(next.map_or(after, |n| n.min(after)));
-        }
-        if plan.phase.is_draining() || matches!(plan.phase, Phase::Uncordoning | Phase::Pending) {
-            // A safety net only: every step of a drain is woken by what it waits for.
-            let resync = config.drain.resync.get();
-            next = Some(next.map_or(resync, |n| n.min(resync)));
-        }
-        Ok(next)
+        Ok(plan.look_again(replan_at, Utc::now(), config))
     }
 
     /// Carries the plan out: the new state first, with the plan's node changes in the same
