@@ -162,12 +162,15 @@ pub async fn register_webhooks(
                 }]
             },
             {
-                // KubeVirt: "virt-launcher-eviction-interceptor.kubevirt.io" on pods/eviction.
-                // failurePolicy Ignore as in KubeVirt: when virt-api is down, evictions go on.
+                // KubeVirt: "virt-launcher-eviction-interceptor.kubevirt.io" on pods/eviction,
+                // for pods named virt-launcher-* only, failurePolicy Fail: while virt-api is
+                // down the API server refuses a virt-launcher eviction (500, "failed calling
+                // webhook") and lets every other eviction through (webhooks.go,
+                // `NewVirtAPIValidatingWebhookConfiguration`, v1.7.4 and v1.9.0).
                 "name": "virt-launcher-eviction-interceptor.kubevirt.io",
                 "admissionReviewVersions": ["v1"],
                 "sideEffects": "NoneOnDryRun",
-                "failurePolicy": "Ignore",
+                "failurePolicy": "Fail",
                 "timeoutSeconds": 10,
                 "clientConfig": {"url": url(paths::POD_EVICTION_VALIDATE), "caBundle": ca_bundle},
                 "rules": [{
@@ -176,6 +179,10 @@ pub async fn register_webhooks(
                     "apiVersions": ["v1"],
                     "resources": ["pods/eviction"],
                     "scope": "Namespaced"
+                }],
+                "matchConditions": [{
+                    "name": "only-vms",
+                    "expression": "object.metadata.name.startsWith(\"virt-launcher\")"
                 }]
             }
         ]

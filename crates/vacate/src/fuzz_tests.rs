@@ -74,6 +74,7 @@ fn valid_state() -> DrainState {
             attempts: 2,
             retry_at: Some(at),
             eviction_refused: true,
+            target: Some("worker-9".into()),
         },
     );
     state

@@ -33,6 +33,7 @@ use chrono::{DateTime, Utc};
 use k8s_openapi::api::admissionregistration::v1::{
     MutatingWebhookConfiguration, ValidatingWebhookConfiguration,
 };
+use k8s_openapi::api::core::v1::Pod;
 use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, ResourceExt};
 use kubevirt_api::VirtualMachineInstance;
@@ -92,9 +93,9 @@ trait Fault {
     /// The prefix of the run's namespace; the run number follows it.
     fn prefix(&self) -> String;
 
-    /// One of the scene's 6 live-migratable VMs, as this fault wants it.
-    fn vm(&self, vm: Vm) -> Vm {
-        vm
+    /// The scene's 6 live-migratable VMs, as this fault wants them; `rng` is the run's.
+    fn vms(&self, _rng: &mut StdRng) -> Vec<Vm> {
+        (0..6).map(|i| Vm::migratable(format!("vm-{i}"))).collect()
     }
 
     /// Whether every VMI must get exactly one of vacate's migrations.
@@ -179,14 +180,13 @@ async fn one_run(
     run: u64,
     seed: u64,
 ) -> Result<RunRecord> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let vms = fault.vms(&mut rng);
     let prefix = format!("{}{run}", fault.prefix());
     let env = match &cluster {
         Some(cluster) => Env::on(cluster.clone(), &prefix, 3).await?,
         None => Env::new(&prefix, 3).await?,
     };
-    let vms = (0..6)
-        .map(|i| fault.vm(Vm::migratable(format!("vm-{i}"))))
-        .collect();
     env.busy_node_with(0, vms, 2, 1).await?;
     let node = env.node(0).to_string();
     let before = uids(&env).await?;
@@ -196,7 +196,7 @@ async fn one_run(
         env,
         node,
         cluster,
-        rng: StdRng::seed_from_u64(seed),
+        rng,
         before,
         monitor,
         _watch: watch,
@@ -365,15 +365,21 @@ fn seconds_since(start: Instant) -> f64 {
 /// halfway (the simulator's per-VMI annotation).
 struct Kills {
     failure_rate: Option<&'static str>,
+    /// One VM's migrations stall (make no progress) from the request until a random moment
+    /// 3–10 s later, then go on.
+    stall: bool,
 }
+
+const STALL: &str = "simulator.vacate.io/migration-stall";
 
 impl Fault for Kills {
     type Injected = ();
 
     fn describe(&self) -> String {
+        let stall = if self.stall { ", one stalling" } else { "" };
         match self.failure_rate {
-            Some(rate) => format!("SIGKILL, {rate} of migrations failing"),
-            None => "SIGKILL".into(),
+            Some(rate) => format!("SIGKILL, {rate} of migrations failing{stall}"),
+            None => format!("SIGKILL{stall}"),
         }
     }
 
@@ -381,11 +387,22 @@ impl Fault for Kills {
         "chaos".into()
     }
 
-    fn vm(&self, vm: Vm) -> Vm {
-        match self.failure_rate {
-            Some(rate) => vm.annotate(FAILURE_RATE, rate),
-            None => vm,
-        }
+    fn vms(&self, rng: &mut StdRng) -> Vec<Vm> {
+        let stalling = self.stall.then(|| format!("vm-{}", rng.random_range(0..6)));
+        (0..6)
+            .map(|i| {
+                let vm = Vm::migratable(format!("vm-{i}"));
+                let vm = match self.failure_rate {
+                    Some(rate) => vm.annotate(FAILURE_RATE, rate),
+                    None => vm,
+                };
+                if stalling.as_deref() == Some(vm.name.as_str()) {
+                    vm.annotate(STALL, "true")
+                } else {
+                    vm
+                }
+            })
+            .collect()
     }
 
     /// Failed migrations are retried: a VMI may get more than one.
@@ -401,12 +418,38 @@ impl Fault for Kills {
     }
 
     async fn inject(&self, run: &mut Run) -> Result<()> {
+        let stalling = run
+            .env
+            .vmis()
+            .await?
+            .iter()
+            .find(|v| v.annotations().contains_key(STALL))
+            .map(|v| v.name_any());
+        let vmis: Api<VirtualMachineInstance> =
+            Api::namespaced(run.env.client.clone(), run.env.ns.name());
+        let unstall = stalling.map(|vm| {
+            let after = Duration::from_millis(run.rng.random_range(3000..10_000));
+            run.record.injected.push(format!(
+                "{vm}'s migrations stalled until {:.2} s",
+                after.as_secs_f64()
+            ));
+            tokio::spawn(async move {
+                tokio::time::sleep(after).await;
+                let patch = serde_json::json!({"metadata": {"annotations": {STALL: null}}});
+                vmis.patch(&vm, &PatchParams::default(), &Patch::Merge(&patch))
+                    .await
+                    .map(|_| ())
+            })
+        });
         for _ in 0..run.rng.random_range(1..=3) {
             let wait = Duration::from_millis(run.rng.random_range(100..4000));
             tokio::time::sleep(wait).await;
             run.replicas[0].1.kill();
             run.record.kills_at.push(run.since_request());
             run.replicas[0].1 = run.env.vacate(FAST).await?;
+        }
+        if let Some(unstall) = unstall {
+            unstall.await??;
         }
         Ok(())
     }
@@ -416,12 +459,16 @@ impl Fault for Kills {
 async fn sigkill_at_random_moments_loses_nothing() -> Result<()> {
     let runs = env_number("CHAOS_RUNS", 2)?;
     let seed = env_number("CHAOS_SEED", 1)?;
-    let kills = Kills { failure_rate: None };
+    let kills = Kills {
+        failure_rate: None,
+        stall: false,
+    };
     runs_of(&kills, None, 0..runs, seed).await
 }
 
-/// Migrations failing at random on top of the kills: vacate retries them, and after its
-/// attempts hands the VMI to KubeVirt (an eviction its evacuation turns into a migration).
+/// Migrations failing at random on top of the kills, and one VM's migrations stalling for a
+/// while: vacate retries the failed ones, and after its attempts hands the VMI to KubeVirt
+/// (an eviction its evacuation turns into a migration); it waits out the stalled one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failing_migrations_and_sigkill_lose_nothing() -> Result<()> {
     let runs = env_number("CHAOS_FAILING_RUNS", 1)?;
@@ -430,6 +477,7 @@ async fn failing_migrations_and_sigkill_lose_nothing() -> Result<()> {
     let first = env_number("CHAOS_RUNS", 2)?;
     let kills = Kills {
         failure_rate: Some("0.3"),
+        stall: true,
     };
     runs_of(&kills, None, first..first + runs, seed).await
 }
@@ -771,8 +819,9 @@ impl Fault for ComponentFault {
 /// KubeVirt's admission webhooks unreachable (virt-api down, its controllers up) while a VMI
 /// whose migrations fail is handed to KubeVirt: vacate's one attempt fails and it evicts the
 /// virt-launcher pod, which KubeVirt's webhook turns into an evacuation. That webhook's
-/// failurePolicy is Ignore (as in KubeVirt), so while it is down an eviction goes through and
-/// kills the VM: vacate must not evict then. The webhooks are pointed at a closed port from
+/// failurePolicy is Fail (as in KubeVirt), so while it is down the API server must refuse the
+/// eviction (checked with dry runs at the end of the outage), and vacate must wait and try
+/// again, never evicting a virt-launcher pod past it. The webhooks are pointed at a closed port from
 /// a random moment (0–1 s) after vacate's first migration of a failing VMI for
 /// `CHAOS_WEBHOOK_OUTAGE` seconds (default 20); then the migrations stop failing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -799,12 +848,17 @@ impl Fault for WebhooksDown {
         "webhooks".into()
     }
 
-    fn vm(&self, vm: Vm) -> Vm {
-        if FAILING.contains(&vm.name.as_str()) {
-            vm.annotate(FAILURE_RATE, "1")
-        } else {
-            vm
-        }
+    fn vms(&self, _rng: &mut StdRng) -> Vec<Vm> {
+        (0..6)
+            .map(|i| Vm::migratable(format!("vm-{i}")))
+            .map(|vm| {
+                if FAILING.contains(&vm.name.as_str()) {
+                    vm.annotate(FAILURE_RATE, "1")
+                } else {
+                    vm
+                }
+            })
+            .collect()
     }
 
     async fn start(&self, run: &Run) -> Result<Vec<(String, Vacate)>> {
@@ -833,6 +887,7 @@ impl Fault for WebhooksDown {
         let saved = point_webhooks(&env.client, &format!("https://127.0.0.1:{dead}/")).await?;
         let down_at = run.since_request();
         tokio::time::sleep(self.outage).await;
+        let probe = probe_launcher_evictions(env, &run.node).await?;
         restore_webhooks(&env.client, &saved).await?;
         let up_at = run.since_request();
         run.record.injected.push(format!(
@@ -867,12 +922,24 @@ impl Fault for WebhooksDown {
         let migrations = FAILING.map(|vm| run.monitor.migrations_of(vm));
         run.record.evidence.push(format!(
             "during the outage: virt-launcher evictions {evicted} let through, {refused} answered \
-             429 by KubeVirt, {held} held back (a dry run let through: the webhook is down); \
+             429 by KubeVirt, {held} held back (KubeVirt unavailable: its webhook not answering); \
              vacate's migrations of the failing VMIs: {migrations:?}"
         ));
         if evicted > 0.0 {
             run.record.violations.push(format!(
                 "{evicted} virt-launcher pods evicted while KubeVirt's webhook was down"
+            ));
+        }
+        run.record.evidence.push(format!(
+            "dry-run evictions of the virt-launcher pods left on the node at the end of the \
+             outage: {} refused by the API server, {} let through",
+            probe.refused, probe.let_through
+        ));
+        if probe.let_through > 0 {
+            run.record.violations.push(format!(
+                "{} virt-launcher evictions let through while KubeVirt's webhook (failurePolicy \
+                 Fail) was down",
+                probe.let_through
             ));
         }
         Ok(())
@@ -946,4 +1013,37 @@ async fn restore_webhooks(client: &kube::Client, saved: &WebhookUrls) -> Result<
             .await?;
     }
     Ok(())
+}
+
+struct EvictionProbe {
+    refused: usize,
+    let_through: usize,
+}
+
+/// Dry-run evictions of every running virt-launcher pod on `node`: while KubeVirt's webhook
+/// is down (failurePolicy Fail) the API server must refuse each of them.
+async fn probe_launcher_evictions(env: &Env, node: &str) -> Result<EvictionProbe> {
+    let pods: Api<Pod> = Api::namespaced(env.client.clone(), env.ns.name());
+    let mut probe = EvictionProbe {
+        refused: 0,
+        let_through: 0,
+    };
+    let params = kube::api::EvictParams {
+        post_options: PostParams {
+            dry_run: true,
+            ..PostParams::default()
+        },
+        ..Default::default()
+    };
+    for pod in env.pods_on(node).await? {
+        let running = pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running");
+        if !running || !pod.name_any().starts_with("virt-launcher-") {
+            continue;
+        }
+        match pods.evict(&pod.name_any(), &params).await {
+            Ok(_) => probe.let_through += 1,
+            Err(_) => probe.refused += 1,
+        }
+    }
+    Ok(probe)
 }

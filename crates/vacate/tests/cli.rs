@@ -260,27 +260,28 @@ async fn drain_gives_up_on_a_node_that_cannot_start() -> anyhow::Result<()> {
 }
 
 /// `vacate plan` shows a rollout of three nodes, one at a time, before anything moves: the
-/// order, each VMI's migration and where there is room for it (on a node drained later it
-/// moves again), a PodDisruptionBudget that never allows an eviction, and nothing changed.
+/// order (the least VM memory first), each VMI's migration and where there is room for it
+/// (taken lightest first, every VM has room on a node done before it, so none moves again), a
+/// PodDisruptionBudget that never allows an eviction, and nothing changed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plan_shows_a_rollout_before_anything_moves() -> anyhow::Result<()> {
     let env = Env::new("plan", 3).await?;
-    // The rollout goes in name order.
     let mut names: Vec<String> = (0..3).map(|i| env.node(i).to_string()).collect();
     names.sort();
-    let (n0, n1, n2) = (names[0].clone(), names[1].clone(), names[2].clone());
+    // heavy: two VMs; light: one VM and a pod under a PDB; empty: nothing.
+    let (heavy, light, empty) = (names[0].clone(), names[1].clone(), names[2].clone());
     let index = |name: &str| (0..3).find(|&i| env.node(i) == name).unwrap();
-    env.place_on(index(&n0), || async {
+    env.place_on(index(&heavy), || async {
         env.create_vm(&Vm::migratable("a")).await?;
         env.create_vm(&Vm::migratable("b")).await?;
-        env.wait_vmis_running_on(&n0, 2).await
+        env.wait_vmis_running_on(&heavy, 2).await
     })
     .await?;
-    env.place_on(index(&n1), || async {
+    env.place_on(index(&light), || async {
         env.create_vm(&Vm::migratable("c")).await?;
         env.create_deployment("db", 1, Some(1)).await?;
-        env.wait_vmis_running_on(&n1, 1).await?;
-        env.wait_pods_running_on(&n1, 2).await
+        env.wait_vmis_running_on(&light, 1).await?;
+        env.wait_pods_running_on(&light, 2).await
     })
     .await?;
     let ns = env.ns.name().to_string();
@@ -338,22 +339,27 @@ async fn plan_shows_a_rollout_before_anything_moves() -> anyhow::Result<()> {
         .collect();
     assert_eq!(
         order,
-        vec![(n0.as_str(), 1), (n1.as_str(), 2), (n2.as_str(), 3)]
+        vec![
+            (empty.as_str(), 1),
+            (light.as_str(), 2),
+            (heavy.as_str(), 3)
+        ]
     );
-    // The first node's VMs can only go to nodes drained after it: they move again.
-    for vmi in nodes[0]["vmis"].as_array().unwrap() {
-        assert_eq!(vmi["action"], "migrate", "{vmi}");
-        let room = vmi["roomOn"].as_str().unwrap_or("");
-        assert!(room == n1 || room == n2, "{vmi}");
-        assert_eq!(vmi["movesAgain"], true, "{vmi}");
-    }
-    // The second node's VM has room on the first, drained by then: it moves once.
+    assert_eq!(nodes[0]["vmis"].as_array().map(Vec::len), Some(0));
+    // The light node's VM has room on the empty node, done by then: it moves once.
     let c = &nodes[1]["vmis"][0];
     assert_eq!(c["name"], format!("{ns}/c"));
-    assert_eq!(c["roomOn"], n0.as_str(), "{c}");
+    assert_eq!(c["roomOn"], empty.as_str(), "{c}");
     assert!(c.get("movesAgain").is_none(), "{c}");
+    // The heavy node's VMs go to the nodes done before it.
+    for vmi in nodes[2]["vmis"].as_array().unwrap() {
+        assert_eq!(vmi["action"], "migrate", "{vmi}");
+        let room = vmi["roomOn"].as_str().unwrap_or("");
+        assert!(room == empty || room == light, "{vmi}");
+        assert!(vmi.get("movesAgain").is_none(), "{vmi}");
+    }
     assert_eq!(plan["migrations"], 3);
-    assert_eq!(plan["migrationsMovingAgain"], 2);
+    assert_eq!(plan["migrationsMovingAgain"], 0);
     let blockers = nodes[1]["blockers"].to_string();
     assert!(
         blockers.contains(&format!("PodDisruptionBudget {ns}/db allows no disruption")),
@@ -365,11 +371,11 @@ async fn plan_shows_a_rollout_before_anything_moves() -> anyhow::Result<()> {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}");
     assert!(
-        text.contains("3 migration(s), 2 of them onto a node drained later"),
+        text.contains("3 migration(s), 0 of them onto a node drained later"),
         "{text}"
     );
     assert!(text.contains("Nothing was changed"), "{text}");
-    for node in [&n0, &n1, &n2] {
+    for node in [&heavy, &light, &empty] {
         let n = env.get_node(node).await?;
         assert!(!is_unschedulable(&n), "{node} was cordoned");
         assert!(

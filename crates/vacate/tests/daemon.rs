@@ -94,13 +94,13 @@ async fn happy_path_migrates_in_limited_batches_and_uncordons() -> anyhow::Resul
 
     assert_eq!(
         vacate
-            .metric("vacate_migrations_total{result=\"succeeded\"}")
+            .counter_reaching("vacate_migrations_total{result=\"succeeded\"}", 8.0)
             .await?,
         8.0
     );
     assert_eq!(
         vacate
-            .metric("vacate_drains_total{result=\"drained\"}")
+            .counter_reaching("vacate_drains_total{result=\"drained\"}", 1.0)
             .await?,
         1.0
     );
@@ -272,7 +272,7 @@ async fn block_policy_waits_and_times_out_into_failed() -> anyhow::Result<()> {
     );
     assert_eq!(
         vacate
-            .metric("vacate_drains_total{result=\"failed\"}")
+            .counter_reaching("vacate_drains_total{result=\"failed\"}", 1.0)
             .await?,
         1.0
     );
@@ -341,7 +341,7 @@ async fn failing_migration_is_retried_then_handed_to_kubevirt() -> anyhow::Resul
     assert!(monitor.migrations_of("flaky").len() >= 3);
     assert_eq!(
         vacate
-            .metric("vacate_migrations_total{result=\"failed\"}")
+            .counter_reaching("vacate_migrations_total{result=\"failed\"}", 3.0)
             .await?,
         3.0
     );

@@ -136,12 +136,9 @@ async fn a_window_holds_a_request_until_it_opens_and_aborts_the_drain_when_it_cl
         .filter(|v| v.node_name() == Some(node.as_str()))
         .count();
     ensure!(running_here == 2, "the VMIs should still run on {node}");
-    ensure!(
-        vacate
-            .metric("vacate_drains_total{result=\"aborted\"}")
-            .await?
-            >= 1.0
-    );
+    vacate
+        .counter_reaching("vacate_drains_total{result=\"aborted\"}", 1.0)
+        .await?;
     Ok(())
 }
 
@@ -338,12 +335,9 @@ async fn an_upgrade_request_ends_when_the_kubelet_reports_the_version_or_fails_i
         "{why}"
     );
     ensure!(is_unschedulable(&env.get_node(&stuck).await?));
-    ensure!(
-        vacate
-            .metric("vacate_drains_total{result=\"failed\"}")
-            .await?
-            >= 1.0
-    );
+    vacate
+        .counter_reaching("vacate_drains_total{result=\"failed\"}", 1.0)
+        .await?;
 
     // An upgrade to the version already running needs no drain.
     let third = env.node(2).to_string();
@@ -478,5 +472,85 @@ async fn blockers_hold_new_drains_while_pods_match_or_prometheus_alerts_fire() -
             prometheus.log()
         )
     })?;
+    Ok(())
+}
+
+/// A rollout of two nodes, one at a time, with two more nodes outside it: vacate sends every
+/// migration (`spec.addedNodeSelector`) to a node that does not wait for its own drain: the
+/// first node's VMs to the nodes outside the rollout (never to the second node, schedulable
+/// while it waits); the last node's wherever KubeVirt places them, as no node waits any more.
+/// Each VM moves once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollouts_vms_move_once_to_nodes_outside_it() -> Result<()> {
+    let env = Env::new("vacate-steer", 4).await?;
+    let (first, second) = (env.node(0).to_string(), env.node(1).to_string());
+    let outside = [env.node(2).to_string(), env.node(3).to_string()];
+    for (i, node) in [&first, &second].into_iter().enumerate() {
+        env.place_on(i, || async {
+            for j in 0..2 {
+                let mut vm = Vm::migratable(format!("vm-{i}-{j}"));
+                vm.memory = "1Gi";
+                env.create_vm(&vm).await?;
+            }
+            env.wait_vmis_running_on(node, 2).await
+        })
+        .await?;
+    }
+    let _vacate = env
+        .vacate(&format!("{FAST}[fleet]\nmax_draining = 1\n"))
+        .await?;
+    env.request(&first, Some("true")).await?;
+    env.request(&second, Some("true")).await?;
+    env.wait_phase(&first, Phase::Drained, Duration::from_secs(120))
+        .await?;
+    ensure!(
+        !is_unschedulable(&env.get_node(&second).await?),
+        "the second node waits for its place, schedulable"
+    );
+    let targets = |of: &'static str| {
+        let env = &env;
+        async move {
+            let migrations: Api<kubevirt_api::VirtualMachineInstanceMigration> =
+                Api::namespaced(env.client.clone(), env.ns.name());
+            let all = migrations.list(&ListParams::default()).await?.items;
+            anyhow::Ok(
+                all.iter()
+                    .filter(|m| m.spec.vmi_name.starts_with(of))
+                    .map(|m| {
+                        m.spec
+                            .added_node_selector
+                            .get("kubernetes.io/hostname")
+                            .cloned()
+                            .unwrap_or_default()
+                    })
+                    .collect::<Vec<_>>(),
+            )
+        }
+    };
+    let firsts = targets("vm-0-").await?;
+    ensure!(
+        firsts.len() == 2 && firsts.iter().all(|t| outside.contains(t)),
+        "the first node's migrations go outside the rollout: {firsts:?}"
+    );
+    // The first node is done: the second drains.
+    env.request(&first, None).await?;
+    env.wait_phase(&second, Phase::Drained, Duration::from_secs(120))
+        .await?;
+    // No other node waits now: every node the scheduler may choose is final, and KubeVirt
+    // places the last node's migrations.
+    let seconds = targets("vm-1-").await?;
+    ensure!(
+        seconds == ["", ""],
+        "the last node's migrations are left to KubeVirt: {seconds:?}"
+    );
+    // One migration per VM, and every VM on a node that is not waiting for a drain.
+    for vmi in env.vmis().await? {
+        ensure!(
+            vmi.node_name().is_some_and(|n| n != second),
+            "VMI {} runs on {:?}",
+            vmi.name_any(),
+            vmi.node_name()
+        );
+    }
     Ok(())
 }

@@ -247,3 +247,41 @@ async fn cluster_wide_configuration_comes_from_the_kubevirt_cr() -> Result<()> {
         .await?;
     result
 }
+
+/// KubeVirt registers its eviction interceptor for virt-launcher pods only, with failurePolicy
+/// Fail: while virt-api is down the API server refuses a virt-launcher eviction instead of
+/// letting it delete the pod (webhooks.go, v1.7.4 and v1.9.0). A plain pod is evicted as
+/// usual, the match condition keeping the webhook out of its way.
+#[tokio::test]
+async fn the_eviction_webhook_fails_closed_for_virt_launcher_pods_only() -> Result<()> {
+    use k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration;
+    let env = Env::new("sim-evict-policy", 1).await?;
+    let configs: kube::Api<ValidatingWebhookConfiguration> = kube::Api::all(env.client.clone());
+    let config = configs
+        .get(kubevirt_sim::install::VALIDATING_CONFIGURATION)
+        .await?;
+    let webhook = config
+        .webhooks
+        .unwrap_or_default()
+        .into_iter()
+        .find(|w| w.name == "virt-launcher-eviction-interceptor.kubevirt.io")
+        .expect("the eviction interceptor is registered");
+    ensure!(
+        webhook.failure_policy.as_deref() == Some("Fail"),
+        "{:?}",
+        webhook.failure_policy
+    );
+    let conditions = webhook.match_conditions.unwrap_or_default();
+    ensure!(
+        conditions.len() == 1
+            && conditions[0].name == "only-vms"
+            && conditions[0].expression == r#"object.metadata.name.startsWith("virt-launcher")"#,
+        "{conditions:?}"
+    );
+    ensure!(
+        webhook.side_effects == "NoneOnDryRun",
+        "{}",
+        webhook.side_effects
+    );
+    Ok(())
+}

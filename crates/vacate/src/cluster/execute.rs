@@ -10,8 +10,8 @@ use kubevirt_api::{
 use serde_json::json;
 
 use super::snapshot::{
-    MANAGED_BY_LABEL, MANAGED_BY_VALUE, MIGRATION_NODE_ANNOTATION, MIGRATION_NODE_LABEL,
-    node_label_value,
+    HOSTNAME_LABEL, MANAGED_BY_LABEL, MANAGED_BY_VALUE, MIGRATION_NODE_ANNOTATION,
+    MIGRATION_NODE_LABEL, node_label_value,
 };
 use crate::config::Config;
 use crate::error::{Error, Result, is_throttled, status_code, status_message};
@@ -56,6 +56,22 @@ fn classify(error: kube::Error, doing: &str) -> Result<ActionResult> {
             source: error,
         }),
     }
+}
+
+/// As [`classify`], and an eviction KubeVirt's webhook could not be asked about (virt-api
+/// down: the API server answers 500 "failed calling webhook", as the webhook's failurePolicy
+/// is Fail) is KubeVirt being unavailable, tried again later.
+fn classify_eviction(error: kube::Error, doing: &str) -> Result<ActionResult> {
+    let message = status_message(&error);
+    if status_code(&error) == Some(500)
+        && message.contains("failed calling webhook")
+        && message.contains(".kubevirt.io")
+    {
+        return Err(Error::KubeVirtUnavailable(format!(
+            "{doing}: KubeVirt's eviction webhook did not answer ({message}); trying again later"
+        )));
+    }
+    classify(error, doing)
 }
 
 /// An eviction that changes nothing: `dryRun=All` in the query (the admission request's
@@ -134,6 +150,7 @@ impl Executor<'_> {
                 namespace,
                 name,
                 vmi,
+                target,
             } => {
                 let api: Api<VirtualMachineInstanceMigration> =
                     Api::namespaced(self.client.clone(), namespace);
@@ -141,6 +158,10 @@ impl Executor<'_> {
                     name,
                     VirtualMachineInstanceMigrationSpec {
                         vmi_name: vmi.clone(),
+                        added_node_selector: target
+                            .iter()
+                            .map(|t| (HOSTNAME_LABEL.to_string(), t.clone()))
+                            .collect(),
                         ..Default::default()
                     },
                 );
@@ -181,21 +202,22 @@ impl Executor<'_> {
                 let api: Api<Pod> = Api::namespaced(self.client.clone(), namespace);
                 if *kubevirt_answers {
                     // KubeVirt's webhook must answer this eviction (with a 429). Asked with a
-                    // dry run, an eviction let through means the webhook did not run: the real
-                    // one would delete the virt-launcher pod and kill the VM.
+                    // dry run, an eviction let through means the webhook did not run: its
+                    // registration was changed to failurePolicy Ignore or removed, and the
+                    // real eviction would delete the virt-launcher pod and kill the VM.
                     let probe = api.evict(name, &dry_run_eviction()).await;
                     match probe {
                         Ok(_) => {
                             return Err(Error::KubeVirtUnavailable(format!(
                                 "KubeVirt's eviction webhook did not answer a dry-run eviction of \
-                                 virt-launcher pod {namespace}/{name} (virt-api down? the webhook's \
-                                 failurePolicy is Ignore, so an eviction now would kill the VM); \
-                                 not evicting it, trying again later"
+                                 virt-launcher pod {namespace}/{name} (is \
+                                 virt-launcher-eviction-interceptor.kubevirt.io registered with \
+                                 failurePolicy Fail?); not evicting it, trying again later"
                             )));
                         }
                         Err(error) if status_code(&error) == Some(429) => {}
                         Err(error) => {
-                            return classify(
+                            return classify_eviction(
                                 error,
                                 &format!("evicting pod {namespace}/{name} (dry run)"),
                             );
@@ -203,7 +225,12 @@ impl Executor<'_> {
                     }
                 }
                 let result = api.evict(name, &EvictParams::default()).await;
-                let outcome = done(result, &format!("evicting pod {namespace}/{name}"))?;
+                let outcome = match result {
+                    Ok(_) => ActionResult::Done,
+                    Err(error) => {
+                        classify_eviction(error, &format!("evicting pod {namespace}/{name}"))?
+                    }
+                };
                 // Evicted pods are announced together, in one event per plan (the shell's).
                 match &outcome {
                     ActionResult::Refused(message) => {

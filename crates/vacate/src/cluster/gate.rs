@@ -34,12 +34,23 @@ impl Context {
     /// metrics; `vacate drain` watches one node only).
     pub fn fleet_nodes(&self) -> Vec<FleetNode> {
         let config = &self.config;
+        // Guest memory by node: the rollout takes its lightest nodes first.
+        let mut memory: HashMap<String, u64> = HashMap::new();
+        for vmi in self.stores.vmis.state() {
+            if let Some(node) = vmi.node_name() {
+                *memory.entry(node.to_string()).or_default() +=
+                    vmi.guest_memory_bytes().unwrap_or(0);
+            }
+        }
         self.stores
             .nodes
             .state()
             .iter()
             .filter(|n| config.node.selector.matches(n.labels()))
-            .map(|n| fleet_node(n, config))
+            .map(|n| {
+                let vm_memory = memory.get(&n.name_any()).copied().unwrap_or(0);
+                fleet_node(n, config).with_vm_memory(vm_memory)
+            })
             .collect()
     }
 
@@ -97,19 +108,39 @@ impl Context {
         if self.config.fleet.capacity_check {
             // Every node of the cluster, not only those vacate handles: VMs and pods may go
             // anywhere.
-            let all_nodes = if self.node_cache.has_cluster {
-                self.stores
-                    .nodes
-                    .state()
-                    .iter()
-                    .map(|n| (**n).clone())
-                    .collect()
-            } else {
-                self.list_nodes(ListParams::default().match_any()).await?
-            };
+            let all_nodes = self.all_nodes().await?;
             return self.capacity(&name, &all_nodes).await;
         }
         Ok(Ok(()))
+    }
+
+    /// Every node of the cluster: from the watch cache when it holds them all, else listed.
+    pub(super) async fn all_nodes(&self) -> Result<Vec<Node>> {
+        if self.node_cache.has_cluster {
+            return Ok(self
+                .stores
+                .nodes
+                .state()
+                .iter()
+                .map(|n| (**n).clone())
+                .collect());
+        }
+        self.list_nodes(ListParams::default().match_any()).await
+    }
+
+    /// Every pod that has not finished, served from the API server's watch cache
+    /// (resourceVersion 0): an estimate of room needs no read from etcd, and a large
+    /// cluster's pod list stays cheap.
+    pub(super) async fn unfinished_pods(&self, doing: &'static str) -> Result<Vec<Pod>> {
+        Ok(Api::<Pod>::all(self.client.clone())
+            .list(
+                &ListParams::default()
+                    .match_any()
+                    .fields("status.phase!=Succeeded,status.phase!=Failed"),
+            )
+            .await
+            .map_err(Error::kube(doing))?
+            .items)
     }
 
     async fn list_nodes(&self, params: ListParams) -> Result<Vec<Node>> {
@@ -168,18 +199,10 @@ impl Context {
         name: &str,
         all_nodes: &[Node],
     ) -> Result<std::result::Result<(), Gate>> {
-        // Served from the API server's watch cache (resourceVersion 0): a capacity estimate
-        // does not need a read from etcd, and a large cluster's pod list stays cheap.
-        let pods: Api<Pod> = Api::all(self.client.clone());
-        let list = pods
-            .list(
-                &ListParams::default()
-                    .match_any()
-                    .fields("status.phase!=Succeeded,status.phase!=Failed"),
-            )
-            .await
-            .map_err(Error::kube("listing pods for the capacity check"))?;
-        let (mut moving, targets) = room_and_movers(&list.items, all_nodes, &self.config);
+        let pods = self
+            .unfinished_pods("listing pods for the capacity check")
+            .await?;
+        let (mut moving, targets) = room_and_movers(&pods, all_nodes, &self.config);
         let mut workloads = moving.remove(name).unwrap_or_default();
         for w in &mut workloads {
             w.name = format!("pod {}", w.name);

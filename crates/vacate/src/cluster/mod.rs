@@ -9,6 +9,7 @@ pub mod prometheus;
 mod read;
 pub mod schedule;
 pub mod snapshot;
+mod steer;
 #[cfg(test)]
 mod tests;
 pub mod watch;
@@ -79,6 +80,8 @@ pub struct Context {
     prometheus: Option<prometheus::PrometheusGate>,
     /// The Lease this replica must hold to write (none without leader election).
     fence: Option<fence::Fence>,
+    /// The room on the nodes migrations may be steered to during a rollout.
+    rooms: Mutex<steer::Rooms>,
 }
 
 /// A running shell: its context and the receiver of node triggers.
@@ -133,6 +136,7 @@ impl Shell {
             last_start: Mutex::new(None),
             prometheus,
             fence,
+            rooms: Mutex::default(),
         });
         Self {
             ctx,
@@ -310,6 +314,18 @@ impl Context {
         if let Some(gate) = gate? {
             read.snapshot.start_gate = gate;
         }
+        // Where migrations may go is looked up only when the plan may start some.
+        let draining = read
+            .snapshot
+            .node
+            .state
+            .valid()
+            .is_some_and(|s| s.phase.is_draining());
+        if (draining || wants_to_start.is_some())
+            && read.snapshot.vmis.iter().any(|v| v.running && !v.finished)
+        {
+            read.snapshot.cluster.steering = self.steering(name).await;
+        }
         let plan = planner::plan(&read.snapshot, config);
         let Applied {
             state,
@@ -411,9 +427,18 @@ impl Context {
                         namespace,
                         name: m,
                         vmi,
+                        target,
                     },
                     ActionResult::Done,
                 ) => {
+                    if let (Some(host), Some(view)) = (
+                        target,
+                        snap.vmis
+                            .iter()
+                            .find(|v| v.namespace == *namespace && v.name == *vmi),
+                    ) {
+                        self.reserve(host, view.requests);
+                    }
                     let mut ledger = self.ledger.lock().expect("ledger lock");
                     ledger.created(namespace, m, &name, vmi);
                 }

@@ -25,6 +25,8 @@ pub const MIGRATION_NODE_LABEL: &str = "vacate.io/node";
 /// Annotation on every migration vacate creates, with the node's full name.
 pub const MIGRATION_NODE_ANNOTATION: &str = "vacate.io/node";
 pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
+/// The node label a steered migration selects its target by (`spec.addedNodeSelector`).
+pub const HOSTNAME_LABEL: &str = "kubernetes.io/hostname";
 pub const MANAGED_BY_VALUE: &str = "vacate";
 
 /// A label value naming a node. Node names may be longer than the 63 characters a label value
@@ -130,23 +132,56 @@ pub fn vmi_view(
         .effective_eviction_strategy(cluster_default)
         .unwrap_or(kubevirt_api::EvictionStrategy::None);
     let uid = vmi.uid().unwrap_or_default();
-    let launcher_pod = pods
+    let launcher = pods
         .iter()
         .filter(|p| p.metadata.deletion_timestamp.is_none() && !pod_finished(p))
-        .find(|p| p.labels().get(kv_labels::CREATED_BY_LABEL) == Some(&uid))
-        .map(|p| p.name_any());
+        .find(|p| p.labels().get(kv_labels::CREATED_BY_LABEL) == Some(&uid));
+    let spec = launcher.and_then(|p| p.spec.as_ref());
     VmiView {
+        launcher_pod: launcher.map(|p| p.name_any()),
+        requests: launcher.map(pod_requests).unwrap_or_default(),
+        node_selector: spec
+            .and_then(|s| s.node_selector.clone())
+            .unwrap_or_default(),
+        placement_rules: spec.is_some_and(placement_rules),
         namespace: vmi.namespace().unwrap_or_default(),
         name: vmi.name_any(),
         finished: vmi.is_final(),
         running: vmi.is_running(),
         migratability,
         eviction_strategy: eviction_strategy(strategy),
-        launcher_pod,
         restartable,
         deleting: vmi.metadata.deletion_timestamp.is_some(),
         memory: vmi.guest_memory_bytes().unwrap_or(0),
     }
+}
+
+/// Whether a pod has scheduling rules a node chosen by vacate could break: required node
+/// affinity, required pod (anti-)affinity, or a topology spread it must not violate. Its
+/// node selector is respected by the choice; tolerations only widen where it may go, and
+/// vacate chooses only nodes without NoSchedule or NoExecute taints.
+fn placement_rules(spec: &k8s_openapi::api::core::v1::PodSpec) -> bool {
+    let affinity = spec.affinity.as_ref();
+    let node_required = affinity
+        .and_then(|a| a.node_affinity.as_ref())
+        .is_some_and(|n| {
+            n.required_during_scheduling_ignored_during_execution
+                .is_some()
+        });
+    let pods_required = affinity.is_some_and(|a| {
+        a.pod_affinity.as_ref().is_some_and(|p| {
+            p.required_during_scheduling_ignored_during_execution
+                .is_some()
+        }) || a.pod_anti_affinity.as_ref().is_some_and(|p| {
+            p.required_during_scheduling_ignored_during_execution
+                .is_some()
+        })
+    });
+    let spread = spec
+        .topology_spread_constraints
+        .as_ref()
+        .is_some_and(|c| c.iter().any(|c| c.when_unsatisfiable == "DoNotSchedule"));
+    node_required || pods_required || spread
 }
 
 pub fn migration_view(m: &VirtualMachineInstanceMigration, node: &str) -> MigrationView {
@@ -232,6 +267,7 @@ pub fn cluster_view(kubevirt: Option<&KubeVirt>, migrations_in_flight: u32) -> C
         kubevirt_per_node: m.parallel_outbound_migrations_per_node(),
         kubevirt_per_cluster: m.parallel_migrations_per_cluster(),
         bandwidth: m.bandwidth_bytes_per_second(),
+        steering: Default::default(),
     }
 }
 

@@ -40,6 +40,9 @@ impl Seen {
     }
 }
 
+/// Something done in the cluster as a request arrives.
+type RequestHook = Box<dyn FnMut(&Seen) + Send>;
+
 /// How the fake API answers.
 #[derive(Default)]
 struct Script {
@@ -51,6 +54,9 @@ struct Script {
     eviction_errors: HashMap<String, (u16, String)>,
     /// Pods whose evictions API priority and fairness turns away (429 in plain text).
     throttled_evictions: Vec<String>,
+    /// Called with each request before it is answered: what else happens in the cluster
+    /// meanwhile (another replica taking the lease, ...).
+    on_request: Option<RequestHook>,
 }
 
 struct Fake {
@@ -133,6 +139,9 @@ async fn serve(
             body: body.clone(),
         };
         seen.lock().unwrap().push(entry.clone());
+        if let Some(hook) = script.lock().unwrap().on_request.as_mut() {
+            hook(&entry);
+        }
         let response = if path.contains("watch=true") {
             held.push(respond);
             continue;
@@ -260,6 +269,7 @@ impl Fake {
             last_start: Mutex::new(None),
             prometheus: None,
             fence,
+            rooms: Mutex::default(),
         });
         Fake {
             ctx,
@@ -512,6 +522,56 @@ async fn a_replica_whose_lease_ran_out_writes_nothing() {
     assert!(fake.seen().iter().any(Seen::writes_state));
 }
 
+/// A plan takes a while to carry out, and the lease may be lost in the middle of it (another
+/// replica took it while this one was frozen, or a renewal failed): the rest of the plan is
+/// not sent, the Event announcing the pods evicted included.
+#[tokio::test]
+async fn a_lease_lost_in_the_middle_of_a_plan_stops_its_remaining_writes() {
+    use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+    let lease = |holder: &str| Lease {
+        metadata: kube::api::ObjectMeta {
+            name: Some("vacate".into()),
+            namespace: Some("vacate-system".into()),
+            ..Default::default()
+        },
+        spec: Some(LeaseSpec {
+            holder_identity: Some(holder.into()),
+            renew_time: Some(fence::tests::micro_time(Utc::now())),
+            lease_duration_seconds: Some(15),
+            ..Default::default()
+        }),
+    };
+    let (store, mut writer) = reflector::store::<Lease>();
+    writer.apply_watcher_event(&watcher::Event::Apply(lease("me")));
+    let fence = fence::Fence::with_store(store, "vacate-system", "vacate", "me");
+    let fake = Fake::fenced(config(), requested(), vec![], Some(fence));
+    {
+        let mut script = fake.script.lock().unwrap();
+        script.pods = vec![pod("a"), pod("b")];
+        // The other replica takes the lease while the first eviction is on its way.
+        script.on_request = Some(Box::new(move |seen: &Seen| {
+            if seen.method == "POST" && seen.path.contains("/pods/a/eviction") {
+                writer.apply_watcher_event(&watcher::Event::Apply(lease("other")));
+            }
+        }));
+    }
+    let error = fake.ctx.reconcile(NODE).await.expect_err("fenced");
+    assert!(matches!(error, Error::Fenced(_)), "{error}");
+    let seen = fake.seen();
+    let lost = seen
+        .iter()
+        .position(|s| s.method == "POST" && s.path.contains("/pods/a/eviction"))
+        .expect("the first eviction was sent");
+    let after: Vec<&Seen> = seen[lost + 1..]
+        .iter()
+        .filter(|s| s.method != "GET")
+        .collect();
+    assert!(
+        after.is_empty(),
+        "written after the lease was lost: {after:#?}"
+    );
+}
+
 fn pod(name: &str) -> Value {
     json!({"apiVersion": "v1", "kind": "Pod",
            "metadata": {"name": name, "namespace": "apps", "uid": format!("uid-{name}"),
@@ -629,10 +689,11 @@ fn launcher_pod(vmi: &str) -> Value {
            "status": {"phase": "Running"}})
 }
 
-/// KubeVirt's eviction webhook has failurePolicy Ignore: while virt-api is down, the API
-/// server lets the eviction of a virt-launcher pod through, which deletes the pod and kills
-/// the VM. The scripted API lets every eviction through, as then: vacate asks with a dry run,
-/// sees it let through, and does not evict.
+/// KubeVirt registers its eviction webhook with failurePolicy Fail; a cluster where it was
+/// changed to Ignore (or removed) lets the eviction of a virt-launcher pod through while
+/// virt-api is down, which deletes the pod and kills the VM. The scripted API lets every
+/// eviction through, as then: vacate asks with a dry run, sees it let through, and does not
+/// evict.
 #[tokio::test]
 async fn a_launcher_pod_is_not_evicted_while_kubevirts_webhook_lets_evictions_through() {
     let mut external = vmi("vm-0");
@@ -663,6 +724,40 @@ async fn a_launcher_pod_is_not_evicted_while_kubevirts_webhook_lets_evictions_th
         evictions[0].path.contains("dryRun=All"),
         "only a dry run: {evictions:#?}"
     );
+}
+
+/// While virt-api is down, the API server refuses a virt-launcher eviction because KubeVirt's
+/// webhook (failurePolicy Fail) cannot be called: KubeVirt is unavailable, the eviction is
+/// tried again later, and nothing is taken as a refusal (no VM restarted for it).
+#[tokio::test]
+async fn a_launcher_eviction_kubevirts_webhook_could_not_answer_is_tried_again() {
+    let mut external = vmi("vm-0");
+    external.spec.eviction_strategy = Some(kubevirt_api::EvictionStrategy::External);
+    let fake = Fake::new(config(), requested(), vec![external]);
+    {
+        let mut script = fake.script.lock().unwrap();
+        script.pods = vec![launcher_pod("vm-0")];
+        script.eviction_errors.insert(
+            "virt-launcher-vm-0-abcde".into(),
+            (
+                500,
+                "Internal error occurred: failed calling webhook \
+                 \"virt-launcher-eviction-interceptor.kubevirt.io\": failed to call webhook: \
+                 Post \"https://virt-api.kubevirt.svc:443/pod-eviction-validate\": dial tcp: \
+                 connect: connection refused"
+                    .into(),
+            ),
+        );
+    }
+    let error = fake
+        .ctx
+        .reconcile(NODE)
+        .await
+        .expect_err("KubeVirt being unavailable is an error retried later");
+    assert_eq!(error.metric_label(), "kubevirt_unavailable", "{error}");
+    let state = fake.last_state();
+    let record = &state.vmis["vms/vm-0"];
+    assert!(!record.eviction_refused, "{record:?}");
 }
 
 #[tokio::test]

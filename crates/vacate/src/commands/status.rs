@@ -54,6 +54,18 @@ pub fn row(node: &Node, config: &Config) -> Option<Row> {
                     format!("{eta}; {detail}")
                 };
             }
+            if let Some(why) = state
+                .unsteered
+                .as_ref()
+                .filter(|_| state.phase == crate::planner::Phase::Migrating)
+            {
+                let note = format!("not steered: {why}");
+                detail = if detail.is_empty() {
+                    note
+                } else {
+                    format!("{detail}; {note}")
+                };
+            }
             Some(Row {
                 node: name,
                 phase: state.phase.to_string(),
@@ -360,6 +372,7 @@ mod tests {
             started_at: None,
             request_value: value.map(String::from),
             waiting_for_place: false,
+            vm_memory: 0,
         };
         let nodes = [
             node("a", Some("monthly.20261101T030000Z"), true),

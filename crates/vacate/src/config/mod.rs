@@ -219,6 +219,13 @@ pub struct MigrationConfig {
     pub retry_backoff: ConfigDuration,
     /// Upper bound of the retry wait.
     pub retry_backoff_max: ConfigDuration,
+    /// During a rollout (other nodes wait for their drains), send each migration to a node
+    /// outside the rollout or done with it (`spec.addedNodeSelector`, KubeVirt 1.6+), so
+    /// that each VM moves once.
+    pub steer_rollouts: bool,
+    /// Steered migrations one node may receive at once.
+    #[serde(deserialize_with = "at_least_one")]
+    pub max_inbound_per_node: NonZeroU32,
 }
 
 impl MigrationConfig {
@@ -243,6 +250,8 @@ impl Default for MigrationConfig {
             max_attempts: count(3),
             retry_backoff: ConfigDuration::from_secs(10),
             retry_backoff_max: ConfigDuration::from_secs(300),
+            steer_rollouts: true,
+            max_inbound_per_node: count(2),
         }
     }
 }

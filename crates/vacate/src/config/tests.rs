@@ -90,6 +90,7 @@ fn zero_counts_are_refused_while_reading_with_the_key_named() {
         "max_in_flight_per_node",
         "max_in_flight_cluster",
         "max_attempts",
+        "max_inbound_per_node",
     ] {
         let err = parse(&format!("[migration]\n{key} = 0\n")).unwrap_err();
         assert_eq!(

@@ -31,6 +31,9 @@ pub enum Action {
         namespace: String,
         name: String,
         vmi: String,
+        /// The hostname label of the node the migration is sent to (`spec.addedNodeSelector`);
+        /// `None` leaves the choice to KubeVirt.
+        target: Option<String>,
     },
     /// Deleting an unfinished migration makes KubeVirt abort it.
     CancelMigration {
@@ -44,10 +47,11 @@ pub enum Action {
         vmi: Option<String>,
         /// KubeVirt's eviction webhook answers this eviction itself, with a 429 whatever
         /// happens (pod-eviction-admitter.go, `admitLauncherPod`: the VMI's eviction strategy
-        /// is LiveMigrate or External, or LiveMigrateIfPossible and it can migrate). If the
-        /// API server lets it through, the webhook did not run: virt-api is down, and the
-        /// webhook's failurePolicy is Ignore. The pod would be deleted and the VM with it, so
-        /// the shell asks with a dry run first and evicts only once KubeVirt answers.
+        /// is LiveMigrate or External, or LiveMigrateIfPossible and it can migrate). KubeVirt
+        /// registers that webhook with failurePolicy Fail, so while virt-api is down the API
+        /// server refuses the eviction; were the registration changed to Ignore, the eviction
+        /// would delete the pod and the VM with it. The shell asks with a dry run first and
+        /// evicts only once KubeVirt answers.
         kubevirt_answers: bool,
     },
     /// Stop a VMI gracefully; its VirtualMachine starts it again elsewhere.

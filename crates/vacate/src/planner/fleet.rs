@@ -58,8 +58,17 @@ pub struct FleetNode {
     /// Value of the maintenance request label.
     pub request_value: Option<String>,
     /// Requested and waiting only for a place in the fleet (not looked at yet, or Pending
-    /// behind the fleet limits): such nodes take the places that free up in name order.
+    /// behind the fleet limits): such nodes take the places that free up in rollout order.
     pub waiting_for_place: bool,
+    /// Guest memory of the VMIs on the node: the lightest nodes go first in a rollout.
+    pub vm_memory: u64,
+}
+
+/// A rollout's order: the nodes with the least VM memory first, then by name. The first
+/// nodes' VMs can only go to nodes outside the rollout, where room is scarcest; the later
+/// ones' also to the nodes done before them.
+pub fn rollout_order(a: (u64, &str), b: (u64, &str)) -> std::cmp::Ordering {
+    a.cmp(&b)
 }
 
 impl FleetNode {
@@ -103,6 +112,7 @@ impl FleetNode {
             unschedulable,
             in_maintenance,
             started_at: valid.filter(|_| in_maintenance).map(|s| s.started_at),
+            vm_memory: 0,
         }
     }
 
@@ -113,6 +123,12 @@ impl FleetNode {
             .as_deref()
             .and_then(|v| v.strip_prefix(schedule))
             .is_some_and(|run| run.starts_with('.'))
+    }
+
+    /// With the guest memory of the VMIs on the node, which orders the rollout.
+    pub fn with_vm_memory(mut self, bytes: u64) -> Self {
+        self.vm_memory = bytes;
+        self
     }
 
     fn schedulable(&self) -> bool {
@@ -193,7 +209,7 @@ pub fn check(
             return Err(Gate::new(
                 BlockReason::FleetLimit,
                 format!(
-                    "schedule {} works through its nodes in name order, {} at a time; next: {}",
+                    "schedule {} works through its nodes lightest first (VM memory, then name), {} at a time; next: {}",
                     schedule.name,
                     schedule.concurrency,
                     ahead.join(", ")
@@ -229,12 +245,16 @@ pub fn check(
     Ok(())
 }
 
-/// The nodes among `members` that wait for a place and come before `me` in name order, so
-/// that a rollout goes through its nodes in the order `vacate plan` shows.
+/// The nodes among `members` that wait for a place and come before `me` in the rollout's
+/// order ([`rollout_order`]), so that a rollout goes through its nodes in the order
+/// `vacate plan` shows.
 fn ahead_of<'a>(me: &FleetNode, members: &[&'a FleetNode]) -> Vec<&'a str> {
+    let mine = (me.vm_memory, me.name.as_str());
     members
         .iter()
-        .filter(|n| n.waiting_for_place && n.name < me.name)
+        .filter(|n| {
+            n.waiting_for_place && rollout_order((n.vm_memory, n.name.as_str()), mine).is_lt()
+        })
         .map(|n| n.name.as_str())
         .collect()
 }
@@ -271,7 +291,7 @@ fn limit_in(
         return Err(Gate::new(
             BlockReason::FleetLimit,
             format!(
-                "{scope} has {} free place(s) ({keys} max_draining = {max}), taken in name order by the nodes waiting ahead of this one: {}",
+                "{scope} has {} free place(s) ({keys} max_draining = {max}), taken lightest first (VM memory, then name) by the nodes waiting ahead of this one: {}",
                 allowed - busy.len(),
                 ahead.join(", ")
             ),

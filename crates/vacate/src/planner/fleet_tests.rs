@@ -182,10 +182,11 @@ fn fleet_node(name: &str, in_maintenance: bool, labels: &[(&str, &str)]) -> Flee
             .map(|(_, v)| v.to_string()),
         waiting_for_place: !in_maintenance
             && labels.iter().any(|(k, _)| *k == "vacate.io/maintenance"),
+        vm_memory: 0,
     }
 }
 
-/// Nodes waiting for a place take them in name order, whatever order they are looked at
+/// Nodes waiting for a place (with the same VM memory) take them in name order, whatever order they are looked at
 /// in; a node held back by something else (its window, its room) does not hold others up.
 #[test]
 fn waiting_nodes_take_the_free_places_in_name_order() {
@@ -213,6 +214,28 @@ fn waiting_nodes_take_the_free_places_in_name_order() {
     nodes[1].waiting_for_place = false;
     assert!(fleet::check(&c, "c", &nodes, None, t(0)).is_ok());
     assert!(fleet::check(&c, "d", &nodes, None, t(0)).is_err());
+}
+
+/// A rollout takes its lightest nodes first (the least VM memory): their VMs need the least
+/// room outside the rollout, the only final place the first nodes' VMs have.
+#[test]
+fn the_lightest_nodes_take_the_free_places_first() {
+    let c = config("[fleet]\nmax_draining = 1");
+    let req = [("vacate.io/maintenance", "true")];
+    let nodes = vec![
+        fleet_node("a", false, &req).with_vm_memory(40 << 30),
+        fleet_node("b", false, &req).with_vm_memory(8 << 30),
+        fleet_node("c", false, &req).with_vm_memory(8 << 30),
+    ];
+    assert!(fleet::check(&c, "b", &nodes, None, t(0)).is_ok());
+    for later in ["a", "c"] {
+        let gate = fleet::check(&c, later, &nodes, None, t(0)).unwrap_err();
+        assert!(
+            gate.message.contains("ahead of this one: b"),
+            "{}",
+            gate.message
+        );
+    }
 }
 
 #[test]

@@ -46,7 +46,7 @@ pub use explain::{PlanLine, explain};
 pub use fleet::{FleetNode, Gate};
 pub use model::{
     ClusterView, EvictionStrategy, Migratability, MigrationPhase, MigrationView, NodeView, PodView,
-    Snapshot, StartGate, VmiView,
+    Snapshot, StartGate, SteerTarget, Steering, VmiView,
 };
 pub use outcomes::{backoff, record_outcome, summary};
 pub use pod_filters::{PodVerdict, classify};
@@ -169,6 +169,8 @@ struct Planner<'a> {
     wake: Option<DateTime<Utc>>,
     blocked: Option<Blocker>,
     waiting_for: Option<String>,
+    /// The steering targets, their room taken as this plan's migrations are placed.
+    steering: Steering,
 }
 
 impl<'a> Planner<'a> {
@@ -184,6 +186,7 @@ impl<'a> Planner<'a> {
             wake: None,
             blocked: None,
             waiting_for: None,
+            steering: s.cluster.steering.clone(),
         }
     }
 

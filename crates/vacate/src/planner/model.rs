@@ -7,6 +7,7 @@ use chrono::{DateTime, Utc};
 
 use std::collections::BTreeMap;
 
+use super::capacity::{Resources, Target};
 use super::fleet::Gate;
 use super::state::StateAnnotation;
 
@@ -109,6 +110,13 @@ pub struct VmiView {
     /// Guest memory in bytes (0 when the VMI states none): the size of its migration, by
     /// which the largest VMs are started first.
     pub memory: u64,
+    /// What the VMI's virt-launcher pod asks the scheduler for, and its node selector: what a
+    /// target node must have room for.
+    pub requests: Resources,
+    pub node_selector: BTreeMap<String, String>,
+    /// The virt-launcher pod has required node affinity, tolerations or topology rules a
+    /// target chosen by vacate could break: KubeVirt places its migrations.
+    pub placement_rules: bool,
 }
 
 impl VmiView {
@@ -179,6 +187,36 @@ pub struct ClusterView {
     /// Bytes of guest memory a migration moves per second in this cluster: measured from
     /// migrations that finished, else the KubeVirt CR's `bandwidthPerMigration`.
     pub bandwidth: Option<f64>,
+    /// Where this node's migrations may be sent so that each VM moves once in a rollout.
+    pub steering: Steering,
+}
+
+/// Steering migrations during a rollout: each is sent (`spec.addedNodeSelector`) to a node
+/// that is not waiting for its own drain, so the VM moves once.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub enum Steering {
+    /// No rollout (no other node waits for a drain): KubeVirt places the migrations.
+    #[default]
+    Off,
+    /// A rollout, but migrations cannot be steered: why (KubeVirt older than 1.6, ...).
+    Unavailable(String),
+    /// The nodes outside the rollout or done with it, with their room, and how many
+    /// migrations each may receive at once.
+    On {
+        targets: Vec<SteerTarget>,
+        max_inbound: u32,
+    },
+}
+
+/// A node migrations may be steered to.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SteerTarget {
+    /// The room it has left (requests of its pods, target pods of migrations included).
+    pub room: Target,
+    /// Its `kubernetes.io/hostname` label, the selector a migration adds.
+    pub hostname: String,
+    /// Migrations steered to it that have not finished.
+    pub inbound: u32,
 }
 
 impl ClusterView {
@@ -201,6 +239,7 @@ impl Default for ClusterView {
             kubevirt_per_node: 2,
             kubevirt_per_cluster: 5,
             bandwidth: None,
+            steering: Steering::Off,
         }
     }
 }

@@ -12,6 +12,7 @@ use proptest::prelude::*;
 use proptest::sample::select;
 use proptest::test_runner::{RngSeed, TestCaseError};
 
+use super::capacity::Resources;
 use super::tests::{node, t};
 use super::*;
 use crate::config::{ConfigDuration, PodPolicy};
@@ -126,6 +127,9 @@ struct Scenario {
     kubevirt_per_node: u32,
     kubevirt_per_cluster: u32,
     limits: Limits,
+    /// A rollout's steering targets (free GiB, migrations coming in) and the inbound limit;
+    /// the first target is the node itself, never to be chosen.
+    steering: Option<(Vec<(i64, u32)>, u32)>,
 }
 
 fn migration_phase() -> impl Strategy<Value = MigrationPhase> {
@@ -365,6 +369,7 @@ fn scenario() -> impl Strategy<Value = Scenario> {
         prop::collection::vec(pod_spec(), 0..6),
         (0u32..8, 0u32..7, 0u32..13),
         limits(),
+        prop::option::of((prop::collection::vec((0i64..40, 0u32..4), 0..5), 1u32..4)),
     )
         .prop_map(
             |(
@@ -374,6 +379,7 @@ fn scenario() -> impl Strategy<Value = Scenario> {
                 pods,
                 (elsewhere, kubevirt_per_node, kubevirt_per_cluster),
                 limits,
+                steering,
             )| Scenario {
                 requested,
                 unschedulable,
@@ -388,6 +394,7 @@ fn scenario() -> impl Strategy<Value = Scenario> {
                 kubevirt_per_node,
                 kubevirt_per_cluster,
                 limits,
+                steering,
             },
         )
 }
@@ -428,6 +435,13 @@ fn vmi_view(i: usize, v: &VmiSpec) -> VmiView {
         restartable: v.restartable,
         deleting: v.deleting,
         memory: v.memory,
+        // A sixteenth of the guest memory: small enough that several fit on a target.
+        requests: Resources {
+            cpu_millis: 1000,
+            memory_bytes: (v.memory / 16) as i64,
+        },
+        node_selector: Default::default(),
+        placement_rules: false,
     }
 }
 
@@ -502,6 +516,7 @@ fn build(sc: &Scenario) -> (Snapshot, Config) {
                     attempts: r.attempts,
                     retry_at: r.retry_in.map(|s| t(now + s)),
                     eviction_refused: r.eviction_refused,
+                    target: None,
                 },
             );
         }
@@ -590,6 +605,36 @@ fn build(sc: &Scenario) -> (Snapshot, Config) {
             kubevirt_per_node: sc.kubevirt_per_node,
             kubevirt_per_cluster: sc.kubevirt_per_cluster,
             bandwidth: Some(128.0 * 1024.0 * 1024.0),
+            steering: match &sc.steering {
+                None => Steering::Off,
+                Some((targets, max_inbound)) => Steering::On {
+                    targets: targets
+                        .iter()
+                        .enumerate()
+                        .map(|(i, (free_gib, inbound))| {
+                            let name = if i == 0 {
+                                "worker-1".to_string()
+                            } else {
+                                format!("target-{i}")
+                            };
+                            SteerTarget {
+                                room: capacity::Target {
+                                    name: name.clone(),
+                                    labels: Default::default(),
+                                    free: Resources {
+                                        cpu_millis: 100_000,
+                                        memory_bytes: free_gib << 30,
+                                    },
+                                    pods_free: 110,
+                                },
+                                hostname: name,
+                                inbound: *inbound,
+                            }
+                        })
+                        .collect(),
+                    max_inbound: *max_inbound,
+                },
+            },
         },
         start_gate: StartGate::Open,
     };
@@ -639,6 +684,7 @@ fn check_limits(s: &Snapshot, config: &Config, plan: &Plan) -> Result<(), TestCa
             namespace,
             name,
             vmi,
+            ..
         } = action
         {
             if is_repeat(namespace, name, vmi) {
@@ -775,7 +821,62 @@ fn check_failure_starts_nothing(s: &Snapshot, plan: &Plan) -> Result<(), TestCas
     Ok(())
 }
 
+/// Steered migrations go to a target that is not the node itself, within its room and its
+/// inbound limit.
+fn check_steering(s: &Snapshot, plan: &Plan) -> Result<(), TestCaseError> {
+    let Steering::On {
+        targets,
+        max_inbound,
+    } = &s.cluster.steering
+    else {
+        return Ok(());
+    };
+    let mut taken: BTreeMap<&str, (u32, i64)> = BTreeMap::new();
+    for action in &plan.actions {
+        let Action::CreateMigration {
+            vmi,
+            target: Some(host),
+            ..
+        } = action
+        else {
+            continue;
+        };
+        prop_assert!(
+            *host != s.node.name,
+            "steered to the node itself: {action:?}"
+        );
+        let target = targets.iter().find(|t| t.hostname == *host);
+        prop_assert!(target.is_some(), "steered to an unknown node: {action:?}");
+        let memory = s
+            .vmis
+            .iter()
+            .find(|v| v.name == *vmi)
+            .map_or(0, |v| v.requests.memory_bytes);
+        let entry = taken.entry(host.as_str()).or_default();
+        entry.0 += 1;
+        entry.1 += memory;
+    }
+    for (host, (count, memory)) in taken {
+        let target = targets
+            .iter()
+            .find(|t| t.hostname == host)
+            .expect("checked");
+        prop_assert!(
+            target.inbound + count <= *max_inbound,
+            "{host}: {} coming in and {count} more, limit {max_inbound}",
+            target.inbound
+        );
+        prop_assert!(
+            memory <= target.room.free.memory_bytes,
+            "{host}: {memory} bytes steered to {} free",
+            target.room.free.memory_bytes
+        );
+    }
+    Ok(())
+}
+
 fn check_plan(s: &Snapshot, config: &Config, plan: &Plan) -> Result<(), TestCaseError> {
+    check_steering(s, plan)?;
     check_limits(s, config, plan)?;
     check_one_migration_per_vmi(s, plan)?;
     check_restarts(s, config, plan)?;
@@ -793,6 +894,12 @@ proptest! {
     fn migrations_stay_within_the_effective_limits(sc in scenario()) {
         let (s, config) = build(&sc);
         check_limits(&s, &config, &plan(&s, &config))?;
+    }
+
+    #[test]
+    fn steered_migrations_stay_within_room_and_inbound_limits(sc in scenario()) {
+        let (s, config) = build(&sc);
+        check_steering(&s, &plan(&s, &config))?;
     }
 
     #[test]
@@ -913,6 +1020,7 @@ impl World {
                 kubevirt_per_node: self.kubevirt_per_node,
                 kubevirt_per_cluster: self.kubevirt_per_cluster,
                 bandwidth: Some(128.0 * 1024.0 * 1024.0),
+                steering: Steering::Off,
             },
             start_gate: StartGate::Open,
         }
@@ -943,6 +1051,7 @@ impl World {
                 namespace,
                 name,
                 vmi,
+                ..
             } => {
                 if self.migrations.iter().any(|m| m.name == *name) {
                     return ActionResult::AlreadyExists;

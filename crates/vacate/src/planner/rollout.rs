@@ -81,10 +81,18 @@ pub struct ItemPlan {
     pub moves_again: bool,
 }
 
-/// Plans the rollout: nodes in name order, `concurrency` at a time.
+/// Plans the rollout: nodes in the order the daemon takes them (the least VM memory first,
+/// then by name: [`super::fleet::rollout_order`]), `concurrency` at a time.
 pub fn plan_rollout(input: &RolloutInput, config: &Config) -> RolloutPlan {
     let mut nodes: Vec<&RolloutNode> = input.nodes.iter().collect();
-    nodes.sort_by(|a, b| a.snapshot.node.name.cmp(&b.snapshot.node.name));
+    let key = |n: &RolloutNode| {
+        let memory: u64 = n.snapshot.vmis.iter().map(|v| v.memory).sum();
+        (memory, n.snapshot.node.name.clone())
+    };
+    nodes.sort_by(|a, b| {
+        let (a, b) = (key(a), key(b));
+        super::fleet::rollout_order((a.0, &a.1), (b.0, &b.1))
+    });
     let concurrency = input.concurrency.max(1);
     let members: BTreeSet<&str> = nodes
         .iter()
@@ -336,9 +344,10 @@ mod tests {
         }
     }
 
-    /// Three nodes in a rollout, one at a time, and a spare node with room for one node's
-    /// VMs: the first node's VMs go to the spare; the second's to the first (drained by
-    /// then); the third's to the spare's rest or the first two. Nothing moves twice.
+    /// Three nodes in a rollout, one at a time, lightest first, and a spare node with room
+    /// for one node's VMs: the first node's VM goes to the spare; the second's to the spare's
+    /// rest or the first node (drained by then); the third's to what is left. Nothing moves
+    /// twice.
     #[test]
     fn vms_go_where_they_stay_and_waves_add_up() {
         let input = RolloutInput {
@@ -362,7 +371,8 @@ mod tests {
             .iter()
             .map(|n| (n.node.as_str(), n.wave))
             .collect();
-        assert_eq!(order, vec![("w-1", 1), ("w-2", 2), ("w-3", 3)]);
+        // The lightest node first (w-2, 4 GiB of VMs), then by name among equals.
+        assert_eq!(order, vec![("w-2", 1), ("w-1", 2), ("w-3", 3)]);
         let room = |n: usize| -> Vec<(String, Option<String>, bool)> {
             plan.nodes[n]
                 .vmis
@@ -370,14 +380,14 @@ mod tests {
                 .map(|v| (v.name.clone(), v.room_on.clone(), v.moves_again))
                 .collect()
         };
+        assert_eq!(room(0), vec![("vms/c".into(), Some("spare".into()), false)]);
         assert_eq!(
-            room(0),
+            room(1),
             vec![
                 ("vms/a".into(), Some("spare".into()), false),
-                ("vms/b".into(), Some("spare".into()), false)
+                ("vms/b".into(), Some("w-2".into()), false)
             ]
         );
-        assert_eq!(room(1), vec![("vms/c".into(), Some("w-1".into()), false)]);
         assert_eq!(plan.migrations, 4);
         assert_eq!(plan.migrations_moving_again, 0);
         // 1 GiB/s, 2 slots: w-1 4 s, w-2 4 s, w-3 8 s.

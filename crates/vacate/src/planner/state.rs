@@ -202,6 +202,9 @@ pub struct VmiRecord {
     /// KubeVirt answered 429 to the eviction of the virt-launcher pod.
     #[serde(default, skip_serializing_if = "is_false")]
     pub eviction_refused: bool,
+    /// The node vacate sent the last migration to (its hostname label), during a rollout.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -287,6 +290,9 @@ pub struct DrainState {
     /// Pods of the node gone during the drain.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub pods_evicted: u32,
+    /// Why the last migration of a rollout was left to KubeVirt's placement, if it was.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unsteered: Option<String>,
 }
 
 fn one() -> u32 {
@@ -320,6 +326,7 @@ impl DrainState {
             vmis: BTreeMap::new(),
             pods: BTreeMap::new(),
             pods_evicted: 0,
+            unsteered: None,
         }
     }
 

@@ -6,6 +6,7 @@ use chrono::TimeZone;
 
 use super::*;
 use crate::config::{Config, PodPolicy};
+use crate::planner::capacity::{Resources, Target};
 
 pub(super) fn t(secs: i64) -> DateTime<Utc> {
     Utc.timestamp_opt(1_700_000_000 + secs, 0).unwrap()
@@ -37,6 +38,12 @@ pub(super) fn vmi(name: &str) -> VmiView {
         restartable: true,
         deleting: false,
         memory: 4 << 30,
+        requests: Resources {
+            cpu_millis: 1000,
+            memory_bytes: 4 << 30,
+        },
+        node_selector: Default::default(),
+        placement_rules: false,
     }
 }
 
@@ -1868,5 +1875,153 @@ fn the_next_look_is_the_earliest_wake_up_with_resync_as_a_safety_net() {
     assert_eq!(
         plan_in(Phase::Drained, None).look_again(None, t(0), &config),
         None
+    );
+}
+
+fn steer_target(name: &str, free_gib: i64, inbound: u32) -> SteerTarget {
+    SteerTarget {
+        room: Target {
+            name: name.into(),
+            labels: [("kubernetes.io/hostname".to_string(), name.to_string())].into(),
+            free: Resources {
+                cpu_millis: 64_000,
+                memory_bytes: free_gib << 30,
+            },
+            pods_free: 100,
+        },
+        hostname: name.into(),
+        inbound,
+    }
+}
+
+fn targets_of(plan: &Plan) -> Vec<(String, Option<String>)> {
+    plan.actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::CreateMigration { vmi, target, .. } => Some((vmi.clone(), target.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_rollouts_migrations_go_to_nodes_with_room_outside_it() {
+    let mut s = snapshot(node(Some("true"), false));
+    s.vmis = (0..4).map(|i| vmi(&format!("vm-{i}"))).collect();
+    s.cluster.kubevirt_per_node = 4;
+    s.cluster.steering = Steering::On {
+        // worker-2 has room for one 4 GiB VM only; worker-3 for three; the node itself is
+        // never a target.
+        targets: vec![
+            steer_target("worker-1", 100, 0),
+            steer_target("worker-2", 5, 0),
+            steer_target("worker-3", 13, 0),
+        ],
+        max_inbound: 2,
+    };
+    let mut config = Config::default();
+    config.migration.batch_size = NonZeroU32::new(4).unwrap();
+    config.migration.max_in_flight_per_node = NonZeroU32::new(4).unwrap();
+    let plan = plan(&s, &config);
+    // Most room first; each node's inbound limit (2) and room hold; the fourth VM waits.
+    assert_eq!(
+        targets_of(&plan),
+        vec![
+            ("vm-0".into(), Some("worker-3".into())),
+            ("vm-1".into(), Some("worker-3".into())),
+            ("vm-2".into(), Some("worker-2".into())),
+        ]
+    );
+    let state = written(&plan);
+    assert_eq!(state.vmis["vms/vm-2"].target.as_deref(), Some("worker-2"));
+    assert!(
+        state
+            .waiting_for
+            .as_deref()
+            .is_some_and(|w| w.contains("max_inbound_per_node")),
+        "{state:#?}"
+    );
+    assert_eq!(state.unsteered, None);
+}
+
+#[test]
+fn with_no_room_outside_the_rollout_kubevirt_places_the_migration_and_says_why() {
+    let mut s = snapshot(node(Some("true"), false));
+    s.vmis = vec![vmi("vm-0")];
+    s.cluster.steering = Steering::On {
+        targets: vec![steer_target("worker-2", 2, 0)],
+        max_inbound: 2,
+    };
+    let p = plan(&s, &Config::default());
+    assert_eq!(targets_of(&p), vec![("vm-0".into(), None)]);
+    let why = written(&p).unsteered.unwrap_or_default();
+    assert!(
+        why.contains("no node outside the rollout has room"),
+        "{why}"
+    );
+
+    // An older KubeVirt: the same, with its own reason.
+    s.cluster.steering = Steering::Unavailable("KubeVirt v1.5.2 does not take it".into());
+    let p = plan(&s, &Config::default());
+    assert_eq!(targets_of(&p), vec![("vm-0".into(), None)]);
+    assert_eq!(
+        written(&p).unsteered.as_deref(),
+        Some("KubeVirt v1.5.2 does not take it")
+    );
+
+    // Placement rules of the VM's own: not steered.
+    let mut pinned = vmi("vm-0");
+    pinned.placement_rules = true;
+    s.vmis = vec![pinned];
+    s.cluster.steering = Steering::On {
+        targets: vec![steer_target("worker-2", 100, 0)],
+        max_inbound: 2,
+    };
+    let p = plan(&s, &Config::default());
+    assert_eq!(targets_of(&p), vec![("vm-0".into(), None)]);
+}
+
+#[test]
+fn a_steered_vms_node_selector_is_respected_and_a_failed_target_is_not_tried_again() {
+    let mut s = snapshot(node(Some("true"), false));
+    let mut gpu = vmi("vm-0");
+    gpu.node_selector = [("gpu".to_string(), "true".to_string())].into();
+    s.vmis = vec![gpu];
+    let mut with_gpu = steer_target("worker-2", 10, 0);
+    with_gpu.room.labels.insert("gpu".into(), "true".into());
+    s.cluster.steering = Steering::On {
+        targets: vec![
+            steer_target("worker-3", 100, 0),
+            with_gpu,
+            steer_target("worker-4", 10, 0),
+        ],
+        max_inbound: 2,
+    };
+    let config = Config::default();
+    let plan1 = plan(&s, &config);
+    assert_eq!(
+        targets_of(&plan1),
+        vec![("vm-0".into(), Some("worker-2".into()))]
+    );
+    let state = written(&plan1);
+
+    // The migration to worker-2 failed: the retry goes elsewhere (here nowhere fits the
+    // selector, so KubeVirt places it), and an interrupted create is repeated to the same node.
+    let mut s2 = s.clone();
+    s2.now = t(600);
+    s2.migrations = vec![migration(&state, "vm-0", 1, MigrationPhase::Failed)];
+    let (_, retrying) = step(&s2, &state, &config);
+    let mut s3 = s2.clone();
+    s3.now = t(900);
+    let (plan3, next) = step(&s3, &retrying, &config);
+    assert_eq!(targets_of(&plan3), vec![("vm-0".into(), None)]);
+    assert_eq!(next.vmis["vms/vm-0"].attempts, 2);
+
+    let mut s4 = s.clone();
+    s4.now = t(1);
+    let (repeat, _) = step(&s4, &state, &config);
+    assert_eq!(
+        targets_of(&repeat),
+        vec![("vm-0".into(), Some("worker-2".into()))]
     );
 }

@@ -281,10 +281,12 @@ impl Planner<'_> {
         for (vmi, _) in repeats {
             let record = &state.vmis[&vmi.key()];
             let name = migration_name(&s.node.name, state, &vmi.name, record.attempts);
+            // The same migration again: to the node chosen when it was first written.
             self.actions.push(Action::CreateMigration {
                 namespace: vmi.namespace.clone(),
                 name,
                 vmi: vmi.name.clone(),
+                target: record.target.clone(),
             });
         }
         if fresh.is_empty() {
@@ -334,24 +336,48 @@ impl Planner<'_> {
         let first_batch = state.vmis.values().all(|r| r.attempts == 0);
         let to_go = fresh.len();
         let mut started = Vec::new();
-        for (vmi, _) in fresh.into_iter().take(slots) {
+        let mut slots_left = slots;
+        for (vmi, _) in fresh {
+            if slots_left == 0 {
+                break;
+            }
             let key = vmi.key();
+            let previous = state.vmis[&key].target.clone();
+            let target = match self.steer(vmi, previous.as_deref()) {
+                Steer::To(target) => Some(target),
+                Steer::KubeVirt(why) => {
+                    if let Some(why) = why {
+                        state.unsteered = Some(why);
+                    }
+                    None
+                }
+                Steer::Wait(why) => {
+                    self.waiting_for.get_or_insert(why);
+                    continue;
+                }
+            };
+            slots_left -= 1;
             let attempt = state.vmis[&key].attempts + 1;
             let name = migration_name(&s.node.name, state, &vmi.name, attempt);
             let record = state.vmis.get_mut(&key).expect("entry created above");
             record.attempts = attempt;
             record.outcome = VmiOutcome::Migrating;
             record.retry_at = None;
+            record.target = target.clone();
             self.actions.push(Action::CreateMigration {
                 namespace: vmi.namespace.clone(),
                 name: name.clone(),
                 vmi: vmi.name.clone(),
+                target,
             });
             started.push(if attempt > 1 {
                 format!("{key} (attempt {attempt}, {name})")
             } else {
                 format!("{key} ({name})")
             });
+        }
+        if started.is_empty() {
+            return;
         }
         if first_batch {
             self.actions.push(Action::event(
@@ -364,6 +390,65 @@ impl Planner<'_> {
             ));
         }
         state.last_batch_at = Some(s.now);
+    }
+
+    /// Where one migration goes during a rollout: the node outside the rollout (or done
+    /// with it) with the most memory left among those with room for the VMI and fewer
+    /// migrations coming in than `migration.max_inbound_per_node`; not `avoid`, the node the
+    /// VMI's last attempt was sent to. When every node with room is at its inbound limit the
+    /// VMI waits; when none has room, KubeVirt places it (it may then land on a node that
+    /// drains later and move again).
+    fn steer(&mut self, vmi: &VmiView, avoid: Option<&str>) -> Steer {
+        let own = self.s.node.name.as_str();
+        match &mut self.steering {
+            Steering::Off => Steer::KubeVirt(None),
+            Steering::Unavailable(why) => Steer::KubeVirt(Some(why.clone())),
+            Steering::On { .. } if vmi.placement_rules => Steer::KubeVirt(Some(format!(
+                "VMI {} has placement rules of its own (required affinity or topology \
+                 spread): KubeVirt places it",
+                vmi.key()
+            ))),
+            Steering::On {
+                targets,
+                max_inbound,
+            } => {
+                let workload = capacity::Workload {
+                    name: vmi.key(),
+                    requests: vmi.requests,
+                    node_selector: vmi.node_selector.clone(),
+                };
+                let room = |t: &SteerTarget| {
+                    t.room.name != own
+                        && Some(t.hostname.as_str()) != avoid
+                        && t.room.fits(&workload)
+                };
+                let best = targets
+                    .iter_mut()
+                    .filter(|t| room(t) && t.inbound < *max_inbound)
+                    .max_by(|a, b| {
+                        (a.room.free.memory_bytes, &b.room.name)
+                            .cmp(&(b.room.free.memory_bytes, &a.room.name))
+                    });
+                if let Some(target) = best {
+                    target.room.take(&workload);
+                    target.inbound += 1;
+                    return Steer::To(target.hostname.clone());
+                }
+                if targets.iter().any(room) {
+                    return Steer::Wait(format!(
+                        "a node outside the rollout to take VMI {} (each has {max_inbound} \
+                         migrations coming in, migration.max_inbound_per_node)",
+                        vmi.key()
+                    ));
+                }
+                Steer::KubeVirt(Some(format!(
+                    "no node outside the rollout has room for VMI {} (requests {}): KubeVirt \
+                     places it, and it may move again",
+                    vmi.key(),
+                    vmi.requests
+                )))
+            }
+        }
     }
 
     /// Applies the non-migratable policy to one VMI.
@@ -598,4 +683,14 @@ pub fn kubevirt_answers_eviction(vmi: &VmiView) -> bool {
         EvictionStrategy::LiveMigrateIfPossible => vmi.migratability == Migratability::Migratable,
         EvictionStrategy::None | EvictionStrategy::Unrecognized => false,
     }
+}
+
+/// Where one migration goes.
+enum Steer {
+    /// To this node (its hostname label).
+    To(String),
+    /// Wherever KubeVirt places it; why, during a rollout.
+    KubeVirt(Option<String>),
+    /// Not now: every node that could take it is at its inbound limit.
+    Wait(String),
 }

@@ -719,6 +719,23 @@ impl Vacate {
             })
             .unwrap_or(0.0))
     }
+
+    /// The value of a counter once it reached `at_least`: vacate counts an ended drain or
+    /// migration after the plan's writes, so a sample read right after the state it follows
+    /// can still lag by one count.
+    pub async fn counter_reaching(&self, series: &str, at_least: f64) -> Result<f64> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        loop {
+            let value = self.metric(series).await?;
+            if value >= at_least {
+                return Ok(value);
+            }
+            if tokio::time::Instant::now() > deadline {
+                bail!("{series} stayed at {value}, below {at_least}, for 15 s");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
 }
 
 impl Drop for Vacate {

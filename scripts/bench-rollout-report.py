@@ -1,0 +1,138 @@
+#!/usr/bin/env python3
+"""Writes the rolling-upgrade benchmark's figures (scripts/bench-rollout.sh) into
+docs/benchmarks.md, between its rollout markers (appended when they are missing), and prints
+them."""
+
+import argparse
+import json
+import statistics
+from collections import Counter
+from pathlib import Path
+
+START = "<!-- rollout:start -->"
+END = "<!-- rollout:end -->"
+
+
+def load(path):
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def fleet_bound(bounds, fleet_slots):
+    """The least time the whole rollout can take: every VM of the rollout's nodes moved once,
+    at most `fleet_slots` migrations at once (the lanes' outbound limits and the cluster's),
+    and no node faster than its own bound."""
+    work = sum(b["migration_bound_seconds"] * b["slots"] for b in bounds)
+    return max(work / fleet_slots, max(b["bound_seconds"] for b in bounds))
+
+
+def measure(out, result, fleet_slots):
+    prefix = result["prefix"]
+    vmis = json.loads((out / f"vmis-{prefix}.json").read_text())["items"]
+    migrations = json.loads((out / f"migrations-{prefix}.json").read_text())["items"]
+    per_vmi = Counter(m["spec"].get("vmiName", "") for m in migrations)
+    bounds = load(out / f"bound-{prefix}.jsonl")
+    bound = fleet_bound(bounds, fleet_slots)
+    row = {
+        "round": result["round"],
+        "tool": result["tool"],
+        "seconds": result["seconds"],
+        "bound": bound,
+        "ratio": result["seconds"] / bound,
+        "vmis": len(vmis),
+        "migrations": len(migrations),
+        "per_vm": len(migrations) / max(1, len(vmis)),
+        "moved_again": sum(1 for n in per_vmi.values() if n > 1),
+        "predicted": None,
+    }
+    plan = out / f"plan-{prefix}.json"
+    if plan.exists():
+        row["predicted"] = json.loads(plan.read_text()).get("predictedSeconds")
+    return row
+
+
+def section(rows, args):
+    by_tool = {t: [r for r in rows if r["tool"] == t] for t in ("vacate", "kubectl")}
+    lines = [
+        START,
+        "## Rolling upgrade: each VM moved once",
+        "",
+        f"`{args.command}` on commit {args.commit}: 20 nodes with 10 LiveMigrate VMs (1 GiB) each, "
+        f"upgraded {args.lanes} at a time, two empty spare nodes outside the rollout; the simulator "
+        f"at time scale {args.time_scale}, KubeVirt's limits {args.per_node} per node and "
+        f"{args.per_cluster} in the cluster. vacate gets the upgrade label on all 20 nodes "
+        f"(`fleet.max_draining = {args.lanes}`, migrations steered to nodes that do not wait for their "
+        "drain); the baseline is the loop kured and system-upgrade-controller run, in "
+        f"{args.lanes} lanes: `kubectl drain` a node (KubeVirt's evacuation moves its VMs), upgrade "
+        "it, `kubectl uncordon`, next. The upgrade itself is the kubelet reporting the new version "
+        "as soon as a node is drained. The bound is the least time KubeVirt's limits allow: every "
+        f"VM of the rollout moved once, {min(args.per_cluster, args.lanes * args.per_node)} "
+        "migrations at a time.",
+        "",
+        "| tool | rounds | migrations per VM, median (max) | VMs moved more than once, median (max) "
+        "| time / bound, median (max) | time, median |",
+        "|---|---|---|---|---|---|",
+    ]
+    for tool, name in (("vacate", "vacate"), ("kubectl", "kubectl drain loop")):
+        rs = by_tool[tool]
+        if not rs:
+            continue
+        lines.append(
+            f"| {name} | {len(rs)} "
+            f"| {statistics.median(r['per_vm'] for r in rs):.2f} ({max(r['per_vm'] for r in rs):.2f}) "
+            f"| {statistics.median(r['moved_again'] for r in rs):.0f} ({max(r['moved_again'] for r in rs)}) "
+            f"| {statistics.median(r['ratio'] for r in rs):.3f} ({max(r['ratio'] for r in rs):.3f}) "
+            f"| {statistics.median(r['seconds'] for r in rs):.1f} s |"
+        )
+    predicted = [r for r in by_tool["vacate"] if r["predicted"]]
+    lines += ["", "Each round:", "",
+              "| round | tool | time | bound | time / bound | VMIs | migrations | per VM | moved again | predicted by `vacate plan` |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in sorted(rows, key=lambda r: (r["round"], r["tool"])):
+        pred = (
+            f"{r['predicted']:.1f} s ({(r['predicted'] / r['seconds'] - 1) * 100:+.0f} %)"
+            if r["predicted"]
+            else ("—" if r["tool"] == "kubectl" else "unknown")
+        )
+        lines.append(
+            f"| {r['round']} | {r['tool']} | {r['seconds']:.1f} s | {r['bound']:.1f} s | {r['ratio']:.3f} "
+            f"| {r['vmis']} | {r['migrations']} | {r['per_vm']:.2f} | {r['moved_again']} | {pred} |"
+        )
+    if predicted:
+        errors = [abs(r["predicted"] / r["seconds"] - 1) * 100 for r in predicted]
+        lines += [
+            "",
+            f"`vacate plan --concurrency {args.lanes}`, run before each vacate rollout, predicted its "
+            f"time within {statistics.median(errors):.0f} % (median; largest {max(errors):.0f} %), from the "
+            "bandwidth measured on the migrations that had finished in the cluster.",
+        ]
+    lines.append(END)
+    return "\n".join(lines) + "\n"
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("out", type=Path)
+    p.add_argument("doc", type=Path)
+    p.add_argument("--lanes", type=int, required=True)
+    p.add_argument("--per-node", type=int, required=True)
+    p.add_argument("--per-cluster", type=int, required=True)
+    p.add_argument("--time-scale", required=True)
+    p.add_argument("--commit", required=True)
+    p.add_argument("--command", required=True)
+    args = p.parse_args()
+    fleet_slots = min(args.per_cluster, args.lanes * args.per_node)
+    rows = [measure(args.out, r, fleet_slots) for r in load(args.out / "results.jsonl")]
+    text = section(rows, args)
+    print(text)
+    doc = args.doc.read_text() if args.doc.exists() else ""
+    if START in doc and END in doc:
+        head, rest = doc.split(START, 1)
+        tail = rest.split(END, 1)[1].lstrip("\n")
+        doc = head + text + ("\n" + tail if tail else "")
+    else:
+        doc = doc.rstrip("\n") + "\n\n" + text
+    args.doc.write_text(doc)
+
+
+if __name__ == "__main__":
+    main()
