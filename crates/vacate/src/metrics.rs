@@ -24,37 +24,39 @@ const MIGRATION_BUCKETS: &[f64] = &[
     1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0,
 ];
 
+/// Every series vacate exports. They are set only through the methods below (`record_*`,
+/// `observe`, `update_*`, `forget_node`), which say what happened, not which gauge moves.
 #[derive(Clone)]
 pub struct Metrics {
     registry: Registry,
-    pub nodes: IntGaugeVec,
-    pub nodes_blocked: IntGaugeVec,
-    pub drains: IntCounterVec,
-    pub drain_duration: HistogramVec,
-    pub migrations_started: IntCounter,
-    pub migrations: IntCounterVec,
-    pub migrations_in_flight: IntGauge,
-    pub migration_limit: IntGaugeVec,
-    pub migration_duration: HistogramVec,
-    pub evictions: IntCounterVec,
-    pub eviction_retries: IntCounterVec,
-    pub vmi_restarts: IntCounter,
-    pub node_vmis: IntGaugeVec,
-    pub node_pods: IntGaugeVec,
-    pub node_drain_started: GaugeVec,
-    pub node_drain_eta: GaugeVec,
-    pub reconcile_errors: IntCounterVec,
-    pub invalid_states: IntCounter,
-    pub leader: IntGauge,
-    pub build_info: IntGaugeVec,
-    pub kubevirt_info: IntGaugeVec,
-    pub window_open: IntGaugeVec,
-    pub window_next_open: GaugeVec,
-    pub schedule_last_run: GaugeVec,
-    pub schedule_next_run: GaugeVec,
-    pub fleet_in_maintenance: IntGaugeVec,
-    pub fleet_max_in_maintenance: IntGaugeVec,
-    pub runtime_tasks: IntGauge,
+    nodes: IntGaugeVec,
+    nodes_blocked: IntGaugeVec,
+    drains: IntCounterVec,
+    drain_duration: HistogramVec,
+    migrations_started: IntCounter,
+    migrations: IntCounterVec,
+    migrations_in_flight: IntGauge,
+    migration_limit: IntGaugeVec,
+    migration_duration: HistogramVec,
+    evictions: IntCounterVec,
+    eviction_retries: IntCounterVec,
+    vmi_restarts: IntCounter,
+    node_vmis: IntGaugeVec,
+    node_pods: IntGaugeVec,
+    node_drain_started: GaugeVec,
+    node_drain_eta: GaugeVec,
+    reconcile_errors: IntCounterVec,
+    invalid_states: IntCounter,
+    leader: IntGauge,
+    build_info: IntGaugeVec,
+    kubevirt_info: IntGaugeVec,
+    window_open: IntGaugeVec,
+    window_next_open: GaugeVec,
+    schedule_last_run: GaugeVec,
+    schedule_next_run: GaugeVec,
+    fleet_in_maintenance: IntGaugeVec,
+    fleet_max_in_maintenance: IntGaugeVec,
+    runtime_tasks: IntGauge,
 }
 
 impl Default for Metrics {
@@ -370,12 +372,33 @@ impl Metrics {
                 .set(next);
         }
         for s in &config.schedules {
-            if let Some(next) = s.cron.next(now, &s.timezone) {
-                self.schedule_next_run
-                    .with_label_values(&[&s.name])
-                    .set(next.timestamp() as f64);
-            }
+            self.record_schedule_next(&s.name, s.cron.next(now, &s.timezone));
         }
+    }
+
+    /// When a maintenance schedule's next run is due (nothing when it has none).
+    pub fn record_schedule_next(
+        &self,
+        schedule: &str,
+        next: Option<chrono::DateTime<chrono::Utc>>,
+    ) {
+        if let Some(next) = next {
+            self.schedule_next_run
+                .with_label_values(&[schedule])
+                .set(next.timestamp() as f64);
+        }
+    }
+
+    /// The run a maintenance schedule last started.
+    pub fn record_schedule_run(&self, schedule: &str, run: chrono::DateTime<chrono::Utc>) {
+        self.schedule_last_run
+            .with_label_values(&[schedule])
+            .set(run.timestamp() as f64);
+    }
+
+    /// Whether this replica leads (and acts on the cluster).
+    pub fn record_leader(&self, leader: bool) {
+        self.leader.set(i64::from(leader));
     }
 
     /// Nodes in maintenance against the limits, fleet-wide and per pool.

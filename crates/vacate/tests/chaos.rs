@@ -24,6 +24,7 @@ mod support;
 
 use std::collections::BTreeMap;
 use std::io::Write;
+use std::ops::Range;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -73,61 +74,172 @@ struct RunRecord {
     violations: Vec<String>,
 }
 
-/// What a run injects besides the kills.
-#[derive(Clone, Copy)]
-struct Faults {
-    /// Share of migrations that fail halfway (the simulator's per-VMI annotation).
-    failure_rate: Option<&'static str>,
-    /// One VM's migrations stall (make no progress) from the request until a random moment
-    /// 3–10 s later, then go on.
-    stall: bool,
-}
+/// The simulator's annotation on a VMI: the share of its migrations that fail halfway.
+const FAILURE_RATE: &str = "simulator.vacate.io/migration-failure-rate";
 
-impl Faults {
-    fn describe(self) -> String {
-        let stall = if self.stall { ", one stalling" } else { "" };
-        match self.failure_rate {
-            Some(rate) => format!("SIGKILL, {rate} of migrations failing{stall}"),
-            None => format!("SIGKILL{stall}"),
-        }
+// ---------------------------------------------------------------------------------------
+// One runner for every fault kind.
+
+/// One kind of fault: how its runs set the scene and start vacate, what is done to the
+/// cluster once the drain is requested, and what its runs check besides the invariants that
+/// every run shares ([`check_drain`]).
+trait Fault {
+    /// What [`Fault::inject`] leaves for [`Fault::check`].
+    type Injected;
+
+    /// `faults` of the run's record.
+    fn describe(&self) -> String;
+
+    /// The prefix of the run's namespace; the run number follows it.
+    fn prefix(&self) -> String;
+
+    /// The scene's 6 live-migratable VMs, as this fault wants them; `rng` is the run's.
+    fn vms(&self, _rng: &mut StdRng) -> Vec<Vm> {
+        (0..6).map(|i| Vm::migratable(format!("vm-{i}"))).collect()
+    }
+
+    /// Whether every VMI must get exactly one of vacate's migrations.
+    fn one_migration_each(&self) -> bool {
+        true
+    }
+
+    /// Starts vacate before the request: its replicas, each with the name the violation
+    /// "… exited" gives it.
+    async fn start(&self, run: &Run) -> Result<Vec<(String, Vacate)>> {
+        Ok(vec![("vacate".into(), run.env.vacate(FAST).await?)])
+    }
+
+    /// What is done to the cluster once the drain is requested; returns when the drain is
+    /// left to end.
+    async fn inject(&self, run: &mut Run) -> Result<Self::Injected>;
+
+    /// The run's own checks, once the drain ended and the shared invariants were checked.
+    async fn check(&self, _run: &mut Run, _injected: Self::Injected) -> Result<()> {
+        Ok(())
     }
 }
 
-const STALL: &str = "simulator.vacate.io/migration-stall";
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigkill_at_random_moments_loses_nothing() -> Result<()> {
-    let runs = env_number("CHAOS_RUNS", 2)?;
-    let seed = env_number("CHAOS_SEED", 1)?;
-    let faults = Faults {
-        failure_rate: None,
-        stall: false,
-    };
-    runs_of(0..runs, seed, faults).await
+/// A run under way: the scene, vacate's replicas and the record being filled.
+struct Run {
+    /// vacate's replicas and their names; first, so they are killed before the namespace
+    /// and the nodes are deleted.
+    replicas: Vec<(String, Vacate)>,
+    env: Env,
+    node: String,
+    /// The cluster of the run when this process started it (the faults that stop parts of
+    /// a cluster); `None` on the shared testbed.
+    cluster: Option<Arc<TestCluster>>,
+    rng: StdRng,
+    /// The UID of every VMI of the scene, by name.
+    before: BTreeMap<String, String>,
+    monitor: MigrationMonitor,
+    _watch: tokio::task::JoinHandle<()>,
+    /// When the drain was requested.
+    requested: Instant,
+    record: RunRecord,
+    /// A folder for the run's files (the replicas' kubeconfigs), removed after it.
+    dir: tempfile::TempDir,
 }
 
-/// Migrations failing at random on top of the kills, and one VM's migrations stalling for a
-/// while: vacate retries the failed ones, and after its attempts hands the VMI to KubeVirt
-/// (an eviction its evacuation turns into a migration); it waits out the stalled one.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn failing_migrations_and_sigkill_lose_nothing() -> Result<()> {
-    let runs = env_number("CHAOS_FAILING_RUNS", 1)?;
-    let seed = env_number("CHAOS_SEED", 1)?;
-    // Run numbers after the plain runs' keep the records apart.
-    let first = env_number("CHAOS_RUNS", 2)?;
-    let faults = Faults {
-        failure_rate: Some("0.3"),
-        stall: true,
-    };
-    runs_of(first..first + runs, seed, faults).await
+impl Run {
+    /// Seconds since the request, to the hundredth.
+    fn since_request(&self) -> f64 {
+        seconds_since(self.requested)
+    }
+
+    /// The cluster this process started for the run.
+    fn own_cluster(&self) -> Result<Arc<TestCluster>> {
+        self.cluster
+            .clone()
+            .context("this fault runs on a cluster of the test's own")
+    }
 }
 
-async fn runs_of(runs: std::ops::Range<u64>, seed: u64, faults: Faults) -> Result<()> {
+/// Runs `runs` of `fault` on `cluster` (the shared testbed when `None`), run i seeded with
+/// `seed + i`; reports them and fails on any violation.
+async fn runs_of(
+    fault: &impl Fault,
+    cluster: Option<Arc<TestCluster>>,
+    runs: Range<u64>,
+    seed: u64,
+) -> Result<()> {
     let mut records = Vec::new();
     for run in runs {
-        records.push(one_run(run, seed.wrapping_add(run), faults).await?);
+        records.push(one_run(fault, cluster.clone(), run, seed.wrapping_add(run)).await?);
     }
     report(records)
+}
+
+/// One run of `fault`: the scene on node 0 of 3 (6 live-migratable VMs, a Deployment of 2
+/// behind a PodDisruptionBudget, a DaemonSet), vacate started, the drain requested, the fault
+/// injected, then the shared invariants, every replica still running, and the fault's own
+/// checks.
+async fn one_run(
+    fault: &impl Fault,
+    cluster: Option<Arc<TestCluster>>,
+    run: u64,
+    seed: u64,
+) -> Result<RunRecord> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let vms = fault.vms(&mut rng);
+    let prefix = format!("{}{run}", fault.prefix());
+    let env = match &cluster {
+        Some(cluster) => Env::on(cluster.clone(), &prefix, 3).await?,
+        None => Env::new(&prefix, 3).await?,
+    };
+    env.busy_node_with(0, vms, 2, 1).await?;
+    let node = env.node(0).to_string();
+    let before = uids(&env).await?;
+    let (monitor, watch) = MigrationMonitor::start(&env);
+    let mut run = Run {
+        replicas: Vec::new(),
+        env,
+        node,
+        cluster,
+        rng,
+        before,
+        monitor,
+        _watch: watch,
+        requested: Instant::now(),
+        record: RunRecord {
+            run,
+            seed,
+            faults: fault.describe(),
+            kills_at: Vec::new(),
+            injected: Vec::new(),
+            evidence: Vec::new(),
+            drain_seconds: 0.0,
+            vmis: 0,
+            migrations: 0,
+            violations: Vec::new(),
+        },
+        dir: tempfile::tempdir()?,
+    };
+    run.replicas = fault.start(&run).await?;
+
+    run.requested = Instant::now();
+    run.env.request(&run.node, Some("true")).await?;
+    let injected = fault.inject(&mut run).await?;
+
+    run.record.drain_seconds = check_drain(
+        &run.env,
+        &run.node,
+        &run.before,
+        &run.monitor,
+        run.requested,
+        fault.one_migration_each(),
+        &mut run.record.violations,
+    )
+    .await?;
+    for (name, replica) in &mut run.replicas {
+        if !replica.running() {
+            run.record.violations.push(format!("{name} exited"));
+        }
+    }
+    fault.check(&mut run, injected).await?;
+    run.record.vmis = run.before.len();
+    run.record.migrations = run.monitor.per_vmi().values().map(Vec::len).sum();
+    Ok(run.record)
 }
 
 /// Prints the records, appends them to `$CHAOS_OUT`, and fails on any violation.
@@ -162,90 +274,6 @@ fn report(records: Vec<RunRecord>) -> Result<()> {
     }
     anyhow::ensure!(failed.is_empty(), "invariants violated: {failed:#?}");
     Ok(())
-}
-
-/// One drain of a busy node, vacate killed one to three times at random moments.
-async fn one_run(run: u64, seed: u64, faults: Faults) -> Result<RunRecord> {
-    let mut rng = StdRng::seed_from_u64(seed);
-    let env = Env::new(&format!("chaos{run}"), 3).await?;
-    let node = env.node(0).to_string();
-    let stalling = faults
-        .stall
-        .then(|| format!("vm-{}", rng.random_range(0..6)));
-    let vms = (0..6)
-        .map(|i| {
-            let vm = Vm::migratable(format!("vm-{i}"));
-            let vm = match faults.failure_rate {
-                Some(rate) => vm.annotate("simulator.vacate.io/migration-failure-rate", rate),
-                None => vm,
-            };
-            if stalling.as_deref() == Some(vm.name.as_str()) {
-                vm.annotate(STALL, "true")
-            } else {
-                vm
-            }
-        })
-        .collect();
-    env.busy_node_with(0, vms, 2, 1).await?;
-    let before = uids(&env).await?;
-    let (monitor, _watch) = MigrationMonitor::start(&env);
-
-    let mut vacate = env.vacate(FAST).await?;
-    let requested = Instant::now();
-    env.request(&node, Some("true")).await?;
-    let mut injected = Vec::new();
-    let unstall = stalling.map(|vm| {
-        let after = Duration::from_millis(rng.random_range(3000..10_000));
-        injected.push(format!(
-            "{vm}'s migrations stalled until {:.2} s",
-            after.as_secs_f64()
-        ));
-        let vmis: Api<VirtualMachineInstance> = Api::namespaced(env.client.clone(), env.ns.name());
-        tokio::spawn(async move {
-            tokio::time::sleep(after).await;
-            let patch = serde_json::json!({"metadata": {"annotations": {STALL: null}}});
-            vmis.patch(&vm, &PatchParams::default(), &Patch::Merge(&patch))
-                .await
-                .map(|_| ())
-        })
-    });
-    let mut kills_at = Vec::new();
-    for _ in 0..rng.random_range(1..=3) {
-        let wait = Duration::from_millis(rng.random_range(100..4000));
-        tokio::time::sleep(wait).await;
-        vacate.kill();
-        kills_at.push((requested.elapsed().as_secs_f64() * 100.0).round() / 100.0);
-        vacate = env.vacate(FAST).await?;
-    }
-    let mut violations = Vec::new();
-    if let Some(unstall) = unstall {
-        unstall.await??;
-    }
-    let drain_seconds = check_drain(
-        &env,
-        &node,
-        &before,
-        &monitor,
-        requested,
-        faults.failure_rate.is_none(),
-        &mut violations,
-    )
-    .await?;
-    if !vacate.running() {
-        violations.push("the last vacate exited".into());
-    }
-    Ok(RunRecord {
-        run,
-        seed,
-        faults: faults.describe(),
-        kills_at,
-        injected,
-        evidence: Vec::new(),
-        drain_seconds,
-        vmis: before.len(),
-        migrations: monitor.per_vmi().values().map(Vec::len).sum(),
-        violations,
-    })
 }
 
 /// The UID of every VMI of the test, by name.
@@ -330,6 +358,131 @@ fn seconds_since(start: Instant) -> f64 {
 }
 
 // ---------------------------------------------------------------------------------------
+// vacate killed, on the shared testbed.
+
+/// vacate killed with SIGKILL one to three times at random moments (0.1–4 s apart) and
+/// started again after each kill; with `failure_rate`, that share of the migrations fails
+/// halfway (the simulator's per-VMI annotation).
+struct Kills {
+    failure_rate: Option<&'static str>,
+    /// One VM's migrations stall (make no progress) from the request until a random moment
+    /// 3–10 s later, then go on.
+    stall: bool,
+}
+
+const STALL: &str = "simulator.vacate.io/migration-stall";
+
+impl Fault for Kills {
+    type Injected = ();
+
+    fn describe(&self) -> String {
+        let stall = if self.stall { ", one stalling" } else { "" };
+        match self.failure_rate {
+            Some(rate) => format!("SIGKILL, {rate} of migrations failing{stall}"),
+            None => format!("SIGKILL{stall}"),
+        }
+    }
+
+    fn prefix(&self) -> String {
+        "chaos".into()
+    }
+
+    fn vms(&self, rng: &mut StdRng) -> Vec<Vm> {
+        let stalling = self.stall.then(|| format!("vm-{}", rng.random_range(0..6)));
+        (0..6)
+            .map(|i| {
+                let vm = Vm::migratable(format!("vm-{i}"));
+                let vm = match self.failure_rate {
+                    Some(rate) => vm.annotate(FAILURE_RATE, rate),
+                    None => vm,
+                };
+                if stalling.as_deref() == Some(vm.name.as_str()) {
+                    vm.annotate(STALL, "true")
+                } else {
+                    vm
+                }
+            })
+            .collect()
+    }
+
+    /// Failed migrations are retried: a VMI may get more than one.
+    fn one_migration_each(&self) -> bool {
+        self.failure_rate.is_none()
+    }
+
+    async fn start(&self, run: &Run) -> Result<Vec<(String, Vacate)>> {
+        Ok(vec![(
+            "the last vacate".into(),
+            run.env.vacate(FAST).await?,
+        )])
+    }
+
+    async fn inject(&self, run: &mut Run) -> Result<()> {
+        let stalling = run
+            .env
+            .vmis()
+            .await?
+            .iter()
+            .find(|v| v.annotations().contains_key(STALL))
+            .map(|v| v.name_any());
+        let vmis: Api<VirtualMachineInstance> =
+            Api::namespaced(run.env.client.clone(), run.env.ns.name());
+        let unstall = stalling.map(|vm| {
+            let after = Duration::from_millis(run.rng.random_range(3000..10_000));
+            run.record.injected.push(format!(
+                "{vm}'s migrations stalled until {:.2} s",
+                after.as_secs_f64()
+            ));
+            tokio::spawn(async move {
+                tokio::time::sleep(after).await;
+                let patch = serde_json::json!({"metadata": {"annotations": {STALL: null}}});
+                vmis.patch(&vm, &PatchParams::default(), &Patch::Merge(&patch))
+                    .await
+                    .map(|_| ())
+            })
+        });
+        for _ in 0..run.rng.random_range(1..=3) {
+            let wait = Duration::from_millis(run.rng.random_range(100..4000));
+            tokio::time::sleep(wait).await;
+            run.replicas[0].1.kill();
+            run.record.kills_at.push(run.since_request());
+            run.replicas[0].1 = run.env.vacate(FAST).await?;
+        }
+        if let Some(unstall) = unstall {
+            unstall.await??;
+        }
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_at_random_moments_loses_nothing() -> Result<()> {
+    let runs = env_number("CHAOS_RUNS", 2)?;
+    let seed = env_number("CHAOS_SEED", 1)?;
+    let kills = Kills {
+        failure_rate: None,
+        stall: false,
+    };
+    runs_of(&kills, None, 0..runs, seed).await
+}
+
+/// Migrations failing at random on top of the kills, and one VM's migrations stalling for a
+/// while: vacate retries the failed ones, and after its attempts hands the VMI to KubeVirt
+/// (an eviction its evacuation turns into a migration); it waits out the stalled one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_migrations_and_sigkill_lose_nothing() -> Result<()> {
+    let runs = env_number("CHAOS_FAILING_RUNS", 1)?;
+    let seed = env_number("CHAOS_SEED", 1)?;
+    // Run numbers after the plain runs' keep the records apart.
+    let first = env_number("CHAOS_RUNS", 2)?;
+    let kills = Kills {
+        failure_rate: Some("0.3"),
+        stall: true,
+    };
+    runs_of(&kills, None, first..first + runs, seed).await
+}
+
+// ---------------------------------------------------------------------------------------
 // Faults on a cluster of this process's own.
 
 /// The cluster the faults below run on: started by this process with the API server's audit
@@ -358,12 +511,8 @@ async fn own_cluster() -> Result<Arc<TestCluster>> {
     .map_err(anyhow::Error::msg)
 }
 
-/// Runs `count` runs of one fault kind (from `$name`, default 1) on the own cluster.
-async fn own_runs<F, Fut>(name: &str, run: F) -> Result<()>
-where
-    F: Fn(Arc<TestCluster>, u64, u64) -> Fut,
-    Fut: std::future::Future<Output = Result<RunRecord>>,
-{
+/// Runs of one fault kind (`$name` of them, default 1) on the own cluster.
+async fn own_runs(name: &str, fault: &impl Fault) -> Result<()> {
     let runs = env_number(name, 1)?;
     if runs == 0 {
         return Ok(());
@@ -371,42 +520,7 @@ where
     let seed = env_number("CHAOS_SEED", 1)?;
     let _turn = TURN.lock().await;
     let cluster = own_cluster().await?;
-    let mut records = Vec::new();
-    for i in 0..runs {
-        records.push(run(cluster.clone(), i, seed.wrapping_add(i)).await?);
-    }
-    report(records)
-}
-
-/// The scene of every run on the own cluster: 6 live-migratable VMs (`vms` changes them), a
-/// Deployment of 2 behind a PodDisruptionBudget and a DaemonSet on node 0 of 3.
-async fn own_scene(
-    cluster: Arc<TestCluster>,
-    prefix: &str,
-    vms: impl Fn(Vm) -> Vm,
-) -> Result<(Env, String)> {
-    let env = Env::on(cluster, prefix, 3).await?;
-    let vms = (0..6)
-        .map(|i| vms(Vm::migratable(format!("vm-{i}"))))
-        .collect();
-    env.busy_node_with(0, vms, 2, 1).await?;
-    let node = env.node(0).to_string();
-    Ok((env, node))
-}
-
-fn empty_record(run: u64, seed: u64, faults: &str) -> RunRecord {
-    RunRecord {
-        run,
-        seed,
-        faults: faults.into(),
-        kills_at: Vec::new(),
-        injected: Vec::new(),
-        evidence: Vec::new(),
-        drain_seconds: 0.0,
-        vmis: 0,
-        migrations: 0,
-        violations: Vec::new(),
-    }
+    runs_of(fault, Some(cluster), 0..runs, seed).await
 }
 
 // --- The leader frozen past its lease ---------------------------------------------------
@@ -418,7 +532,150 @@ fn empty_record(run: u64, seed: u64, faults: &str) -> RunRecord {
 /// replica: its lease is gone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leader_frozen_past_its_lease_writes_nothing_once_resumed() -> Result<()> {
-    own_runs("CHAOS_FREEZE_RUNS", freeze_run).await
+    own_runs("CHAOS_FREEZE_RUNS", &LeaderFrozen).await
+}
+
+struct LeaderFrozen;
+
+/// The replica that leads first and is frozen, and the standby.
+const LEADER: usize = 0;
+const STANDBY: usize = 1;
+
+impl LeaderFrozen {
+    /// The user each replica's requests impersonate.
+    fn users(run: &Run) -> [String; 2] {
+        let n = run.record.run;
+        [format!("vacate-{n}-a"), format!("vacate-{n}-b")]
+    }
+}
+
+/// When the leader was frozen and resumed.
+struct Frozen {
+    frozen_at: DateTime<Utc>,
+    resumed_at: DateTime<Utc>,
+}
+
+impl Fault for LeaderFrozen {
+    type Injected = Frozen;
+
+    fn describe(&self) -> String {
+        "leader frozen (SIGSTOP) past its lease".into()
+    }
+
+    fn prefix(&self) -> String {
+        "freeze".into()
+    }
+
+    async fn start(&self, run: &Run) -> Result<Vec<(String, Vacate)>> {
+        run.own_cluster()?
+            .audit_log()
+            .context("the own cluster writes no audit log")?;
+        // Each replica's requests impersonate a user of its own.
+        let lease = Lease {
+            namespace: run.env.ns.name(),
+            name: "vacate",
+        };
+        let mut replicas = Vec::new();
+        for user in Self::users(run) {
+            let kubeconfig = run.dir.path().join(format!("{user}.kubeconfig"));
+            run.env.impersonating_kubeconfig(&user, &kubeconfig)?;
+            let replica = run
+                .env
+                .vacate_with_kubeconfig(&kubeconfig, lease, FAST)
+                .await?;
+            replicas.push((format!("replica {user}"), replica));
+            if replicas.len() == 1 {
+                // The first leads before the second starts.
+                leader_of(&[&replicas[LEADER].1], Duration::from_secs(30)).await?;
+            }
+        }
+        Ok(replicas)
+    }
+
+    async fn inject(&self, run: &mut Run) -> Result<Frozen> {
+        tokio::time::sleep(Duration::from_millis(run.rng.random_range(500..3000))).await;
+        run.replicas[LEADER].1.freeze()?;
+        let frozen_at = Utc::now();
+        let at = run.since_request();
+        run.record
+            .injected
+            .push(format!("leader frozen at {at:.2} s"));
+        // Past its lease: the standby leads, then a little longer.
+        let took_over = leader_of(&[&run.replicas[STANDBY].1], Duration::from_secs(30)).await;
+        let led_after = (Utc::now() - frozen_at).num_milliseconds() as f64 / 1000.0;
+        if took_over.is_err() {
+            run.record
+                .violations
+                .push("the standby did not take over within 30 s".into());
+        }
+        tokio::time::sleep(Duration::from_millis(run.rng.random_range(0..2000))).await;
+        let resumed_at = Utc::now();
+        run.replicas[LEADER].1.resume()?;
+        let at = run.since_request();
+        run.record.injected.push(format!(
+            "resumed at {at:.2} s ({:.1} s frozen; the standby led after {led_after:.1} s)",
+            (resumed_at - frozen_at).num_milliseconds() as f64 / 1000.0,
+        ));
+        Ok(Frozen {
+            frozen_at,
+            resumed_at,
+        })
+    }
+
+    /// The evidence: every write of the frozen replica, from the API server's audit log.
+    async fn check(&self, run: &mut Run, frozen: Frozen) -> Result<()> {
+        let Frozen {
+            frozen_at,
+            resumed_at,
+        } = frozen;
+        let audit = run
+            .own_cluster()?
+            .audit_log()
+            .context("the own cluster writes no audit log")?;
+        let user = Self::users(run)[LEADER].clone();
+        let writes = audit_writes(&audit, &user)?;
+        let earlier = writes.iter().filter(|w| w.received < frozen_at).count();
+        let (lease_writes, after): (Vec<&AuditWrite>, Vec<&AuditWrite>) = writes
+            .iter()
+            .filter(|w| w.received >= resumed_at)
+            .partition(|w| w.resource == "leases");
+        let fenced = run.replicas[LEADER]
+            .1
+            .metric("vacate_reconcile_errors_total{error=\"fenced\"}")
+            .await
+            .unwrap_or(0.0);
+        let record = &mut run.record;
+        record.evidence.push(format!(
+            "audit log of {user}: {earlier} writes before the freeze, {} after the resume \
+             besides its Lease ({} Lease requests: {:?}); {fenced} reconciliations refused by \
+             the fence",
+            after.len(),
+            lease_writes.len(),
+            lease_writes
+                .iter()
+                .map(|w| format!("{} {}", w.verb, w.code))
+                .collect::<Vec<_>>()
+        ));
+        if earlier == 0 {
+            record.violations.push(format!(
+                "the audit log shows no write of {user} before the freeze: the check saw nothing"
+            ));
+        }
+        for w in &after {
+            record.violations.push(format!(
+                "the resumed replica wrote after its lease was gone: {} {} {} ({}) at {}",
+                w.verb, w.resource, w.name, w.code, w.received
+            ));
+        }
+        for w in lease_writes.iter().filter(|w| (200..300).contains(&w.code)) {
+            // Taking the Lease back while the other replica holds and renews it.
+            record.violations.push(format!(
+                "the resumed replica's {} of Lease {} succeeded at {}",
+                w.verb, w.name, w.received
+            ));
+        }
+        Ok(())
+    }
 }
 
 const WRITE_VERBS: [&str; 5] = ["create", "update", "patch", "delete", "deletecollection"];
@@ -467,146 +724,10 @@ fn audit_writes(log: &std::path::Path, user: &str) -> Result<Vec<AuditWrite>> {
     Ok(writes)
 }
 
-/// Waits until one of `replicas` reports `vacate_leader 1`; returns its index.
-async fn leader_of(replicas: &[&Vacate], timeout: Duration) -> Result<usize> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        for (i, replica) in replicas.iter().enumerate() {
-            if replica.metric("vacate_leader").await.unwrap_or(0.0) == 1.0 {
-                return Ok(i);
-            }
-        }
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "no replica led within {timeout:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-async fn freeze_run(cluster: Arc<TestCluster>, run: u64, seed: u64) -> Result<RunRecord> {
-    let mut rng = StdRng::seed_from_u64(seed);
-    let mut record = empty_record(run, seed, "leader frozen (SIGSTOP) past its lease");
-    let (env, node) = own_scene(cluster.clone(), &format!("freeze{run}"), |vm| vm).await?;
-    let audit = cluster
-        .audit_log()
-        .context("the own cluster writes no audit log")?;
-    let before = uids(&env).await?;
-    let (monitor, _watch) = MigrationMonitor::start(&env);
-
-    // Each replica's requests impersonate a user of its own.
-    let dir = tempfile::tempdir()?;
-    let users = [format!("vacate-{run}-a"), format!("vacate-{run}-b")];
-    let lease = Lease {
-        namespace: env.ns.name(),
-        name: "vacate",
-    };
-    let mut replicas = Vec::new();
-    for user in &users {
-        let kubeconfig = dir.path().join(format!("{user}.kubeconfig"));
-        env.impersonating_kubeconfig(user, &kubeconfig)?;
-        replicas.push(env.vacate_with_kubeconfig(&kubeconfig, lease, FAST).await?);
-        if replicas.len() == 1 {
-            // The first leads before the second starts.
-            leader_of(&[&replicas[0]], Duration::from_secs(30)).await?;
-        }
-    }
-    let (leader, standby) = (0, 1);
-
-    let requested = Instant::now();
-    env.request(&node, Some("true")).await?;
-    tokio::time::sleep(Duration::from_millis(rng.random_range(500..3000))).await;
-    replicas[leader].freeze()?;
-    let frozen_at = Utc::now();
-    record.injected.push(format!(
-        "leader frozen at {:.2} s",
-        seconds_since(requested)
-    ));
-    // Past its lease: the standby leads, then a little longer.
-    let took_over = leader_of(&[&replicas[standby]], Duration::from_secs(30)).await;
-    let led_after = (Utc::now() - frozen_at).num_milliseconds() as f64 / 1000.0;
-    if took_over.is_err() {
-        record
-            .violations
-            .push("the standby did not take over within 30 s".into());
-    }
-    tokio::time::sleep(Duration::from_millis(rng.random_range(0..2000))).await;
-    let resumed_at = Utc::now();
-    replicas[leader].resume()?;
-    record.injected.push(format!(
-        "resumed at {:.2} s ({:.1} s frozen; the standby led after {:.1} s)",
-        seconds_since(requested),
-        (resumed_at - frozen_at).num_milliseconds() as f64 / 1000.0,
-        led_after
-    ));
-
-    record.drain_seconds = check_drain(
-        &env,
-        &node,
-        &before,
-        &monitor,
-        requested,
-        true,
-        &mut record.violations,
-    )
-    .await?;
-    for (i, replica) in replicas.iter_mut().enumerate() {
-        if !replica.running() {
-            record
-                .violations
-                .push(format!("replica {} exited", users[i]));
-        }
-    }
-
-    // The evidence: every write of the frozen replica, from the API server's audit log.
-    let writes = audit_writes(&audit, &users[leader])?;
-    let earlier = writes.iter().filter(|w| w.received < frozen_at).count();
-    let (lease_writes, after): (Vec<&AuditWrite>, Vec<&AuditWrite>) = writes
-        .iter()
-        .filter(|w| w.received >= resumed_at)
-        .partition(|w| w.resource == "leases");
-    let fenced = replicas[leader]
-        .metric("vacate_reconcile_errors_total{error=\"fenced\"}")
-        .await
-        .unwrap_or(0.0);
-    record.evidence.push(format!(
-        "audit log of {}: {earlier} writes before the freeze, {} after the resume besides its \
-         Lease ({} Lease requests: {:?}); {fenced} reconciliations refused by the fence",
-        users[leader],
-        after.len(),
-        lease_writes.len(),
-        lease_writes
-            .iter()
-            .map(|w| format!("{} {}", w.verb, w.code))
-            .collect::<Vec<_>>()
-    ));
-    if earlier == 0 {
-        record.violations.push(format!(
-            "the audit log shows no write of {} before the freeze: the check saw nothing",
-            users[leader]
-        ));
-    }
-    for w in &after {
-        record.violations.push(format!(
-            "the resumed replica wrote after its lease was gone: {} {} {} ({}) at {}",
-            w.verb, w.resource, w.name, w.code, w.received
-        ));
-    }
-    for w in lease_writes.iter().filter(|w| (200..300).contains(&w.code)) {
-        // Taking the Lease back while the other replica holds and renews it.
-        record.violations.push(format!(
-            "the resumed replica's {} of Lease {} succeeded at {}",
-            w.verb, w.name, w.received
-        ));
-    }
-    record.vmis = before.len();
-    record.migrations = monitor.per_vmi().values().map(Vec::len).sum();
-    Ok(record)
-}
-
 // --- kube-apiserver, etcd and the simulator stopped mid-drain ---------------------------
 
-/// What a run does to one component of the own cluster.
+/// What a run does to one component of the own cluster, a random moment (0.5–4 s) into the
+/// drain.
 #[derive(Clone, Copy)]
 enum ComponentFault {
     /// SIGSTOP for this long, then SIGCONT.
@@ -620,24 +741,14 @@ enum ComponentFault {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kube_apiserver_frozen_mid_drain_loses_nothing() -> Result<()> {
     let pause = Duration::from_secs(env_number("CHAOS_APISERVER_PAUSE", 30)?);
-    own_runs("CHAOS_APISERVER_RUNS", |cluster, run, seed| {
-        component_run(
-            cluster,
-            run,
-            seed,
-            ComponentFault::Freeze("kube-apiserver", pause),
-        )
-    })
-    .await
+    let fault = ComponentFault::Freeze("kube-apiserver", pause);
+    own_runs("CHAOS_APISERVER_RUNS", &fault).await
 }
 
 /// etcd killed and started again (its data kept) a random moment into the drain.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn etcd_restarted_mid_drain_loses_nothing() -> Result<()> {
-    own_runs("CHAOS_ETCD_RUNS", |cluster, run, seed| {
-        component_run(cluster, run, seed, ComponentFault::Restart("etcd"))
-    })
-    .await
+    own_runs("CHAOS_ETCD_RUNS", &ComponentFault::Restart("etcd")).await
 }
 
 /// The whole KubeVirt simulator (its webhooks and controllers) frozen for 20 s a random
@@ -645,81 +756,62 @@ async fn etcd_restarted_mid_drain_loses_nothing() -> Result<()> {
 /// the webhook's 10 s timeout.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubevirt_frozen_mid_drain_loses_nothing() -> Result<()> {
-    own_runs("CHAOS_KUBEVIRT_RUNS", |cluster, run, seed| {
-        component_run(
-            cluster,
-            run,
-            seed,
-            ComponentFault::Freeze("kubevirt-sim", Duration::from_secs(20)),
-        )
-    })
-    .await
+    let fault = ComponentFault::Freeze("kubevirt-sim", Duration::from_secs(20));
+    own_runs("CHAOS_KUBEVIRT_RUNS", &fault).await
 }
 
-async fn component_run(
-    cluster: Arc<TestCluster>,
-    run: u64,
-    seed: u64,
-    fault: ComponentFault,
-) -> Result<RunRecord> {
-    let mut rng = StdRng::seed_from_u64(seed);
-    let (name, faults) = match fault {
-        ComponentFault::Freeze(name, d) => {
-            (name, format!("{name} frozen (SIGSTOP) {}s", d.as_secs()))
-        }
-        ComponentFault::Restart(name) => (name, format!("{name} restarted (SIGKILL)")),
-    };
-    let mut record = empty_record(run, seed, &faults);
-    let prefix = format!("{}{run}", name.split('-').next_back().unwrap_or(name));
-    let (env, node) = own_scene(cluster.clone(), &prefix, |vm| vm).await?;
-    let control_plane = cluster.owned_control_plane()?;
-    let before = uids(&env).await?;
-    let (monitor, _watch) = MigrationMonitor::start(&env);
-    let mut vacate = env.vacate(FAST).await?;
-
-    let requested = Instant::now();
-    env.request(&node, Some("true")).await?;
-    tokio::time::sleep(Duration::from_millis(rng.random_range(500..4000))).await;
-    let at = seconds_since(requested);
-    match fault {
-        ComponentFault::Freeze(name, duration) => {
-            control_plane.pause(name)?;
-            tokio::time::sleep(duration).await;
-            control_plane.resume(name)?;
-            record.injected.push(format!(
-                "{name} frozen at {at:.2} s, resumed at {:.2} s",
-                seconds_since(requested)
-            ));
-        }
-        ComponentFault::Restart(name) => {
-            control_plane.restart(name)?;
-            record
-                .injected
-                .push(format!("{name} killed and started again at {at:.2} s"));
+impl ComponentFault {
+    fn component(self) -> &'static str {
+        match self {
+            ComponentFault::Freeze(name, _) | ComponentFault::Restart(name) => name,
         }
     }
-    control_plane.wait_ready(Duration::from_secs(120)).await?;
-    record.injected.push(format!(
-        "the cluster answered again at {:.2} s",
-        seconds_since(requested)
-    ));
+}
 
-    record.drain_seconds = check_drain(
-        &env,
-        &node,
-        &before,
-        &monitor,
-        requested,
-        true,
-        &mut record.violations,
-    )
-    .await?;
-    if !vacate.running() {
-        record.violations.push("vacate exited".into());
+impl Fault for ComponentFault {
+    type Injected = ();
+
+    fn describe(&self) -> String {
+        match *self {
+            ComponentFault::Freeze(name, d) => format!("{name} frozen (SIGSTOP) {}s", d.as_secs()),
+            ComponentFault::Restart(name) => format!("{name} restarted (SIGKILL)"),
+        }
     }
-    record.vmis = before.len();
-    record.migrations = monitor.per_vmi().values().map(Vec::len).sum();
-    Ok(record)
+
+    fn prefix(&self) -> String {
+        let name = self.component();
+        name.split('-').next_back().unwrap_or(name).into()
+    }
+
+    async fn inject(&self, run: &mut Run) -> Result<()> {
+        let cluster = run.own_cluster()?;
+        let control_plane = cluster.owned_control_plane()?;
+        tokio::time::sleep(Duration::from_millis(run.rng.random_range(500..4000))).await;
+        let at = run.since_request();
+        match *self {
+            ComponentFault::Freeze(name, duration) => {
+                control_plane.pause(name)?;
+                tokio::time::sleep(duration).await;
+                control_plane.resume(name)?;
+                let resumed = run.since_request();
+                run.record.injected.push(format!(
+                    "{name} frozen at {at:.2} s, resumed at {resumed:.2} s"
+                ));
+            }
+            ComponentFault::Restart(name) => {
+                control_plane.restart(name)?;
+                run.record
+                    .injected
+                    .push(format!("{name} killed and started again at {at:.2} s"));
+            }
+        }
+        control_plane.wait_ready(Duration::from_secs(120)).await?;
+        let at = run.since_request();
+        run.record
+            .injected
+            .push(format!("the cluster answered again at {at:.2} s"));
+        Ok(())
+    }
 }
 
 // --- KubeVirt's webhooks refusing -------------------------------------------------------
@@ -735,13 +827,124 @@ async fn component_run(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubevirt_webhooks_down_while_a_vmi_is_evicted_loses_nothing() -> Result<()> {
     let outage = Duration::from_secs(env_number("CHAOS_WEBHOOK_OUTAGE", 20)?);
-    own_runs("CHAOS_WEBHOOK_RUNS", |cluster, run, seed| {
-        webhook_run(cluster, run, seed, outage)
-    })
-    .await
+    own_runs("CHAOS_WEBHOOK_RUNS", &WebhooksDown { outage }).await
 }
 
-const FAILURE_RATE: &str = "simulator.vacate.io/migration-failure-rate";
+struct WebhooksDown {
+    outage: Duration,
+}
+
+/// The VMs whose migrations fail until the webhooks are back.
+const FAILING: [&str; 2] = ["vm-0", "vm-1"];
+
+impl Fault for WebhooksDown {
+    type Injected = ();
+
+    fn describe(&self) -> String {
+        format!("KubeVirt's webhooks refusing {}s", self.outage.as_secs())
+    }
+
+    fn prefix(&self) -> String {
+        "webhooks".into()
+    }
+
+    fn vms(&self, _rng: &mut StdRng) -> Vec<Vm> {
+        (0..6)
+            .map(|i| Vm::migratable(format!("vm-{i}")))
+            .map(|vm| {
+                if FAILING.contains(&vm.name.as_str()) {
+                    vm.annotate(FAILURE_RATE, "1")
+                } else {
+                    vm
+                }
+            })
+            .collect()
+    }
+
+    async fn start(&self, run: &Run) -> Result<Vec<(String, Vacate)>> {
+        // One attempt: a failed migration hands the VMI to KubeVirt at once.
+        let config = FAST.replace("[migration]\n", "[migration]\nmax_attempts = 1\n");
+        Ok(vec![("vacate".into(), run.env.vacate(&config).await?)])
+    }
+
+    async fn inject(&self, run: &mut Run) -> Result<()> {
+        let (env, monitor) = (&run.env, &run.monitor);
+        env.wait(
+            "vacate's first migration of a VMI whose migrations fail",
+            Duration::from_secs(60),
+            || async {
+                Ok(FAILING
+                    .iter()
+                    .any(|vm| !monitor.migrations_of(vm).is_empty()))
+            },
+        )
+        .await?;
+        tokio::time::sleep(Duration::from_millis(run.rng.random_range(0..1000))).await;
+        // A port nobody listens on: the API server's calls are refused at once.
+        let dead = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let saved = point_webhooks(&env.client, &format!("https://127.0.0.1:{dead}/")).await?;
+        let down_at = run.since_request();
+        tokio::time::sleep(self.outage).await;
+        let probe = probe_launcher_evictions(env, &run.node).await?;
+        restore_webhooks(&env.client, &saved).await?;
+        let up_at = run.since_request();
+        run.record.injected.push(format!(
+            "webhooks refusing from {down_at:.2} s to {up_at:.2} s"
+        ));
+        // The cause of the failures goes away: KubeVirt's evacuation can move them.
+        let env = &run.env;
+        let vmis: Api<VirtualMachineInstance> = Api::namespaced(env.client.clone(), env.ns.name());
+        for vm in FAILING {
+            vmis.patch(
+                vm,
+                &PatchParams::default(),
+                &Patch::Merge(
+                    serde_json::json!({"metadata": {"annotations": {FAILURE_RATE: null}}}),
+                ),
+            )
+            .await?;
+        }
+        let vacate = &run.replicas[0].1;
+        let evicted = vacate
+            .metric("vacate_evictions_total{kind=\"vmi\",result=\"evicted\"}")
+            .await
+            .unwrap_or(0.0);
+        let refused = vacate
+            .metric("vacate_evictions_total{kind=\"vmi\",result=\"refused\"}")
+            .await
+            .unwrap_or(0.0);
+        let held = vacate
+            .metric("vacate_reconcile_errors_total{error=\"kubevirt_unavailable\"}")
+            .await
+            .unwrap_or(0.0);
+        let migrations = FAILING.map(|vm| run.monitor.migrations_of(vm));
+        run.record.evidence.push(format!(
+            "during the outage: virt-launcher evictions {evicted} let through, {refused} answered \
+             429 by KubeVirt, {held} held back (KubeVirt unavailable: its webhook not answering); \
+             vacate's migrations of the failing VMIs: {migrations:?}"
+        ));
+        if evicted > 0.0 {
+            run.record.violations.push(format!(
+                "{evicted} virt-launcher pods evicted while KubeVirt's webhook was down"
+            ));
+        }
+        run.record.evidence.push(format!(
+            "dry-run evictions of the virt-launcher pods left on the node at the end of the \
+             outage: {} refused by the API server, {} let through",
+            probe.refused, probe.let_through
+        ));
+        if probe.let_through > 0 {
+            run.record.violations.push(format!(
+                "{} virt-launcher evictions let through while KubeVirt's webhook (failurePolicy \
+                 Fail) was down",
+                probe.let_through
+            ));
+        }
+        Ok(())
+    }
+}
 
 /// The URLs of KubeVirt's admission webhooks, by configuration.
 struct WebhookUrls {
@@ -843,121 +1046,4 @@ async fn probe_launcher_evictions(env: &Env, node: &str) -> Result<EvictionProbe
         }
     }
     Ok(probe)
-}
-
-async fn webhook_run(
-    cluster: Arc<TestCluster>,
-    run: u64,
-    seed: u64,
-    outage: Duration,
-) -> Result<RunRecord> {
-    let mut rng = StdRng::seed_from_u64(seed);
-    let mut record = empty_record(
-        run,
-        seed,
-        &format!("KubeVirt's webhooks refusing {}s", outage.as_secs()),
-    );
-    let failing = ["vm-0", "vm-1"];
-    let (env, node) = own_scene(cluster.clone(), &format!("webhooks{run}"), |vm| {
-        if failing.contains(&vm.name.as_str()) {
-            vm.annotate(FAILURE_RATE, "1")
-        } else {
-            vm
-        }
-    })
-    .await?;
-    let before = uids(&env).await?;
-    let (monitor, _watch) = MigrationMonitor::start(&env);
-    // One attempt: a failed migration hands the VMI to KubeVirt at once.
-    let config = FAST.replace("[migration]\n", "[migration]\nmax_attempts = 1\n");
-    let mut vacate = env.vacate(&config).await?;
-
-    let requested = Instant::now();
-    env.request(&node, Some("true")).await?;
-    env.wait(
-        "vacate's first migration of a VMI whose migrations fail",
-        Duration::from_secs(60),
-        || async {
-            Ok(failing
-                .iter()
-                .any(|vm| !monitor.migrations_of(vm).is_empty()))
-        },
-    )
-    .await?;
-    tokio::time::sleep(Duration::from_millis(rng.random_range(0..1000))).await;
-    // A port nobody listens on: the API server's calls are refused at once.
-    let dead = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
-    let saved = point_webhooks(&env.client, &format!("https://127.0.0.1:{dead}/")).await?;
-    let down_at = seconds_since(requested);
-    tokio::time::sleep(outage).await;
-    let probe = probe_launcher_evictions(&env, &node).await?;
-    restore_webhooks(&env.client, &saved).await?;
-    record.injected.push(format!(
-        "webhooks refusing from {down_at:.2} s to {:.2} s",
-        seconds_since(requested)
-    ));
-    // The cause of the failures goes away: KubeVirt's evacuation can move them.
-    let vmis: Api<VirtualMachineInstance> = Api::namespaced(env.client.clone(), env.ns.name());
-    for vm in failing {
-        vmis.patch(
-            vm,
-            &PatchParams::default(),
-            &Patch::Merge(serde_json::json!({"metadata": {"annotations": {FAILURE_RATE: null}}})),
-        )
-        .await?;
-    }
-    let evicted = vacate
-        .metric("vacate_evictions_total{kind=\"vmi\",result=\"evicted\"}")
-        .await
-        .unwrap_or(0.0);
-    let refused = vacate
-        .metric("vacate_evictions_total{kind=\"vmi\",result=\"refused\"}")
-        .await
-        .unwrap_or(0.0);
-    let held = vacate
-        .metric("vacate_reconcile_errors_total{error=\"kubevirt_unavailable\"}")
-        .await
-        .unwrap_or(0.0);
-    record.evidence.push(format!(
-        "during the outage: virt-launcher evictions {evicted} let through, {refused} answered \
-         429 by KubeVirt, {held} held back (KubeVirt unavailable: its webhook not answering); \
-         vacate's migrations of the failing VMIs: {:?}",
-        failing.map(|vm| monitor.migrations_of(vm))
-    ));
-    if evicted > 0.0 {
-        record.violations.push(format!(
-            "{evicted} virt-launcher pods evicted while KubeVirt's webhook was down"
-        ));
-    }
-    record.evidence.push(format!(
-        "dry-run evictions of the virt-launcher pods left on the node at the end of the \
-         outage: {} refused by the API server, {} let through",
-        probe.refused, probe.let_through
-    ));
-    if probe.let_through > 0 {
-        record.violations.push(format!(
-            "{} virt-launcher evictions let through while KubeVirt's webhook (failurePolicy \
-             Fail) was down",
-            probe.let_through
-        ));
-    }
-
-    record.drain_seconds = check_drain(
-        &env,
-        &node,
-        &before,
-        &monitor,
-        requested,
-        true,
-        &mut record.violations,
-    )
-    .await?;
-    if !vacate.running() {
-        record.violations.push("vacate exited".into());
-    }
-    record.vmis = before.len();
-    record.migrations = monitor.per_vmi().values().map(Vec::len).sum();
-    Ok(record)
 }

@@ -5,11 +5,9 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::time::Duration;
 
-use anyhow::{Context, Result, anyhow, bail, ensure};
-use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
+use anyhow::{Context, Result, anyhow, ensure};
 use k8s_openapi::api::coordination::v1::Lease as LeaseObject;
 use k8s_openapi::api::core::v1::ServiceAccount;
 use k8s_openapi::api::flowcontrol::v1::{FlowSchema, PriorityLevelConfiguration};
@@ -19,7 +17,7 @@ use kube::{Api, Client, ResourceExt};
 use serde_json::json;
 use support::prometheus::PrometheusSetup;
 use support::*;
-use vacate::planner::{BlockReason, Phase, StateAnnotation, VmiOutcome};
+use vacate::planner::{BlockReason, Phase, VmiOutcome};
 
 // ---------------------------------------------------------------------------------------
 // API priority and fairness answering 429
@@ -51,39 +49,6 @@ async fn service_account(env: &Env, name: &str) -> Result<()> {
         .create(&PostParams::default(), &binding)
         .await
         .context("binding the ServiceAccount to cluster-admin")?;
-    Ok(())
-}
-
-/// A kubeconfig for the testbed that authenticates with a token of the ServiceAccount.
-async fn service_account_kubeconfig(env: &Env, name: &str, path: &Path) -> Result<()> {
-    let accounts: Api<ServiceAccount> = Api::namespaced(env.client.clone(), env.ns.name());
-    let request = TokenRequest {
-        spec: Some(TokenRequestSpec {
-            expiration_seconds: Some(3600),
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
-    let token = accounts
-        .create_token_request(name, &PostParams::default(), &request)
-        .await
-        .context("TokenRequest")?
-        .status
-        .context("TokenRequest without a status")?
-        .token;
-    let admin_path = env.cluster.kubeconfig_path();
-    let admin: serde_json::Value = serde_norway::from_str(&std::fs::read_to_string(admin_path)?)
-        .with_context(|| format!("parsing {}", admin_path.display()))?;
-    let cluster = admin["clusters"][0]["cluster"].clone();
-    let kubeconfig = json!({
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": [{"name": "testbed", "cluster": cluster}],
-        "users": [{"name": name, "user": {"token": token}}],
-        "contexts": [{"name": name, "context": {"cluster": "testbed", "user": name}}],
-        "current-context": name
-    });
-    std::fs::write(path, serde_json::to_string_pretty(&kubeconfig)?)?;
     Ok(())
 }
 
@@ -188,7 +153,8 @@ async fn drain_under_429s(env: &Env, level: &str, accounts: &[&str]) -> Result<(
     let dir = tempfile::tempdir()?;
     for account in accounts {
         service_account(env, account).await?;
-        service_account_kubeconfig(env, account, &dir.path().join(account)).await?;
+        env.service_account_kubeconfig(env.ns.name(), account, &dir.path().join(account))
+            .await?;
     }
     throttle(env, level, accounts).await?;
     let before = rejected_by_level(&env.client, level).await?;
@@ -279,27 +245,6 @@ async fn drain_under_429s(env: &Env, level: &str, accounts: &[&str]) -> Result<(
 // Prometheus down while it gates drains
 // ---------------------------------------------------------------------------------------
 
-/// Waits until the node waits in Pending for `reason`; returns the blocker's message.
-async fn wait_pending_for(env: &Env, node: &str, reason: BlockReason) -> Result<String> {
-    let mut last = None;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        if let StateAnnotation::Valid(s) = env.state(node).await? {
-            if s.phase == Phase::Pending
-                && let Some(b) = &s.blocked
-                && b.reason == reason
-            {
-                return Ok(b.message.clone());
-            }
-            last = Some(s);
-        }
-        if tokio::time::Instant::now() > deadline {
-            bail!("{node} did not wait for {}: {last:#?}", reason.as_str());
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
 /// The blockers' Prometheus is a start gate: while it cannot be asked, no drain starts and
 /// the node says why; a drain already under way goes on (its VMs are half moved, and
 /// stopping it would leave the node cordoned for as long as Prometheus is away); once
@@ -338,7 +283,9 @@ async fn prometheus_away_holds_new_drains_and_lets_running_ones_finish() -> Resu
         drop(prometheus);
         tokio::time::sleep(Duration::from_secs(2)).await;
         env.request(&second, Some("true")).await?;
-        let message = wait_pending_for(&env, &second, BlockReason::PrometheusUnavailable).await?;
+        let message = env
+            .wait_pending_for(&second, BlockReason::PrometheusUnavailable)
+            .await?;
         ensure!(
             message.contains("cannot ask Prometheus") && message.contains(&port.to_string()),
             "{message}"
@@ -422,13 +369,11 @@ async fn settled(vacate: &Vacate, series: &str) -> Result<f64> {
 }
 
 async fn wait_leader(vacate: &Vacate, leader: bool) -> Result<()> {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while (vacate.metric("vacate_leader").await? == 1.0) != leader {
-        if tokio::time::Instant::now() > deadline {
-            bail!("vacate_leader did not become {}", u8::from(leader));
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let what = format!("vacate_leader to become {}", u8::from(leader));
+    testbed::wait_for(&what, Duration::from_secs(60), || async {
+        Ok(vacate.leads().await? == leader)
+    })
+    .await?;
     Ok(())
 }
 

@@ -28,30 +28,6 @@ fn cron_at(at: DateTime<Utc>) -> String {
     at.format("%S %M %H * * *").to_string()
 }
 
-/// Waits until the node's state reports `reason` as its blocker in phase Pending.
-async fn wait_pending_for(env: &Env, node: &str, reason: BlockReason) -> Result<String> {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    let mut last = None;
-    loop {
-        if let StateAnnotation::Valid(s) = env.state(node).await? {
-            if s.phase == Phase::Pending
-                && let Some(b) = &s.blocked
-                && b.reason == reason
-            {
-                return Ok(b.message.clone());
-            }
-            last = Some(s);
-        }
-        if tokio::time::Instant::now() > deadline {
-            anyhow::bail!(
-                "timed out waiting for {node} to wait in Pending for {}; last state: {last:#?}",
-                reason.as_str()
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
 /// Records, from a watch on the set's nodes, the most nodes cordoned by vacate at once and
 /// every node that reached Drained.
 #[derive(Default)]
@@ -113,7 +89,9 @@ async fn a_window_holds_a_request_until_it_opens_and_aborts_the_drain_when_it_cl
     let vacate = env.vacate(&config).await?;
     window_metric_is(&env, &vacate, 0.0).await?;
     env.request(&node, Some("true")).await?;
-    let message = wait_pending_for(&env, &node, BlockReason::OutsideWindow).await?;
+    let message = env
+        .wait_pending_for(&node, BlockReason::OutsideWindow)
+        .await?;
     ensure!(message.contains("window soon opens at"), "{message}");
     ensure!(!is_unschedulable(&env.get_node(&node).await?));
 
@@ -134,7 +112,9 @@ async fn a_window_holds_a_request_until_it_opens_and_aborts_the_drain_when_it_cl
     );
     window_metric_is(&env, &vacate, 1.0).await?;
     // ...the migrations stall, and when the window closes the drain is given up cleanly.
-    let aborted = wait_pending_for(&env, &node, BlockReason::OutsideWindow).await;
+    let aborted = env
+        .wait_pending_for(&node, BlockReason::OutsideWindow)
+        .await;
     aborted.map_err(|e| anyhow::anyhow!("{e:#}\nvacate log:\n{}", vacate.log()))?;
     // The Pending state is written first, the uncordon right after it.
     env.wait(
@@ -404,7 +384,9 @@ async fn the_capacity_check_holds_a_drain_the_rest_of_the_cluster_cannot_absorb(
     .await?;
     let vacate = env.vacate(FAST).await?;
     env.request(&node, Some("true")).await?;
-    let message = wait_pending_for(&env, &node, BlockReason::InsufficientCapacity).await?;
+    let message = env
+        .wait_pending_for(&node, BlockReason::InsufficientCapacity)
+        .await?;
     ensure!(message.contains("virt-launcher-big"), "{message}");
     ensure!(!is_unschedulable(&env.get_node(&node).await?));
     ensure!(
@@ -466,12 +448,16 @@ async fn blockers_hold_new_drains_while_pods_match_or_prometheus_alerts_fire() -
     );
     let vacate = env.vacate(&config).await?;
     env.request(&node, Some("true")).await?;
-    let message = wait_pending_for(&env, &node, BlockReason::BlockingPods).await?;
+    let message = env
+        .wait_pending_for(&node, BlockReason::BlockingPods)
+        .await?;
     ensure!(message.contains("backup"), "{message}");
 
     pods.delete("backup", &DeleteParams::default().grace_period(0))
         .await?;
-    let message = wait_pending_for(&env, &node, BlockReason::PrometheusAlert).await?;
+    let message = env
+        .wait_pending_for(&node, BlockReason::PrometheusAlert)
+        .await?;
     ensure!(message.contains("VacateTestBlock"), "{message}");
     ensure!(!is_unschedulable(&env.get_node(&node).await?));
 

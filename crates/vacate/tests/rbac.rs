@@ -10,7 +10,6 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
-use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::authorization::v1::{
     ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec,
 };
@@ -128,45 +127,6 @@ async fn apply_deploy_rbac(env: &Env) -> Result<Vec<String>> {
     Ok(kinds)
 }
 
-/// A kubeconfig for the testbed's API server that authenticates with a token of the
-/// ServiceAccount, obtained through the TokenRequest API.
-async fn service_account_kubeconfig(env: &Env, path: &Path) -> Result<()> {
-    let accounts: Api<ServiceAccount> = Api::namespaced(env.client.clone(), NAMESPACE);
-    let request = TokenRequest {
-        spec: Some(TokenRequestSpec {
-            expiration_seconds: Some(3600),
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
-    let token = accounts
-        .create_token_request(SERVICE_ACCOUNT, &PostParams::default(), &request)
-        .await
-        .context("TokenRequest for the vacate ServiceAccount")?
-        .status
-        .context("TokenRequest without a status")?
-        .token;
-
-    let admin_path = env.cluster.kubeconfig_path();
-    let admin: serde_json::Value = serde_norway::from_str(&std::fs::read_to_string(admin_path)?)
-        .with_context(|| format!("parsing {}", admin_path.display()))?;
-    let cluster = admin["clusters"][0]["cluster"].clone();
-    ensure!(
-        cluster["server"].is_string() && cluster["certificate-authority-data"].is_string(),
-        "the admin kubeconfig has no server and inline CA: {cluster}"
-    );
-    let kubeconfig = serde_json::json!({
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": [{"name": "testbed", "cluster": cluster}],
-        "users": [{"name": "vacate", "user": {"token": token}}],
-        "contexts": [{"name": "vacate", "context": {"cluster": "testbed", "user": "vacate"}}],
-        "current-context": "vacate"
-    });
-    std::fs::write(path, serde_json::to_string_pretty(&kubeconfig)?)?;
-    Ok(())
-}
-
 /// What the API server answers for the kubeconfig's user: may it `verb` `resource`?
 async fn may(client: &Client, verb: &str, resource: &str) -> Result<bool> {
     let review = SelfSubjectAccessReview {
@@ -223,7 +183,8 @@ async fn happy_path_as_service_account(env: &Env) -> Result<()> {
     );
     let dir = tempfile::tempdir()?;
     let kubeconfig = dir.path().join("kubeconfig");
-    service_account_kubeconfig(env, &kubeconfig).await?;
+    env.service_account_kubeconfig(NAMESPACE, SERVICE_ACCOUNT, &kubeconfig)
+        .await?;
 
     // The kubeconfig really is the ServiceAccount's, not an administrator's.
     let sa_client = testbed::kubeconfig::client_from(&kubeconfig).await?;

@@ -13,16 +13,7 @@ use crate::support::Env;
 async fn kubectl_drain_live_migrates_six_vmis_two_at_a_time() -> Result<()> {
     let env = Env::new("sim-drain", 3).await?;
     let names = env.nodes.names().to_vec();
-    let vmis: Vec<_> = (0..6)
-        .map(|i| env.vmi(&format!("vm{i}"), "4Gi", Some("LiveMigrate"), |_| {}))
-        .collect();
-    let running = env.place_on(0, || env.start_vmis(&vmis)).await?;
-    ensure!(
-        running
-            .iter()
-            .all(|v| v.node_name() == Some(names[0].as_str())),
-        "all VMIs on the drained node"
-    );
+    env.live_migratable_vmis_on(0, 6, "4Gi").await?;
 
     let observer = tokio::spawn(observe_outbound(env.migrations(), 6));
     let mut kubectl = env.cluster.kubectl()?;

@@ -433,18 +433,8 @@ fn pod_phase(p: &k8s_openapi::api::core::v1::Pod) -> Option<&str> {
 #[tokio::test]
 async fn outbound_migrations_per_node_are_limited_to_two() -> Result<()> {
     let env = Env::new("sim-limit", 3).await?;
-    let names = env.nodes.names().to_vec();
     // Put every VMI on the first node; the others are open as targets afterwards.
-    let vmis: Vec<_> = (0..6)
-        .map(|i| env.vmi(&format!("vm{i}"), "4Gi", Some("LiveMigrate"), |_| {}))
-        .collect();
-    let running = env.place_on(0, || env.start_vmis(&vmis)).await?;
-    ensure!(
-        running
-            .iter()
-            .all(|v| v.node_name() == Some(names[0].as_str())),
-        "all VMIs on the first node"
-    );
+    env.live_migratable_vmis_on(0, 6, "4Gi").await?;
 
     let observer = tokio::spawn(observe_outbound(env.migrations(), 6));
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -461,7 +451,7 @@ async fn outbound_migrations_per_node_are_limited_to_two() -> Result<()> {
     for i in 0..6 {
         let v = env.vmis().get(&format!("vm{i}")).await?;
         ensure!(
-            v.node_name() != Some(names[0].as_str()),
+            v.node_name() != Some(env.node(0)),
             "vm{i} still on the source"
         );
     }

@@ -42,19 +42,11 @@ async fn configure(
     } else {
         "v1.9.0"
     };
-    let deadline = tokio::time::Instant::now() + TIMEOUT;
-    loop {
-        let kv = kvs.get("kubevirt").await?;
-        if kv.observed_version() == Some(want) {
-            return Ok(());
-        }
-        ensure!(
-            tokio::time::Instant::now() < deadline,
-            "the KubeVirt CR still reports {:?}, not {want}",
-            kv.observed_version()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let what = format!("the KubeVirt CR to report {want}");
+    env.wait(&what, TIMEOUT, || async {
+        Ok(kvs.get("kubevirt").await?.observed_version() == Some(want))
+    })
+    .await
 }
 
 /// Back to the default install: v1.9, no configuration.
@@ -107,10 +99,7 @@ async fn observe(
 /// [`observe`] saw until all six evacuation migrations finished.
 async fn evacuate_six(env: &Env) -> Result<(usize, usize, HashMap<String, MigrationPhase>)> {
     let names = env.nodes.names().to_vec();
-    let vmis: Vec<_> = (0..6)
-        .map(|i| env.vmi(&format!("vm{i}"), "2Gi", Some("LiveMigrate"), |_| {}))
-        .collect();
-    env.place_on(0, || env.start_vmis(&vmis)).await?;
+    env.live_migratable_vmis_on(0, 6, "2Gi").await?;
     let observer = tokio::spawn(observe(env.migrations(), 6));
     let nodes: kube::Api<k8s_openapi::api::core::v1::Node> = kube::Api::all(env.client.clone());
     let taint = json!({"spec": {"taints": [

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::ops::Deref;
 use std::time::Duration;
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Context as _, Result, bail, ensure};
 use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Pod};
 use kube::api::{Api, ListParams, PostParams};
 use kube::runtime::watcher;
@@ -125,6 +125,26 @@ impl Env {
                     .await?,
             );
         }
+        Ok(running)
+    }
+
+    /// Creates `count` LiveMigrate VMIs `vm0`, `vm1`, … of `memory` on node `target` of the
+    /// set, and waits until all run there.
+    pub async fn live_migratable_vmis_on(
+        &self,
+        target: usize,
+        count: usize,
+        memory: &str,
+    ) -> Result<Vec<VirtualMachineInstance>> {
+        let vmis: Vec<_> = (0..count)
+            .map(|i| self.vmi(&format!("vm{i}"), memory, Some("LiveMigrate"), |_| {}))
+            .collect();
+        let running = self.place_on(target, || self.start_vmis(&vmis)).await?;
+        let node = self.node(target);
+        ensure!(
+            running.iter().all(|v| v.node_name() == Some(node)),
+            "not every VMI runs on {node}"
+        );
         Ok(running)
     }
 

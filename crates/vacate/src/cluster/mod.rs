@@ -342,18 +342,7 @@ impl Context {
             // The other actions ran; this one is tried again after the error back-off.
             return Err(error);
         }
-
-        let mut next = plan.requeue_after;
-        if let Some(at) = replan_at {
-            let after = (at - Utc::now()).to_std().unwrap_or_default();
-            next = Some(next.map_or(after, |n| n.min(after)));
-        }
-        if plan.phase.is_draining() || matches!(plan.phase, Phase::Uncordoning | Phase::Pending) {
-            // A safety net only: every step of a drain is woken by what it waits for.
-            let resync = config.drain.resync.get();
-            next = Some(next.map_or(resync, |n| n.min(resync)));
-        }
-        Ok(next)
+        Ok(plan.look_again(replan_at, Utc::now(), config))
     }
 
     /// Carries the plan out: the new state first, with the plan's node changes in the same
@@ -378,6 +367,10 @@ impl Context {
         } else {
             Vec::new()
         };
+        // What the read of the node left to tidy: a kept state someone else's write made
+        // void, migrations of the ledger the watch cache shows by now or too old to count.
+        (self.kept.lock().expect("kept states lock")).forget_void(&name, read.stored.as_deref());
+        (self.ledger.lock().expect("ledger lock")).prune(|ns, m| self.in_migration_cache(ns, m));
         self.check_fence()?;
         // What the annotation holds once the write is done.
         let mut stored = read.stored.clone();
@@ -611,6 +604,50 @@ struct Applied {
     replan_at: Option<chrono::DateTime<Utc>>,
     /// The first action that failed, if one did.
     failed: Option<Error>,
+}
+
+/// Sets (`Some`) or removes (`None`) one label of a node, for the requests of maintenance
+/// that commands and schedules make. (The plan's own node changes go with its state, in
+/// one request: see [`execute::Executor::write_state`].)
+pub async fn set_node_label(
+    client: &Client,
+    node: &str,
+    label: &str,
+    value: Option<&str>,
+) -> Result<()> {
+    let patch = serde_json::json!({"metadata": {"labels": {label: value}}});
+    patch_node(
+        client,
+        node,
+        &patch,
+        format!("setting label {label} of node {node}"),
+    )
+    .await
+}
+
+/// Cordons (`true`) or uncordons a node, for `vacate uncordon`.
+pub async fn set_unschedulable(client: &Client, node: &str, unschedulable: bool) -> Result<()> {
+    let patch = serde_json::json!({"spec": {"unschedulable": unschedulable}});
+    let doing = format!("setting spec.unschedulable of node {node} to {unschedulable}");
+    patch_node(client, node, &patch, doing).await
+}
+
+async fn patch_node(
+    client: &Client,
+    node: &str,
+    patch: &serde_json::Value,
+    doing: String,
+) -> Result<()> {
+    let nodes: kube::Api<Node> = kube::Api::all(client.clone());
+    nodes
+        .patch(
+            node,
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(patch),
+        )
+        .await
+        .map_err(Error::kube(doing))?;
+    Ok(())
 }
 
 /// Looks up a node, for commands that act on one.

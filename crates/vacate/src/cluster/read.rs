@@ -38,6 +38,23 @@ impl Ledger {
             (node.to_string(), vmi.to_string(), Instant::now()),
         );
     }
+
+    /// The migrations still counted: created less than [`LEDGER_TTL`] ago and not in the
+    /// watch cache (`seen`) yet.
+    fn pending<'a>(
+        &'a self,
+        seen: impl Fn(&str, &str) -> bool + 'a,
+    ) -> impl Iterator<Item = (&'a (String, String), &'a (String, String, Instant))> + 'a {
+        self.created
+            .iter()
+            .filter(move |((ns, name), (_, _, at))| at.elapsed() < LEDGER_TTL && !seen(ns, name))
+    }
+
+    /// Forgets the migrations no longer counted (see [`Ledger::pending`]).
+    pub(super) fn prune(&mut self, seen: impl Fn(&str, &str) -> bool) {
+        self.created
+            .retain(|(ns, name), (_, _, at)| at.elapsed() < LEDGER_TTL && !seen(ns, name));
+    }
 }
 
 /// States that changed only in what the next look derives again (see
@@ -59,14 +76,22 @@ impl Kept {
     }
 
     /// The kept state of a node whose annotation is still `stored`.
-    fn current(&mut self, node: &str, stored: Option<&str>) -> Option<DrainState> {
+    fn current(&self, node: &str, stored: Option<&str>) -> Option<DrainState> {
         match self.states.get(node) {
             Some((base, state)) if base.as_deref() == stored => Some(state.clone()),
-            Some(_) => {
-                self.states.remove(node);
-                None
-            }
-            None => None,
+            _ => None,
+        }
+    }
+
+    /// Forgets a node's kept state that someone else's write made void (see
+    /// [`Kept::current`]).
+    pub(super) fn forget_void(&mut self, node: &str, stored: Option<&str>) {
+        if self
+            .states
+            .get(node)
+            .is_some_and(|(base, _)| base.as_deref() != stored)
+        {
+            self.states.remove(node);
         }
     }
 }
@@ -91,7 +116,8 @@ pub struct Read {
 
 impl Context {
     /// Reads a node and everything its plan needs. `include_idle` reads a node in no drain
-    /// too (for `vacate drain`, which shows what it is about to do).
+    /// too (for `vacate drain`, which shows what it is about to do). It changes nothing:
+    /// the only thing it may start is the node's pod watch, the cache this read needs.
     pub async fn look(&self, name: &str, include_idle: bool) -> Result<Look> {
         let config = &self.config;
         let Some(node) = self.stores.nodes.get(&ObjectRef::new(name)) else {
@@ -105,11 +131,7 @@ impl Context {
             .annotations()
             .get(&config.node.state_annotation)
             .cloned();
-        let kept = self
-            .kept
-            .lock()
-            .expect("kept states lock")
-            .current(name, stored.as_deref());
+        let kept = (self.kept.lock().expect("kept states lock")).current(name, stored.as_deref());
         if let Some(kept) = kept {
             view.state = StateAnnotation::Valid(Box::new(kept));
         }
@@ -207,16 +229,11 @@ impl Context {
         vmi_keys: &BTreeSet<(String, String)>,
     ) -> (u32, usize, Vec<MigrationView>) {
         let all = self.stores.migrations.state();
-        let mut ledger = self.ledger.lock().expect("ledger lock");
-        ledger.created.retain(|(ns, name), (_, _, at)| {
-            at.elapsed() < LEDGER_TTL
-                && self
-                    .stores
-                    .migrations
-                    .get(&ObjectRef::new(name).within(ns))
-                    .is_none()
-        });
-        let not_yet_seen = ledger.created.len();
+        let ledger = self.ledger.lock().expect("ledger lock");
+        let pending: Vec<_> = ledger
+            .pending(|ns, name| self.in_migration_cache(ns, name))
+            .collect();
+        let not_yet_seen = pending.len();
         let in_flight = all.iter().filter(|m| m.is_unfinished()).count() + not_yet_seen;
         let ours_in_flight = all
             .iter()
@@ -232,7 +249,7 @@ impl Context {
             })
             .map(|m| snapshot::migration_view(m, node))
             .collect();
-        for ((namespace, name), (for_node, vmi, _)) in &ledger.created {
+        for ((namespace, name), (for_node, vmi, _)) in pending {
             if for_node == node {
                 views.push(MigrationView {
                     namespace: namespace.clone(),
@@ -247,5 +264,13 @@ impl Context {
             }
         }
         (in_flight as u32, ours_in_flight, views)
+    }
+
+    /// Whether the migration watch cache holds `namespace/name`.
+    pub(super) fn in_migration_cache(&self, namespace: &str, name: &str) -> bool {
+        self.stores
+            .migrations
+            .get(&ObjectRef::new(name).within(namespace))
+            .is_some()
     }
 }

@@ -89,10 +89,7 @@ pub async fn run(ctx: Arc<Context>, namespace: String, mut stop: watch::Receiver
             break;
         }
         if let Err(error) = check(&ctx, &namespace).await {
-            ctx.metrics
-                .reconcile_errors
-                .with_label_values(&[error.metric_label()])
-                .inc();
+            ctx.metrics.record_error(&error);
             tracing::warn!(%error, "checking the maintenance schedules failed; retrying");
         }
     }
@@ -132,17 +129,10 @@ async fn check(ctx: &Arc<Context>, namespace: &str) -> Result<()> {
     for schedule in &ctx.config.schedules {
         let last_run = last.get(&schedule.name).copied();
         if let Some(t) = last_run {
-            ctx.metrics
-                .schedule_last_run
-                .with_label_values(&[&schedule.name])
-                .set(t.timestamp() as f64);
+            ctx.metrics.record_schedule_run(&schedule.name, t);
         }
-        if let Some(next) = schedule.cron.next(now, &schedule.timezone) {
-            ctx.metrics
-                .schedule_next_run
-                .with_label_values(&[&schedule.name])
-                .set(next.timestamp() as f64);
-        }
+        ctx.metrics
+            .record_schedule_next(&schedule.name, schedule.cron.next(now, &schedule.timezone));
         let Some(run) = due_run(schedule, now) else {
             continue;
         };
@@ -174,10 +164,7 @@ async fn check(ctx: &Arc<Context>, namespace: &str) -> Result<()> {
             "recording the run of schedule {} in ConfigMap {namespace}/{RECORD_NAME}",
             schedule.name
         )))?;
-        ctx.metrics
-            .schedule_last_run
-            .with_label_values(&[&schedule.name])
-            .set(run.timestamp() as f64);
+        ctx.metrics.record_schedule_run(&schedule.name, run);
     }
     Ok(())
 }
@@ -198,7 +185,6 @@ async fn start_run(
             config.node.selector.matches(n.labels()) && schedule.selector.matches(n.labels())
         })
         .collect();
-    let api: Api<Node> = Api::all(ctx.client.clone());
     let mut labelled = Vec::new();
     for node in &nodes {
         let name = node.name_any();
@@ -206,12 +192,7 @@ async fn start_run(
             // Already in maintenance for another reason; the rollout does not take it over.
             continue;
         }
-        let patch = json!({"metadata": {"labels": {&config.node.request_label: &value}}});
-        api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
-            .await
-            .map_err(Error::kube(format!(
-                "requesting maintenance of node {name}"
-            )))?;
+        super::set_node_label(&ctx.client, &name, &config.node.request_label, Some(&value)).await?;
         labelled.push(name);
     }
     tracing::info!(

@@ -781,13 +781,10 @@ async fn a_request_throttled_by_the_api_server_is_tried_again_not_taken_as_a_ref
         Some(0),
         "{state:#?}"
     );
-    assert_eq!(
-        fake.ctx
-            .metrics
-            .eviction_retries
-            .with_label_values(&["pdb"])
-            .get(),
-        0
+    let metrics = fake.ctx.metrics.render();
+    assert!(
+        metrics.contains("\nvacate_eviction_retries_total{reason=\"pdb\"} 0\n"),
+        "{metrics}"
     );
 }
 

@@ -6,14 +6,11 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::Node;
-use kube::api::{Patch, PatchParams};
-use kube::{Api, Client};
-use serde_json::json;
+use kube::Client;
 use tokio::sync::watch;
 
 use crate::cluster::watch::NodeFilter;
-use crate::cluster::{NodeReport, Shell, get_node};
+use crate::cluster::{NodeReport, Shell, get_node, set_node_label, set_unschedulable};
 use crate::config::Config;
 use crate::planner::{self, Phase};
 
@@ -88,7 +85,7 @@ pub async fn drain(
         .as_ref()
         .is_some_and(|l| l.contains_key(label));
     if !has_request {
-        set_request(&client, node, label, Some(CLI_REQUEST_VALUE)).await?;
+        set_node_label(&client, node, label, Some(CLI_REQUEST_VALUE)).await?;
         println!("requested maintenance on node {node} ({label}={CLI_REQUEST_VALUE})");
     }
     let shell = start_shell(&client, &config, node).await?;
@@ -163,7 +160,7 @@ pub async fn uncordon(config: Config, node: &str) -> anyhow::Result<ExitCode> {
     let config = Arc::new(config);
     let client = super::client().await?;
     get_node(&client, node).await?;
-    set_request(&client, node, &config.node.request_label, None).await?;
+    set_node_label(&client, node, &config.node.request_label, None).await?;
     let shell = start_shell(&client, &config, node).await?;
     // One reconciliation ends the maintenance (cancelling an unfinished drain).
     let mut tries = 0;
@@ -194,35 +191,10 @@ pub async fn uncordon(config: Config, node: &str) -> anyhow::Result<ExitCode> {
         .unwrap_or(false)
     {
         // The person asked for it by name: uncordon even a cordon vacate did not make.
-        let nodes: Api<Node> = Api::all(client.clone());
-        nodes
-            .patch(
-                node,
-                &PatchParams::default(),
-                &Patch::Merge(json!({"spec": {"unschedulable": false}})),
-            )
-            .await?;
+        set_unschedulable(&client, node, false).await?;
     }
     println!("node {node} uncordoned; maintenance ended");
     Ok(ExitCode::SUCCESS)
-}
-
-async fn set_request(
-    client: &Client,
-    node: &str,
-    label: &str,
-    value: Option<&str>,
-) -> anyhow::Result<()> {
-    let nodes: Api<Node> = Api::all(client.clone());
-    nodes
-        .patch(
-            node,
-            &PatchParams::default(),
-            &Patch::Merge(json!({"metadata": {"labels": {label: value}}})),
-        )
-        .await
-        .map_err(|e| anyhow::anyhow!("setting label {label} on node {node}: {e}"))?;
-    Ok(())
 }
 
 fn progress_line(report: &NodeReport) -> String {

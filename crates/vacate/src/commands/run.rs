@@ -52,9 +52,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
     if !config.leader_election.enabled {
         // Ready for systemd (Type=notify) once the caches are filled, inside `act`.
-        metrics.leader.set(1);
+        metrics.record_leader(true);
         act(&client, &config, &metrics, &readiness, stop_rx, None).await?;
-        metrics.leader.set(0);
+        metrics.record_leader(false);
         return Ok(());
     }
 
@@ -111,7 +111,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             break;
         }
         if !*leader_rx.borrow_and_update() {
-            metrics.leader.set(0);
+            metrics.record_leader(false);
             tokio::select! {
                 changed = leader_rx.changed() => {
                     if changed.is_err() { break; }
@@ -121,7 +121,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             }
         }
         tracing::info!(%identity, "became the leader; acting on the cluster");
-        metrics.leader.set(1);
+        metrics.record_leader(true);
         // Act until the lease is lost or a shutdown is asked for.
         let (lost_tx, lost_rx) = watch::channel(false);
         let mut leader_watch = leader_rx.clone();
@@ -147,7 +147,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         )
         .await?;
         relay.abort();
-        metrics.leader.set(0);
+        metrics.record_leader(false);
         if !*stop.borrow() {
             tracing::warn!(%identity, "lost the leadership; waiting to win it again");
         }

@@ -186,14 +186,9 @@ pub fn fleet_summary(
             "SCHEDULE", "LAST RUN", "NEXT RUN"
         ));
         for s in &config.schedules {
-            let prefix = format!("{}.", s.name);
             let in_rollout: Vec<&str> = nodes
                 .iter()
-                .filter(|n| {
-                    n.request_value
-                        .as_deref()
-                        .is_some_and(|v| v.starts_with(&prefix))
-                })
+                .filter(|n| n.in_rollout_of(&s.name))
                 .map(|n| n.name.as_str())
                 .collect();
             out.push_str(&format!(

@@ -238,6 +238,31 @@ pub struct Plan {
     pub blocked: Option<BlockReason>,
 }
 
+impl Plan {
+    /// When to look at the node again once the plan is carried out: the plan's own wake-up
+    /// or the one the actions' results asked for (`replan_at`, see
+    /// [`super::record_outcome`]), whichever comes first, and at the latest after
+    /// `drain.resync` while the node is in maintenance, a safety net only: every step of a
+    /// drain is woken by what it waits for.
+    pub fn look_again(
+        &self,
+        replan_at: Option<chrono::DateTime<chrono::Utc>>,
+        now: chrono::DateTime<chrono::Utc>,
+        config: &crate::config::Config,
+    ) -> Option<Duration> {
+        let mut next = self.requeue_after;
+        if let Some(at) = replan_at {
+            let after = (at - now).to_std().unwrap_or_default();
+            next = Some(next.map_or(after, |n| n.min(after)));
+        }
+        if self.phase.is_draining() || matches!(self.phase, Phase::Uncordoning | Phase::Pending) {
+            let resync = config.drain.resync.get();
+            next = Some(next.map_or(resync, |n| n.min(resync)));
+        }
+        next
+    }
+}
+
 /// How an action went, as the shell saw it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ActionResult {

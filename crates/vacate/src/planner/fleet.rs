@@ -116,6 +116,15 @@ impl FleetNode {
         }
     }
 
+    /// Whether the node's request comes from a run of schedule `schedule`: its value is
+    /// `<schedule>.<run>` (see `cluster::schedule::request_value`).
+    pub fn in_rollout_of(&self, schedule: &str) -> bool {
+        self.request_value
+            .as_deref()
+            .and_then(|v| v.strip_prefix(schedule))
+            .is_some_and(|run| run.starts_with('.'))
+    }
+
     /// With the guest memory of the VMIs on the node, which orders the rollout.
     pub fn with_vm_memory(mut self, bytes: u64) -> Self {
         self.vm_memory = bytes;
@@ -174,15 +183,10 @@ pub fn check(
         .as_deref()
         .and_then(|v| config.schedule_of(v))
     {
-        let prefix = format!("{}.", schedule.name);
         let busy: Vec<&str> = nodes
             .iter()
             .filter(|n| n.name != me.name && n.in_maintenance)
-            .filter(|n| {
-                n.request_value
-                    .as_deref()
-                    .is_some_and(|v| v.starts_with(&prefix))
-            })
+            .filter(|n| n.in_rollout_of(&schedule.name))
             .map(|n| n.name.as_str())
             .collect();
         if busy.len() >= schedule.concurrency.get() as usize {
@@ -198,11 +202,7 @@ pub fn check(
         }
         let rollout: Vec<&FleetNode> = nodes
             .iter()
-            .filter(|n| {
-                n.request_value
-                    .as_deref()
-                    .is_some_and(|v| v.starts_with(&prefix))
-            })
+            .filter(|n| n.in_rollout_of(&schedule.name))
             .collect();
         let ahead = ahead_of(me, &rollout);
         if busy.len() + ahead.len() >= schedule.concurrency.get() as usize {

@@ -1829,6 +1829,55 @@ fn gone_pods_are_counted_not_recorded() {
     );
 }
 
+/// The next look comes at the earliest of the plan's wake-up and the results' replan time,
+/// and no later than `drain.resync` while the node is in maintenance; an idle node waits
+/// for a change.
+#[test]
+fn the_next_look_is_the_earliest_wake_up_with_resync_as_a_safety_net() {
+    let config = Config::default();
+    let resync = config.drain.resync.get();
+    let plan_in = |phase: Phase, requeue_after: Option<Duration>| Plan {
+        actions: Vec::new(),
+        state: NextState::Unchanged,
+        requeue_after,
+        observations: Vec::new(),
+        phase,
+        blocked: None,
+    };
+    let idle = plan_in(Phase::Idle, None);
+    assert_eq!(idle.look_again(None, t(0), &config), None);
+    assert_eq!(
+        idle.look_again(Some(t(30)), t(0), &config),
+        Some(Duration::from_secs(30))
+    );
+    // A replan time already passed is now.
+    assert_eq!(
+        idle.look_again(Some(t(0)), t(10), &config),
+        Some(Duration::ZERO)
+    );
+    let waiting = plan_in(Phase::Idle, Some(Duration::from_secs(20)));
+    assert_eq!(
+        waiting.look_again(Some(t(30)), t(0), &config),
+        Some(Duration::from_secs(20))
+    );
+    for phase in [Phase::Migrating, Phase::Uncordoning, Phase::Pending] {
+        assert_eq!(
+            plan_in(phase, None).look_again(None, t(0), &config),
+            Some(resync),
+            "{phase}"
+        );
+        assert_eq!(
+            plan_in(phase, Some(Duration::from_secs(5))).look_again(None, t(0), &config),
+            Some(Duration::from_secs(5).min(resync)),
+            "{phase}"
+        );
+    }
+    assert_eq!(
+        plan_in(Phase::Drained, None).look_again(None, t(0), &config),
+        None
+    );
+}
+
 fn steer_target(name: &str, free_gib: i64, inbound: u32) -> SteerTarget {
     SteerTarget {
         room: Target {

@@ -15,10 +15,11 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, bail, ensure};
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
-use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
+use k8s_openapi::api::core::v1::{Node, Pod, ServiceAccount};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
@@ -27,7 +28,7 @@ use kubevirt_api::{VirtualMachine, VirtualMachineInstance, VirtualMachineInstanc
 use serde_json::json;
 use testbed::nodes::NodeTemplate;
 use testbed::test_support::{TestCluster, TestEnv};
-use vacate::planner::{DrainState, Phase, StateAnnotation};
+use vacate::planner::{BlockReason, DrainState, Phase, StateAnnotation};
 
 pub const REQUEST_LABEL: &str = "vacate.io/maintenance";
 pub const DRAINED_LABEL: &str = "vacate.io/drained";
@@ -128,6 +129,51 @@ impl Env {
         }
         // JSON is YAML: kubeconfig readers take it.
         std::fs::write(path, serde_json::to_string(&config)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+        Ok(())
+    }
+
+    /// A kubeconfig for the testbed's API server, written to `path`, that authenticates with
+    /// a token of ServiceAccount `namespace/account`, obtained through the TokenRequest API.
+    pub async fn service_account_kubeconfig(
+        &self,
+        namespace: &str,
+        account: &str,
+        path: &Path,
+    ) -> Result<()> {
+        let accounts: Api<ServiceAccount> = Api::namespaced(self.client.clone(), namespace);
+        let request = TokenRequest {
+            spec: Some(TokenRequestSpec {
+                expiration_seconds: Some(3600),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let token = accounts
+            .create_token_request(account, &PostParams::default(), &request)
+            .await
+            .with_context(|| format!("TokenRequest for ServiceAccount {namespace}/{account}"))?
+            .status
+            .context("TokenRequest without a status")?
+            .token;
+        let admin_path = self.cluster.kubeconfig_path();
+        let admin: serde_json::Value =
+            serde_norway::from_str(&std::fs::read_to_string(admin_path)?)
+                .with_context(|| format!("parsing {}", admin_path.display()))?;
+        let cluster = admin["clusters"][0]["cluster"].clone();
+        ensure!(
+            cluster["server"].is_string() && cluster["certificate-authority-data"].is_string(),
+            "the admin kubeconfig has no server and inline CA: {cluster}"
+        );
+        let kubeconfig = json!({
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [{"name": "testbed", "cluster": cluster}],
+            "users": [{"name": account, "user": {"token": token}}],
+            "contexts": [{"name": account, "context": {"cluster": "testbed", "user": account}}],
+            "current-context": account
+        });
+        std::fs::write(path, serde_json::to_string_pretty(&kubeconfig)?)
             .with_context(|| format!("writing {}", path.display()))?;
         Ok(())
     }
@@ -388,6 +434,40 @@ impl Env {
         ))
     }
 
+    /// Polls the node's state annotation every 200 ms until `check` takes it (`Ok(Some)`);
+    /// `check` may end the wait with an error. A read that fails does not end the wait (the
+    /// API server may be busy), as with [`testbed::wait_for`]: the timeout error names it,
+    /// with `what` and the last state seen.
+    pub async fn wait_state<T>(
+        &self,
+        node: &str,
+        what: &str,
+        timeout: Duration,
+        mut check: impl FnMut(&DrainState) -> Result<Option<T>>,
+    ) -> Result<T> {
+        let (mut last, mut last_error) = (None, None);
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            match self.state(node).await {
+                Ok(StateAnnotation::Valid(state)) => {
+                    if let Some(found) = check(&state)? {
+                        return Ok(found);
+                    }
+                    last = Some(state);
+                }
+                Ok(_) => {}
+                Err(error) => last_error = Some(error),
+            }
+            if tokio::time::Instant::now() > deadline {
+                let error = last_error
+                    .map(|e| format!("; last error: {e:#}"))
+                    .unwrap_or_default();
+                bail!("timed out waiting for {what}; last state: {last:#?}{error}");
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
     /// Waits until the node's state annotation shows `phase`; fails early on Failed.
     pub async fn wait_phase(
         &self,
@@ -395,23 +475,32 @@ impl Env {
         phase: Phase,
         timeout: Duration,
     ) -> Result<DrainState> {
-        let mut last = None;
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            if let StateAnnotation::Valid(state) = self.state(node).await? {
-                if state.phase == phase {
-                    return Ok(*state);
-                }
-                if state.phase == Phase::Failed && phase != Phase::Failed {
-                    bail!("drain of {node} failed: {:?}", state.failure);
-                }
-                last = Some(state);
+        let what = format!("{node} to reach {phase}");
+        self.wait_state(node, &what, timeout, |state| {
+            if state.phase == phase {
+                return Ok(Some(state.clone()));
             }
-            if tokio::time::Instant::now() > deadline {
-                bail!("timed out waiting for {node} to reach {phase}; last state: {last:#?}");
+            if state.phase == Phase::Failed && phase != Phase::Failed {
+                bail!("drain of {node} failed: {:?}", state.failure);
             }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+            Ok(None)
+        })
+        .await
+    }
+
+    /// Waits (60 s at most) until the node waits in Pending with `reason` as its blocker;
+    /// returns the blocker's message.
+    pub async fn wait_pending_for(&self, node: &str, reason: BlockReason) -> Result<String> {
+        let what = format!("{node} to wait in Pending for {}", reason.as_str());
+        self.wait_state(node, &what, Duration::from_secs(60), |state| {
+            Ok(match &state.blocked {
+                Some(b) if state.phase == Phase::Pending && b.reason == reason => {
+                    Some(b.message.clone())
+                }
+                _ => None,
+            })
+        })
+        .await
     }
 
     /// Waits until the node has no vacate state left.
@@ -614,6 +703,11 @@ impl Vacate {
         self.get("/metrics").await
     }
 
+    /// Whether this replica leads: its `vacate_leader` gauge is 1.
+    pub async fn leads(&self) -> Result<bool> {
+        Ok(self.metric("vacate_leader").await? == 1.0)
+    }
+
     /// The value of one sample line (`name{labels}`), 0 when absent.
     pub async fn metric(&self, series: &str) -> Result<f64> {
         let text = self.metrics().await?;
@@ -652,6 +746,24 @@ impl Drop for Vacate {
         // A frozen process would not die before it runs again.
         let _ = self.resume();
         self.kill();
+    }
+}
+
+/// Waits until one of `replicas` leads; returns its index. A replica that does not answer
+/// (a frozen one) does not lead.
+pub async fn leader_of(replicas: &[&Vacate], timeout: Duration) -> Result<usize> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        for (i, replica) in replicas.iter().enumerate() {
+            if replica.leads().await.unwrap_or(false) {
+                return Ok(i);
+            }
+        }
+        ensure!(
+            tokio::time::Instant::now() < deadline,
+            "no replica led within {timeout:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
