@@ -51,33 +51,30 @@ pub async fn run(
 ) {
     let client = ctx.client.clone();
     let migration_ctx = ctx.clone();
-    Controller::new(
-        Api::<Node>::all(client),
-        watcher::Config::default().timeout(super::WATCH_TIMEOUT_SECONDS),
-    )
-    .watches_shared_stream(vmis, |vmi: Arc<VirtualMachineInstance>| {
-        let status = vmi.status.clone().unwrap_or_default();
-        [status.node_name, status.evacuation_node_name]
-            .into_iter()
-            .flatten()
-            .filter(|n| !n.is_empty())
-            .map(|n| ObjectRef::new(&n))
-            .collect::<Vec<ObjectRef<Node>>>()
-    })
-    .watches_shared_stream(
-        migrations,
-        move |m: Arc<VirtualMachineInstanceMigration>| {
-            migration_ctx
-                .vmi(
-                    m.metadata.namespace.as_deref().unwrap_or_default(),
-                    &m.spec.vmi_name,
-                )
-                .and_then(|v| v.node_name().map(ObjectRef::new))
-        },
-    )
-    .run(reconcile, retry_after_error, ctx)
-    .for_each(|_| async {})
-    .await;
+    Controller::new(Api::<Node>::all(client), watcher::Config::default())
+        .watches_shared_stream(vmis, |vmi: Arc<VirtualMachineInstance>| {
+            let status = vmi.status.clone().unwrap_or_default();
+            [status.node_name, status.evacuation_node_name]
+                .into_iter()
+                .flatten()
+                .filter(|n| !n.is_empty())
+                .map(|n| ObjectRef::new(&n))
+                .collect::<Vec<ObjectRef<Node>>>()
+        })
+        .watches_shared_stream(
+            migrations,
+            move |m: Arc<VirtualMachineInstanceMigration>| {
+                migration_ctx
+                    .vmi(
+                        m.metadata.namespace.as_deref().unwrap_or_default(),
+                        &m.spec.vmi_name,
+                    )
+                    .and_then(|v| v.node_name().map(ObjectRef::new))
+            },
+        )
+        .run(reconcile, retry_after_error, ctx)
+        .for_each(|_| async {})
+        .await;
 }
 
 /// `VMIMigratableOnEviction`.

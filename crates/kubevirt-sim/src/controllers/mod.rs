@@ -285,9 +285,6 @@ impl Expectations {
 /// changed or deleted), as of that event, sent once the cache holds the event's state.
 pub type Subscription<K> = futures::channel::mpsc::UnboundedReceiver<Arc<K>>;
 
-/// `timeoutSeconds` of every watch request of the simulator.
-pub const WATCH_TIMEOUT_SECONDS: u32 = 60;
-
 /// A shared informer: one watch whose cache is updated before any subscriber hears of a
 /// change, so controllers triggered by it never read an older cache than the event that
 /// woke them (as with client-go's shared informers).
@@ -327,9 +324,6 @@ where
     let (senders, receivers): (Vec<_>, Vec<_>) = (0..subscribers)
         .map(|_| futures::channel::mpsc::unbounded())
         .unzip();
-    // A watch the API server stops feeding without closing it (seen after etcd restarts)
-    // costs at most this long, not kube's default of nearly five minutes.
-    let config = config.timeout(WATCH_TIMEOUT_SECONDS);
     let stream = reflector::reflector(writer, watcher(api, config)).default_backoff();
     tokio::spawn(async move {
         let mut stream = std::pin::pin!(stream);

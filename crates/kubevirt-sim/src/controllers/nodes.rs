@@ -20,13 +20,10 @@ use crate::error::{Result, kube_not_found};
 
 pub async fn run(ctx: Arc<Context>) {
     let nodes: Api<Node> = Api::all(ctx.client.clone());
-    Controller::new(
-        nodes,
-        watcher::Config::default().timeout(super::WATCH_TIMEOUT_SECONDS),
-    )
-    .run(reconcile, retry_after_error, ctx)
-    .for_each(|_| async {})
-    .await;
+    Controller::new(nodes, watcher::Config::default())
+        .run(reconcile, retry_after_error, ctx)
+        .for_each(|_| async {})
+        .await;
 }
 
 async fn reconcile(node: Arc<Node>, ctx: Arc<Context>) -> Result<Action> {

@@ -28,7 +28,7 @@ pub async fn run(ctx: Arc<Context>, vmis: super::Subscription<VirtualMachineInst
     let client = ctx.client.clone();
     Controller::new(
         Api::<VirtualMachine>::all(client),
-        watcher::Config::default().timeout(super::WATCH_TIMEOUT_SECONDS),
+        watcher::Config::default(),
     )
     // Bounded workers, as virt-controller's queues have: thousands of VMs created at
     // once do not flood the API server.

@@ -61,7 +61,7 @@ pub async fn run(
         // A PVC appearing or changing access modes changes LiveMigratable.
         .watches(
             Api::<PersistentVolumeClaim>::all(client),
-            watcher::Config::default().timeout(super::WATCH_TIMEOUT_SECONDS),
+            watcher::Config::default(),
             move |pvc: PersistentVolumeClaim| {
                 let ns = pvc.metadata.namespace.clone().unwrap_or_default();
                 let name = pvc.metadata.name.clone().unwrap_or_default();

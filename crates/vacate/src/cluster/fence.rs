@@ -32,9 +32,7 @@ impl Fence {
             writer,
             watcher(
                 api,
-                watcher::Config::default()
-                    .fields(&format!("metadata.name={name}"))
-                    .timeout(super::watch::WATCH_TIMEOUT_SECONDS),
+                watcher::Config::default().fields(&format!("metadata.name={name}")),
             )
             .default_backoff(),
         )

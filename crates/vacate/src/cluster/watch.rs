@@ -280,12 +280,6 @@ where
     reflect_stripped(api, config, trigger, wakes_of, what, strip_managed_fields)
 }
 
-/// How long the API server keeps one watch request open (`timeoutSeconds`) before vacate
-/// watches again from where it was. A watch the API server stops feeding without closing it
-/// (seen right after etcd restarts) then costs at most this long, not kube's default of
-/// nearly five minutes; an idle cluster pays one request per watch per minute.
-pub const WATCH_TIMEOUT_SECONDS: u32 = 60;
-
 /// As [`reflect`], keeping of each object only what `strip` leaves.
 fn reflect_stripped<K>(
     api: Api<K>,
@@ -300,7 +294,6 @@ where
     K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
 {
     let (reader, writer) = reflector::store();
-    let config = config.timeout(WATCH_TIMEOUT_SECONDS);
     let stream = reflector::reflector(writer, watcher(api, config).modify(strip)).default_backoff();
     let task = tokio::spawn(async move {
         futures::pin_mut!(stream);
