@@ -36,6 +36,9 @@ struct Request {
     resource: String,
     namespace: String,
     code: u16,
+    /// Who asked, and through what: tells the simulator's own reads from the control plane's.
+    user: String,
+    agent: String,
 }
 
 fn audit(path: &std::path::Path) -> Result<Vec<Request>> {
@@ -65,6 +68,17 @@ fn audit(path: &std::path::Path) -> Result<Vec<Request>> {
                 .unwrap_or_default()
                 .to_string(),
             code: e["responseStatus"]["code"].as_u64().unwrap_or_default() as u16,
+            user: e["user"]["username"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+            agent: e["userAgent"]
+                .as_str()
+                .unwrap_or_default()
+                .split('/')
+                .next()
+                .unwrap_or_default()
+                .to_string(),
         });
     }
     Ok(out)
@@ -141,9 +155,12 @@ async fn a_seeded_fleet_settles_without_conflict_loops_and_then_costs_no_request
     // late are allowed: polling every VM's VMI at each resync costs about 250 in this window.
     let mut idle: BTreeMap<String, usize> = BTreeMap::new();
     for r in vmi_requests(seeded + 2.0, settled).filter(|r| r.verb != "watch" && r.verb != "list") {
-        *idle.entry(r.verb.clone()).or_default() += 1;
+        *idle
+            .entry(format!("{} by {} ({})", r.verb, r.user, r.agent))
+            .or_default() += 1;
     }
     let total: usize = idle.values().sum();
+    eprintln!("settled: {total} requests on VMIs in the window ({idle:?})");
     assert!(
         total * 5 <= report.vms.len(),
         "a settled fleet of {} VMs cost {total} requests on its VMIs in 23 s ({idle:?}): \
