@@ -125,9 +125,10 @@ TOML
     sleep 0.1
   done
   started=$(now)
-  for node in $(rollout_nodes "$prefix"); do
-    kubectl label node "$node" "vacate.io/upgrade=$target_version" >/dev/null
-  done
+  # One command for the whole rollout, as an operator would label it: labelled one command
+  # per node, the first drains start before the last nodes are known to be in it.
+  mapfile -t nodes < <(rollout_nodes "$prefix")
+  kubectl label node "${nodes[@]}" "vacate.io/upgrade=$target_version" >/dev/null
   while :; do
     for node in $(kubectl get nodes -l "testbed.vacate.io/set=$prefix,vacate.io/drained=true" \
       -o jsonpath='{range .items[*]}{.metadata.name}{"\n"}{end}'); do

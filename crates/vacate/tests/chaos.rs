@@ -34,9 +34,10 @@ use k8s_openapi::api::admissionregistration::v1::{
     MutatingWebhookConfiguration, ValidatingWebhookConfiguration,
 };
 use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, ResourceExt};
-use kubevirt_api::VirtualMachineInstance;
+use kubevirt_api::{MigrationPhase, VirtualMachineInstance};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use support::*;
@@ -45,6 +46,8 @@ use testbed::test_support::TestCluster;
 use vacate::planner::Phase;
 
 const DRAIN: Duration = Duration::from_secs(240);
+/// A drain not over this long after its request is looked into ([`why_slow`]).
+const SLOW: Duration = Duration::from_secs(30);
 
 fn env_number(name: &str, default: u64) -> Result<u64> {
     match std::env::var(name) {
@@ -228,7 +231,7 @@ async fn one_run(
         &run.monitor,
         run.requested,
         fault.one_migration_each(),
-        &mut run.record.violations,
+        &mut run.record,
     )
     .await?;
     for (name, replica) in &mut run.replicas {
@@ -299,9 +302,22 @@ async fn check_drain(
     monitor: &MigrationMonitor,
     requested: Instant,
     one_migration_each: bool,
-    violations: &mut Vec<String>,
+    record: &mut RunRecord,
 ) -> Result<f64> {
-    let drained = env.wait_phase(node, Phase::Drained, DRAIN).await;
+    let RunRecord {
+        violations,
+        evidence,
+        ..
+    } = record;
+    // A drain that takes long says why in the run's record: what vacate waited for then,
+    // and the PodDisruptionBudgets' view of the namespace.
+    let mut drained = env.wait_phase(node, Phase::Drained, SLOW).await;
+    if drained.is_err() {
+        evidence.push(why_slow(env, node).await);
+        drained = env
+            .wait_phase(node, Phase::Drained, DRAIN.saturating_sub(SLOW))
+            .await;
+    }
     let drain_seconds = (requested.elapsed().as_secs_f64() * 100.0).round() / 100.0;
     if let Err(error) = &drained {
         violations.push(format!("the drain did not end Drained: {error:#}"));
@@ -351,6 +367,95 @@ async fn check_drain(
         }
     }
     Ok(drain_seconds)
+}
+
+/// What a drain still waits for [`SLOW`] after its request: vacate's phase and blocker,
+/// and each PodDisruptionBudget of the run with the pods it counts as disrupted. (An
+/// eviction the API server answered with an error after it had already counted the pod in
+/// the budget holds that disruption until the disruption controller drops it, two minutes
+/// later: Kubernetes' pkg/controller/disruption/disruption.go, `DeletionTimeout`.)
+async fn why_slow(env: &Env, node: &str) -> String {
+    let state = match env.state(node).await {
+        Ok(vacate::planner::StateAnnotation::Valid(s)) => format!(
+            "{} ({})",
+            s.phase,
+            s.blocked
+                .map(|b| format!("{}: {}", b.reason.as_str(), b.message))
+                .or(s.waiting_for)
+                .unwrap_or_else(|| "no blocker".into())
+        ),
+        Ok(other) => format!("{other:?}"),
+        Err(e) => format!("unreadable: {e:#}"),
+    };
+    let pdbs: Api<PodDisruptionBudget> = Api::namespaced(env.client.clone(), env.ns.name());
+    let budgets = match pdbs.list(&ListParams::default()).await {
+        Ok(list) => list
+            .items
+            .iter()
+            .map(|p| {
+                let status = p.status.clone().unwrap_or_default();
+                format!(
+                    "PDB {}: {} disruptions allowed, disrupted pods {:?}",
+                    p.name_any(),
+                    status.disruptions_allowed.unwrap_or_default(),
+                    status
+                        .disrupted_pods
+                        .unwrap_or_default()
+                        .keys()
+                        .collect::<Vec<_>>()
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("; "),
+        Err(e) => format!("PDBs unreadable: {e:#}"),
+    };
+    let migrations = match env.vacate_migrations().await {
+        Ok(list) => list
+            .iter()
+            .filter(|m| {
+                !matches!(
+                    m.status.as_ref().and_then(|s| s.phase),
+                    Some(MigrationPhase::Succeeded)
+                )
+            })
+            .map(|m| {
+                format!(
+                    "{} {:?}",
+                    m.name_any(),
+                    m.status.as_ref().and_then(|s| s.phase)
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(", "),
+        Err(e) => format!("unreadable: {e:#}"),
+    };
+    // Pods that wait: the scheduler's or kwok's view, where a migration's target waits.
+    let pods: Api<Pod> = Api::namespaced(env.client.clone(), env.ns.name());
+    let waiting = match pods.list(&ListParams::default()).await {
+        Ok(list) => list
+            .items
+            .iter()
+            .filter(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Pending"))
+            .map(|p| {
+                let scheduled = p
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.conditions.as_ref())
+                    .and_then(|c| c.iter().find(|c| c.type_ == "PodScheduled"))
+                    .map(|c| format!("{} {}", c.status, c.message.clone().unwrap_or_default()))
+                    .unwrap_or_else(|| "no PodScheduled".into());
+                let node = p.spec.as_ref().and_then(|s| s.node_name.clone());
+                format!("{} on {node:?} ({scheduled})", p.name_any())
+            })
+            .collect::<Vec<_>>()
+            .join(", "),
+        Err(e) => format!("unreadable: {e:#}"),
+    };
+    format!(
+        "not drained {} s after the request: {state}; {budgets}; unfinished migrations: \
+         [{migrations}]; Pending pods: [{waiting}]",
+        SLOW.as_secs()
+    )
 }
 
 fn seconds_since(start: Instant) -> f64 {

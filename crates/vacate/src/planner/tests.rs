@@ -1944,6 +1944,28 @@ fn a_rollouts_migrations_go_to_nodes_with_room_outside_it() {
     assert_eq!(state.unsteered, None);
 }
 
+/// The migrations that hold every target at its inbound limit are another node's: their end
+/// is no event of this node, so the plan itself asks to be looked at again soon.
+#[test]
+fn a_vmi_waiting_for_an_inbound_slot_is_looked_at_again_soon() {
+    let mut s = snapshot(node(Some("true"), false));
+    s.vmis = vec![vmi("vm-0")];
+    s.cluster.steering = Steering::On {
+        targets: vec![
+            steer_target("worker-2", 100, 2),
+            steer_target("worker-3", 100, 2),
+        ],
+        max_inbound: 2,
+    };
+    let p = plan(&s, &Config::default());
+    assert_eq!(targets_of(&p), vec![]);
+    assert!(
+        p.requeue_after.is_some_and(|d| d <= vmis::STEER_RECHECK),
+        "{:?}",
+        p.requeue_after
+    );
+}
+
 #[test]
 fn with_no_room_outside_the_rollout_kubevirt_places_the_migration_and_says_why() {
     let mut s = snapshot(node(Some("true"), false));

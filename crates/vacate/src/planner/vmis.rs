@@ -3,6 +3,10 @@
 
 use super::*;
 
+/// How soon a VMI waiting for a node outside the rollout to have a migration slot free
+/// ([`Steer::Wait`]) is looked at again.
+pub const STEER_RECHECK: std::time::Duration = std::time::Duration::from_secs(2);
+
 impl Planner<'_> {
     /// Notes what became of vacate's own migrations since the last look.
     pub(super) fn follow_migrations(&mut self, state: &mut DrainState) {
@@ -352,6 +356,10 @@ impl Planner<'_> {
                     None
                 }
                 Steer::Wait(why) => {
+                    // The migrations that fill those nodes may be other nodes' (or ours,
+                    // seen finished in the VMI before the migration): no event of this node
+                    // need come when they end, so look again shortly.
+                    self.wake_at(s.now + chrono_duration(STEER_RECHECK));
                     self.waiting_for.get_or_insert(why);
                     continue;
                 }
