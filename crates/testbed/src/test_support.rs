@@ -189,6 +189,13 @@ impl TestCluster {
         path.exists().then_some(path)
     }
 
+    /// The log of a component (`kubevirt-sim`, `kube-scheduler`, ...) of a cluster this
+    /// process started.
+    pub fn component_log(&self, component: &str) -> Option<PathBuf> {
+        let path = self.owned.as_ref()?.layout.log(component);
+        path.exists().then_some(path)
+    }
+
     /// Uses a running cluster; fails unless its /readyz answers within 5 seconds.
     pub async fn connect(kubeconfig_path: &Path) -> Result<TestCluster> {
         let config = kubeconfig::config_from(kubeconfig_path).await?;

@@ -342,7 +342,10 @@ async fn check_drain(
         for name in before.keys() {
             let migrations = per_vmi.get(name).cloned().unwrap_or_default();
             if migrations.len() != 1 {
-                violations.push(format!("VMI {name} got migrations {migrations:?}"));
+                violations.push(format!(
+                    "VMI {name} got migrations {migrations:?}{}",
+                    why_failed(env, &migrations)
+                ));
             }
         }
     }
@@ -456,6 +459,46 @@ async fn why_slow(env: &Env, node: &str) -> String {
          [{migrations}]; Pending pods: [{waiting}]",
         SLOW.as_secs()
     )
+}
+
+/// Why the simulator failed these migrations, from its log, when this process started the
+/// cluster (the shared testbed's log is not read).
+fn why_failed(env: &Env, migrations: &[String]) -> String {
+    let Some(log) = env.cluster.component_log("kubevirt-sim") else {
+        return String::new();
+    };
+    let Ok(text) = std::fs::read_to_string(&log) else {
+        return String::new();
+    };
+    let failed: Vec<String> = text
+        .lines()
+        .map(strip_ansi)
+        .filter(|l| l.contains("to=Failed") && migrations.iter().any(|m| l.contains(m.as_str())))
+        .map(|l| l.chars().take(400).collect())
+        .collect();
+    if failed.is_empty() {
+        String::new()
+    } else {
+        format!("; the simulator: {failed:?}")
+    }
+}
+
+/// A log line without its terminal colour codes.
+fn strip_ansi(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 fn seconds_since(start: Instant) -> f64 {
