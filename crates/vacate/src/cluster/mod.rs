@@ -437,7 +437,7 @@ impl Context {
                             .iter()
                             .find(|v| v.namespace == *namespace && v.name == *vmi),
                     ) {
-                        self.reserve(host, view.requests);
+                        self.reserve(host, view.requests, namespace, m);
                     }
                     let mut ledger = self.ledger.lock().expect("ledger lock");
                     ledger.created(namespace, m, &name, vmi);

@@ -190,8 +190,10 @@ impl Context {
 
     /// The bandwidth migrations reach in this cluster: the median, over the last
     /// [`BANDWIDTH_SAMPLES`] migrations that succeeded, of the VMI's guest memory over the
-    /// migration's time from creation to success (scheduling and target preparation
-    /// included, as a drain waits for them too).
+    /// migration's time from leaving Pending to success: scheduling and target preparation
+    /// included, as a drain waits for them too, but not the wait in Pending for a slot under
+    /// KubeVirt's parallel limits (KubeVirt's evacuation creates every migration of a node at
+    /// once and lets them queue; the prediction counts that wait itself).
     pub fn observed_bandwidth(&self) -> Option<f64> {
         let mut finished: Vec<(chrono::DateTime<Utc>, f64)> = self
             .stores
@@ -201,8 +203,8 @@ impl Context {
             .filter(|m| m.phase() == Some(kubevirt_api::MigrationPhase::Succeeded))
             .filter_map(|m| {
                 let view = snapshot::migration_view(m, "");
-                let (start, end) = (view.created_at?, view.finished_at?);
-                let seconds = (end - start).to_std().ok()?.as_secs_f64().max(1.0);
+                let seconds = snapshot::slot_seconds(m)?;
+                let end = view.finished_at?;
                 let vmi = self
                     .stores
                     .vmis

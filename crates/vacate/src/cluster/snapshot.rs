@@ -182,6 +182,28 @@ fn placement_rules(spec: &k8s_openapi::api::core::v1::PodSpec) -> bool {
     node_required || pods_required || spread
 }
 
+/// How long a finished migration held a migration slot, in seconds (at least 1): from
+/// leaving Pending (KubeVirt keeps a migration Pending while its parallel limits are full)
+/// to its end; from its creation when it records no phase after Pending.
+pub fn slot_seconds(m: &VirtualMachineInstanceMigration) -> Option<f64> {
+    use kubevirt_api::MigrationPhase as P;
+    let left_pending = m
+        .status
+        .as_ref()?
+        .phase_transition_timestamps
+        .iter()
+        .filter(|t| t.phase.is_some_and(|p| p > P::Pending && p < P::Succeeded))
+        .filter_map(|t| t.phase_transition_timestamp.as_ref())
+        .map(to_chrono)
+        .min();
+    let start = left_pending.or_else(|| m.metadata.creation_timestamp.as_ref().map(to_chrono))?;
+    let end = m
+        .phase_entered_at(P::Succeeded)
+        .or_else(|| m.phase_entered_at(P::Failed))
+        .map(to_chrono)?;
+    Some((end - start).to_std().ok()?.as_secs_f64().max(1.0))
+}
+
 pub fn migration_view(m: &VirtualMachineInstanceMigration, node: &str) -> MigrationView {
     use kubevirt_api::MigrationPhase as P;
     let phase = match m.phase() {
@@ -399,6 +421,34 @@ mod tests {
             "spec": {"domain": {"devices": {}}}
         }))
         .unwrap()
+    }
+
+    /// A migration KubeVirt's evacuation created while the limits were full waited 30 s in
+    /// Pending: that wait is not part of the 10 s it took once it had a slot.
+    #[test]
+    fn a_migrations_slot_time_leaves_out_its_wait_in_pending() {
+        let m: VirtualMachineInstanceMigration = serde_json::from_value(json!({
+            "apiVersion": "kubevirt.io/v1", "kind": "VirtualMachineInstanceMigration",
+            "metadata": {"name": "evacuation-x", "namespace": "vms",
+                         "creationTimestamp": "2026-01-01T00:00:00Z"},
+            "spec": {"vmiName": "db"},
+            "status": {"phase": "Succeeded", "phaseTransitionTimestamps": [
+                {"phase": "Pending", "phaseTransitionTimestamp": "2026-01-01T00:00:00Z"},
+                {"phase": "Scheduling", "phaseTransitionTimestamp": "2026-01-01T00:00:30Z"},
+                {"phase": "Running", "phaseTransitionTimestamp": "2026-01-01T00:00:33Z"},
+                {"phase": "Succeeded", "phaseTransitionTimestamp": "2026-01-01T00:00:40Z"}]}
+        }))
+        .unwrap();
+        assert_eq!(slot_seconds(&m), Some(10.0));
+        // Without phases after Pending, from its creation.
+        let mut bare = m.clone();
+        if let Some(s) = bare.status.as_mut() {
+            s.phase_transition_timestamps.retain(|t| {
+                t.phase != Some(kubevirt_api::MigrationPhase::Scheduling)
+                    && t.phase != Some(kubevirt_api::MigrationPhase::Running)
+            });
+        }
+        assert_eq!(slot_seconds(&bare), Some(40.0));
     }
 
     #[test]

@@ -25,8 +25,18 @@ pub struct Rooms {
     read_at: Option<Instant>,
     /// Ready, schedulable, untainted nodes with a hostname label: (room, hostname).
     targets: Vec<(Target, String)>,
-    /// Requests and count of the migrations steered to each node (by name) since the read.
-    reserved: HashMap<String, (Resources, u32)>,
+    /// What was steered to each node (by name) since the read.
+    reserved: HashMap<String, Reserved>,
+}
+
+/// The migrations steered to one node since the room was read.
+#[derive(Clone, Default)]
+struct Reserved {
+    /// Their requests, taken from the room read before them.
+    requests: Resources,
+    /// Their namespaces and names: counted as coming in until the migration cache shows
+    /// them, which then counts them itself for as long as they run.
+    migrations: Vec<(String, String)>,
 }
 
 /// The first KubeVirt release whose migrations take `spec.addedNodeSelector`.
@@ -117,12 +127,18 @@ impl Context {
             .map(|(t, host)| {
                 let mut room = t.clone();
                 let mut coming = inbound.get(host).copied().unwrap_or(0);
-                if let Some((requests, count)) = rooms.reserved.get(&t.name) {
-                    room.free.cpu_millis -= requests.cpu_millis;
-                    room.free.memory_bytes -= requests.memory_bytes;
-                    room.pods_free -= *count as i64;
-                    // Not yet in the migration cache, perhaps: counted as coming in.
-                    coming = coming.max(*count);
+                if let Some(reserved) = rooms.reserved.get(&t.name) {
+                    room.free.cpu_millis -= reserved.requests.cpu_millis;
+                    room.free.memory_bytes -= reserved.requests.memory_bytes;
+                    room.pods_free -= reserved.migrations.len() as i64;
+                    // Created but not in the migration cache yet: coming in all the same.
+                    // (Once there, the cache counts them while they run, and not after:
+                    // a finished migration frees its slot before the room is read again.)
+                    coming += reserved
+                        .migrations
+                        .iter()
+                        .filter(|(ns, name)| !self.in_migration_cache(ns, name))
+                        .count() as u32;
                 }
                 SteerTarget {
                     room,
@@ -177,11 +193,11 @@ impl Context {
         })
     }
 
-    /// Notes a migration steered to the node whose hostname label is `host`, until the next
-    /// read of the room shows its target pod.
-    pub(super) fn reserve(&self, host: &str, requests: Resources) {
+    /// Notes migration `namespace/name` steered to the node whose hostname label is `host`,
+    /// until the next read of the room shows its target pod.
+    pub(super) fn reserve(&self, host: &str, requests: Resources, namespace: &str, name: &str) {
         let mut rooms = self.rooms.lock().expect("rooms lock");
-        let Some(name) = rooms
+        let Some(target) = rooms
             .targets
             .iter()
             .find(|(_, h)| h == host)
@@ -189,15 +205,17 @@ impl Context {
         else {
             return;
         };
-        let entry = rooms.reserved.entry(name).or_default();
-        entry.0.add(requests);
-        entry.1 += 1;
+        let entry = rooms.reserved.entry(target).or_default();
+        entry.requests.add(requests);
+        entry
+            .migrations
+            .push((namespace.to_string(), name.to_string()));
     }
 }
 
 struct RoomsView {
     targets: Vec<(Target, String)>,
-    reserved: HashMap<String, (Resources, u32)>,
+    reserved: HashMap<String, Reserved>,
 }
 
 #[cfg(test)]
