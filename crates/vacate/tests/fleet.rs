@@ -489,7 +489,9 @@ async fn a_rollouts_vms_move_once_to_nodes_outside_it() -> Result<()> {
         env.place_on(i, || async {
             for j in 0..2 {
                 let mut vm = Vm::migratable(format!("vm-{i}-{j}"));
-                vm.memory = "1Gi";
+                // The rollout takes the lightest node first (then by name, which says
+                // nothing of the order of the set's nodes): the first node is lighter.
+                vm.memory = if i == 0 { "1Gi" } else { "2Gi" };
                 env.create_vm(&vm).await?;
             }
             env.wait_vmis_running_on(node, 2).await
