@@ -190,17 +190,22 @@ impl Context {
 
     /// The bandwidth migrations reach in this cluster: the median, over the last
     /// [`BANDWIDTH_SAMPLES`] migrations that succeeded, of the VMI's guest memory over the
-    /// migration's time from leaving Pending to success: scheduling and target preparation
-    /// included, as a drain waits for them too, but not the wait in Pending for a slot under
-    /// KubeVirt's parallel limits (KubeVirt's evacuation creates every migration of a node at
-    /// once and lets them queue; the prediction counts that wait itself).
+    /// time the migration took a drain ([`snapshot::slot_seconds`]: scheduling and target
+    /// preparation included, as a drain waits for them too, but not a wait in Pending for a
+    /// slot, which the prediction counts itself). vacate's own migrations are the samples
+    /// when there are any: they also show the latency between one migration's end and the
+    /// next one's start.
     pub fn observed_bandwidth(&self) -> Option<f64> {
+        let own = self.stores.migrations.state().iter().any(|m| {
+            snapshot::is_ours(m) && m.phase() == Some(kubevirt_api::MigrationPhase::Succeeded)
+        });
         let mut finished: Vec<(chrono::DateTime<Utc>, f64)> = self
             .stores
             .migrations
             .state()
             .iter()
             .filter(|m| m.phase() == Some(kubevirt_api::MigrationPhase::Succeeded))
+            .filter(|m| !own || snapshot::is_ours(m))
             .filter_map(|m| {
                 let view = snapshot::migration_view(m, "");
                 let seconds = snapshot::slot_seconds(m)?;

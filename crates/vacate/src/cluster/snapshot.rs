@@ -182,9 +182,11 @@ fn placement_rules(spec: &k8s_openapi::api::core::v1::PodSpec) -> bool {
     node_required || pods_required || spread
 }
 
-/// How long a finished migration held a migration slot, in seconds (at least 1): from
-/// leaving Pending (KubeVirt keeps a migration Pending while its parallel limits are full)
-/// to its end; from its creation when it records no phase after Pending.
+/// How long a finished migration took a drain, in seconds (at least 1). vacate creates its
+/// own migrations when a slot is free: from creation to end, the start latency included.
+/// Others (KubeVirt's evacuation creates all of a node's at once and keeps them Pending
+/// while its parallel limits are full): from leaving Pending to the end, or from creation
+/// when they record no phase after Pending.
 pub fn slot_seconds(m: &VirtualMachineInstanceMigration) -> Option<f64> {
     use kubevirt_api::MigrationPhase as P;
     let left_pending = m
@@ -196,7 +198,12 @@ pub fn slot_seconds(m: &VirtualMachineInstanceMigration) -> Option<f64> {
         .filter_map(|t| t.phase_transition_timestamp.as_ref())
         .map(to_chrono)
         .min();
-    let start = left_pending.or_else(|| m.metadata.creation_timestamp.as_ref().map(to_chrono))?;
+    let created = m.metadata.creation_timestamp.as_ref().map(to_chrono);
+    let start = if is_ours(m) {
+        created?
+    } else {
+        left_pending.or(created)?
+    };
     let end = m
         .phase_entered_at(P::Succeeded)
         .or_else(|| m.phase_entered_at(P::Failed))
@@ -424,7 +431,8 @@ mod tests {
     }
 
     /// A migration KubeVirt's evacuation created while the limits were full waited 30 s in
-    /// Pending: that wait is not part of the 10 s it took once it had a slot.
+    /// Pending: that wait is not part of the 10 s it took once it had a slot. One of vacate's
+    /// counts from its creation.
     #[test]
     fn a_migrations_slot_time_leaves_out_its_wait_in_pending() {
         let m: VirtualMachineInstanceMigration = serde_json::from_value(json!({
@@ -449,6 +457,19 @@ mod tests {
             });
         }
         assert_eq!(slot_seconds(&bare), Some(40.0));
+        // vacate's own: created when a slot was free, so from creation.
+        let mut ours = m.clone();
+        ours.metadata.labels = Some(
+            [
+                (MANAGED_BY_LABEL.to_string(), MANAGED_BY_VALUE.to_string()),
+                (
+                    MIGRATION_NODE_LABEL.to_string(),
+                    node_label_value("worker-1"),
+                ),
+            ]
+            .into(),
+        );
+        assert_eq!(slot_seconds(&ours), Some(40.0));
     }
 
     #[test]
