@@ -242,9 +242,10 @@ def write_section(args, meta, rows, commands):
               "; ".join(f"{n} nodes: {c['patches']:.0f} PATCH, {c['conflicts']:.0f} answered 409"
                         for n, c in conflicts) + ".")
             w("")
-    w("How each figure is measured: RSS and CPU from vacate's own `/metrics` "
-      "(`process_resident_memory_bytes`, `process_cpu_seconds_total`), sampled every second; CPU "
-      "is the increase of `process_cpu_seconds_total` over the window. Idle: "
+    w("How each figure is measured: RSS (`VmRSS`) and CPU time (user and system) of the vacate "
+      "process from /proc, sampled every second (vacate also exports them as "
+      "`process_resident_memory_bytes` and `process_cpu_seconds_total`, the latter in whole "
+      "seconds); CPU is the CPU time used over the window's length. Idle: "
       f"{meta['idle_window']} s once vacate's caches are filled (plus 15 s). Rollout: "
       f"{meta['rollout_nodes']} nodes labelled `vacate.io/maintenance=true` at once "
       f"(`fleet.max_draining = {meta['rollout_nodes']}`), from the labelling to the last "

@@ -71,7 +71,13 @@ cleanup() {
 trap cleanup EXIT
 
 record() {
-  local line="$*"
+  local line
+  # A long list of node names is written as its first and last and how many there are.
+  if [ "$#" -gt 8 ]; then
+    line="${*:1:4} … ${*: -1} ($# arguments in all)"
+  else
+    line="$*"
+  fi
   line=${line//"$state"/\$STATE}
   line=${line//"$work"/\$WORK}
   line=${line//"$bin_dir"/\$KUBE_BIN}
@@ -167,17 +173,15 @@ stop_vacate() {
   vacate_pid=""
 }
 
-# vacate's own figures (RSS, CPU seconds) once, as one JSON object with a timestamp.
+# vacate's RSS and CPU seconds once, as one JSON object with a timestamp, read from /proc
+# (the CPU time in clock ticks; vacate's process_cpu_seconds_total counts whole seconds).
+clk_tck=$(getconf CLK_TCK)
 vacate_sample() {
-  curl -sf --max-time 5 "$metrics_url" | python3 -c '
-import json, sys, time
-want = {"process_resident_memory_bytes": "rss", "process_cpu_seconds_total": "cpu"}
-s = {"t": time.time()}
-for line in sys.stdin:
-    name, _, value = line.partition(" ")
-    if name in want:
-        s[want[name]] = float(value)
-print(json.dumps(s))'
+  local stat rss
+  read -r -a stat <"/proc/$vacate_pid/stat" || return 1
+  rss=$(awk '/^VmRSS:/ {print $2 * 1024}' "/proc/$vacate_pid/status") || return 1
+  printf '{"t":%s,"rss":%s,"cpu":%s}\n' "$(date +%s.%N)" "$rss" \
+    "$(awk -v t=$((stat[13] + stat[14])) -v hz="$clk_tck" 'BEGIN {print t / hz}')"
 }
 # Samples every second into $1 until stopped.
 start_sampler() {
@@ -195,10 +199,14 @@ phase() {
   printf '{"size":%s,"phase":"%s","start":%s,"end":%s%s}\n' "$size" "$1" "$2" "$3" "${4:-}" >>"$out/phases.jsonl"
 }
 
-label_nodes() { # <label or label-> <node names...>
+label_nodes() { # <label or label-> <node names...>, 100 nodes per command
   local label=$1
   shift
-  printf '%s\n' "$@" | xargs -n 100 "$bin_dir/kubectl" label node --overwrite "$label" >/dev/null
+  while [ "$#" -gt 0 ]; do
+    local chunk=("${@:1:100}")
+    shift "${#chunk[@]}"
+    kubectl label node "${chunk[@]}" --overwrite "$label" >/dev/null
+  done
 }
 count_nodes() { # <label selector>
   kubectl get nodes -l "$1" -o name | wc -l

@@ -7,6 +7,12 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use vacate::commands::{self, drain, plan, run, status};
 
+/// mimalloc gives freed memory back to the system; with glibc's allocator the memory of a
+/// large list (the caches filling, a relist) stayed in the process (see docs/benchmarks.md,
+/// "Scale").
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "vacate",

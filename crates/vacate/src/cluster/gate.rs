@@ -128,21 +128,6 @@ impl Context {
         self.list_nodes(ListParams::default().match_any()).await
     }
 
-    /// Every pod that has not finished, served from the API server's watch cache
-    /// (resourceVersion 0): an estimate of room needs no read from etcd, and a large
-    /// cluster's pod list stays cheap.
-    pub(super) async fn unfinished_pods(&self, doing: &'static str) -> Result<Vec<Pod>> {
-        Ok(Api::<Pod>::all(self.client.clone())
-            .list(
-                &ListParams::default()
-                    .match_any()
-                    .fields("status.phase!=Succeeded,status.phase!=Failed"),
-            )
-            .await
-            .map_err(Error::kube(doing))?
-            .items)
-    }
-
     async fn list_nodes(&self, params: ListParams) -> Result<Vec<Node>> {
         Ok(Api::<Node>::all(self.client.clone())
             .list(&params)
@@ -193,22 +178,30 @@ impl Context {
         )))
     }
 
-    /// Whether the node's VMs and pods fit on the schedulable nodes that remain.
+    /// Whether the node's VMs and pods fit on the schedulable nodes that remain: the node's
+    /// own pods from its pod watch, the room of the others from the pod usage watch.
     async fn capacity(
         &self,
         name: &str,
         all_nodes: &[Node],
     ) -> Result<std::result::Result<(), Gate>> {
-        let pods = self
-            .unfinished_pods("listing pods for the capacity check")
-            .await?;
+        let Some(used) = self.stores.pod_usage.by_node() else {
+            return Ok(Err(Gate::new(
+                BlockReason::InsufficientCapacity,
+                "the pods of the cluster are still being read for the capacity check",
+            )
+            .recheck_after(Utc::now() + chrono::Duration::seconds(1))));
+        };
+        let pods = self.pods.pods(&self.client, name, &self.trigger).await?;
         let launchers = snapshot::launcher_selectors(self.stores.vmis.state().iter().map(|v| &**v));
-        let (mut moving, targets) = room_and_movers(&pods, all_nodes, &self.config, &launchers);
-        let mut workloads = moving.remove(name).unwrap_or_default();
+        let mut workloads = movers(&pods, &launchers).remove(name).unwrap_or_default();
         for w in &mut workloads {
             w.name = format!("pod {}", w.name);
         }
-        let targets: Vec<Target> = targets.into_iter().filter(|t| t.name != name).collect();
+        let targets: Vec<Target> = rooms(&used, all_nodes, &self.config)
+            .into_iter()
+            .filter(|t| t.name != name)
+            .collect();
         Ok(capacity::check(&workloads, &targets).map_err(|message| {
             Gate::new(BlockReason::InsufficientCapacity, message).recheck_after(Utc::now())
         }))
@@ -225,17 +218,40 @@ pub fn room_and_movers(
     config: &crate::config::Config,
     launchers: &BTreeMap<String, BTreeMap<String, String>>,
 ) -> (HashMap<String, Vec<Workload>>, Vec<Target>) {
+    (
+        movers(pods, launchers),
+        rooms(&used_by_node(pods), nodes, config),
+    )
+}
+
+/// What the pods request on each node, and how many there are.
+pub fn used_by_node(pods: &[Pod]) -> HashMap<String, (Resources, i64)> {
     let mut used: HashMap<String, (Resources, i64)> = HashMap::new();
+    for pod in pods {
+        let Some(on) = pod.spec.as_ref().and_then(|s| s.node_name.clone()) else {
+            continue;
+        };
+        let entry = used.entry(on).or_default();
+        entry.0.add(snapshot::pod_requests(pod));
+        entry.1 += 1;
+    }
+    used
+}
+
+/// The pods that would move in a drain, by node (see [`room_and_movers`]).
+pub fn movers(
+    pods: &[Pod],
+    launchers: &BTreeMap<String, BTreeMap<String, String>>,
+) -> HashMap<String, Vec<Workload>> {
     let mut moving: HashMap<String, Vec<Workload>> = HashMap::new();
     for pod in pods {
         let Some(on) = pod.spec.as_ref().and_then(|s| s.node_name.clone()) else {
             continue;
         };
-        let requests = snapshot::pod_requests(pod);
         if snapshot::moves_in_drain(pod) {
-            moving.entry(on.clone()).or_default().push(Workload {
+            moving.entry(on).or_default().push(Workload {
                 name: format!("{}/{}", pod.namespace().unwrap_or_default(), pod.name_any()),
-                requests,
+                requests: snapshot::pod_requests(pod),
                 node_selector: snapshot::launcher_vmi(pod)
                     .and_then(|vmi| launchers.get(&vmi).cloned())
                     .unwrap_or_else(|| {
@@ -246,11 +262,17 @@ pub fn room_and_movers(
                     }),
             });
         }
-        let entry = used.entry(on).or_default();
-        entry.0.add(requests);
-        entry.1 += 1;
     }
-    let targets = nodes
+    moving
+}
+
+/// Every schedulable Ready node with the room its pods (`used`, by node) leave.
+pub fn rooms(
+    used: &HashMap<String, (Resources, i64)>,
+    nodes: &[Node],
+    config: &crate::config::Config,
+) -> Vec<Target> {
+    nodes
         .iter()
         .filter(|n| {
             // Nodes waiting for their own drain count: in a rollout every node is waiting,
@@ -271,8 +293,7 @@ pub fn room_and_movers(
                 pods_free: pods_alloc - count,
             }
         })
-        .collect();
-    (moving, targets)
+        .collect()
 }
 
 #[cfg(test)]

@@ -12,6 +12,7 @@ pub mod snapshot;
 mod steer;
 #[cfg(test)]
 mod tests;
+pub mod usage;
 pub mod watch;
 
 use std::collections::HashMap;
@@ -33,7 +34,7 @@ use crate::error::{Error, Result, status_code};
 use crate::metrics::Metrics;
 use crate::planner::{
     self, Action, ActionResult, BlockReason, DrainState, NextState, Observation, Phase, Plan,
-    Snapshot,
+    Snapshot, StartGate,
 };
 use execute::Executor;
 use read::{Kept, Ledger};
@@ -211,15 +212,17 @@ impl Context {
             Wake::Node(name) => {
                 let node = ObjectRef::new(&name);
                 if let Some(object) = self.stores.nodes.get(&node) {
-                    // A node with a request or a state is about to be looked at with its
-                    // pods: their watch starts now, not in its turn of the reconciliation.
-                    let config = &self.config.node;
-                    if object.labels().contains_key(&config.request_label)
-                        || object
-                            .labels()
-                            .contains_key(&self.config.upgrade.request_label)
-                        || object.annotations().contains_key(&config.state_annotation)
-                    {
+                    // A draining node is about to be looked at with its pods: their watch
+                    // starts now, not in its turn of the reconciliation. Nodes waiting for
+                    // their turn hold no pod watch (see `Context::reconcile`).
+                    let draining = object
+                        .annotations()
+                        .contains_key(&self.config.node.state_annotation)
+                        && snapshot::node_view(&object, &self.config)
+                            .state
+                            .valid()
+                            .is_some_and(|st| st.phase.is_draining());
+                    if draining {
                         self.pods.ensure(&self.client, &name, &self.trigger);
                     }
                     vec![node]
@@ -275,7 +278,7 @@ impl Context {
     /// The planner's snapshot of a node (see [`Context::look`]); `None` when there is
     /// nothing to plan for it.
     pub async fn snapshot(&self, name: &str, include_idle: bool) -> Result<Option<Snapshot>> {
-        Ok(match self.look(name, include_idle).await? {
+        Ok(match self.look(name, include_idle, include_idle).await? {
             Look::Node(read) => Some(read.snapshot),
             Look::Gone | Look::NotInvolved => None,
         })
@@ -297,21 +300,28 @@ impl Context {
                 let view = snapshot::node_view(node, config);
                 planner::node_wants_to_start(&view, Utc::now(), config)
             });
-        let gate = async {
-            match &wants_to_start {
-                Some(node) => self.start_gate(node).await.map(Some),
-                None => Ok(None),
-            }
+        let gate = match &wants_to_start {
+            Some(node) => Some(self.start_gate(node).await?),
+            None => None,
         };
-        let (look, gate) = tokio::join!(self.look(name, false), gate);
-        let mut read = match look? {
+        // A node's pods are read (and watched) only while it drains or may start: a node
+        // held back by the fleet's limits, however many there are, costs no pod watch.
+        let may_start = gate.as_ref().is_some_and(|gate| match gate {
+            StartGate::Open => true,
+            StartGate::Closed(gate) => !matches!(
+                gate.reason,
+                BlockReason::FleetLimit | BlockReason::MinSchedulable
+            ),
+            StartGate::NotAsked => false,
+        });
+        let mut read = match self.look(name, false, may_start).await? {
             Look::Node(read) => *read,
             Look::Gone | Look::NotInvolved => {
                 self.forget(name);
                 return Ok(None);
             }
         };
-        if let Some(gate) = gate? {
+        if let Some(gate) = gate {
             read.snapshot.start_gate = gate;
         }
         // Where migrations may go is looked up only when the plan may start some.
@@ -338,6 +348,9 @@ impl Context {
         };
         let snap = &read.snapshot;
         self.report(name, snap, &plan, state.as_ref(), read.ours_in_flight);
+        if !read.with_pods {
+            self.pods.stop(name);
+        }
         if let Some(error) = failed {
             // The other actions ran; this one is tried again after the error back-off.
             return Err(error);

@@ -112,13 +112,17 @@ pub struct Read {
     pub snapshot: Snapshot,
     /// vacate's own migrations in flight, cluster-wide.
     pub ours_in_flight: usize,
+    /// Whether the node's pods were read (the snapshot holds none otherwise).
+    pub with_pods: bool,
 }
 
 impl Context {
     /// Reads a node and everything its plan needs. `include_idle` reads a node in no drain
-    /// too (for `vacate drain`, which shows what it is about to do). It changes nothing:
-    /// the only thing it may start is the node's pod watch, the cache this read needs.
-    pub async fn look(&self, name: &str, include_idle: bool) -> Result<Look> {
+    /// too (for `vacate drain`, which shows what it is about to do). The node's pods are
+    /// read when it drains, when `may_start` (its drain may begin now) or with
+    /// `include_idle`: a plan needs them for nothing else. It changes nothing: the only
+    /// thing it may start is the node's pod watch, the cache this read needs.
+    pub async fn look(&self, name: &str, include_idle: bool, may_start: bool) -> Result<Look> {
         let config = &self.config;
         let Some(node) = self.stores.nodes.get(&ObjectRef::new(name)) else {
             return Ok(Look::Gone);
@@ -140,7 +144,13 @@ impl Context {
         if !involved && !include_idle {
             return Ok(Look::NotInvolved);
         }
-        let pods = self.pods.pods(&self.client, name, &self.trigger).await?;
+        let draining = view.state.valid().is_some_and(|st| st.phase.is_draining());
+        let with_pods = draining || may_start || include_idle;
+        let pods = if with_pods {
+            self.pods.pods(&self.client, name, &self.trigger).await?
+        } else {
+            Vec::new()
+        };
         let kubevirt = self.stores.kubevirt.state().first().cloned();
         let default_strategy = kubevirt.as_ref().and_then(|kv| kv.eviction_strategy());
         let vmis: Vec<_> = self
@@ -170,7 +180,6 @@ impl Context {
                 let mut cluster = snapshot::cluster_view(kubevirt.as_deref(), in_flight);
                 // Only a drain under way predicts its end: idle and pending nodes do not pay
                 // for a look at every finished migration.
-                let draining = view.state.valid().is_some_and(|st| st.phase.is_draining());
                 if draining {
                     cluster.bandwidth = self.observed_bandwidth().or(cluster.bandwidth);
                 }
@@ -185,6 +194,7 @@ impl Context {
             stored,
             snapshot,
             ours_in_flight,
+            with_pods,
         })))
     }
 

@@ -10,7 +10,7 @@ use k8s_openapi::api::core::v1::Node;
 use kube::ResourceExt;
 
 use super::Context;
-use super::gate::room_and_movers;
+use super::gate::rooms;
 use super::snapshot::HOSTNAME_LABEL;
 use crate::planner::capacity::{Resources, Target};
 use crate::planner::{SteerTarget, Steering};
@@ -166,11 +166,9 @@ impl Context {
             }
         }
         let nodes = self.all_nodes().await?;
-        let pods = self
-            .unfinished_pods("listing pods to steer migrations")
-            .await?;
-        // Only the targets' room is used here: which pods would move does not matter.
-        let (_, targets) = room_and_movers(&pods, &nodes, &self.config, &Default::default());
+        // Filled before the shell acts (`Stores::wait_until_ready`).
+        let used = self.stores.pod_usage.by_node().unwrap_or_default();
+        let targets = rooms(&used, &nodes, &self.config);
         let by_name: HashMap<String, &Node> = nodes.iter().map(|n| (n.name_any(), n)).collect();
         let targets: Vec<(Target, String)> = targets
             .into_iter()

@@ -258,6 +258,7 @@ impl Fake {
                 vmis: vmi_store,
                 migrations,
                 kubevirt,
+                pod_usage: super::usage::PodUsage::filled(&[]),
             },
             node_cache: watch::NodeFilter::default().cache(),
             pods: PodWatches::default(),
@@ -640,10 +641,10 @@ async fn a_pod_under_two_disruption_budgets_is_a_rejection_shown_to_the_user() {
     );
 }
 
-/// A requested node's pod watch starts when its wake-up is queued, before its turn in the
-/// serial reconciliation; a node without request or state gets none.
+/// A draining node's pod watch starts when its wake-up is queued, before its turn in the
+/// serial reconciliation; a node without a drain under way gets none there.
 #[tokio::test]
-async fn a_requested_nodes_pod_watch_starts_before_its_reconciliation() {
+async fn a_draining_nodes_pod_watch_starts_before_its_reconciliation() {
     let idle = Fake::new(config(), node(json!({}), json!({}), false), vec![]);
     assert_eq!(
         idle.ctx.nodes_to_wake(Wake::Node(NODE.into())).len(),
@@ -651,8 +652,13 @@ async fn a_requested_nodes_pod_watch_starts_before_its_reconciliation() {
         "the node is still queued"
     );
     assert!(!idle.ctx.pods.watching(NODE));
+    let pending = Fake::new(config(), requested(), vec![]);
+    assert_eq!(pending.ctx.nodes_to_wake(Wake::Node(NODE.into())).len(), 1);
+    assert!(!pending.ctx.pods.watching(NODE), "not draining yet");
 
-    let fake = Fake::new(config(), requested(), vec![]);
+    let mut state = DrainState::new(Utc::now(), true, 1);
+    state.set_phase(Phase::Migrating, Utc::now());
+    let fake = Fake::new(config(), draining(&state), vec![]);
     assert_eq!(fake.ctx.nodes_to_wake(Wake::Node(NODE.into())).len(), 1);
     assert!(fake.ctx.pods.watching(NODE));
     let listed = || {
@@ -673,6 +679,34 @@ async fn a_requested_nodes_pod_watch_starts_before_its_reconciliation() {
         !fake.seen().iter().any(Seen::is_node_patch),
         "no reconciliation ran"
     );
+}
+
+/// A node whose drain waits for the fleet's limits reads no pods and holds no pod watch,
+/// however many such nodes there are; a node that may start reads them.
+#[tokio::test]
+async fn a_node_held_back_by_the_fleet_limits_holds_no_pod_watch() {
+    let lists_pods = |fake: &Fake| {
+        fake.seen()
+            .iter()
+            .any(|s| s.method == "GET" && s.path.starts_with("/api/v1/pods"))
+    };
+    // `fleet.max_draining` is 1 and worker-2 drains.
+    let mut state = DrainState::new(Utc::now(), true, 1);
+    state.set_phase(Phase::Migrating, Utc::now());
+    let mut other = draining(&state);
+    other.metadata.name = Some("worker-2".into());
+    let mut fake = Fake::new(config(), requested(), vec![]);
+    fake.nodes
+        .apply_watcher_event(&watcher::Event::Apply(other));
+    fake.ctx.reconcile(NODE).await.expect("reconcile");
+    assert_eq!(fake.last_state().phase, Phase::Pending);
+    assert!(!lists_pods(&fake), "{:?}", fake.seen());
+    assert!(!fake.ctx.pods.watching(NODE));
+
+    let free = Fake::new(config(), requested(), vec![]);
+    free.ctx.reconcile(NODE).await.expect("reconcile");
+    assert_ne!(free.last_state().phase, Phase::Pending);
+    assert!(lists_pods(&free), "{:?}", free.seen());
 }
 
 /// The virt-launcher pod of VMI `vmi()` named `name`.

@@ -18,6 +18,7 @@ use tokio::sync::mpsc::UnboundedSender;
 use tokio::task::JoinHandle;
 
 use super::snapshot::MIGRATION_NODE_ANNOTATION;
+use super::usage::PodUsage;
 use crate::error::{Error, Result};
 
 /// What needs another look.
@@ -44,6 +45,8 @@ pub struct Stores {
     pub vmis: Store<VirtualMachineInstance>,
     pub migrations: Store<VirtualMachineInstanceMigration>,
     pub kubevirt: Store<KubeVirt>,
+    /// What the pods of each node request.
+    pub pod_usage: PodUsage,
 }
 
 impl Stores {
@@ -71,6 +74,7 @@ impl Stores {
                 "kubevirts",
                 self.kubevirt.wait_until_ready().now_or_never().is_some(),
             ),
+            ("pods", self.pod_usage.is_ready()),
         ];
         filled
             .into_iter()
@@ -86,6 +90,7 @@ impl Stores {
             let _ = self.vmis.wait_until_ready().await;
             let _ = self.migrations.wait_until_ready().await;
             let _ = self.kubevirt.wait_until_ready().await;
+            self.pod_usage.wait_until_ready().await;
         };
         tokio::time::timeout(timeout, all)
             .await
@@ -224,6 +229,9 @@ pub fn start(client: &Client, filter: &NodeFilter, trigger: Trigger) -> (Stores,
     );
     tasks.push(task);
 
+    let (pod_usage, task) = PodUsage::start(client);
+    tasks.push(task);
+
     (
         Stores {
             nodes,
@@ -231,6 +239,7 @@ pub fn start(client: &Client, filter: &NodeFilter, trigger: Trigger) -> (Stores,
             vmis,
             migrations,
             kubevirt,
+            pod_usage,
         },
         tasks,
     )
