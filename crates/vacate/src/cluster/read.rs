@@ -20,6 +20,8 @@ use crate::planner::{
 
 /// Finished migrations the bandwidth estimate looks at.
 const BANDWIDTH_SAMPLES: usize = 20;
+/// How many of vacate's last finished drains the bandwidth is measured on.
+const DRAIN_SAMPLES: usize = 8;
 
 /// How long a just-created migration counts as in flight before the watch cache shows it.
 const LEDGER_TTL: Duration = Duration::from_secs(120);
@@ -198,14 +200,38 @@ impl Context {
         })))
     }
 
-    /// The bandwidth migrations reach in this cluster: the median, over the last
+    /// The bandwidth migrations reach in this cluster, per migration slot. From vacate's own
+    /// finished drains when there are any: the median over the last [`DRAIN_SAMPLES`] of
+    /// [`snapshot::drain_bandwidths`], which also counts the latency between one migration's
+    /// end and the next one's start. Otherwise the median, over the last
     /// [`BANDWIDTH_SAMPLES`] migrations that succeeded, of the VMI's guest memory over the
     /// time the migration took a drain ([`snapshot::slot_seconds`]: scheduling and target
     /// preparation included, as a drain waits for them too, but not a wait in Pending for a
-    /// slot, which the prediction counts itself). vacate's own migrations are the samples
-    /// when there are any: they also show the latency between one migration's end and the
-    /// next one's start.
+    /// slot, which the prediction counts itself).
     pub fn observed_bandwidth(&self) -> Option<f64> {
+        let memory = |m: &kubevirt_api::VirtualMachineInstanceMigration| {
+            let vmi = ObjectRef::new(&m.spec.vmi_name).within(&m.namespace().unwrap_or_default());
+            self.stores.vmis.get(&vmi)?.guest_memory_bytes()
+        };
+        let drains: Vec<snapshot::DrainMigration> = self
+            .stores
+            .migrations
+            .state()
+            .iter()
+            .filter_map(|m| snapshot::DrainMigration::of(m, memory(m)?))
+            .collect();
+        let kubevirt = self.stores.kubevirt.state().first().cloned();
+        let slots = snapshot::cluster_view(kubevirt.as_deref(), 0)
+            .migration_caps(&self.config)
+            .0 as usize;
+        let mut rates: Vec<f64> = snapshot::drain_bandwidths(&drains, slots)
+            .into_iter()
+            .take(DRAIN_SAMPLES)
+            .collect();
+        if !rates.is_empty() {
+            rates.sort_by(f64::total_cmp);
+            return rates.get(rates.len() / 2).copied();
+        }
         let own = self.stores.migrations.state().iter().any(|m| {
             snapshot::is_ours(m) && m.phase() == Some(kubevirt_api::MigrationPhase::Succeeded)
         });

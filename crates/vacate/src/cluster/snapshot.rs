@@ -211,6 +211,67 @@ pub fn slot_seconds(m: &VirtualMachineInstanceMigration) -> Option<f64> {
     Some((end - start).to_std().ok()?.as_secs_f64().max(1.0))
 }
 
+/// One finished migration of one of vacate's drains, as [`drain_bandwidths`] reads it.
+#[derive(Clone, Debug)]
+pub struct DrainMigration {
+    /// The drain it belongs to: the drained node and the drain's part of the name.
+    pub drain: (String, String),
+    pub created: DateTime<Utc>,
+    pub ended: DateTime<Utc>,
+    pub memory: u64,
+}
+
+impl DrainMigration {
+    /// One of vacate's migrations that succeeded, with its VMI's guest memory.
+    pub fn of(m: &VirtualMachineInstanceMigration, memory: u64) -> Option<DrainMigration> {
+        if !is_ours(m) || m.phase() != Some(kubevirt_api::MigrationPhase::Succeeded) {
+            return None;
+        }
+        let node = m.annotations().get(MIGRATION_NODE_ANNOTATION)?.clone();
+        // vacate-<vmi>-<drain>-<attempt> (`planner::migration_name`).
+        let name = m.name_any();
+        let drain = name.rsplit('-').nth(1)?.to_string();
+        Some(DrainMigration {
+            drain: (node, drain),
+            created: m.metadata.creation_timestamp.as_ref().map(to_chrono)?,
+            ended: m
+                .phase_entered_at(kubevirt_api::MigrationPhase::Succeeded)
+                .map(to_chrono)?,
+            memory,
+        })
+    }
+}
+
+/// The bandwidth each migration slot of vacate's finished drains reached, newest drain
+/// first: a drain's guest memory over the time from its first migration's creation to its
+/// last one's end, times the slots it could use (`slots` per node, fewer when it had fewer
+/// migrations). Everything a drain waits for between migrations counts: scheduling, target
+/// preparation, and the latency between one migration's end and the next one's start, which
+/// no single migration shows. A drain of one migration is left out: it shows no such latency.
+pub fn drain_bandwidths(migrations: &[DrainMigration], slots: usize) -> Vec<f64> {
+    /// First creation, last end, migrations, memory.
+    type Span = (DateTime<Utc>, DateTime<Utc>, usize, u64);
+    let mut drains: BTreeMap<&(String, String), Span> = BTreeMap::new();
+    for m in migrations {
+        let d = drains.entry(&m.drain).or_insert((m.created, m.ended, 0, 0));
+        d.0 = d.0.min(m.created);
+        d.1 = d.1.max(m.ended);
+        d.2 += 1;
+        d.3 += m.memory;
+    }
+    let mut rates: Vec<(DateTime<Utc>, f64)> = drains
+        .into_values()
+        .filter(|(_, _, count, _)| *count > 1)
+        .filter_map(|(first, last, count, memory)| {
+            let seconds = (last - first).to_std().ok()?.as_secs_f64().max(1.0);
+            let used = slots.clamp(1, count) as f64;
+            Some((last, memory as f64 / seconds / used))
+        })
+        .collect();
+    rates.sort_by_key(|(last, _)| std::cmp::Reverse(*last));
+    rates.into_iter().map(|(_, rate)| rate).collect()
+}
+
 pub fn migration_view(m: &VirtualMachineInstanceMigration, node: &str) -> MigrationView {
     use kubevirt_api::MigrationPhase as P;
     let phase = match m.phase() {
@@ -470,6 +531,54 @@ mod tests {
             .into(),
         );
         assert_eq!(slot_seconds(&ours), Some(40.0));
+    }
+
+    /// A drain's bandwidth per slot counts the time between its migrations: four 1 GiB
+    /// migrations on two slots, each 2 s long, with 1 s between one's end and the next
+    /// one's start, take 5 s: 0.4 GiB/s per slot, not the 0.5 of one migration.
+    #[test]
+    fn a_drains_bandwidth_counts_the_time_between_its_migrations() {
+        let t = |s: i64| DateTime::from_timestamp(1_800_000_000 + s, 0).unwrap();
+        let gib = 1u64 << 30;
+        let m = |node: &str, drain: &str, created: i64, ended: i64| DrainMigration {
+            drain: (node.to_string(), drain.to_string()),
+            created: t(created),
+            ended: t(ended),
+            memory: gib,
+        };
+        let migrations = vec![
+            m("worker-1", "aa", 0, 2),
+            m("worker-1", "aa", 0, 2),
+            m("worker-1", "aa", 3, 5),
+            m("worker-1", "aa", 3, 5),
+            // A later drain of the same node, with one slot's worth of migrations.
+            m("worker-1", "bb", 100, 104),
+            m("worker-1", "bb", 100, 104),
+            // A drain of one migration shows nothing between migrations.
+            m("worker-2", "cc", 200, 201),
+        ];
+        let rates = drain_bandwidths(&migrations, 2);
+        let expected = [gib as f64 * 2.0 / 4.0 / 2.0, gib as f64 * 4.0 / 5.0 / 2.0];
+        assert_eq!(rates, expected, "newest drain first");
+        // The drain and its node come from vacate's migration: its annotation and name.
+        let object: VirtualMachineInstanceMigration = serde_json::from_value(json!({
+            "apiVersion": "kubevirt.io/v1", "kind": "VirtualMachineInstanceMigration",
+            "metadata": {"name": "vacate-db-1-0a1b2c3d-1", "namespace": "vms",
+                         "creationTimestamp": "2026-01-01T00:00:00Z",
+                         "annotations": {MIGRATION_NODE_ANNOTATION: "worker-1"},
+                         "labels": {MANAGED_BY_LABEL: MANAGED_BY_VALUE,
+                                    MIGRATION_NODE_LABEL: node_label_value("worker-1")}},
+            "spec": {"vmiName": "db-1"},
+            "status": {"phase": "Succeeded", "phaseTransitionTimestamps": [
+                {"phase": "Succeeded", "phaseTransitionTimestamp": "2026-01-01T00:00:07Z"}]}
+        }))
+        .unwrap();
+        let seen = DrainMigration::of(&object, gib).expect("one of vacate's");
+        assert_eq!(seen.drain, ("worker-1".to_string(), "0a1b2c3d".to_string()));
+        assert_eq!((seen.ended - seen.created).num_seconds(), 7);
+        let mut others = object.clone();
+        others.metadata.labels = None;
+        assert!(DrainMigration::of(&others, gib).is_none());
     }
 
     #[test]
