@@ -41,6 +41,9 @@ done
 
 bin_dir=$(tests/testbed/build.sh | tail -n 1)
 export VACATE_TESTBED_BIN="$bin_dir"
+# Whether the sources differ from the commit, before the build reads them.
+dirty=false
+[ -n "$(git status --porcelain --untracked-files=no 2>/dev/null)" ] && dirty=true
 log "building vacate, testbed and kubevirt-sim (release)"
 build=(cargo build --release --locked -p vacate -p testbed -p kubevirt-sim)
 # SCALE_NO_BUILD=1: use the release binaries already in $CARGO_TARGET_DIR/release.
@@ -54,8 +57,6 @@ work=$(mktemp -d "${TMPDIR:-/tmp}/vacate-bench-scale-XXXXXX")
 state="$work/testbed"
 out="$work/out"
 mkdir -p "$out"
-dirty=false
-[ -n "$(git status --porcelain --untracked-files=no 2>/dev/null)" ] && dirty=true
 printf '{"commit":"%s","dirty":%s,"date":"%s","cpus":%s,"idle_window":%s,"rollout_nodes":%s,"time_scale":%s,"seed_limit":%s}\n' \
   "$(git rev-parse --short HEAD 2>/dev/null || echo unknown)" "$dirty" "$(date -u +%Y-%m-%d)" "$(nproc)" \
   "$idle_window" "$rollout_nodes" "$time_scale" "$seed_limit" >"$out/meta.json"
