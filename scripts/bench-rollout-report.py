@@ -103,7 +103,10 @@ def section(rows, args):
             "",
             f"`vacate plan --concurrency {args.lanes}`, run before each vacate rollout, predicted its "
             f"time within {statistics.median(errors):.0f} % (median; largest {max(errors):.0f} %), from the "
-            "bandwidth measured on the migrations that had finished in the cluster.",
+            "bandwidth measured in the cluster: per migration slot over the drains of vacate's "
+            "earlier rounds when there were any, the time between migrations included; else over "
+            "the migrations of KubeVirt's evacuation in the kubectl rounds, each from leaving "
+            "Pending to its end.",
         ]
     lines.append(END)
     return "\n".join(lines) + "\n"
