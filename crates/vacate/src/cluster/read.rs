@@ -232,16 +232,12 @@ impl Context {
             rates.sort_by(f64::total_cmp);
             return rates.get(rates.len() / 2).copied();
         }
-        let own = self.stores.migrations.state().iter().any(|m| {
-            snapshot::is_ours(m) && m.phase() == Some(kubevirt_api::MigrationPhase::Succeeded)
-        });
         let mut finished: Vec<(chrono::DateTime<Utc>, f64)> = self
             .stores
             .migrations
             .state()
             .iter()
             .filter(|m| m.phase() == Some(kubevirt_api::MigrationPhase::Succeeded))
-            .filter(|m| !own || snapshot::is_ours(m))
             .filter_map(|m| {
                 let view = snapshot::migration_view(m, "");
                 let seconds = snapshot::slot_seconds(m)?;
