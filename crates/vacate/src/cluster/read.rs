@@ -201,10 +201,10 @@ impl Context {
     }
 
     /// The bandwidth migrations reach in this cluster, per migration slot. From vacate's own
-    /// finished drains when there are any: the median over the last [`DRAIN_SAMPLES`] of
-    /// [`snapshot::drain_bandwidths`], which also counts the latency between one migration's
-    /// end and the next one's start. Otherwise the median, over the last
-    /// [`BANDWIDTH_SAMPLES`] migrations that succeeded, of the VMI's guest memory over the
+    /// finished drains when there are any: the [`snapshot::typical_rate`] of the last
+    /// [`DRAIN_SAMPLES`] of [`snapshot::drain_bandwidths`], which also counts the latency
+    /// between one migration's end and the next one's start. Otherwise the typical rate, over
+    /// the last [`BANDWIDTH_SAMPLES`] migrations that succeeded, of the VMI's guest memory over the
     /// time the migration took a drain ([`snapshot::slot_seconds`]: scheduling and target
     /// preparation included, as a drain waits for them too, but not a wait in Pending for a
     /// slot, which the prediction counts itself).
@@ -224,13 +224,12 @@ impl Context {
         let slots = snapshot::cluster_view(kubevirt.as_deref(), 0)
             .migration_caps(&self.config)
             .0 as usize;
-        let mut rates: Vec<f64> = snapshot::drain_bandwidths(&drains, slots)
+        let rates: Vec<f64> = snapshot::drain_bandwidths(&drains, slots)
             .into_iter()
             .take(DRAIN_SAMPLES)
             .collect();
-        if !rates.is_empty() {
-            rates.sort_by(f64::total_cmp);
-            return rates.get(rates.len() / 2).copied();
+        if let Some(rate) = snapshot::typical_rate(&rates) {
+            return Some(rate);
         }
         let mut finished: Vec<(chrono::DateTime<Utc>, f64)> = self
             .stores
@@ -250,13 +249,12 @@ impl Context {
             })
             .collect();
         finished.sort_by_key(|(end, _)| std::cmp::Reverse(*end));
-        let mut rates: Vec<f64> = finished
+        let rates: Vec<f64> = finished
             .into_iter()
             .take(BANDWIDTH_SAMPLES)
             .map(|(_, rate)| rate)
             .collect();
-        rates.sort_by(f64::total_cmp);
-        rates.get(rates.len() / 2).copied()
+        snapshot::typical_rate(&rates)
     }
 
     /// Unfinished migrations cluster-wide, vacate's among them, and the views of a node's
