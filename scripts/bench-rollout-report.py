@@ -55,7 +55,7 @@ def event_times(path):
             continue
         at, name = float(parts[0]), parts[2]
         phase = parts[3] if len(parts) > 3 else ""
-        m = seen.setdefault(name, {"node": "", "started": None, "ended": None})
+        m = seen.setdefault(name, {"node": "", "created": at, "started": None, "ended": None})
         if len(parts) > 4 and parts[4]:
             m["node"] = parts[4]
         if phase not in ("", "Pending") and m["started"] is None:
@@ -63,6 +63,23 @@ def event_times(path):
         if phase == "Succeeded" and m["ended"] is None:
             m["ended"] = at
     return [m for m in seen.values() if m["started"] is not None and m["ended"] is not None]
+
+
+def between_nodes(times, lanes):
+    """The mean time from the end of a node's last migration to the creation of the next
+    node's first (each node after the first `lanes`, against the latest node that ended
+    before it started)."""
+    spans = {}
+    for m in times:
+        first, last = spans.get(m["node"], (m["created"], m["ended"]))
+        spans[m["node"]] = (min(first, m["created"]), max(last, m["ended"]))
+    ordered = sorted(spans.values())
+    gaps = []
+    for first, _ in ordered[lanes:]:
+        ended = [last for _, last in ordered if last <= first]
+        if ended:
+            gaps.append(first - max(ended))
+    return statistics.mean(gaps) if gaps else None
 
 
 def slot_figures(times, slots):
@@ -82,7 +99,7 @@ def slot_figures(times, slots):
     return (statistics.mean(held) if held else None, statistics.mean(gaps) if gaps else None)
 
 
-def measure(out, result, fleet_slots):
+def measure(out, result, fleet_slots, lanes):
     prefix = result["prefix"]
     vmis = json.loads((out / f"vmis-{prefix}.json").read_text())["items"]
     migrations = json.loads((out / f"migrations-{prefix}.json").read_text())["items"]
@@ -106,13 +123,16 @@ def measure(out, result, fleet_slots):
         "migration": statistics.mean(
             [d for d in map(migration_seconds, migrations) if d is not None] or [0.0]),
         "gap": None,
+        "between": None,
     }
     events = out / f"migration-events-{prefix}.txt"
     if events.exists():
-        held, gap = slot_figures(event_times(events), bounds[0]["slots"] if bounds else 1)
+        times = event_times(events)
+        held, gap = slot_figures(times, bounds[0]["slots"] if bounds else 1)
         if held is not None:
             row["migration"] = held
         row["gap"] = gap
+        row["between"] = between_nodes(times, lanes)
     plan = out / f"plan-{prefix}.json"
     if plan.exists():
         row["predicted"] = json.loads(plan.read_text()).get("predictedSeconds")
@@ -156,8 +176,8 @@ def section(rows, args):
     lines += ["", "Each round:", "",
               "| round | tool | time | bound | time / bound | VMIs | migrations | per VM | moved again "
               "| one migration, mean (model) | slot empty between migrations, mean "
-              "| predicted by `vacate plan` |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+              "| between nodes, mean | predicted by `vacate plan` |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in sorted(rows, key=lambda r: (r["round"], r["tool"])):
         pred = (
             f"{r['predicted']:.1f} s ({(r['predicted'] / r['seconds'] - 1) * 100:+.0f} %)"
@@ -168,7 +188,8 @@ def section(rows, args):
             f"| {r['round']} | {r['tool']} | {r['seconds']:.1f} s | {r['bound']:.1f} s | {r['ratio']:.3f} "
             f"| {r['vmis']} | {r['migrations']} | {r['per_vm']:.2f} | {r['moved_again']} "
             f"| {r['migration']:.2f} s ({r['model_migration']:.2f} s) "
-            f"| {'—' if r['gap'] is None else format(r['gap'], '.2f') + ' s'} | {pred} |"
+            f"| {'—' if r['gap'] is None else format(r['gap'], '.2f') + ' s'} "
+            f"| {'—' if r['between'] is None else format(r['between'], '.2f') + ' s'} | {pred} |"
         )
     if predicted:
         errors = [abs(r["predicted"] / r["seconds"] - 1) * 100 for r in predicted]
@@ -193,8 +214,11 @@ def section(rows, args):
             "writes, which no tool can take out and the bound leaves out. They do not shrink "
             "with the time scale, so a faster scale weighs them more against the bound. "
             "\"Slot empty\" is the time from a migration's end to the next one's start on the "
-            "same node: vacate's reaction, and for the kubectl loop KubeVirt's evacuation, "
-            "which looks at a migration held Pending by its limits again only after 5 s.",
+            "same node (vacate's reaction; for the kubectl loop, KubeVirt's evacuation starting "
+            "the next Pending one). \"Between nodes\" is the time from a node's last "
+            "migration's end to the next node's first migration: vacate's uncordon and the next "
+            "start gate; for the kubectl loop, `kubectl drain` noticing the node is empty, the "
+            "upgrade, `kubectl uncordon` and the next `kubectl drain`.",
         ]
     lines.append(END)
     return "\n".join(lines) + "\n"
@@ -212,7 +236,7 @@ def main():
     p.add_argument("--command", required=True)
     args = p.parse_args()
     fleet_slots = min(args.per_cluster, args.lanes * args.per_node)
-    rows = [measure(args.out, r, fleet_slots) for r in load(args.out / "results.jsonl")]
+    rows = [measure(args.out, r, fleet_slots, args.lanes) for r in load(args.out / "results.jsonl")]
     text = section(rows, args)
     print(text)
     doc = args.doc.read_text() if args.doc.exists() else ""

@@ -185,7 +185,7 @@ for round in $(seq 1 "$rounds"); do
   for tool in "${order[@]}"; do
     prefix="${tool:0:1}$round"
     log "round $round: $tool rolls out 20 nodes ($prefix)"
-    watch_migrations "$prefix" &
+    watch_migrations "$prefix" 2>>"$out/migration-events-$prefix.err" &
     watcher=$!
     if [ "$tool" = vacate ]; then
       vacate_rollout "$prefix"

@@ -35,7 +35,7 @@ if ! command -v gnuplot >/dev/null; then
   if [ "$(id -u)" = 0 ]; then sudo=""; else sudo="sudo"; fi
   $sudo apt-get update -qq >/dev/null && $sudo apt-get install -y -qq gnuplot-nox >/dev/null
 fi
-for tool in python3 jq curl; do
+for tool in python3 jq; do
   command -v "$tool" >/dev/null || { echo "bench-scale: $tool is needed" >&2; exit 1; }
 done
 
@@ -155,7 +155,6 @@ lease_name = "bench-scale"
 [server]
 listen = "127.0.0.1:$port"
 TOML
-  metrics_url="http://127.0.0.1:$port/metrics"
   local cmd=(env KUBECONFIG="$state/vacate.kubeconfig" "$bin/vacate" run --config "$out/vacate.toml")
   record "${cmd[@]}"
   "${cmd[@]}" >"$out/vacate-$size.log" 2>&1 &

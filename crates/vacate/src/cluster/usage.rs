@@ -113,9 +113,26 @@ impl Pods {
 pub struct PodUsage {
     pods: Arc<Mutex<Pods>>,
     ready: tokio_watch::Receiver<bool>,
+    /// Whether the watch runs at all (`vacate plan` asks no start gate and goes without).
+    on: bool,
 }
 
 impl PodUsage {
+    /// No watch: never filled, so a start gate asked anyway waits instead of seeing an
+    /// empty cluster; the shell's readiness does not wait for it.
+    pub fn off() -> PodUsage {
+        PodUsage {
+            pods: Arc::default(),
+            ready: tokio_watch::channel(false).1,
+            on: false,
+        }
+    }
+
+    /// Whether the watch runs.
+    pub fn is_on(&self) -> bool {
+        self.on
+    }
+
     /// Starts the watch (unfinished pods only: a pod that finishes leaves it).
     pub fn start(client: &Client) -> (PodUsage, JoinHandle<()>) {
         let pods = Arc::new(Mutex::new(Pods::default()));
@@ -140,7 +157,14 @@ impl PodUsage {
                 }
             }
         });
-        (PodUsage { pods, ready }, task)
+        (
+            PodUsage {
+                pods,
+                ready,
+                on: true,
+            },
+            task,
+        )
     }
 
     /// A projection of `pods`, complete from the start (for tests of the shell).
@@ -155,6 +179,7 @@ impl PodUsage {
         PodUsage {
             pods: Arc::new(Mutex::new(pods)),
             ready: tokio_watch::channel(true).1,
+            on: true,
         }
     }
 

@@ -74,7 +74,7 @@ impl Stores {
                 "kubevirts",
                 self.kubevirt.wait_until_ready().now_or_never().is_some(),
             ),
-            ("pods", self.pod_usage.is_ready()),
+            ("pods", !self.pod_usage.is_on() || self.pod_usage.is_ready()),
         ];
         filled
             .into_iter()
@@ -90,7 +90,9 @@ impl Stores {
             let _ = self.vmis.wait_until_ready().await;
             let _ = self.migrations.wait_until_ready().await;
             let _ = self.kubevirt.wait_until_ready().await;
-            self.pod_usage.wait_until_ready().await;
+            if self.pod_usage.is_on() {
+                self.pod_usage.wait_until_ready().await;
+            }
         };
         tokio::time::timeout(timeout, all)
             .await
@@ -103,6 +105,9 @@ impl Stores {
 pub struct NodeFilter {
     pub name: Option<String>,
     pub label_selector: Option<String>,
+    /// Leave out the cluster-wide pod watch of the start gate's capacity check (for a
+    /// command that asks no start gate: one pod list less).
+    pub without_pod_usage: bool,
 }
 
 /// Which nodes the node cache holds.
@@ -229,8 +234,13 @@ pub fn start(client: &Client, filter: &NodeFilter, trigger: Trigger) -> (Stores,
     );
     tasks.push(task);
 
-    let (pod_usage, task) = PodUsage::start(client);
-    tasks.push(task);
+    let pod_usage = if filter.without_pod_usage {
+        PodUsage::off()
+    } else {
+        let (pod_usage, task) = PodUsage::start(client);
+        tasks.push(task);
+        pod_usage
+    };
 
     (
         Stores {

@@ -22,6 +22,7 @@ async fn start_shell(client: &Client, config: &Arc<Config>, node: &str) -> anyho
     let filter = NodeFilter {
         name: Some(node.to_string()),
         label_selector: None,
+        without_pod_usage: false,
     };
     super::start_shell(client, config, filter).await
 }

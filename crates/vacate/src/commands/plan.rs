@@ -59,6 +59,8 @@ pub async fn plan(config: Config, request: PlanRequest) -> anyhow::Result<ExitCo
         name: None,
         label_selector: (!config.node.selector.is_empty())
             .then(|| config.node.selector.as_str().to_string()),
+        // No start gate is asked: the capacity estimate lists the pods itself.
+        without_pod_usage: true,
     };
     let shell = super::start_shell(&client, &config, filter).await?;
     let mut members: Vec<String> = shell

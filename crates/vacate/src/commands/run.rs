@@ -257,6 +257,7 @@ async fn act(
         name: None,
         label_selector: (!config.node.selector.is_empty())
             .then(|| config.node.selector.as_str().to_string()),
+        without_pod_usage: false,
     };
     let shell = Shell::start(
         client.clone(),
