@@ -9,7 +9,7 @@ use vacate::commands::{self, drain, plan, run, status};
 
 /// mimalloc gives freed memory back to the system; with glibc's allocator the memory of a
 /// large list (the caches filling, a relist) stayed in the process (see docs/benchmarks.md,
-/// "Scale").
+/// "Scale"). `vacate::memory::configure` sets it up for a mostly idle daemon.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -83,6 +83,7 @@ enum Command {
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    let memory = vacate::memory::configure();
     let cli = Cli::parse();
     let config_path = match &cli.command {
         Command::CheckConfig { file } => return commands::check_config(file),
@@ -97,6 +98,9 @@ async fn main() -> ExitCode {
         Err(code) => return code,
     };
     commands::init_logging(&config);
+    if let Err(error) = memory {
+        tracing::debug!(%error, "transparent huge pages stay on for vacate");
+    }
     let result = match cli.command {
         Command::Run { .. } => run::run(config).await.map(|()| ExitCode::SUCCESS),
         Command::Status { watch, .. } => status::status(config, watch)
