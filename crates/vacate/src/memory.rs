@@ -11,10 +11,9 @@
 //!   `purge_delay` (1 s), and only when that thread allocates or frees again: the memory of
 //!   the caches' first lists stays in an idle daemon. vacate purges at once.
 //!
-//! Measured on one 200-node testbed, 40 s idle after start, three runs each: resident memory
-//! 62 to 96 MB with mimalloc's defaults, 43 to 71 MB without THP, 49 to 70 MB purging at
-//! once, 29 to 33 MB with both (the settings given as `MIMALLOC_ALLOW_THP=0` and
-//! `MIMALLOC_PURGE_DELAY=0`). About 17 MB of each is the mapped executable.
+//! Measured side by side on a 200-node testbed (docs/benchmarks.md, "Allocator settings"):
+//! idle resident memory 62 to 96 MB with mimalloc's defaults, 29 to 33 MB with both
+//! changes, about 17 MB of it the mapped executable.
 
 use libmimalloc_sys::{mi_option_get, mi_option_set, mi_option_t};
 
