@@ -7,8 +7,8 @@
 #
 #   SCALE_SIZES="500 1000 2000 5000"  fleet sizes (nodes), tried in this order; the first
 #                          size the testbed cannot reach stops the run (the report says why)
-#   SCALE_SEED_LIMIT=1800  seconds a seed may take (creation and everything Running; 1,000
-#                          nodes took about 800 s on 2 cores)
+#   SCALE_SEED_LIMIT=1800  seconds a seed may take (creation and everything Running; the
+#                          seed times of the last run are in docs/benchmarks.md, "Scale")
 #   SCALE_IDLE=60          seconds of the idle and Pending measurement windows
 #   SCALE_ROLLOUT=20       nodes drained in the rollout
 #   SCALE_PENDING=500      nodes requested while the rollout's nodes hold every place

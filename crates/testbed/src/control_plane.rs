@@ -50,9 +50,7 @@ const NODE_MONITOR_GRACE_SECONDS: u32 = 300;
 /// `percentageOfNodesToScore: 5`: the scheduler stops looking once it found that share of
 /// the nodes feasible (never fewer than 100 nodes). Its default is adaptive, 50 % minus one
 /// point per 125 nodes: 42 % at 1,000 nodes, so scheduling the pods of a seed grows with the
-/// square of the fleet: seeding 1,000 nodes, the scheduler used 222 s of CPU time at the default
-/// and 142 s at 5 %.
-/// Pods still spread: 100 candidates are scored.
+/// square of the fleet. Pods still spread: 100 candidates are scored.
 fn scheduler_configuration(kubeconfig: &Path) -> String {
     format!(
         "apiVersion: kubescheduler.config.k8s.io/v1

@@ -98,7 +98,7 @@ where
             // Apply one event, then every event already waiting, before checking `done`
             // (a burst of thousands of events costs one check, not thousands). While a
             // check is owed but not yet due, an event is awaited only until it is.
-            let first = match due.filter(|_| dirty) {
+            let mut next = match due.filter(|_| dirty) {
                 Some(at) => {
                     tokio::select! {
                         event = stream.next() => Some(event),
@@ -107,7 +107,6 @@ where
                 }
                 None => Some(stream.next().await),
             };
-            let mut next = first;
             while let Some(event) = next {
                 match event {
                     Some(Ok(watcher::Event::Init)) => initial.clear(),
