@@ -6,8 +6,10 @@ use kubevirt_api::*;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+/// Paths are relative to the package: cargo runs tests in its directory, while a path compiled
+/// in names the checkout the test binary was built from.
 fn sample<T: DeserializeOwned>(name: &str) -> T {
-    let path = format!("{}/tests/samples/{name}", env!("CARGO_MANIFEST_DIR"));
+    let path = format!("tests/samples/{name}");
     let text = std::fs::read_to_string(&path).unwrap();
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("{name}: {e}"))
 }

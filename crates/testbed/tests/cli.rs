@@ -71,8 +71,7 @@ fn up_seed_down_and_no_process_outlives_the_supervisor() -> Result<()> {
         "{again:?}"
     );
 
-    let scenario =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/scenarios/control-plane.yaml");
+    let scenario = Path::new("../../tests/scenarios/control-plane.yaml");
     let out = testbed(
         &[
             "seed",

@@ -209,9 +209,7 @@ async fn node_sets_keep_parallel_tests_apart() -> Result<()> {
 }
 
 fn scenario(name: &str) -> Result<Scenario> {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../tests/scenarios")
-        .join(name);
+    let path = std::path::Path::new("../../tests/scenarios").join(name);
     Ok(Scenario::from_file(&path)?)
 }
 

@@ -28,7 +28,7 @@ const SERVICE_ACCOUNT: &str = "vacate";
 const FIELD_MANAGER: &str = "vacate-rbac-test";
 
 fn deploy_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy")
+    Path::new("../../deploy").to_path_buf()
 }
 
 fn documents(file: &str) -> Result<Vec<serde_json::Value>> {

@@ -9,6 +9,7 @@ use kubevirt_api::{
 };
 use serde_json::json;
 
+use super::cached::CachedNode;
 use super::snapshot::{
     HOSTNAME_LABEL, MANAGED_BY_LABEL, MANAGED_BY_VALUE, MIGRATION_NODE_ANNOTATION,
     MIGRATION_NODE_LABEL, node_label_value,
@@ -24,7 +25,7 @@ pub struct Executor<'a> {
     pub client: &'a Client,
     pub config: &'a Config,
     pub recorder: &'a Recorder,
-    pub node: &'a Node,
+    pub node: &'a CachedNode,
     pub written_version: std::sync::Mutex<Option<String>>,
 }
 

@@ -11,13 +11,14 @@ use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::ListParams;
 use kube::{Api, ResourceExt};
 
+use super::cached::CachedNode;
 use super::{Context, snapshot};
 use crate::error::{Error, Result};
 use crate::planner::capacity::{self, Resources, Target, Workload};
 use crate::planner::{self, BlockReason, FleetNode, Gate, StartGate};
 
 /// A node as the fleet limits see it.
-pub fn fleet_node(node: &Node, config: &crate::config::Config) -> FleetNode {
+pub fn fleet_node(node: &CachedNode, config: &crate::config::Config) -> FleetNode {
     let view = snapshot::node_view(node, config);
     FleetNode::from_state(
         view.name,
@@ -38,8 +39,7 @@ impl Context {
         let mut memory: HashMap<String, u64> = HashMap::new();
         for vmi in self.stores.vmis.state() {
             if let Some(node) = vmi.node_name() {
-                *memory.entry(node.to_string()).or_default() +=
-                    vmi.guest_memory_bytes().unwrap_or(0);
+                *memory.entry(node.to_string()).or_default() += vmi.memory.unwrap_or(0);
             }
         }
         self.stores
@@ -55,14 +55,17 @@ impl Context {
     }
 
     /// Whether a drain of `node` may start now: fleet limits, blockers, capacity.
-    pub(super) async fn start_gate(self: &Arc<Self>, node: &Node) -> Result<StartGate> {
+    pub(super) async fn start_gate(self: &Arc<Self>, node: &CachedNode) -> Result<StartGate> {
         Ok(match self.check_start(node).await? {
             Ok(()) => StartGate::Open,
             Err(gate) => StartGate::Closed(gate),
         })
     }
 
-    async fn check_start(self: &Arc<Self>, node: &Node) -> Result<std::result::Result<(), Gate>> {
+    async fn check_start(
+        self: &Arc<Self>,
+        node: &CachedNode,
+    ) -> Result<std::result::Result<(), Gate>> {
         let name = node.name_any();
         let config = &self.config;
         // The fleet limits look at the nodes vacate handles. The daemon's watch cache holds
@@ -115,7 +118,7 @@ impl Context {
     }
 
     /// Every node of the cluster: from the watch cache when it holds them all, else listed.
-    pub(super) async fn all_nodes(&self) -> Result<Vec<Node>> {
+    pub(super) async fn all_nodes(&self) -> Result<Vec<CachedNode>> {
         if self.node_cache.has_cluster {
             return Ok(self
                 .stores
@@ -128,12 +131,16 @@ impl Context {
         self.list_nodes(ListParams::default().match_any()).await
     }
 
-    async fn list_nodes(&self, params: ListParams) -> Result<Vec<Node>> {
+    async fn list_nodes(&self, params: ListParams) -> Result<Vec<CachedNode>> {
+        let state_annotation = &self.config.node.state_annotation;
         Ok(Api::<Node>::all(self.client.clone())
             .list(&params)
             .await
             .map_err(Error::kube("listing nodes for the start gate"))?
-            .items)
+            .items
+            .into_iter()
+            .map(|node| CachedNode::of(node, state_annotation))
+            .collect())
     }
 
     /// Prometheus is asked again once its answer may have changed.
@@ -183,7 +190,7 @@ impl Context {
     async fn capacity(
         &self,
         name: &str,
-        all_nodes: &[Node],
+        all_nodes: &[CachedNode],
     ) -> Result<std::result::Result<(), Gate>> {
         let Some(used) = self.stores.pod_usage.by_node() else {
             return Ok(Err(Gate::new(
@@ -214,7 +221,7 @@ impl Context {
 /// `namespace/name`: [`snapshot::launcher_selectors`]), not the pod's own.
 pub fn room_and_movers(
     pods: &[Pod],
-    nodes: &[Node],
+    nodes: &[CachedNode],
     config: &crate::config::Config,
     launchers: &BTreeMap<String, BTreeMap<String, String>>,
 ) -> (HashMap<String, Vec<Workload>>, Vec<Target>) {
@@ -269,7 +276,7 @@ pub fn movers(
 /// Every schedulable Ready node with the room its pods (`used`, by node) leave.
 pub fn rooms(
     used: &HashMap<String, (Resources, i64)>,
-    nodes: &[Node],
+    nodes: &[CachedNode],
     config: &crate::config::Config,
 ) -> Vec<Target> {
     nodes
@@ -281,7 +288,7 @@ pub fn rooms(
             view.ready && !view.unschedulable
         })
         .map(|n| {
-            let (alloc, pods_alloc) = snapshot::allocatable(n);
+            let (alloc, pods_alloc) = n.allocatable;
             let (u, count) = used.get(&n.name_any()).copied().unwrap_or_default();
             Target {
                 name: n.name_any(),
@@ -324,7 +331,7 @@ mod tests {
             "spec": {"nodeSelector": {"zone": "a"}, "domain": {"devices": {}}}
         }))
         .unwrap();
-        let launchers = snapshot::launcher_selectors([&vmi]);
+        let launchers = snapshot::launcher_selectors([&vmi.into()]);
         let config = crate::config::Config::default();
         let (moving, _) = room_and_movers(std::slice::from_ref(&pod), &[], &config, &launchers);
         let selector = &moving["worker-2"][0].node_selector;

@@ -2,6 +2,7 @@
 //! and carries out the plan. Reconciliations run one node at a time, so the cluster-wide
 //! migration count seen by one node's plan includes what the previous plan created.
 
+pub mod cached;
 pub mod execute;
 pub mod fence;
 pub mod gate;
@@ -36,6 +37,7 @@ use crate::planner::{
     self, Action, ActionResult, BlockReason, DrainState, NextState, Observation, Phase, Plan,
     Snapshot, StartGate,
 };
+use cached::CachedNode;
 use execute::Executor;
 use read::{Kept, Ledger};
 pub use read::{Look, Read};
@@ -102,7 +104,8 @@ impl Shell {
         fence: Option<fence::Fence>,
     ) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
-        let (stores, tasks) = watch::start(&client, &filter, tx.clone());
+        let (stores, tasks) =
+            watch::start(&client, &filter, &config.node.state_annotation, tx.clone());
         let reporter = Reporter {
             controller: "vacate".into(),
             instance: std::env::var("POD_NAME")
@@ -176,7 +179,7 @@ impl Shell {
             .map(Ok::<_, std::convert::Infallible>)
             .take_until(stopped);
         let results = applier(
-            |node: Arc<Node>, ctx: Arc<Context>| {
+            |node: Arc<CachedNode>, ctx: Arc<Context>| {
                 Box::pin(async move {
                     let name = node.name_any();
                     let span = tracing::info_span!("node", node = %name);
@@ -184,7 +187,7 @@ impl Shell {
                     Ok::<_, Error>(next.map_or_else(Requeue::await_change, Requeue::requeue))
                 })
             },
-            |node: Arc<Node>, error: &Error, ctx: Arc<Context>| {
+            |node: Arc<CachedNode>, error: &Error, ctx: Arc<Context>| {
                 ctx.metrics.record_error(error);
                 tracing::warn!(node = %node.name_any(), %error, "reconciliation failed; retrying");
                 Requeue::requeue(error_backoff())
@@ -207,7 +210,7 @@ impl Shell {
 impl Context {
     /// The nodes a wake-up concerns. A node gone from the cache is forgotten here, as there
     /// is nothing left to reconcile.
-    fn nodes_to_wake(&self, wake: Wake) -> Vec<ObjectRef<Node>> {
+    fn nodes_to_wake(&self, wake: Wake) -> Vec<ObjectRef<CachedNode>> {
         match wake {
             Wake::Node(name) => {
                 let node = ObjectRef::new(&name);

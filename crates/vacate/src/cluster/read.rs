@@ -6,8 +6,8 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::cached::CachedNode;
 use chrono::Utc;
-use k8s_openapi::api::core::v1::Node;
 use kube::ResourceExt;
 use kube::runtime::reflector::ObjectRef;
 
@@ -108,7 +108,7 @@ pub enum Look {
 }
 
 pub struct Read {
-    pub node: Arc<Node>,
+    pub node: Arc<CachedNode>,
     /// The state annotation as the node holds it.
     pub stored: Option<String>,
     pub snapshot: Snapshot,
@@ -164,7 +164,7 @@ impl Context {
             .collect();
         let vmi_keys: BTreeSet<(String, String)> = vmis
             .iter()
-            .map(|v| (v.namespace().unwrap_or_default(), v.name_any()))
+            .map(|v| (v.namespace.clone(), v.name.clone()))
             .collect();
         let (in_flight, ours_in_flight, migrations) = self.migrations_for(name, &vmi_keys);
         let snapshot = Snapshot {
@@ -211,7 +211,7 @@ impl Context {
     pub fn observed_bandwidth(&self) -> Option<f64> {
         let memory = |m: &kubevirt_api::VirtualMachineInstanceMigration| {
             let vmi = ObjectRef::new(&m.spec.vmi_name).within(&m.namespace().unwrap_or_default());
-            self.stores.vmis.get(&vmi)?.guest_memory_bytes()
+            self.stores.vmis.get(&vmi)?.memory
         };
         let drains: Vec<snapshot::DrainMigration> = self
             .stores
@@ -245,7 +245,7 @@ impl Context {
                     .stores
                     .vmis
                     .get(&ObjectRef::new(&m.spec.vmi_name).within(&view.namespace))?;
-                Some((end, vmi.guest_memory_bytes()? as f64 / seconds))
+                Some((end, vmi.memory? as f64 / seconds))
             })
             .collect();
         finished.sort_by_key(|(end, _)| std::cmp::Reverse(*end));

@@ -14,7 +14,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use k8s_openapi::api::core::v1::{ConfigMap, Node};
+use k8s_openapi::api::core::v1::ConfigMap;
+
+use super::cached::CachedNode;
 use kube::api::{Patch, PatchParams};
 use kube::{Api, ResourceExt};
 use serde_json::json;
@@ -176,7 +178,7 @@ async fn start_run(
 ) -> Result<()> {
     let config = &ctx.config;
     let value = request_value(schedule, run);
-    let nodes: Vec<Arc<Node>> = ctx
+    let nodes: Vec<Arc<CachedNode>> = ctx
         .stores
         .nodes
         .state()

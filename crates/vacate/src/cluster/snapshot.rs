@@ -1,17 +1,16 @@
 //! Turns API objects into the planner's plain views.
 
 use chrono::{DateTime, Utc};
-use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::core::v1::Pod;
 use std::collections::BTreeMap;
 
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::ResourceExt;
 use kube::runtime::reflector::{ObjectRef, Store};
-use kubevirt_api::{
-    KubeVirt, RunStrategy, VirtualMachine, VirtualMachineInstance, VirtualMachineInstanceMigration,
-    labels as kv_labels,
-};
+use kubevirt_api::{KubeVirt, VirtualMachineInstanceMigration, labels as kv_labels};
+
+use super::cached::{CachedNode, CachedVm, CachedVmi};
 
 use crate::config::Config;
 use crate::planner::capacity::{Resources, parse_quantity};
@@ -46,33 +45,17 @@ pub fn to_chrono(time: &Time) -> DateTime<Utc> {
         .unwrap_or_default()
 }
 
-pub fn node_ready(node: &Node) -> bool {
-    node.status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-}
-
-pub fn node_view(node: &Node, config: &Config) -> NodeView {
+pub fn node_view(node: &CachedNode, config: &Config) -> NodeView {
     let labels = node.labels();
     let upgrade = &config.upgrade;
     let config = &config.node;
     NodeView {
         name: node.name_any(),
-        unschedulable: node
-            .spec
-            .as_ref()
-            .and_then(|s| s.unschedulable)
-            .unwrap_or(false),
-        ready: node_ready(node),
+        unschedulable: node.unschedulable,
+        ready: node.ready,
         request_value: labels.get(&config.request_label).cloned(),
         upgrade_to: labels.get(&upgrade.request_label).cloned(),
-        kubelet_version: node
-            .status
-            .as_ref()
-            .and_then(|s| s.node_info.as_ref())
-            .map(|i| i.kubelet_version.clone())
-            .unwrap_or_default(),
+        kubelet_version: node.kubelet_version.clone(),
         labels: labels.clone(),
         drained_label: labels.contains_key(&config.drained_label),
         state: StateAnnotation::parse(
@@ -95,35 +78,27 @@ fn eviction_strategy(s: kubevirt_api::EvictionStrategy) -> EvictionStrategy {
     }
 }
 
-/// Whether KubeVirt starts a VMI again once it is stopped: only a VirtualMachine whose run
-/// strategy resolves to Always does (vm.go, v1.7.4 and v1.9.0: RerunOnFailure restarts only a
-/// failed VMI; Manual, Halted, Once and WaitAsReceiver leave a deleted VMI stopped).
-pub fn restarts_when_stopped(vmi: &VirtualMachineInstance, vms: &Store<VirtualMachine>) -> bool {
-    let Some(owner) = vmi
-        .owner_references()
-        .iter()
-        .find(|o| o.kind == "VirtualMachine" && o.controller == Some(true))
-    else {
+/// Whether KubeVirt starts a VMI again once it is stopped: only the VirtualMachine that
+/// controls it, when its run strategy resolves to Always ([`CachedVm::restarts`]).
+pub fn restarts_when_stopped(vmi: &CachedVmi, vms: &Store<CachedVm>) -> bool {
+    let Some((name, uid)) = vmi.owner.as_deref() else {
         return false;
     };
-    let vm = ObjectRef::new(&owner.name).within(&vmi.namespace().unwrap_or_default());
-    vms.get(&vm).is_some_and(|vm| {
-        vm.uid().as_deref() == Some(owner.uid.as_str())
-            && vm.effective_run_strategy() == RunStrategy::Always
-    })
+    let vm = ObjectRef::new(name).within(&vmi.namespace);
+    vms.get(&vm).is_some_and(|vm| vm.uid == *uid && vm.restarts)
 }
 
 pub fn vmi_view(
-    vmi: &VirtualMachineInstance,
+    vmi: &CachedVmi,
     cluster_default: Option<kubevirt_api::EvictionStrategy>,
     pods: &[Pod],
     restartable: bool,
 ) -> VmiView {
-    let migratability = match vmi.live_migratable() {
+    let migratability = match vmi.migratable.as_deref() {
         Some(m) if m.migratable => Migratability::Migratable,
         Some(m) => Migratability::NotMigratable {
-            reason: m.reason,
-            message: m.message,
+            reason: m.reason.clone(),
+            message: m.message.clone(),
         },
         None => Migratability::Unknown,
     };
@@ -131,26 +106,25 @@ pub fn vmi_view(
     let strategy = vmi
         .effective_eviction_strategy(cluster_default)
         .unwrap_or(kubevirt_api::EvictionStrategy::None);
-    let uid = vmi.uid().unwrap_or_default();
     let launcher = pods
         .iter()
         .filter(|p| p.metadata.deletion_timestamp.is_none() && !pod_finished(p))
-        .find(|p| p.labels().get(kv_labels::CREATED_BY_LABEL) == Some(&uid));
+        .find(|p| p.labels().get(kv_labels::CREATED_BY_LABEL) == Some(&vmi.uid));
     let spec = launcher.and_then(|p| p.spec.as_ref());
     VmiView {
         launcher_pod: launcher.map(|p| p.name_any()),
         requests: launcher.map(pod_requests).unwrap_or_default(),
-        node_selector: launcher_selector(vmi),
+        node_selector: vmi.launcher_selector(),
         placement_rules: spec.is_some_and(placement_rules),
-        namespace: vmi.namespace().unwrap_or_default(),
-        name: vmi.name_any(),
+        namespace: vmi.namespace.clone(),
+        name: vmi.name.clone(),
         finished: vmi.is_final(),
         running: vmi.is_running(),
         migratability,
         eviction_strategy: eviction_strategy(strategy),
         restartable,
-        deleting: vmi.metadata.deletion_timestamp.is_some(),
-        memory: vmi.guest_memory_bytes().unwrap_or(0),
+        deleting: vmi.deleting,
+        memory: vmi.memory.unwrap_or(0),
     }
 }
 
@@ -415,49 +389,15 @@ pub fn pod_requests(pod: &Pod) -> Resources {
     total
 }
 
-/// A node's allocatable CPU, memory and pod count.
-pub fn allocatable(node: &Node) -> (Resources, i64) {
-    let alloc = node.status.as_ref().and_then(|s| s.allocatable.as_ref());
-    let get = |key: &str, scale: i64| {
-        alloc
-            .and_then(|a| a.get(key))
-            .and_then(|q| parse_quantity(&q.0, scale))
-            .unwrap_or(0)
-    };
-    (
-        Resources {
-            cpu_millis: get("cpu", 1000),
-            memory_bytes: get("memory", 1),
-        },
-        get("pods", 1),
-    )
-}
-
-/// Pods that leave the node in a drain: everything but DaemonSet and mirror pods.
-/// The node selector the next virt-launcher pod of a VMI gets (template.go): the VMI's own
-/// and `kubevirt.io/schedulable=true`. The running launcher pod's own selector is not it: a
+/// The node selector the next virt-launcher pod of each VMI gets, by `namespace/name`
+/// ([`CachedVmi::launcher_selector`]). The running launcher pod's own selector is not it: a
 /// pod that came from a migration also carries that migration's `addedNodeSelector`, which
 /// pins it to the node it was sent to and does not follow the VM to its next migration.
-pub fn launcher_selector(vmi: &VirtualMachineInstance) -> BTreeMap<String, String> {
-    let mut selector = vmi.spec.node_selector.clone();
-    selector.insert(
-        kv_labels::NODE_SCHEDULABLE_LABEL.to_string(),
-        "true".to_string(),
-    );
-    selector
-}
-
-/// [`launcher_selector`] of every VMI, by `namespace/name`.
 pub fn launcher_selectors<'a>(
-    vmis: impl IntoIterator<Item = &'a VirtualMachineInstance>,
+    vmis: impl IntoIterator<Item = &'a CachedVmi>,
 ) -> BTreeMap<String, BTreeMap<String, String>> {
     vmis.into_iter()
-        .map(|v| {
-            (
-                format!("{}/{}", v.namespace().unwrap_or_default(), v.name_any()),
-                launcher_selector(v),
-            )
-        })
+        .map(|v| (v.key(), v.launcher_selector()))
         .collect()
 }
 
@@ -491,7 +431,7 @@ mod tests {
     use kube::runtime::{reflector, watcher};
     use serde_json::json;
 
-    fn vm(run: serde_json::Value) -> VirtualMachine {
+    fn vm(run: serde_json::Value) -> kubevirt_api::VirtualMachine {
         let mut spec = json!({"template": {"spec": {"domain": {"devices": {}}}}});
         for (k, v) in run.as_object().unwrap() {
             spec[k] = v.clone();
@@ -504,15 +444,17 @@ mod tests {
         .unwrap()
     }
 
-    fn owned_vmi() -> VirtualMachineInstance {
-        serde_json::from_value(json!({
-            "apiVersion": "kubevirt.io/v1", "kind": "VirtualMachineInstance",
-            "metadata": {"name": "db", "namespace": "vms", "ownerReferences": [
-                {"apiVersion": "kubevirt.io/v1", "kind": "VirtualMachine", "name": "db",
-                 "uid": "vm-uid", "controller": true}]},
-            "spec": {"domain": {"devices": {}}}
-        }))
-        .unwrap()
+    fn owned_vmi() -> CachedVmi {
+        CachedVmi::from(
+            serde_json::from_value::<kubevirt_api::VirtualMachineInstance>(json!({
+                "apiVersion": "kubevirt.io/v1", "kind": "VirtualMachineInstance",
+                "metadata": {"name": "db", "namespace": "vms", "ownerReferences": [
+                    {"apiVersion": "kubevirt.io/v1", "kind": "VirtualMachine", "name": "db",
+                     "uid": "vm-uid", "controller": true}]},
+                "spec": {"domain": {"devices": {}}}
+            }))
+            .unwrap(),
+        )
     }
 
     /// A migration KubeVirt's evacuation created while the limits were full waited 30 s in
@@ -639,8 +581,8 @@ mod tests {
             (json!({"runStrategy": "SomethingNewer"}), false),
         ];
         for (run, restarts) in cases {
-            let (store, mut writer) = reflector::store::<VirtualMachine>();
-            writer.apply_watcher_event(&watcher::Event::Apply(vm(run.clone())));
+            let (store, mut writer) = reflector::store::<CachedVm>();
+            writer.apply_watcher_event(&watcher::Event::Apply(vm(run.clone()).into()));
             assert_eq!(
                 restarts_when_stopped(&owned_vmi(), &store),
                 restarts,
@@ -648,7 +590,7 @@ mod tests {
             );
         }
         // No VirtualMachine in the cache: nothing would start it.
-        let (store, _) = reflector::store::<VirtualMachine>();
+        let (store, _) = reflector::store::<CachedVm>();
         assert!(!restarts_when_stopped(&owned_vmi(), &store));
     }
 

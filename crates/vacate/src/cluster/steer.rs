@@ -6,7 +6,7 @@
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::Node;
+use super::cached::CachedNode;
 use kube::ResourceExt;
 
 use super::Context;
@@ -52,22 +52,10 @@ pub fn minor_version(version: &str) -> Option<(u64, u64)> {
 }
 
 /// Whether a node waits for a drain of its own: the maintenance or upgrade label is set.
-fn in_rollout(node: &Node, config: &crate::config::Config) -> bool {
+fn in_rollout(node: &CachedNode, config: &crate::config::Config) -> bool {
     let labels = node.labels();
     labels.contains_key(&config.node.request_label)
         || labels.contains_key(&config.upgrade.request_label)
-}
-
-/// Whether the scheduler would keep a pod off the node for a taint the pod may not tolerate.
-fn tainted(node: &Node) -> bool {
-    node.spec
-        .as_ref()
-        .and_then(|s| s.taints.as_ref())
-        .is_some_and(|taints| {
-            taints
-                .iter()
-                .any(|t| t.effect == "NoSchedule" || t.effect == "NoExecute")
-        })
 }
 
 impl Context {
@@ -169,12 +157,13 @@ impl Context {
         // Filled before the shell acts (`Stores::wait_until_ready`).
         let used = self.stores.pod_usage.by_node().unwrap_or_default();
         let targets = rooms(&used, &nodes, &self.config);
-        let by_name: HashMap<String, &Node> = nodes.iter().map(|n| (n.name_any(), n)).collect();
+        let by_name: HashMap<String, &CachedNode> =
+            nodes.iter().map(|n| (n.name_any(), n)).collect();
         let targets: Vec<(Target, String)> = targets
             .into_iter()
             .filter_map(|t| {
                 let node = by_name.get(&t.name)?;
-                if tainted(node) {
+                if node.repels_pods {
                     return None;
                 }
                 let host = node.labels().get(HOSTNAME_LABEL)?.clone();

@@ -63,8 +63,8 @@ struct Fake {
     ctx: Arc<Context>,
     seen: Arc<Mutex<Vec<Seen>>>,
     script: Arc<Mutex<Script>>,
-    nodes: Writer<Node>,
-    vmis: Writer<VirtualMachineInstance>,
+    nodes: Writer<CachedNode>,
+    vmis: Writer<CachedVmi>,
     migrations: Writer<VirtualMachineInstanceMigration>,
     _rx: mpsc::UnboundedReceiver<Wake>,
 }
@@ -110,6 +110,13 @@ fn vmi(name: &str) -> VirtualMachineInstance {
 }
 
 use kubevirt_api::{KubeVirt, VirtualMachineInstance, VirtualMachineInstanceMigration};
+
+use super::cached::{CachedNode, CachedVmi};
+
+/// A node as the node cache holds it.
+fn cached(node: Node) -> CachedNode {
+    CachedNode::of(node, &config().node.state_annotation)
+}
 
 /// Answers every request from the script, recording it. Watches are held open unanswered.
 async fn serve(
@@ -230,15 +237,15 @@ impl Fake {
         let node_now = Arc::new(Mutex::new(node.clone()));
         tokio::spawn(serve(handle, seen.clone(), script.clone(), node_now));
 
-        let (nodes, mut node_writer) = reflector::store::<Node>();
-        node_writer.apply_watcher_event(&watcher::Event::Apply(node));
-        let (vmi_store, mut vmi_writer) = reflector::store::<VirtualMachineInstance>();
+        let (nodes, mut node_writer) = reflector::store::<CachedNode>();
+        node_writer.apply_watcher_event(&watcher::Event::Apply(cached(node)));
+        let (vmi_store, mut vmi_writer) = reflector::store::<CachedVmi>();
         for v in vmis {
-            vmi_writer.apply_watcher_event(&watcher::Event::Apply(v));
+            vmi_writer.apply_watcher_event(&watcher::Event::Apply(v.into()));
         }
         let (migrations, migration_writer) = reflector::store::<VirtualMachineInstanceMigration>();
         let (kubevirt, _) = reflector::store::<KubeVirt>();
-        let (vms, _) = reflector::store::<kubevirt_api::VirtualMachine>();
+        let (vms, _) = reflector::store::<super::cached::CachedVm>();
         let (trigger, rx) = mpsc::unbounded_channel();
         let (report_tx, _) = tokio_watch::channel(HashMap::new());
         let ctx = Arc::new(Context {
@@ -392,7 +399,7 @@ async fn migrations_not_yet_in_the_cache_hold_their_slots() {
     let state = fake.last_state();
     let written = draining(&state);
     fake.nodes
-        .apply_watcher_event(&watcher::Event::Apply(written));
+        .apply_watcher_event(&watcher::Event::Apply(cached(written)));
     fake.seen.lock().unwrap().clear();
     fake.ctx.reconcile(NODE).await.expect("reconcile");
     let seen = fake.seen();
@@ -414,7 +421,7 @@ async fn finished_migrations_are_kept_until_the_next_write() {
     let state = fake.last_state();
     let written = draining(&state);
     fake.nodes
-        .apply_watcher_event(&watcher::Event::Apply(written));
+        .apply_watcher_event(&watcher::Event::Apply(cached(written)));
     // The migrations as created; vm-0's has succeeded and the VMI runs elsewhere now.
     for created in fake.seen().iter().filter(|s| s.creates_migration()) {
         let mut m: VirtualMachineInstanceMigration = serde_json::from_str(&created.body).unwrap();
@@ -426,7 +433,7 @@ async fn finished_migrations_are_kept_until_the_next_write() {
             .apply_watcher_event(&watcher::Event::Apply(m));
     }
     fake.vmis
-        .apply_watcher_event(&watcher::Event::Delete(vmi("vm-0")));
+        .apply_watcher_event(&watcher::Event::Delete(vmi("vm-0").into()));
     fake.seen.lock().unwrap().clear();
     for _ in 0..3 {
         fake.ctx.reconcile(NODE).await.expect("reconcile");
@@ -453,7 +460,7 @@ async fn finished_migrations_are_kept_until_the_next_write() {
     theirs.waiting_for = Some("written by another replica".into());
     let rewritten = draining(&theirs);
     fake.nodes
-        .apply_watcher_event(&watcher::Event::Apply(rewritten));
+        .apply_watcher_event(&watcher::Event::Apply(cached(rewritten)));
     fake.ctx.reconcile(NODE).await.expect("reconcile");
     assert!(
         fake.ctx
@@ -697,7 +704,7 @@ async fn a_node_held_back_by_the_fleet_limits_holds_no_pod_watch() {
     other.metadata.name = Some("worker-2".into());
     let mut fake = Fake::new(config(), requested(), vec![]);
     fake.nodes
-        .apply_watcher_event(&watcher::Event::Apply(other));
+        .apply_watcher_event(&watcher::Event::Apply(cached(other)));
     fake.ctx.reconcile(NODE).await.expect("reconcile");
     assert_eq!(fake.last_state().phase, Phase::Pending);
     assert!(!lists_pods(&fake), "{:?}", fake.seen());

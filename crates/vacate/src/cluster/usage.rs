@@ -24,12 +24,41 @@ struct Use {
     requests: Resources,
 }
 
+/// A pod's key: its UID as a number (the API server gives every object a UUID), else its
+/// UID as text (or `namespace/name` when it has none).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+enum PodKey {
+    Uuid(u128),
+    Text(Box<str>),
+}
+
+impl PodKey {
+    /// A UUID in its canonical text (lower-case hex digits, dashes after the 8th, 12th,
+    /// 16th and 20th) becomes its number; any other text stays as it is, so two different
+    /// UIDs never share a key.
+    fn of(uid: &str) -> PodKey {
+        let bytes = uid.as_bytes();
+        let canonical = bytes.len() == 36
+            && bytes.iter().enumerate().all(|(i, b)| match i {
+                8 | 13 | 18 | 23 => *b == b'-',
+                _ => b.is_ascii_digit() || (b'a'..=b'f').contains(b),
+            });
+        let number = canonical
+            .then(|| u128::from_str_radix(&uid.replace('-', ""), 16).ok())
+            .flatten();
+        match number {
+            Some(n) => PodKey::Uuid(n),
+            None => PodKey::Text(uid.into()),
+        }
+    }
+}
+
 #[derive(Default)]
 struct Pods {
     /// By pod UID.
-    current: HashMap<String, Use>,
+    current: HashMap<PodKey, Use>,
     /// The relist under way (a watch restarted): it replaces `current` when complete.
-    relist: Option<HashMap<String, Use>>,
+    relist: Option<HashMap<PodKey, Use>>,
     /// Node names, shared by the pods on each node.
     names: HashMap<String, Arc<str>>,
 }
@@ -46,17 +75,14 @@ impl Pods {
 
     /// The projection of `pod`: `None` for a pod that takes no room (not scheduled yet, or
     /// finished).
-    fn project(&mut self, pod: &Pod) -> Option<(String, Use)> {
+    fn project(&mut self, pod: &Pod) -> Option<(PodKey, Use)> {
         let node = pod.spec.as_ref()?.node_name.as_deref()?;
         if snapshot::pod_view(pod).finished {
             return None;
         }
-        let key = pod.uid().unwrap_or_else(|| {
-            format!("{}/{}", pod.namespace().unwrap_or_default(), pod.name_any())
-        });
         let node = self.node_name(node);
         Some((
-            key,
+            key_of(pod),
             Use {
                 node,
                 requests: snapshot::pod_requests(pod),
@@ -89,7 +115,7 @@ impl Pods {
                 true
             }
             watcher::Event::Apply(pod) => {
-                let key = pod.uid().unwrap_or_default();
+                let key = key_of(&pod);
                 match self.project(&pod) {
                     Some((key, value)) => {
                         self.current.insert(key, value);
@@ -101,10 +127,20 @@ impl Pods {
                 false
             }
             watcher::Event::Delete(pod) => {
-                self.current.remove(&pod.uid().unwrap_or_default());
+                self.current.remove(&key_of(&pod));
                 false
             }
         }
+    }
+}
+
+/// The key of `pod`: its UID, else `namespace/name`.
+fn key_of(pod: &Pod) -> PodKey {
+    match pod.metadata.uid.as_deref() {
+        Some(uid) => PodKey::of(uid),
+        None => PodKey::Text(
+            format!("{}/{}", pod.namespace().unwrap_or_default(), pod.name_any()).into(),
+        ),
     }
 }
 
@@ -233,6 +269,26 @@ mod tests {
             e.1 += 1;
         }
         t
+    }
+
+    #[test]
+    fn uuids_are_kept_as_numbers_and_anything_else_as_text() {
+        assert_eq!(
+            PodKey::of("4fc930df-f25c-4c6f-a085-972840ebed94"),
+            PodKey::Uuid(0x4fc930df_f25c_4c6f_a085_972840ebed94)
+        );
+        for other in [
+            "a",
+            "4fc930df-f25c-4c6f-a085-972840ebed9",
+            "+fc930df-f25c-4c6f-a085-972840ebed94",
+            "",
+        ] {
+            assert_eq!(PodKey::of(other), PodKey::Text(other.into()), "{other}");
+        }
+        // A pod without a UID is known by its namespace and name.
+        let mut pod = pod("x", Some("n1"), "Running", "1");
+        pod.metadata.uid = None;
+        assert_eq!(key_of(&pod), PodKey::Text("apps/x".into()));
     }
 
     #[test]

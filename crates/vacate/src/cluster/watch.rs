@@ -17,6 +17,7 @@ use kubevirt_api::{
 use tokio::sync::mpsc::UnboundedSender;
 use tokio::task::JoinHandle;
 
+use super::cached::{CachedNode, CachedVm, CachedVmi};
 use super::snapshot::MIGRATION_NODE_ANNOTATION;
 use super::usage::PodUsage;
 use crate::error::{Error, Result};
@@ -40,9 +41,9 @@ fn wake_nodes(names: impl IntoIterator<Item = String>) -> Vec<Wake> {
 
 #[derive(Clone)]
 pub struct Stores {
-    pub nodes: Store<Node>,
-    pub vms: Store<VirtualMachine>,
-    pub vmis: Store<VirtualMachineInstance>,
+    pub nodes: Store<CachedNode>,
+    pub vms: Store<CachedVm>,
+    pub vmis: Store<CachedVmi>,
     pub migrations: Store<VirtualMachineInstanceMigration>,
     pub kubevirt: Store<KubeVirt>,
     /// What the pods of each node request.
@@ -148,7 +149,13 @@ impl Drop for Tasks {
 }
 
 /// Starts the cluster-wide reflectors; every change is turned into node triggers.
-pub fn start(client: &Client, filter: &NodeFilter, trigger: Trigger) -> (Stores, Tasks) {
+/// `state_annotation` is the one annotation of a node vacate reads.
+pub fn start(
+    client: &Client,
+    filter: &NodeFilter,
+    state_annotation: &str,
+    trigger: Trigger,
+) -> (Stores, Tasks) {
     let mut tasks = Tasks::default();
 
     let mut node_config = watcher::Config::default();
@@ -158,52 +165,41 @@ pub fn start(client: &Client, filter: &NodeFilter, trigger: Trigger) -> (Stores,
     if let Some(selector) = &filter.label_selector {
         node_config = node_config.labels(selector);
     }
-    let (nodes, task) = reflect_stripped(
+    let state_annotation = state_annotation.to_string();
+    let (nodes, task) = reflect_as(
         Api::<Node>::all(client.clone()),
         node_config,
         trigger.clone(),
-        |node: &Node, _| wake_nodes([node.name_any()]),
+        |node: &CachedNode, _| wake_nodes([node.name_any()]),
         "nodes",
-        |node| {
-            strip_managed_fields(node);
-            // Container images are most of a node object and nothing vacate reads.
-            if let Some(status) = node.status.as_mut() {
-                status.images = None;
-            }
-        },
+        move |node: Node| CachedNode::of(node, &state_annotation),
     );
     tasks.push(task);
 
     // Only whether a VirtualMachine starts its VMI again (its run strategy) is read.
-    let (vms, task) = reflect_stripped(
+    let (vms, task) = reflect_as(
         Api::<VirtualMachine>::all(client.clone()),
         watcher::Config::default(),
         trigger.clone(),
-        |_: &VirtualMachine, _| Vec::new(),
+        |_: &CachedVm, _| Vec::new(),
         "virtualmachines",
-        |vm| {
-            strip_managed_fields(vm);
-            vm.metadata.annotations = None;
-            vm.spec.template = Default::default();
-            vm.status = None;
-        },
+        CachedVm::from,
     );
     tasks.push(task);
 
-    let (vmis, task) = reflect_stripped(
+    let (vmis, task) = reflect_as(
         Api::<VirtualMachineInstance>::all(client.clone()),
         watcher::Config::default(),
         trigger.clone(),
-        |vmi: &VirtualMachineInstance, _| {
-            let mut names: Vec<String> = vmi.node_name().map(String::from).into_iter().collect();
-            if let Some(state) = vmi.migration_state() {
-                names.extend(state.source_node.clone());
-                names.extend(state.target_node.clone());
+        |vmi: &CachedVmi, _| {
+            let mut names: Vec<String> = vmi.node.iter().cloned().collect();
+            if let Some(ends) = vmi.migration_nodes.as_deref() {
+                names.extend(ends.iter().flatten().cloned());
             }
             wake_nodes(names)
         },
         "virtualmachineinstances",
-        strip_managed_fields,
+        CachedVmi::from,
     );
     tasks.push(task);
 
@@ -214,9 +210,7 @@ pub fn start(client: &Client, filter: &NodeFilter, trigger: Trigger) -> (Stores,
         trigger.clone(),
         move |m: &VirtualMachineInstanceMigration, deleted| {
             let vmi = ObjectRef::new(&m.spec.vmi_name).within(&m.namespace().unwrap_or_default());
-            let vmi_node = vmi_store
-                .get(&vmi)
-                .and_then(|v| v.node_name().map(String::from));
+            let vmi_node = vmi_store.get(&vmi).and_then(|v| v.node.clone());
             migration_wakes(m, deleted, vmi_node)
         },
         "virtualmachineinstancemigrations",
@@ -312,8 +306,44 @@ where
     K: Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
     K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
 {
+    reflect_as(
+        api,
+        config,
+        trigger,
+        wakes_of,
+        what,
+        move |mut object: K| {
+            strip(&mut object);
+            object
+        },
+    )
+}
+
+/// As [`reflect`], keeping of each object only its projection `project`.
+fn reflect_as<K, S>(
+    api: Api<K>,
+    config: watcher::Config,
+    trigger: Trigger,
+    wakes_of: impl Fn(&S, bool) -> Vec<Wake> + Send + 'static,
+    what: &'static str,
+    project: impl Fn(K) -> S + Send + 'static,
+) -> (Store<S>, JoinHandle<()>)
+where
+    K: Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + 'static,
+    S: reflector::Lookup + Clone + Send + Sync + 'static,
+    S::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
+{
     let (reader, writer) = reflector::store();
-    let stream = reflector::reflector(writer, watcher(api, config).modify(strip)).default_backoff();
+    let projected = watcher(api, config).map(move |item| {
+        item.map(|event| match event {
+            watcher::Event::Apply(o) => watcher::Event::Apply(project(o)),
+            watcher::Event::InitApply(o) => watcher::Event::InitApply(project(o)),
+            watcher::Event::Delete(o) => watcher::Event::Delete(project(o)),
+            watcher::Event::Init => watcher::Event::Init,
+            watcher::Event::InitDone => watcher::Event::InitDone,
+        })
+    });
+    let stream = reflector::reflector(writer, projected).default_backoff();
     let task = tokio::spawn(async move {
         futures::pin_mut!(stream);
         while let Some(item) = stream.next().await {

@@ -9,6 +9,7 @@ use std::time::Duration;
 use kube::Client;
 use tokio::sync::watch;
 
+use crate::cluster::cached::CachedNode;
 use crate::cluster::watch::NodeFilter;
 use crate::cluster::{NodeReport, Shell, get_node, set_node_label, set_unschedulable};
 use crate::config::Config;
@@ -167,8 +168,14 @@ pub async fn uncordon(config: Config, node: &str) -> anyhow::Result<ExitCode> {
     let mut tries = 0;
     loop {
         let next = shell.ctx.reconcile(node).await?;
-        let state =
-            crate::cluster::snapshot::node_view(&get_node(&client, node).await?, &config).state;
+        let state = crate::cluster::snapshot::node_view(
+            &CachedNode::of(
+                get_node(&client, node).await?,
+                &config.node.state_annotation,
+            ),
+            &config,
+        )
+        .state;
         if state == planner::StateAnnotation::Absent {
             break;
         }

@@ -12,6 +12,7 @@ use kube::api::ListParams;
 use kube::core::{Selector, SelectorExt};
 use kube::{Api, ResourceExt};
 
+use crate::cluster::cached::CachedNode;
 use crate::cluster::gate::room_and_movers;
 use crate::cluster::watch::NodeFilter;
 use crate::config::{Config, LabelSelector};
@@ -90,11 +91,14 @@ pub async fn plan(config: Config, request: PlanRequest) -> anyhow::Result<ExitCo
         .await
         .context("listing pods")?
         .items;
-    let nodes: Vec<Node> = Api::<Node>::all(client.clone())
+    let nodes: Vec<CachedNode> = Api::<Node>::all(client.clone())
         .list(&cached)
         .await
         .context("listing nodes")?
-        .items;
+        .items
+        .into_iter()
+        .map(|n| CachedNode::of(n, &config.node.state_annotation))
+        .collect();
     let pdbs: Vec<PodDisruptionBudget> = Api::<PodDisruptionBudget>::all(client.clone())
         .list(&cached)
         .await

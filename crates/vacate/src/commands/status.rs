@@ -11,6 +11,7 @@ use kube::api::ListParams;
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, ResourceExt};
 
+use crate::cluster::cached::CachedNode;
 use crate::cluster::gate::fleet_node;
 use crate::cluster::schedule;
 use crate::cluster::snapshot::node_view;
@@ -28,7 +29,7 @@ pub struct Row {
     pub since: String,
 }
 
-pub fn row(node: &Node, config: &Config) -> Option<Row> {
+pub fn row(node: &CachedNode, config: &Config) -> Option<Row> {
     let view = node_view(node, config);
     let name = node.name_any();
     let age = |state: &DrainState| {
@@ -227,12 +228,17 @@ pub async fn status(config: Config, watch: bool) -> anyhow::Result<()> {
     let client = super::client().await?;
     let nodes: Api<Node> = Api::all(client.clone());
     if !watch {
-        let list = nodes.list(&ListParams::default()).await?;
-        let mut rows: Vec<Row> = list.items.iter().filter_map(|n| row(n, &config)).collect();
+        let list: Vec<CachedNode> = nodes
+            .list(&ListParams::default())
+            .await?
+            .items
+            .into_iter()
+            .map(|n| CachedNode::of(n, &config.node.state_annotation))
+            .collect();
+        let mut rows: Vec<Row> = list.iter().filter_map(|n| row(n, &config)).collect();
         rows.sort_by(|a, b| a.node.cmp(&b.node));
         print!("{}", table(&rows));
         let fleet: Vec<FleetNode> = list
-            .items
             .iter()
             .filter(|n| config.node.selector.matches(n.labels()))
             .map(|n| fleet_node(n, &config))
@@ -286,7 +292,7 @@ pub async fn status(config: Config, watch: bool) -> anyhow::Result<()> {
         };
         let Some(event) = next else { return Ok(()) };
         let node = match event {
-            Ok(node) => node,
+            Ok(node) => CachedNode::of(node, &config.node.state_annotation),
             Err(e) => {
                 let _ = bars.println(format!("watch error: {e}; retrying"));
                 continue;
