@@ -1,0 +1,130 @@
+//! How much memory vacate's watch caches take per object: the objects as earlier versions
+//! kept them (decoded whole, less a few fields), and the projections of
+//! `vacate::cluster::cached`. It reads the lists a cluster gives from a directory:
+//! nodes.json, vmis.json and vms.json, as `kubectl get nodes -o json` (and `vmi -A`,
+//! `vm -A`) print them. For each variant it fills a kube-runtime store and counts the bytes
+//! allocated and still live once the store is filled, per object.
+//!
+//!     cargo run --example cache_sizes -- DIR
+//!
+//! docs/benchmarks.md, "Cache memory per object", has its figures.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicIsize, Ordering};
+
+use k8s_openapi::api::core::v1::Node;
+use kube::runtime::reflector::{self, Lookup};
+use kube::runtime::watcher::Event;
+use kubevirt_api::{VirtualMachine, VirtualMachineInstance};
+use vacate::cluster::cached::{CachedNode, CachedVm, CachedVmi};
+
+/// The system allocator, counting the bytes live.
+struct Counting;
+
+static LIVE: AtomicIsize = AtomicIsize::new(0);
+
+// SAFETY: every call goes to the system allocator unchanged; only a counter is added.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        LIVE.fetch_add(layout.size() as isize, Ordering::Relaxed);
+        // SAFETY: as the caller's contract for `GlobalAlloc::alloc`.
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        LIVE.fetch_sub(layout.size() as isize, Ordering::Relaxed);
+        // SAFETY: as the caller's contract for `GlobalAlloc::dealloc`.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, size: usize) -> *mut u8 {
+        LIVE.fetch_add(size as isize - layout.size() as isize, Ordering::Relaxed);
+        // SAFETY: as the caller's contract for `GlobalAlloc::realloc`.
+        unsafe { System.realloc(ptr, layout, size) }
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Counting = Counting;
+
+/// Bytes per object of a store filled with `project` of every item of `file`, and how many.
+fn per_object<K, S>(file: &std::path::Path, project: impl Fn(K) -> S) -> (isize, usize)
+where
+    K: serde::de::DeserializeOwned,
+    S: Lookup + Clone + 'static,
+    S::DynamicType: Default + Eq + std::hash::Hash + Clone,
+{
+    let text =
+        std::fs::read_to_string(file).unwrap_or_else(|e| panic!("reading {}: {e}", file.display()));
+    let list: serde_json::Value = serde_json::from_str(&text).expect("a JSON list");
+    let items: Vec<String> = list["items"]
+        .as_array()
+        .expect("a list with items")
+        .iter()
+        .map(|item| item.to_string())
+        .collect();
+    let before = LIVE.load(Ordering::Relaxed);
+    let (store, mut writer) = reflector::store::<S>();
+    writer.apply_watcher_event(&Event::Init);
+    for item in &items {
+        let object: K = serde_json::from_str(item).expect("an object of the list's kind");
+        writer.apply_watcher_event(&Event::InitApply(project(object)));
+    }
+    writer.apply_watcher_event(&Event::InitDone);
+    let held = LIVE.load(Ordering::Relaxed) - before;
+    drop(store);
+    (held / items.len().max(1) as isize, items.len())
+}
+
+fn main() {
+    let dir = std::path::PathBuf::from(std::env::args().nth(1).expect("usage: cache_sizes DIR"));
+    let state = "vacate.io/state";
+    let rows = [
+        (
+            "node, whole (managed fields and images dropped)",
+            per_object(&dir.join("nodes.json"), |mut node: Node| {
+                node.metadata.managed_fields = None;
+                if let Some(status) = node.status.as_mut() {
+                    status.images = None;
+                }
+                node
+            }),
+        ),
+        (
+            "node, CachedNode",
+            per_object(&dir.join("nodes.json"), |node: Node| {
+                CachedNode::of(node, state)
+            }),
+        ),
+        (
+            "VMI, whole (managed fields dropped)",
+            per_object(&dir.join("vmis.json"), |mut vmi: VirtualMachineInstance| {
+                vmi.metadata.managed_fields = None;
+                vmi
+            }),
+        ),
+        (
+            "VMI, CachedVmi",
+            per_object::<VirtualMachineInstance, _>(&dir.join("vmis.json"), CachedVmi::from),
+        ),
+        (
+            "VirtualMachine, whole (managed fields, annotations, template and status dropped)",
+            per_object(&dir.join("vms.json"), |mut vm: VirtualMachine| {
+                vm.metadata.managed_fields = None;
+                vm.metadata.annotations = None;
+                vm.spec.template = Default::default();
+                vm.status = None;
+                vm
+            }),
+        ),
+        (
+            "VirtualMachine, CachedVm",
+            per_object::<VirtualMachine, _>(&dir.join("vms.json"), CachedVm::from),
+        ),
+    ];
+    println!("| cached as | objects | bytes per object |");
+    println!("|---|---:|---:|");
+    for (what, (bytes, count)) in rows {
+        println!("| {what} | {count} | {bytes} |");
+    }
+}
