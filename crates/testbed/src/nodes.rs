@@ -177,9 +177,57 @@ pub async fn set_kubelet_version(client: &kube::Client, node: &str, version: &st
 }
 
 /// Whether a node's Ready condition is True.
+/// Ready, and without the taints the node controller puts on a node that is not ready or
+/// not reachable: the scheduler may place pods on it.
+pub fn is_schedulable(node: &Node) -> bool {
+    let held_back = node
+        .spec
+        .as_ref()
+        .and_then(|s| s.taints.as_ref())
+        .is_some_and(|taints| {
+            taints.iter().any(|t| {
+                t.key == "node.kubernetes.io/not-ready" || t.key == "node.kubernetes.io/unreachable"
+            })
+        });
+    is_ready(node) && !held_back
+}
+
 pub fn is_ready(node: &Node) -> bool {
     node.status
         .as_ref()
         .and_then(|s| s.conditions.as_ref())
         .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(ready: &str, taint: Option<&str>) -> Node {
+        let taints: Vec<serde_json::Value> = taint
+            .map(|key| serde_json::json!({"key": key, "effect": "NoSchedule"}))
+            .into_iter()
+            .collect();
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "n"},
+            "spec": {"taints": taints},
+            "status": {"conditions": [{"type": "Ready", "status": ready}]}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_node_takes_pods_once_ready_and_rid_of_the_not_ready_taints() {
+        assert!(is_schedulable(&node("True", None)));
+        assert!(is_schedulable(&node("True", Some("dedicated"))));
+        assert!(!is_schedulable(&node("False", None)));
+        assert!(!is_schedulable(&node(
+            "True",
+            Some("node.kubernetes.io/not-ready")
+        )));
+        assert!(!is_schedulable(&node(
+            "True",
+            Some("node.kubernetes.io/unreachable")
+        )));
+    }
 }

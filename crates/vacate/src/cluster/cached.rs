@@ -1,9 +1,9 @@
 //! What the watch caches keep of nodes, VirtualMachineInstances and VirtualMachines: the
-//! few fields vacate reads, not the objects. Decoded whole, a node takes about 5.5 kB of
-//! memory even without its images, a VMI about 6 kB and a VirtualMachine about 2 kB (typed
-//! Kubernetes objects are mostly inline optional fields and small maps); these projections
-//! take a few hundred bytes beside a node's labels, so the caches of a fleet with thousands
-//! of nodes and VMs stay small (docs/benchmarks.md, "Scale").
+//! few fields vacate reads, not the objects. Typed Kubernetes objects are mostly inline
+//! optional fields and small maps, so a decoded node, VMI or VirtualMachine takes several
+//! times the memory of these projections, and a fleet of thousands of nodes and VMs would
+//! fill the caches with fields nothing reads (docs/benchmarks.md, "Cache memory per
+//! object").
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
