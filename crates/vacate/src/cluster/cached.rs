@@ -13,6 +13,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::{Resource, ResourceExt};
 use kubevirt_api::labels as kv_labels;
 
+use super::lean::LeanNode;
 use crate::planner::capacity::{Resources, parse_quantity};
 use kubevirt_api::{
     EvictionStrategy, LiveMigratability, RunStrategy, VirtualMachine, VirtualMachineInstance,
@@ -78,6 +79,25 @@ impl CachedNode {
                 .map(|i| i.kubelet_version)
                 .unwrap_or_default(),
         }
+    }
+}
+
+impl CachedNode {
+    /// The nodes `params` select, listed from the API server and decoded as lean nodes
+    /// (only the fields the projection reads), keeping `state_annotation`.
+    pub async fn list(
+        client: &kube::Client,
+        params: &kube::api::ListParams,
+        state_annotation: &str,
+    ) -> kube::Result<Vec<CachedNode>> {
+        let list = kube::Api::<LeanNode>::all(client.clone())
+            .list(params)
+            .await?;
+        Ok(list
+            .items
+            .into_iter()
+            .map(|node| CachedNode::of(node.into(), state_annotation))
+            .collect())
     }
 }
 
@@ -303,7 +323,7 @@ lookup!(
 lookup!(CachedVm, "VirtualMachine", "virtualmachines");
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::cluster::snapshot;
     use crate::config::Config;
@@ -311,7 +331,7 @@ mod tests {
     use kube::runtime::watcher::Event;
     use serde_json::json;
 
-    fn vmi() -> VirtualMachineInstance {
+    pub(crate) fn vmi() -> VirtualMachineInstance {
         serde_json::from_value(json!({
             "apiVersion": "kubevirt.io/v1", "kind": "VirtualMachineInstance",
             "metadata": {"name": "db", "namespace": "vms", "uid": "vmi-uid",
@@ -334,7 +354,7 @@ mod tests {
 
     /// A node as kwok and a kubelet write it: images, managed fields, five conditions,
     /// addresses, annotations of other programs beside vacate's state.
-    fn full_node() -> Node {
+    pub(crate) fn full_node() -> Node {
         let images: Vec<serde_json::Value> = (0..50)
             .map(|i| {
                 serde_json::json!({"names": [format!("registry.example/image-{i}:v1")],

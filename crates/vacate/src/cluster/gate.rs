@@ -7,9 +7,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use chrono::Utc;
-use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::core::v1::Pod;
 use kube::api::ListParams;
-use kube::{Api, ResourceExt};
+use kube::ResourceExt;
 
 use super::cached::CachedNode;
 use super::{Context, snapshot};
@@ -133,14 +133,9 @@ impl Context {
 
     async fn list_nodes(&self, params: ListParams) -> Result<Vec<CachedNode>> {
         let state_annotation = &self.config.node.state_annotation;
-        Ok(Api::<Node>::all(self.client.clone())
-            .list(&params)
+        CachedNode::list(&self.client, &params, state_annotation)
             .await
-            .map_err(Error::kube("listing nodes for the start gate"))?
-            .items
-            .into_iter()
-            .map(|node| CachedNode::of(node, state_annotation))
-            .collect())
+            .map_err(Error::kube("listing nodes for the start gate"))
     }
 
     /// Prometheus is asked again once its answer may have changed.

@@ -306,7 +306,8 @@ pub fn is_ours(m: &VirtualMachineInstanceMigration) -> bool {
         && m.labels().contains_key(MIGRATION_NODE_LABEL)
 }
 
-fn pod_finished(pod: &Pod) -> bool {
+/// Succeeded or Failed: it holds no room on its node any more.
+pub(super) fn pod_finished(pod: &Pod) -> bool {
     matches!(
         pod.status.as_ref().and_then(|s| s.phase.as_deref()),
         Some("Succeeded" | "Failed")

@@ -14,7 +14,9 @@ use kube::{Api, Client, ResourceExt};
 use tokio::sync::watch as tokio_watch;
 use tokio::task::JoinHandle;
 
+use super::lean::LeanPod;
 use super::snapshot;
+use super::watch::map_event;
 use crate::planner::capacity::Resources;
 
 /// The requests of one running pod, and where it runs.
@@ -77,7 +79,7 @@ impl Pods {
     /// finished).
     fn project(&mut self, pod: &Pod) -> Option<(PodKey, Use)> {
         let node = pod.spec.as_ref()?.node_name.as_deref()?;
-        if snapshot::pod_view(pod).finished {
+        if snapshot::pod_finished(pod) {
             return None;
         }
         let node = self.node_name(node);
@@ -175,13 +177,14 @@ impl PodUsage {
         let (ready_tx, ready) = tokio_watch::channel(false);
         let config =
             watcher::Config::default().fields("status.phase!=Succeeded,status.phase!=Failed");
-        let stream = watcher(Api::<Pod>::all(client.clone()), config).default_backoff();
+        let stream = watcher(Api::<LeanPod>::all(client.clone()), config).default_backoff();
         let writer = Arc::clone(&pods);
         let task = tokio::spawn(async move {
             futures::pin_mut!(stream);
             while let Some(event) = stream.next().await {
                 match event {
                     Ok(event) => {
+                        let event = map_event(event, Pod::from);
                         let filled = writer.lock().expect("pod usage lock").apply(event);
                         if filled {
                             ready_tx.send_replace(true);

@@ -7,7 +7,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::core::v1::Pod;
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
@@ -18,6 +18,7 @@ use tokio::sync::mpsc::UnboundedSender;
 use tokio::task::JoinHandle;
 
 use super::cached::{CachedNode, CachedVm, CachedVmi};
+use super::lean::{LeanNode, LeanVm, LeanVmi};
 use super::snapshot::MIGRATION_NODE_ANNOTATION;
 use super::usage::PodUsage;
 use crate::error::{Error, Result};
@@ -167,28 +168,28 @@ pub fn start(
     }
     let state_annotation = state_annotation.to_string();
     let (nodes, task) = reflect_as(
-        Api::<Node>::all(client.clone()),
+        Api::<LeanNode>::all(client.clone()),
         node_config,
         trigger.clone(),
         |node: &CachedNode, _| wake_nodes([node.name_any()]),
         "nodes",
-        move |node: Node| CachedNode::of(node, &state_annotation),
+        move |node: LeanNode| CachedNode::of(node.into(), &state_annotation),
     );
     tasks.push(task);
 
     // Only whether a VirtualMachine starts its VMI again (its run strategy) is read.
     let (vms, task) = reflect_as(
-        Api::<VirtualMachine>::all(client.clone()),
+        Api::<LeanVm>::all(client.clone()),
         watcher::Config::default(),
         trigger.clone(),
         |_: &CachedVm, _| Vec::new(),
         "virtualmachines",
-        CachedVm::from,
+        |vm: LeanVm| CachedVm::from(VirtualMachine::from(vm)),
     );
     tasks.push(task);
 
     let (vmis, task) = reflect_as(
-        Api::<VirtualMachineInstance>::all(client.clone()),
+        Api::<LeanVmi>::all(client.clone()),
         watcher::Config::default(),
         trigger.clone(),
         |vmi: &CachedVmi, _| {
@@ -199,7 +200,7 @@ pub fn start(
             wake_nodes(names)
         },
         "virtualmachineinstances",
-        CachedVmi::from,
+        |vmi: LeanVmi| CachedVmi::from(VirtualMachineInstance::from(vmi)),
     );
     tasks.push(task);
 
@@ -334,15 +335,8 @@ where
     S::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
 {
     let (reader, writer) = reflector::store();
-    let projected = watcher(api, config).map(move |item| {
-        item.map(|event| match event {
-            watcher::Event::Apply(o) => watcher::Event::Apply(project(o)),
-            watcher::Event::InitApply(o) => watcher::Event::InitApply(project(o)),
-            watcher::Event::Delete(o) => watcher::Event::Delete(project(o)),
-            watcher::Event::Init => watcher::Event::Init,
-            watcher::Event::InitDone => watcher::Event::InitDone,
-        })
-    });
+    let projected =
+        watcher(api, config).map(move |item| item.map(|event| map_event(event, &project)));
     let stream = reflector::reflector(writer, projected).default_backoff();
     let task = tokio::spawn(async move {
         futures::pin_mut!(stream);
@@ -362,6 +356,17 @@ where
         }
     });
     (reader, task)
+}
+
+/// `event` with its object turned into `f` of it.
+pub(super) fn map_event<K, S>(event: watcher::Event<K>, f: impl Fn(K) -> S) -> watcher::Event<S> {
+    match event {
+        watcher::Event::Apply(o) => watcher::Event::Apply(f(o)),
+        watcher::Event::InitApply(o) => watcher::Event::InitApply(f(o)),
+        watcher::Event::Delete(o) => watcher::Event::Delete(f(o)),
+        watcher::Event::Init => watcher::Event::Init,
+        watcher::Event::InitDone => watcher::Event::InitDone,
+    }
 }
 
 struct PodWatch {

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::{Context as _, bail};
-use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::ListParams;
 use kube::core::{Selector, SelectorExt};
@@ -91,14 +91,9 @@ pub async fn plan(config: Config, request: PlanRequest) -> anyhow::Result<ExitCo
         .await
         .context("listing pods")?
         .items;
-    let nodes: Vec<CachedNode> = Api::<Node>::all(client.clone())
-        .list(&cached)
+    let nodes = CachedNode::list(&client, &cached, &config.node.state_annotation)
         .await
-        .context("listing nodes")?
-        .items
-        .into_iter()
-        .map(|n| CachedNode::of(n, &config.node.state_annotation))
-        .collect();
+        .context("listing nodes")?;
     let pdbs: Vec<PodDisruptionBudget> = Api::<PodDisruptionBudget>::all(client.clone())
         .list(&cached)
         .await

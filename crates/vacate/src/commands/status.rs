@@ -228,13 +228,9 @@ pub async fn status(config: Config, watch: bool) -> anyhow::Result<()> {
     let client = super::client().await?;
     let nodes: Api<Node> = Api::all(client.clone());
     if !watch {
-        let list: Vec<CachedNode> = nodes
-            .list(&ListParams::default())
-            .await?
-            .items
-            .into_iter()
-            .map(|n| CachedNode::of(n, &config.node.state_annotation))
-            .collect();
+        let list =
+            CachedNode::list(&client, &ListParams::default(), &config.node.state_annotation)
+                .await?;
         let mut rows: Vec<Row> = list.iter().filter_map(|n| row(n, &config)).collect();
         rows.sort_by(|a, b| a.node.cmp(&b.node));
         print!("{}", table(&rows));
