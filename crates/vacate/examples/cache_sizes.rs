@@ -3,7 +3,10 @@
 //! `vacate::cluster::cached`. It reads the lists a cluster gives from a directory:
 //! nodes.json, vmis.json and vms.json, as `kubectl get nodes -o json` (and `vmi -A`,
 //! `vm -A`) print them. For each variant it fills a kube-runtime store and counts the bytes
-//! allocated and still live once the store is filled, per object.
+//! allocated and still live once the store is filled, per object. A second table gives the
+//! bytes live at the peak of decoding each list at once, as a watch decodes a page of its
+//! first list, whole and in the lean shapes of `vacate::cluster::lean` (pods.json too, as
+//! `kubectl get pods -A -o json` prints it).
 //!
 //!     cargo run --example cache_sizes -- DIR
 //!
@@ -12,21 +15,29 @@
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicIsize, Ordering};
 
-use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::runtime::reflector::{self, Lookup};
 use kube::runtime::watcher::Event;
 use kubevirt_api::{VirtualMachine, VirtualMachineInstance};
 use vacate::cluster::cached::{CachedNode, CachedVm, CachedVmi};
+use vacate::cluster::lean::{LeanNode, LeanPod, LeanVm, LeanVmi};
 
 /// The system allocator, counting the bytes live.
 struct Counting;
 
 static LIVE: AtomicIsize = AtomicIsize::new(0);
+/// The most bytes live since it was last set.
+static PEAK: AtomicIsize = AtomicIsize::new(0);
+
+fn grew(by: isize) {
+    let live = LIVE.fetch_add(by, Ordering::Relaxed) + by;
+    PEAK.fetch_max(live, Ordering::Relaxed);
+}
 
 // SAFETY: every call goes to the system allocator unchanged; only a counter is added.
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        LIVE.fetch_add(layout.size() as isize, Ordering::Relaxed);
+        grew(layout.size() as isize);
         // SAFETY: as the caller's contract for `GlobalAlloc::alloc`.
         unsafe { System.alloc(layout) }
     }
@@ -38,7 +49,7 @@ unsafe impl GlobalAlloc for Counting {
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, size: usize) -> *mut u8 {
-        LIVE.fetch_add(size as isize - layout.size() as isize, Ordering::Relaxed);
+        grew(size as isize - layout.size() as isize);
         // SAFETY: as the caller's contract for `GlobalAlloc::realloc`.
         unsafe { System.realloc(ptr, layout, size) }
     }
@@ -74,6 +85,23 @@ where
     let held = LIVE.load(Ordering::Relaxed) - before;
     drop(store);
     (held / items.len().max(1) as isize, items.len())
+}
+
+/// Bytes live per object at the peak of decoding every item of `file` as one list of `K`,
+/// and how many.
+fn decoded<K: serde::de::DeserializeOwned>(file: &std::path::Path) -> (isize, usize) {
+    let text =
+        std::fs::read_to_string(file).unwrap_or_else(|e| panic!("reading {}: {e}", file.display()));
+    let list: serde_json::Value = serde_json::from_str(&text).expect("a JSON list");
+    let items = list["items"].to_string();
+    drop(list);
+    let before = LIVE.load(Ordering::Relaxed);
+    PEAK.store(before, Ordering::Relaxed);
+    let objects: Vec<K> = serde_json::from_str(&items).expect("objects of the list's kind");
+    let peak = PEAK.load(Ordering::Relaxed) - before;
+    let count = objects.len();
+    drop(objects);
+    (peak / count.max(1) as isize, count)
 }
 
 fn main() {
@@ -125,6 +153,35 @@ fn main() {
     println!("| cached as | objects | bytes per object |");
     println!("|---|---:|---:|");
     for (what, (bytes, count)) in rows {
+        println!("| {what} | {count} | {bytes} |");
+    }
+
+    let decodes = [
+        ("node, whole", decoded::<Node>(&dir.join("nodes.json"))),
+        (
+            "node, LeanNode",
+            decoded::<LeanNode>(&dir.join("nodes.json")),
+        ),
+        ("pod, whole", decoded::<Pod>(&dir.join("pods.json"))),
+        ("pod, LeanPod", decoded::<LeanPod>(&dir.join("pods.json"))),
+        (
+            "VMI, whole",
+            decoded::<VirtualMachineInstance>(&dir.join("vmis.json")),
+        ),
+        ("VMI, LeanVmi", decoded::<LeanVmi>(&dir.join("vmis.json"))),
+        (
+            "VirtualMachine, whole",
+            decoded::<VirtualMachine>(&dir.join("vms.json")),
+        ),
+        (
+            "VirtualMachine, LeanVm",
+            decoded::<LeanVm>(&dir.join("vms.json")),
+        ),
+    ];
+    println!();
+    println!("| decoded as | objects | bytes per object at the peak |");
+    println!("|---|---:|---:|");
+    for (what, (bytes, count)) in decodes {
         println!("| {what} | {count} | {bytes} |");
     }
 }

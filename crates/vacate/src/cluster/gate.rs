@@ -8,8 +8,8 @@ use std::sync::Arc;
 
 use chrono::Utc;
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::ListParams;
 use kube::ResourceExt;
+use kube::api::ListParams;
 
 use super::cached::CachedNode;
 use super::{Context, snapshot};

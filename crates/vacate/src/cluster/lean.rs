@@ -2,10 +2,8 @@
 //! only the fields vacate reads. serde skips every other field of the API server's answer
 //! without building it, so the first list of a large fleet (500 objects a page) does not
 //! become pages of whole objects (managed fields, node images, container specs and
-//! statuses) that are projected and dropped a moment later. Besides the time spent, such
-//! short-lived objects, allocated among the long-lived projections, leave the allocator's
-//! pages sparsely used: memory that grows with the fleet without holding anything
-//! (docs/benchmarks.md, "Scale").
+//! statuses) that are projected and dropped a moment later, and every later event costs
+//! the few fields too (docs/benchmarks.md, "Cache memory per object").
 //!
 //! Each shape turns into its typed object with only those fields set, so the projections
 //! ([`super::cached`], [`super::usage`]) read it as they read any other object.

@@ -6,7 +6,7 @@ pub mod cached;
 pub mod execute;
 pub mod fence;
 pub mod gate;
-mod lean;
+pub mod lean;
 pub mod prometheus;
 mod read;
 pub mod schedule;

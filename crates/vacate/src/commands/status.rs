@@ -228,9 +228,12 @@ pub async fn status(config: Config, watch: bool) -> anyhow::Result<()> {
     let client = super::client().await?;
     let nodes: Api<Node> = Api::all(client.clone());
     if !watch {
-        let list =
-            CachedNode::list(&client, &ListParams::default(), &config.node.state_annotation)
-                .await?;
+        let list = CachedNode::list(
+            &client,
+            &ListParams::default(),
+            &config.node.state_annotation,
+        )
+        .await?;
         let mut rows: Vec<Row> = list.iter().filter_map(|n| row(n, &config)).collect();
         rows.sort_by(|a, b| a.node.cmp(&b.node));
         print!("{}", table(&rows));
