@@ -84,6 +84,13 @@ def vmi_conflicts(out, size):
                 patches=total(after, None) - total(before, None))
 
 
+def seed_cpu(row):
+    """CPU seconds each testbed program used during the seed, most first."""
+    before, after = row.get("cpu_before") or {}, row.get("cpu_after") or {}
+    used = {name: after[name] - before.get(name, 0) for name in after}
+    return sorted(((n, c) for n, c in used.items() if c >= 0.5), key=lambda nc: -nc[1])
+
+
 def fmt(v, spec=".1f", none="—"):
     return none if v is None else format(v, spec)
 
@@ -210,6 +217,22 @@ def write_section(args, meta, rows, commands):
     if untried:
         w(f"Not tried in this run: {', '.join(map(str, untried))} nodes.")
     w("")
+    cpu_rows = [(r, seed_cpu(r)) for r in rows if seed_cpu(r)]
+    if cpu_rows:
+        w(f"Where each seed's time goes: CPU seconds (user and system, from /proc) each testbed "
+          f"program used from the start of `testbed seed` to its end, against the "
+          f"{meta['cpus']} cores' CPU seconds in that time (the `testbed seed` client itself is "
+          f"not counted):")
+        w("")
+        for r, used in cpu_rows:
+            available = meta["cpus"] * (r.get("seed_seconds") or 0)
+            total = sum(c for _, c in used)
+            w(f"- {r['size']} nodes ({fmt(r.get('seed_seconds'), '.0f')} s, "
+              f"{'reached' if r['reached'] else 'not reached'}): "
+              + ", ".join(f"{n} {c:.0f} s" for n, c in used)
+              + f"; {total:.0f} of {available:.0f} CPU seconds"
+              + (f" ({100 * total / available:.0f} %)" if available else ""))
+        w("")
     if reached:
         top = reached[-1]
         w(f"Against the targets, at the largest size reached ({top['size']} nodes; the targets are "

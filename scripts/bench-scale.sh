@@ -127,6 +127,27 @@ daemonSets:
 YAML
 }
 
+# CPU seconds (user and system) each testbed program has used so far, as one JSON object
+# by program: the supervisor's children (etcd, the Kubernetes programs, kwok, the simulator).
+testbed_cpu() {
+  python3 - "$(cat "$state/supervisor.pid")" <<'PY'
+import json, os, sys
+tick = os.sysconf("SC_CLK_TCK")
+cpu = {}
+for pid in filter(str.isdigit, os.listdir("/proc")):
+    try:
+        stat = open(f"/proc/{pid}/stat").read()
+        program = open(f"/proc/{pid}/cmdline", "rb").read().split(b"\0")[0].decode()
+    except OSError:
+        continue
+    fields = stat.rsplit(")", 1)[1].split()
+    if fields[1] == sys.argv[1] and program:
+        name = os.path.basename(program)
+        cpu[name] = round(cpu.get(name, 0) + (int(fields[11]) + int(fields[12])) / tick, 1)
+print(json.dumps(cpu))
+PY
+}
+
 # The API server's request counters (apiserver_request_total), as JSON lines.
 apiserver_requests() {
   kubectl get --raw /metrics | python3 -c '
@@ -222,6 +243,7 @@ for size in "${sizes[@]}"; do
   scenario "$size" >"$out/scale-$size.yaml"
   apiserver_requests >"$out/apiserver-before-seed-$size.jsonl"
   log "size $size: seeding $size nodes, $((2 * size)) VMs, $((10 * size)) pods (limit ${seed_limit}s)"
+  cpu_before=$(testbed_cpu)
   started=$(date +%s.%N)
   record "$bin/testbed" seed "\$WORK/out/scale-$size.yaml" --state-dir "$state" --timeout "$seed_limit"
   if ! timeout "$((seed_limit + 120))" "$bin/testbed" seed "$out/scale-$size.yaml" --state-dir "$state" \
@@ -231,19 +253,22 @@ for size in "${sizes[@]}"; do
     reason=$(tail -n 3 "$out/seed-$size.txt" | sed 's/\x1b\[[0-9;]*m//g' | tr '\n' ' ' | cut -c1-400 |
       python3 -c 'import json, sys; print(json.dumps(sys.stdin.read().strip()))')
     apiserver_requests >"$out/apiserver-after-seed-$size.jsonl" 2>/dev/null || true
-    printf '{"size":%s,"reached":false,"seed_seconds":%s,"reason":%s}\n' "$size" \
-      "$(python3 -c "print(round($ended - $started, 1))")" "$reason" >>"$out/sizes.jsonl"
+    printf '{"size":%s,"reached":false,"seed_seconds":%s,"reason":%s,"cpu_before":%s,"cpu_after":%s}\n' \
+      "$size" "$(python3 -c "print(round($ended - $started, 1))")" "$reason" "$cpu_before" \
+      "$(testbed_cpu)" >>"$out/sizes.jsonl"
     log "size $size: not reached: $reason"
     cp "$state"/logs/*.log "$out/" 2>/dev/null || true
     "$bin/testbed" down --state-dir "$state" >/dev/null
     break
   fi
   ended=$(date +%s.%N)
+  cpu_after=$(testbed_cpu)
   apiserver_requests >"$out/apiserver-after-seed-$size.jsonl"
   pods=$(kubectl get pods -A --no-headers 2>/dev/null | wc -l)
   vmis=$(kubectl get vmi -A --no-headers 2>/dev/null | wc -l)
-  printf '{"size":%s,"reached":true,"seed_seconds":%s,"pods":%s,"vmis":%s}\n' "$size" \
-    "$(python3 -c "print(round($ended - $started, 1))")" "$pods" "$vmis" >>"$out/sizes.jsonl"
+  printf '{"size":%s,"reached":true,"seed_seconds":%s,"pods":%s,"vmis":%s,"cpu_before":%s,"cpu_after":%s}\n' \
+    "$size" "$(python3 -c "print(round($ended - $started, 1))")" "$pods" "$vmis" "$cpu_before" \
+    "$cpu_after" >>"$out/sizes.jsonl"
   log "size $size: seeded in $(python3 -c "print(round($ended - $started))") s ($pods pods, $vmis VMIs)"
   reached=$size
 
