@@ -198,11 +198,15 @@ stop_vacate() {
 # vacate's RSS and CPU seconds once, as one JSON object with a timestamp, read from /proc
 # (the CPU time in clock ticks; vacate's process_cpu_seconds_total counts whole seconds).
 clk_tck=$(getconf CLK_TCK)
+# Beside VmRSS: its anonymous and file-backed parts (the executable's pages are the
+# latter) and VmHWM, the most it has been since vacate started.
 vacate_sample() {
-  local stat rss
+  local stat memory
   read -r -a stat <"/proc/$vacate_pid/stat" || return 1
-  rss=$(awk '/^VmRSS:/ {print $2 * 1024}' "/proc/$vacate_pid/status") || return 1
-  printf '{"t":%s,"rss":%s,"cpu":%s}\n' "$(date +%s.%N)" "$rss" \
+  memory=$(awk '/^(VmRSS|RssAnon|RssFile|VmHWM):/ {sub(":", "", $1); printf "\"%s\":%d,", $1, $2 * 1024}' \
+    "/proc/$vacate_pid/status") || return 1
+  printf '{"t":%s,%s"rss":%s,"cpu":%s}\n' "$(date +%s.%N)" "$memory" \
+    "$(awk '/^VmRSS:/ {print $2 * 1024}' "/proc/$vacate_pid/status")" \
     "$(awk -v t=$((stat[13] + stat[14])) -v hz="$clk_tck" 'BEGIN {print t / hz}')"
 }
 # Samples every second into $1 until stopped.
