@@ -16,7 +16,7 @@ use tokio::task::JoinHandle;
 
 use super::lean::LeanPod;
 use super::snapshot;
-use super::watch::map_event;
+use super::watch::{fleet_watch, map_event};
 use crate::planner::capacity::Resources;
 
 /// The requests of one running pod, and where it runs.
@@ -175,8 +175,7 @@ impl PodUsage {
     pub fn start(client: &Client) -> (PodUsage, JoinHandle<()>) {
         let pods = Arc::new(Mutex::new(Pods::default()));
         let (ready_tx, ready) = tokio_watch::channel(false);
-        let config =
-            watcher::Config::default().fields("status.phase!=Succeeded,status.phase!=Failed");
+        let config = fleet_watch().fields("status.phase!=Succeeded,status.phase!=Failed");
         let stream = watcher(Api::<LeanPod>::all(client.clone()), config).default_backoff();
         let writer = Arc::clone(&pods);
         let task = tokio::spawn(async move {
