@@ -80,9 +80,7 @@ impl CachedNode {
                 .unwrap_or_default(),
         }
     }
-}
 
-impl CachedNode {
     /// The nodes `params` select, listed from the API server and decoded as lean nodes
     /// (only the fields the projection reads), keeping `state_annotation`.
     pub async fn list(

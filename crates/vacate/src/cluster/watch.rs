@@ -39,8 +39,8 @@ pub type Trigger = UnboundedSender<Wake>;
 /// read whole before it is decoded: at 500 a page (kube-runtime's default) a page of nodes as
 /// the API server sends them (managed fields, 50 images) is about 15 MB of JSON, and the
 /// lists of nodes, pods, VMIs and VirtualMachines run at once at start-up. At 100, vacate's
-/// start-up peak on a 1,000-node testbed fell from 50 to 58 MB to 37 to 43 MB (docs/benchmarks.md,
-/// "List page size"), for a few more list requests at start.
+/// start-up peak on a 1,000-node testbed fell from 50-58 MB to 37-43 MB, for a few more list
+/// requests at start (docs/benchmarks.md, "List page size").
 pub(super) const LIST_PAGE_SIZE: u32 = 100;
 
 /// The watch configuration of a cluster-wide cache.
