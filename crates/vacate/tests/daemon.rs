@@ -363,6 +363,14 @@ async fn failing_migration_is_retried_then_handed_to_kubevirt() -> anyhow::Resul
     assert_eq!(vmis[0].uid(), uid, "the VMI was not deleted");
     assert!(vmis[0].metadata.deletion_timestamp.is_none());
     assert_eq!(vacate.metric("vacate_vmi_restarts_total").await?, 0.0);
+    // One eviction hands the VMI to KubeVirt's evacuation, which retries its own failed
+    // migrations while the VMI stays marked: vacate does not evict it again.
+    assert_eq!(
+        vacate
+            .metric("vacate_evictions_total{kind=\"vmi\",result=\"refused\"}")
+            .await?,
+        1.0
+    );
     Ok(())
 }
 

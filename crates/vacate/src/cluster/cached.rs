@@ -171,6 +171,10 @@ pub struct CachedVmi {
     pub node_selector: Box<[(String, String)]>,
     /// The source and target node of its last or current migration.
     pub migration_nodes: Option<Box<[Option<String>; 2]>>,
+    /// An eviction marked it for KubeVirt's evacuation (`status.evacuationNodeName` names
+    /// the node it runs on): KubeVirt's evacuation controller creates migrations for it
+    /// until it has left (evacuation.go, `getMarkedForEvictionVMIs`, v1.7.4 and v1.9.0).
+    pub evacuating: bool,
 }
 
 impl From<VirtualMachineInstance> for CachedVmi {
@@ -206,6 +210,11 @@ impl CachedVmi {
             migration_nodes: vmi
                 .migration_state()
                 .map(|m| Box::new([m.source_node.clone(), m.target_node.clone()])),
+            evacuating: vmi.is_marked_for_eviction()
+                && vmi
+                    .status
+                    .as_ref()
+                    .is_some_and(|s| s.evacuation_node_name == s.node_name),
         }
     }
 

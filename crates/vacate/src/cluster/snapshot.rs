@@ -125,6 +125,7 @@ pub fn vmi_view(
         restartable,
         deleting: vmi.deleting,
         memory: vmi.memory.unwrap_or(0),
+        evacuating: vmi.evacuating,
     }
 }
 

@@ -117,6 +117,9 @@ pub struct VmiView {
     /// The virt-launcher pod has required node affinity, tolerations or topology rules a
     /// target chosen by vacate could break: KubeVirt places its migrations.
     pub placement_rules: bool,
+    /// An eviction marked it for KubeVirt's evacuation, which keeps migrating it off the
+    /// node until it has left: vacate neither migrates nor evicts it again.
+    pub evacuating: bool,
 }
 
 impl VmiView {

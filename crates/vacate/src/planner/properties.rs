@@ -442,6 +442,7 @@ fn vmi_view(i: usize, v: &VmiSpec) -> VmiView {
         },
         node_selector: Default::default(),
         placement_rules: false,
+        evacuating: false,
     }
 }
 

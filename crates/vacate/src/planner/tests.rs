@@ -44,6 +44,7 @@ pub(super) fn vmi(name: &str) -> VmiView {
         },
         node_selector: Default::default(),
         placement_rules: false,
+        evacuating: false,
     }
 }
 
@@ -303,20 +304,25 @@ fn batch_interval_spaces_batches() {
     assert_eq!(migrations_created(&p), vec!["vm-2", "vm-3"]);
 }
 
-#[test]
-fn someone_elses_migration_is_awaited_not_duplicated() {
-    let mut s = snapshot(node(Some("true"), false));
-    s.vmis = vec![vmi("vm-0")];
-    s.migrations = vec![MigrationView {
+/// An unfinished migration of KubeVirt's evacuation.
+fn evacuation_migration(vmi: &str) -> MigrationView {
+    MigrationView {
         namespace: "vms".into(),
         name: "kubevirt-evacuation-xyz".into(),
-        vmi_name: "vm-0".into(),
+        vmi_name: vmi.into(),
         phase: MigrationPhase::Unfinished,
         ours: false,
         created_at: None,
         finished_at: None,
         deleting: false,
-    }];
+    }
+}
+
+#[test]
+fn someone_elses_migration_is_awaited_not_duplicated() {
+    let mut s = snapshot(node(Some("true"), false));
+    s.vmis = vec![vmi("vm-0")];
+    s.migrations = vec![evacuation_migration("vm-0")];
     let config = Config::default();
     let p = plan(&s, &config);
     assert!(migrations_created(&p).is_empty());
@@ -334,6 +340,47 @@ fn someone_elses_migration_is_awaited_not_duplicated() {
         p.observations.is_empty(),
         "someone else's failure is not vacate's metric"
     );
+}
+
+#[test]
+fn a_vmi_kubevirts_evacuation_holds_is_left_to_it() {
+    let mut s = snapshot(node(Some("true"), false));
+    s.vmis = vec![vmi("vm-0")];
+    s.migrations = vec![evacuation_migration("vm-0")];
+    s.vmis[0].evacuating = true;
+    let config = Config::default();
+    let state = written(&plan(&s, &config));
+    assert_eq!(
+        state.vmis["vms/vm-0"].outcome,
+        VmiOutcome::MigratingExternally
+    );
+    // KubeVirt's evacuation migration fails; the VMI is still marked, so KubeVirt creates
+    // the next one: vacate neither migrates nor evicts it, and waits for it to leave.
+    s.migrations[0].phase = MigrationPhase::Failed;
+    let (p, state) = step(&s, &state, &config);
+    assert!(migrations_created(&p).is_empty(), "{:?}", p.actions);
+    assert!(
+        !p.actions
+            .iter()
+            .any(|a| matches!(a, Action::EvictPod { .. })),
+        "{:?}",
+        p.actions
+    );
+    let record = &state.vmis["vms/vm-0"];
+    assert_eq!(record.outcome, VmiOutcome::Evicting);
+    assert!(
+        state
+            .waiting_for
+            .as_deref()
+            .unwrap_or("")
+            .contains("vms/vm-0"),
+        "{state:?}"
+    );
+    // Once it has left, vacate counts it as moved by the eviction.
+    s.vmis.clear();
+    s.migrations.clear();
+    let (_, state) = step(&s, &state, &config);
+    assert_eq!(state.vmis["vms/vm-0"].outcome, VmiOutcome::Evicted);
 }
 
 #[test]

@@ -170,6 +170,20 @@ impl Planner<'_> {
                 }
                 continue;
             }
+            if vmi.evacuating
+                && matches!(
+                    record.outcome,
+                    VmiOutcome::Waiting
+                        | VmiOutcome::MigratingExternally
+                        | VmiOutcome::RetryWaiting
+                )
+            {
+                // An eviction (vacate's or anyone's) handed the VMI to KubeVirt's evacuation,
+                // which migrates it again after each failed attempt: evicting it again
+                // would only be refused, and a migration of vacate's would race KubeVirt's.
+                record.outcome = VmiOutcome::Evicting;
+                record.retry_at = None;
+            }
             match record.outcome {
                 VmiOutcome::Evicting | VmiOutcome::Restarting => {
                     self.waiting_for.get_or_insert_with(|| {
