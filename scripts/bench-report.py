@@ -421,16 +421,18 @@ def write_doc(args, results, runs, scale1_runs, scenarios, summary, cordon, comm
     w("```")
     w("")
     path = os.path.join(args.docs, "benchmarks.md")
-    # The section "Scale" belongs to `make bench-scale` (scripts/bench-scale-report.py): kept.
-    scale = ""
+    # Sections this report does not write are kept, in their order, after its own: "Scale"
+    # (`make bench-scale`), the rolling upgrade (`make bench-rollout`) and the measurements
+    # made once and written by hand.
+    own = {line for line in L if line.startswith("## ")}
+    kept = []
     if os.path.exists(path):
         text = open(path).read()
-        start = text.find("\n## Scale\n")
-        if start >= 0:
-            end = text.find("\n## ", start + 1)
-            scale = text[start:] if end < 0 else text[start:end]
+        for part in text.split("\n## ")[1:]:
+            if "## " + part.split("\n", 1)[0] not in own:
+                kept.append("## " + part.rstrip("\n"))
     with open(path, "w") as f:
-        f.write("\n".join(L).rstrip("\n") + "\n" + scale.rstrip("\n") + ("\n" if scale else ""))
+        f.write("\n\n".join(["\n".join(L).rstrip("\n")] + kept) + "\n")
 
 
 def print_summary(summary):
