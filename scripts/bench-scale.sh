@@ -95,8 +95,28 @@ kubectl() { "$bin_dir/kubectl" "$@"; }
 printf '%s\n' "${build[*]}" >"$out/commands.txt"
 
 # The scenario of one size: N nodes (status.images of 50 entries, as a kubelet reports)
-# carrying 2 VMs and 8 pods each (7 of a Deployment, 1 of a DaemonSet; with the 2
+# carrying 2 VMs and 8 pods each (7 of the Deployments, 1 of a DaemonSet; with the 2
 # virt-launcher pods, 10 pods per node), and 3 empty nodes for the request-to-cordon samples.
+# One Deployment (and its PodDisruptionBudget) per 100 nodes, 700 replicas each, as a large
+# cluster runs many workloads rather than one of 35,000 replicas: the ReplicaSet and
+# disruption controllers read every pod of a workload at each of its changes, so one
+# Deployment of them all made seeding grow with the square of the fleet.
+deployments() {
+  local n=$1 i nodes
+  local count=$(((n + 99) / 100))
+  for ((i = 0; i < count; i++)); do
+    nodes=$((n - i * 100))
+    if [ "$nodes" -gt 100 ]; then nodes=100; fi
+    cat <<YAML
+  - name: web-$i
+    namespace: apps
+    replicas: $((7 * nodes))
+    pdb: {maxUnavailable: "10%"}
+    pod: {cpu: 10m, memory: 32Mi, nodeSelector: {testbed.vacate.io/pool: scale}}
+YAML
+  done
+}
+
 scenario() {
   local n=$1
   cat <<YAML
@@ -115,11 +135,7 @@ vms:
     terminationGracePeriodSeconds: 5
     nodeSelector: {testbed.vacate.io/pool: scale}
 deployments:
-  - name: web
-    namespace: apps
-    replicas: $((7 * n))
-    pdb: {maxUnavailable: "10%"}
-    pod: {cpu: 10m, memory: 32Mi, nodeSelector: {testbed.vacate.io/pool: scale}}
+$(deployments "$n")
 daemonSets:
   - name: node-agent
     namespace: apps
