@@ -60,6 +60,8 @@ def window(samples, start, end):
         # The most RSS since vacate started, at the window's start (VmHWM): for the idle
         # window, the peak of start-up, while the first lists were decoded.
         hwm_mb=first["VmHWM"] / 2**20 if "VmHWM" in first else None,
+        # ... and at its end: the highest RSS up to then, spikes between two samples included.
+        hwm_end_mb=last["VmHWM"] / 2**20 if "VmHWM" in last else None,
         anon_mb=last["RssAnon"] / 2**20 if "RssAnon" in last else None,
         file_mb=last["RssFile"] / 2**20 if "RssFile" in last else None,
         cpu_pct=100 * (last["cpu"] - first["cpu"]) / span if span > 0 else None,
@@ -184,8 +186,9 @@ def write_section(args, meta, rows, commands):
       f"{meta['time_scale']}. Every figure was measured in that run, on a machine shared with other "
       "work. One vacate replica watches a testbed fleet of N kwok nodes (each with 50 entries in "
       "`status.images`), 2 VMIs (VirtualMachines of 2Gi) and 10 pods per node (2 virt-launcher "
-      "pods, 7 of a Deployment, 1 of a DaemonSet), plus 3 empty nodes for the request-to-cordon "
-      "samples. `benchmarks-scale.png` plots each figure against N.")
+      "pods, 7 of the Deployments, 1 of a DaemonSet; one Deployment of 700 replicas per 100 nodes), "
+      "plus 3 empty nodes for the request-to-cordon samples. Each seed may take "
+      f"{meta['seed_limit']} s. `benchmarks-scale.png` plots each figure against N.")
     w("")
     w("![scale](benchmarks-scale.png)")
     w("")
@@ -215,6 +218,12 @@ def write_section(args, meta, rows, commands):
           "(mostly the executable's code, shared with the page cache; `RssAnon` and `RssFile`): " +
           "; ".join(f"{r['size']} nodes: {fmt(get(r, 'idle', 'anon_mb'))} + "
                     f"{fmt(get(r, 'idle', 'file_mb'))} MB" for r in split) + ".")
+        w("")
+    hwm = [r for r in reached if get(r, "rollout", "hwm_end_mb") is not None]
+    if hwm:
+        w("The peaks above are of RSS sampled once a second. The highest RSS since vacate "
+          "started, spikes between two samples included (`VmHWM`), at the rollout's end: " +
+          "; ".join(f"{r['size']} nodes: {fmt(get(r, 'rollout', 'hwm_end_mb'))} MB" for r in hwm) + ".")
         w("")
     missed = [r for r in rows if not r["reached"]]
     if reached:
@@ -255,6 +264,8 @@ def write_section(args, meta, rows, commands):
         w("|---|---:|---:|")
         w(f"| RSS (idle; rollout peak) | {fmt(get(top, 'idle', 'rss_mb'))} MB; "
           f"{fmt(get(top, 'rollout', 'rss_peak_mb'))} MB | ≤ {TARGET_RSS_MB} MB |")
+        w(f"| RSS high-water mark (`VmHWM`) at the rollout's end | "
+          f"{fmt(get(top, 'rollout', 'hwm_end_mb'))} MB | ≤ {TARGET_RSS_MB} MB |")
         w(f"| CPU idle | {fmt(get(top, 'idle', 'cpu_pct'), '.2f')} % of a core | < {TARGET_IDLE_CPU:g} % |")
         idle = [round(get(r, "idle", "per_min") or 0, 1) for r in reached]
         w(f"| API requests per minute idle, from {reached[0]['size']} to {top['size']} nodes | "
