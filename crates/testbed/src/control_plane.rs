@@ -36,16 +36,13 @@ options:
 ";
 
 /// The node leases kwok keeps, in seconds: it renews each a quarter of this after the last
-/// renewal. Every renewal is a write, and their number grows with the fleet times the time
-/// it runs: at 40 s (a kubelet's default) a thousand nodes needed 100 writes a second; at
-/// 160 s a 1,000-node seed spent one API request in eleven on leases and a 2,000-node seed
-/// one in six. At 1,200 s a node's lease is renewed every 5 minutes, 17 writes a second at
-/// 5,000 nodes. Nothing in the testbed waits for a node to turn NotReady by itself.
-const NODE_LEASE_SECONDS: u32 = 1200;
+/// renewal. Every renewal is a write; at 40 s (a kubelet's default) a thousand nodes needed
+/// 100 writes a second, more than kwok managed on a loaded API server (about 30).
+const NODE_LEASE_SECONDS: u32 = 160;
 /// How long the node-lifecycle controller waits for a lease renewal before it marks a node
 /// NotReady: well over [`NODE_LEASE_SECONDS`]' renewal interval, and over the renewal lag of
 /// a 5,000-node seed.
-const NODE_MONITOR_GRACE_SECONDS: u32 = 1800;
+const NODE_MONITOR_GRACE_SECONDS: u32 = 300;
 
 /// kube-scheduler's configuration. With a file, the scheduler reads its client settings
 /// from it and ignores `--kubeconfig`, `--kube-api-qps` and `--leader-elect`.
@@ -54,14 +51,6 @@ const NODE_MONITOR_GRACE_SECONDS: u32 = 1800;
 /// the nodes feasible (never fewer than 100 nodes). Its default is adaptive, 50 % minus one
 /// point per 125 nodes: 42 % at 1,000 nodes, so scheduling the pods of a seed grows with the
 /// square of the fleet. Pods still spread: 100 candidates are scored.
-///
-/// `PodTopologySpread` spreads the pods of a ReplicaSet (or Service, StatefulSet) over
-/// hostnames only. Its system defaults also spread them over zones; testbed nodes carry no
-/// zone label, so all of them form one zone "", and scoring that zone counts the matching
-/// pods on every node of the cluster, not only the candidates (`PodTopologySpread.PreScore`):
-/// at 1,000 nodes that was the scheduler's largest cost, growing with nodes times pods. The
-/// hostname constraint is the default's (`maxSkew: 3`, `ScheduleAnyway`) and is scored on
-/// the candidates alone.
 fn scheduler_configuration(kubeconfig: &Path) -> String {
     format!(
         "apiVersion: kubescheduler.config.k8s.io/v1
@@ -73,16 +62,6 @@ clientConnection:
 leaderElection:
   leaderElect: false
 percentageOfNodesToScore: 5
-profiles:
-- schedulerName: default-scheduler
-  pluginConfig:
-  - name: PodTopologySpread
-    args:
-      defaultingType: List
-      defaultConstraints:
-      - maxSkew: 3
-        topologyKey: kubernetes.io/hostname
-        whenUnsatisfiable: ScheduleAnyway
 ",
         serde_json::to_string(&kubeconfig.display().to_string()).expect("a string serializes")
     )
@@ -527,9 +506,6 @@ async fn start_components(
             "--node-lease-duration-seconds={NODE_LEASE_SECONDS}"
         ))
         .arg("--cidr=10.128.0.1/9")
-        // kwok logs every write it makes at INFO: thousands of lines a minute on a large
-        // fleet, for nothing a test reads. Failures are still logged.
-        .arg("--v=WARN")
         .env("HOME", layout.config());
     components.spawn("kwok", kwok, &layout.log("kwok"))?;
 
@@ -663,17 +639,5 @@ mod tests {
         assert_eq!(config["clientConnection"]["qps"], 200);
         assert_eq!(config["leaderElection"]["leaderElect"], false);
         assert_eq!(config["percentageOfNodesToScore"], 5);
-        let spread = &config["profiles"][0]["pluginConfig"][0];
-        assert_eq!(config["profiles"][0]["schedulerName"], "default-scheduler");
-        assert_eq!(spread["name"], "PodTopologySpread");
-        assert_eq!(spread["args"]["defaultingType"], "List");
-        assert_eq!(
-            spread["args"]["defaultConstraints"],
-            serde_json::json!([{
-                "maxSkew": 3,
-                "topologyKey": "kubernetes.io/hostname",
-                "whenUnsatisfiable": "ScheduleAnyway",
-            }])
-        );
     }
 }
