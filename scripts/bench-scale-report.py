@@ -180,15 +180,19 @@ def write_section(args, meta, rows, commands):
     w = L.append
     w("## Scale")
     w("")
+    # Runs before the split of the workload (no "nodes_per_deployment") had one Deployment.
+    per = meta.get("nodes_per_deployment")
+    deployments = (f"7 of the Deployments, one of {7 * per} replicas per {per} nodes" if per
+                   else "7 of a Deployment")
     w(f"Written by `make bench-scale` (scripts/bench-scale.sh, scripts/bench-scale-report.py) on "
       f"{meta['date']}: commit `{meta['commit']}`{' with local changes' if meta['dirty'] else ''}, "
       f"{meta.get('cpus', os.cpu_count())} cores ({platform.machine()}), release builds, simulator time scale "
       f"{meta['time_scale']}. Every figure was measured in that run, on a machine shared with other "
       "work. One vacate replica watches a testbed fleet of N kwok nodes (each with 50 entries in "
       "`status.images`), 2 VMIs (VirtualMachines of 2Gi) and 10 pods per node (2 virt-launcher "
-      "pods, 7 of the Deployments, 1 of a DaemonSet; one Deployment of 700 replicas per 100 nodes), "
-      "plus 3 empty nodes for the request-to-cordon samples. Each seed may take "
-      f"{meta['seed_limit']} s. `benchmarks-scale.png` plots each figure against N.")
+      f"pods, {deployments}, 1 of a DaemonSet), plus 3 empty nodes for the request-to-cordon "
+      f"samples. Each seed may take {meta['seed_limit']} s. `benchmarks-scale.png` plots each "
+      "figure against N.")
     w("")
     w("![scale](benchmarks-scale.png)")
     w("")

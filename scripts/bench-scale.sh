@@ -58,7 +58,7 @@ work=$(mktemp -d "${TMPDIR:-/tmp}/vacate-bench-scale-XXXXXX")
 state="$work/testbed"
 out="$work/out"
 mkdir -p "$out"
-printf '{"commit":"%s","dirty":%s,"date":"%s","cpus":%s,"idle_window":%s,"rollout_nodes":%s,"time_scale":%s,"seed_limit":%s}\n' \
+printf '{"commit":"%s","dirty":%s,"date":"%s","cpus":%s,"idle_window":%s,"rollout_nodes":%s,"time_scale":%s,"seed_limit":%s,"nodes_per_deployment":100}\n' \
   "$(git rev-parse --short HEAD 2>/dev/null || echo unknown)" "$dirty" "$(date -u +%Y-%m-%d)" "$(nproc)" \
   "$idle_window" "$rollout_nodes" "$time_scale" "$seed_limit" >"$out/meta.json"
 export KUBECONFIG="$state/kubeconfig"
@@ -98,9 +98,9 @@ printf '%s\n' "${build[*]}" >"$out/commands.txt"
 # carrying 2 VMs and 8 pods each (7 of the Deployments, 1 of a DaemonSet; with the 2
 # virt-launcher pods, 10 pods per node), and 3 empty nodes for the request-to-cordon samples.
 # One Deployment (and its PodDisruptionBudget) per 100 nodes, 700 replicas each, as a large
-# cluster runs many workloads rather than one of 35,000 replicas: the ReplicaSet and
-# disruption controllers read every pod of a workload at each of its changes, so one
-# Deployment of them all made seeding grow with the square of the fleet.
+# cluster runs many workloads rather than one of 35,000 replicas. The ReplicaSet and
+# disruption controllers read every pod of a workload at each of its changes: with one
+# Deployment for the whole fleet that cost grows with the fleet times its changes.
 deployments() {
   local n=$1 i nodes
   local count=$(((n + 99) / 100))
