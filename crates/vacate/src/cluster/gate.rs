@@ -10,19 +10,30 @@ use chrono::Utc;
 use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
 use kube::api::ListParams;
+use kube::runtime::reflector::ObjectRef;
 
-use super::cached::CachedNode;
+use super::cached::{CachedNode, CachedVmi};
 use super::{Context, snapshot};
 use crate::error::{Error, Result};
 use crate::planner::capacity::{self, Resources, Target, Workload};
 use crate::planner::{self, BlockReason, FleetNode, Gate, StartGate};
 
-/// A node as the fleet limits see it.
+/// A node as the fleet limits see it. Of its labels it keeps the request label and those
+/// the pools' selectors read, all the limits look at: the fleet is copied at every start
+/// gate, and the other labels would be most of the copy.
 pub fn fleet_node(node: &CachedNode, config: &crate::config::Config) -> FleetNode {
     let view = snapshot::node_view(node, config);
+    let request_label = &config.node.request_label;
+    let labels = view
+        .labels
+        .into_iter()
+        .filter(|(key, _)| {
+            key == request_label || config.fleet.pools.iter().any(|p| p.selector.reads(key))
+        })
+        .collect();
     FleetNode::from_state(
         view.name,
-        view.labels,
+        labels,
         view.ready,
         view.unschedulable,
         &view.state,
@@ -112,23 +123,23 @@ impl Context {
             // Every node of the cluster, not only those vacate handles: VMs and pods may go
             // anywhere.
             let all_nodes = self.all_nodes().await?;
-            return self.capacity(&name, &all_nodes).await;
+            return self.capacity(&name, all_nodes.iter().map(|n| &**n)).await;
         }
         Ok(Ok(()))
     }
 
-    /// Every node of the cluster: from the watch cache when it holds them all, else listed.
-    pub(super) async fn all_nodes(&self) -> Result<Vec<CachedNode>> {
+    /// Every node of the cluster: from the watch cache when it holds them all (shared with
+    /// it, not copied: the gate and the steering read every node of the fleet), else listed.
+    pub(super) async fn all_nodes(&self) -> Result<Vec<Arc<CachedNode>>> {
         if self.node_cache.has_cluster {
-            return Ok(self
-                .stores
-                .nodes
-                .state()
-                .iter()
-                .map(|n| (**n).clone())
-                .collect());
+            return Ok(self.stores.nodes.state());
         }
-        self.list_nodes(ListParams::default().match_any()).await
+        Ok(self
+            .list_nodes(ListParams::default().match_any())
+            .await?
+            .into_iter()
+            .map(Arc::new)
+            .collect())
     }
 
     async fn list_nodes(&self, params: ListParams) -> Result<Vec<CachedNode>> {
@@ -182,10 +193,10 @@ impl Context {
 
     /// Whether the node's VMs and pods fit on the schedulable nodes that remain: the node's
     /// own pods from its pod watch, the room of the others from the pod usage watch.
-    async fn capacity(
+    async fn capacity<'a>(
         &self,
         name: &str,
-        all_nodes: &[CachedNode],
+        all_nodes: impl IntoIterator<Item = &'a CachedNode>,
     ) -> Result<std::result::Result<(), Gate>> {
         let Some(used) = self.stores.pod_usage.by_node() else {
             return Ok(Err(Gate::new(
@@ -195,12 +206,21 @@ impl Context {
             .recheck_after(Utc::now() + chrono::Duration::seconds(1))));
         };
         let pods = self.pods.pods(&self.client, name, &self.trigger).await?;
-        let launchers = snapshot::launcher_selectors(self.stores.vmis.state().iter().map(|v| &**v));
+        // The selectors of the VMIs whose launcher pods are on the node, not of the fleet's.
+        let vmis: Vec<Arc<CachedVmi>> = pods
+            .iter()
+            .filter_map(snapshot::launcher_vmi)
+            .filter_map(|key| {
+                let (namespace, vmi) = key.split_once('/')?;
+                self.stores.vmis.get(&ObjectRef::new(vmi).within(namespace))
+            })
+            .collect();
+        let launchers = snapshot::launcher_selectors(vmis.iter().map(|v| &**v));
         let mut workloads = movers(&pods, &launchers).remove(name).unwrap_or_default();
         for w in &mut workloads {
             w.name = format!("pod {}", w.name);
         }
-        let targets: Vec<Target> = rooms(&used, all_nodes, &self.config)
+        let targets: Vec<Target> = rooms(&used, all_nodes)
             .into_iter()
             .filter(|t| t.name != name)
             .collect();
@@ -214,16 +234,12 @@ impl Context {
 /// (named `namespace/name`), and every schedulable Ready node with the room it has left. A
 /// virt-launcher pod's node selector is its VMI's next one (`launchers`, by the VMI's
 /// `namespace/name`: [`snapshot::launcher_selectors`]), not the pod's own.
-pub fn room_and_movers(
+pub fn room_and_movers<'a>(
     pods: &[Pod],
-    nodes: &[CachedNode],
-    config: &crate::config::Config,
+    nodes: impl IntoIterator<Item = &'a CachedNode>,
     launchers: &BTreeMap<String, BTreeMap<String, String>>,
 ) -> (HashMap<String, Vec<Workload>>, Vec<Target>) {
-    (
-        movers(pods, launchers),
-        rooms(&used_by_node(pods), nodes, config),
-    )
+    (movers(pods, launchers), rooms(&used_by_node(pods), nodes))
 }
 
 /// What the pods request on each node, and how many there are.
@@ -269,25 +285,21 @@ pub fn movers(
 }
 
 /// Every schedulable Ready node with the room its pods (`used`, by node) leave.
-pub fn rooms(
+pub fn rooms<'a>(
     used: &HashMap<String, (Resources, i64)>,
-    nodes: &[CachedNode],
-    config: &crate::config::Config,
+    nodes: impl IntoIterator<Item = &'a CachedNode>,
 ) -> Vec<Target> {
     nodes
-        .iter()
-        .filter(|n| {
-            // Nodes waiting for their own drain count: in a rollout every node is waiting,
-            // and the VMs of the first ones can only go to the later ones.
-            let view = snapshot::node_view(n, config);
-            view.ready && !view.unschedulable
-        })
+        .into_iter()
+        // Nodes waiting for their own drain count: in a rollout every node is waiting, and
+        // the VMs of the first ones can only go to the later ones.
+        .filter(|n| n.ready && !n.unschedulable)
         .map(|n| {
             let (alloc, pods_alloc) = n.allocatable;
             let (u, count) = used.get(&n.name_any()).copied().unwrap_or_default();
             Target {
                 name: n.name_any(),
-                labels: n.labels().clone(),
+                labels: Arc::new(n.labels().clone()),
                 free: Resources {
                     cpu_millis: alloc.cpu_millis - u.cpu_millis,
                     memory_bytes: alloc.memory_bytes - u.memory_bytes,
@@ -327,8 +339,7 @@ mod tests {
         }))
         .unwrap();
         let launchers = snapshot::launcher_selectors([&vmi.into()]);
-        let config = crate::config::Config::default();
-        let (moving, _) = room_and_movers(std::slice::from_ref(&pod), &[], &config, &launchers);
+        let (moving, _) = room_and_movers(std::slice::from_ref(&pod), [], &launchers);
         let selector = &moving["worker-2"][0].node_selector;
         assert_eq!(
             selector,
@@ -339,7 +350,7 @@ mod tests {
             .into()
         );
         // Without its VMI known, the pod's own selector is all there is.
-        let (moving, _) = room_and_movers(&[pod], &[], &config, &Default::default());
+        let (moving, _) = room_and_movers(&[pod], [], &Default::default());
         assert!(
             moving["worker-2"][0]
                 .node_selector

@@ -156,9 +156,9 @@ impl Context {
         let nodes = self.all_nodes().await?;
         // Filled before the shell acts (`Stores::wait_until_ready`).
         let used = self.stores.pod_usage.by_node().unwrap_or_default();
-        let targets = rooms(&used, &nodes, &self.config);
+        let targets = rooms(&used, nodes.iter().map(|n| &**n));
         let by_name: HashMap<String, &CachedNode> =
-            nodes.iter().map(|n| (n.name_any(), n)).collect();
+            nodes.iter().map(|n| (n.name_any(), &**n)).collect();
         let targets: Vec<(Target, String)> = targets
             .into_iter()
             .filter_map(|t| {

@@ -840,3 +840,35 @@ fn retries_after_an_error_are_spread_out() {
     }
     assert!(waits.iter().any(|w| *w != waits[0]), "{waits:?}");
 }
+
+/// The fleet's limits get a node's request label and the labels the pools' selectors read,
+/// and no others (the start gate copies every node of the fleet), and a pool selects the
+/// node all the same.
+#[test]
+fn a_fleet_node_keeps_the_labels_the_limits_read() {
+    let config = Config::from_toml_and_env(
+        "[[fleet.pools]]\nname = \"gpu\"\nselector = \"pool=gpu,!frozen\"\nmax_draining = 1\n",
+        Vec::<(String, String)>::new(),
+    )
+    .expect("config");
+    let labels = json!({"vacate.io/maintenance": "true", "pool": "gpu", "zone": "a",
+                        "kubernetes.io/hostname": NODE});
+    let full = cached(node(labels, json!({}), false));
+    let fleet = gate::fleet_node(&full, &config);
+    assert_eq!(
+        fleet.labels,
+        std::collections::BTreeMap::from([
+            ("pool".to_string(), "gpu".to_string()),
+            ("vacate.io/maintenance".to_string(), "true".to_string()),
+        ])
+    );
+    assert_eq!(fleet.request_value.as_deref(), Some("true"));
+    let pool = &config.fleet.pools[0].selector;
+    assert!(pool.matches(&fleet.labels) && pool.matches(full.labels()));
+    // Without pools only the request label is kept.
+    let fleet = gate::fleet_node(&full, &self::config());
+    assert_eq!(
+        fleet.labels.keys().collect::<Vec<_>>(),
+        ["vacate.io/maintenance"]
+    );
+}

@@ -102,7 +102,7 @@ pub async fn plan(config: Config, request: PlanRequest) -> anyhow::Result<ExitCo
     let launchers = crate::cluster::snapshot::launcher_selectors(
         shell.ctx.stores.vmis.state().iter().map(|v| &**v),
     );
-    let (mut moving, targets) = room_and_movers(&pods, &nodes, &config, &launchers);
+    let (mut moving, targets) = room_and_movers(&pods, &nodes, &launchers);
     let mut input = RolloutInput {
         nodes: Vec::new(),
         targets,

@@ -58,6 +58,16 @@ impl LabelSelector {
         &self.text
     }
 
+    /// Whether the selector looks at label `key` at all.
+    pub fn reads(&self, key: &str) -> bool {
+        self.requirements.iter().any(|r| match r {
+            Requirement::Equals(k, _)
+            | Requirement::NotEquals(k, _)
+            | Requirement::Exists(k)
+            | Requirement::NotExists(k) => k == key,
+        })
+    }
+
     pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
         self.requirements.iter().all(|r| match r {
             Requirement::Equals(k, v) => labels.get(k) == Some(v),

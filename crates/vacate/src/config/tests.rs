@@ -190,6 +190,10 @@ fn selector_matching() {
     assert!(!s.matches(&labels(&[("pool", "cpu"), ("ready", "")])));
     assert!(LabelSelector::parse("").unwrap().matches(&labels(&[])));
     assert!(LabelSelector::parse("a in (b)").is_err());
+    for key in ["pool", "zone", "ready", "frozen"] {
+        assert!(s.reads(key), "{key}");
+    }
+    assert!(!s.reads("gpu") && !s.reads("kubernetes.io/hostname"));
 }
 
 #[test]

@@ -7,6 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::Arc;
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Resources {
@@ -45,7 +46,9 @@ pub struct Workload {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Target {
     pub name: String,
-    pub labels: BTreeMap<String, String>,
+    /// The node's labels, shared: a fleet's targets are copied for every plan that steers
+    /// migrations, and the labels are most of a target.
+    pub labels: Arc<BTreeMap<String, String>>,
     pub free: Resources,
     pub pods_free: i64,
 }

@@ -48,6 +48,8 @@ impl Gate {
 #[derive(Debug, Clone)]
 pub struct FleetNode {
     pub name: String,
+    /// The labels the fleet's limits read (the request label, the pools' selectors' keys);
+    /// a node may have more.
     pub labels: BTreeMap<String, String>,
     pub ready: bool,
     pub unschedulable: bool,
