@@ -306,7 +306,9 @@ def write_section(args, meta, rows, commands):
       "--audit-user vacate`) holds its requests; each request counts once, at its "
       "`requestReceivedTimestamp` (watches included, lease renewals included). Request to cordon: "
       "`testbed bench-cordon` on the 3 empty nodes, after the maintenance of every other node has "
-      "ended. The seed time is `testbed seed` from start to every node Ready, every Deployment and "
+      + ("ended and vacate has finished with it (no node cordoned, labelled drained or carrying "
+         "vacate's state annotation). " if meta.get("cordon_after") == "settled" else "ended. ")
+      + "The seed time is `testbed seed` from start to every node Ready, every Deployment and "
       "DaemonSet available and every VMI Running.")
     w("")
     w("Commands (`$BIN`: release builds, `$KUBE_BIN`: the testbed's Kubernetes binaries):")

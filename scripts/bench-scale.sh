@@ -58,7 +58,7 @@ work=$(mktemp -d "${TMPDIR:-/tmp}/vacate-bench-scale-XXXXXX")
 state="$work/testbed"
 out="$work/out"
 mkdir -p "$out"
-printf '{"commit":"%s","dirty":%s,"date":"%s","cpus":%s,"idle_window":%s,"rollout_nodes":%s,"time_scale":%s,"seed_limit":%s,"nodes_per_deployment":100}\n' \
+printf '{"commit":"%s","dirty":%s,"date":"%s","cpus":%s,"idle_window":%s,"rollout_nodes":%s,"time_scale":%s,"seed_limit":%s,"nodes_per_deployment":100,"cordon_after":"settled","node_lease_seconds":1200}\n' \
   "$(git rev-parse --short HEAD 2>/dev/null || echo unknown)" "$dirty" "$(date -u +%Y-%m-%d)" "$(nproc)" \
   "$idle_window" "$rollout_nodes" "$time_scale" "$seed_limit" >"$out/meta.json"
 export KUBECONFIG="$state/kubeconfig"
@@ -257,7 +257,8 @@ count_nodes() { # <label selector>
 reached=0
 for size in "${sizes[@]}"; do
   log "size $size: starting the testbed"
-  run "$bin/testbed" up --state-dir "$state" --nodes 0 --audit-user vacate >/dev/null
+  run "$bin/testbed" up --state-dir "$state" --nodes 0 --audit-user vacate \
+    --node-lease-seconds 1200 >/dev/null
   run "$bin_dir/kubectl" annotate kubevirt -n kubevirt kubevirt --overwrite \
     "simulator.vacate.io/time-scale=$time_scale" >/dev/null
   scenario "$size" >"$out/scale-$size.yaml"
@@ -324,12 +325,18 @@ for size in "${sizes[@]}"; do
   phase pending "$t0" "$t1" ",\"nodes\":$pending"
   log "size $size: $pending Pending measured"
 
-  # Maintenance ended everywhere; then request-to-cordon on the empty nodes.
+  # Maintenance ended everywhere; once vacate has finished with every node (none drained,
+  # cordoned or carrying its state annotation), request-to-cordon on the empty nodes.
   run label_nodes vacate.io/maintenance- "${rollout[@]}" "${waiting[@]}"
-  for _ in $(seq 1 300); do
-    [ "$(count_nodes "vacate.io/drained=true")" = 0 ] && break
-    sleep 1
+  settled=""
+  for _ in $(seq 1 150); do
+    busy=$(kubectl get nodes -o json | jq '[.items[] | select(.spec.unschedulable == true
+      or (.metadata.labels["vacate.io/drained"] != null)
+      or (.metadata.annotations["vacate.io/state"] != null))] | length')
+    if [ "$busy" = 0 ]; then settled=1; break; fi
+    sleep 2
   done
+  [ -n "$settled" ] || log "size $size: $busy nodes still busy after 300 s; measuring anyway"
   run "$bin/testbed" bench-cordon --state-dir "$state" --selector testbed.vacate.io/pool=idle \
     --count "$cordon_requests" >"$out/cordon-$size.json"
   log "size $size: request to cordon p99 $(jq -r .p99_seconds "$out/cordon-$size.json") s"

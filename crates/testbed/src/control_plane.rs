@@ -35,14 +35,24 @@ options:
   podsOnNodeSyncParallelism: 4
 ";
 
-/// The node leases kwok keeps, in seconds: it renews each a quarter of this after the last
-/// renewal. Every renewal is a write; at 40 s (a kubelet's default) a thousand nodes needed
-/// 100 writes a second, more than kwok managed on a loaded API server (about 30).
-const NODE_LEASE_SECONDS: u32 = 160;
+/// The node leases kwok keeps by default, in seconds: it renews each a quarter of this after
+/// the last renewal. Every renewal is a write; at 40 s (a kubelet's default) a thousand nodes
+/// needed 100 writes a second, more than kwok managed on a loaded API server (about 30).
+///
+/// Longer leases cost fewer writes (at 160 s a 1,000-node seed spent one API request in
+/// eleven on leases, a 2,000-node seed one in six), but kwok leaves a node alone, neither
+/// its status nor its pods, while it does not hold the node's lease (`readOnlyFunc` in kwok's
+/// pkg/kwok/controllers/controller.go, v0.8.0): a renewal that fails, as while etcd restarts,
+/// is retried only at the next interval, a quarter of the lease later. Test clusters keep
+/// that gap short; `testbed up --node-lease-seconds` lengthens it for large fleets.
+pub const NODE_LEASE_SECONDS: u32 = 160;
+
 /// How long the node-lifecycle controller waits for a lease renewal before it marks a node
-/// NotReady: well over [`NODE_LEASE_SECONDS`]' renewal interval, and over the renewal lag of
-/// a 5,000-node seed.
-const NODE_MONITOR_GRACE_SECONDS: u32 = 300;
+/// NotReady: well over the renewal interval of a lease of `lease_seconds` (a quarter of it),
+/// and over the renewal lag of a large seed. Never under 300 s.
+fn node_monitor_grace_seconds(lease_seconds: u32) -> u32 {
+    (lease_seconds.saturating_mul(3) / 2).max(300)
+}
 
 /// kube-scheduler's configuration. With a file, the scheduler reads its client settings
 /// from it and ignores `--kubeconfig`, `--kube-api-qps` and `--leader-elect`.
@@ -51,6 +61,14 @@ const NODE_MONITOR_GRACE_SECONDS: u32 = 300;
 /// the nodes feasible (never fewer than 100 nodes). Its default is adaptive, 50 % minus one
 /// point per 125 nodes: 42 % at 1,000 nodes, so scheduling the pods of a seed grows with the
 /// square of the fleet. Pods still spread: 100 candidates are scored.
+///
+/// `PodTopologySpread` spreads the pods of a ReplicaSet (or Service, StatefulSet) over
+/// hostnames only. Its system defaults also spread them over zones; testbed nodes carry no
+/// zone label, so all of them form one zone "", and scoring that zone counts the matching
+/// pods on every node of the cluster, not only the candidates (`PodTopologySpread.PreScore`,
+/// pkg/scheduler/framework/plugins/podtopologyspread/scoring.go): at 1,000 nodes that was
+/// the scheduler's largest cost, growing with nodes times pods. The hostname constraint is
+/// the default's (`maxSkew: 3`, `ScheduleAnyway`) and is scored on the candidates alone.
 fn scheduler_configuration(kubeconfig: &Path) -> String {
     format!(
         "apiVersion: kubescheduler.config.k8s.io/v1
@@ -62,6 +80,16 @@ clientConnection:
 leaderElection:
   leaderElect: false
 percentageOfNodesToScore: 5
+profiles:
+- schedulerName: default-scheduler
+  pluginConfig:
+  - name: PodTopologySpread
+    args:
+      defaultingType: List
+      defaultConstraints:
+      - maxSkew: 3
+        topologyKey: kubernetes.io/hostname
+        whenUnsatisfiable: ScheduleAnyway
 ",
         serde_json::to_string(&kubeconfig.display().to_string()).expect("a string serializes")
     )
@@ -78,6 +106,8 @@ pub struct Options {
     pub ready_timeout: Duration,
     /// Write the API server's audit log to `<state>/audit.log`.
     pub audit: Option<AuditOptions>,
+    /// The duration of the node leases kwok keeps, in seconds (see [`NODE_LEASE_SECONDS`]).
+    pub node_lease_seconds: u32,
 }
 
 /// The API server's audit log: one JSON line per request at level `Metadata` (who, verb,
@@ -114,6 +144,7 @@ impl Options {
             kubevirt: true,
             ready_timeout: Duration::from_secs(180),
             audit: None,
+            node_lease_seconds: NODE_LEASE_SECONDS,
         }
     }
 }
@@ -472,7 +503,8 @@ async fn start_components(
         // NotReady and their pods Ready=False, and nothing plays the kubelet that would set
         // them Ready again. See kwok's --node-lease-duration-seconds below.
         .arg(format!(
-            "--node-monitor-grace-period={NODE_MONITOR_GRACE_SECONDS}s"
+            "--node-monitor-grace-period={}s",
+            node_monitor_grace_seconds(opts.node_lease_seconds)
         ))
         .arg("--v=0");
     components.spawn(
@@ -503,9 +535,13 @@ async fn start_components(
         .arg(format!("--config={}", stages.display()))
         .arg("--manage-all-nodes=true")
         .arg(format!(
-            "--node-lease-duration-seconds={NODE_LEASE_SECONDS}"
+            "--node-lease-duration-seconds={}",
+            opts.node_lease_seconds
         ))
         .arg("--cidr=10.128.0.1/9")
+        // kwok logs every write it makes at INFO: thousands of lines a minute on a large
+        // fleet, for nothing a test reads. Failures are still logged.
+        .arg("--v=WARN")
         .env("HOME", layout.config());
     components.spawn("kwok", kwok, &layout.log("kwok"))?;
 
@@ -639,5 +675,28 @@ mod tests {
         assert_eq!(config["clientConnection"]["qps"], 200);
         assert_eq!(config["leaderElection"]["leaderElect"], false);
         assert_eq!(config["percentageOfNodesToScore"], 5);
+        let spread = &config["profiles"][0]["pluginConfig"][0];
+        assert_eq!(config["profiles"][0]["schedulerName"], "default-scheduler");
+        assert_eq!(spread["name"], "PodTopologySpread");
+        assert_eq!(spread["args"]["defaultingType"], "List");
+        assert_eq!(
+            spread["args"]["defaultConstraints"],
+            serde_json::json!([{
+                "maxSkew": 3,
+                "topologyKey": "kubernetes.io/hostname",
+                "whenUnsatisfiable": "ScheduleAnyway",
+            }])
+        );
+    }
+
+    #[test]
+    fn the_node_monitor_grace_outlasts_several_lease_renewals() {
+        assert_eq!(node_monitor_grace_seconds(NODE_LEASE_SECONDS), 300);
+        assert_eq!(node_monitor_grace_seconds(1200), 1800);
+        // kwok renews a quarter of the lease after the last renewal: the grace spans at
+        // least four renewals, for every lease `testbed up` accepts.
+        for lease in [40, 160, 600, 1200, 3600, 86400] {
+            assert!(node_monitor_grace_seconds(lease) >= lease);
+        }
     }
 }

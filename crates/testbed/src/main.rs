@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use testbed::bench::{self, DrainBy};
-use testbed::control_plane::{AuditOptions, ControlPlane, Layout, Options};
+use testbed::control_plane::{self, AuditOptions, ControlPlane, Layout, Options};
 use testbed::nodes::{self, NodeTemplate};
 use testbed::{Scenario, SeedOptions, paths, process, seed};
 
@@ -60,6 +60,12 @@ enum Cmd {
         /// Audit only this user's requests (repeatable; implies --audit-log).
         #[arg(long, value_name = "USER")]
         audit_user: Vec<String>,
+        /// Duration of the node leases kwok keeps. Longer leases mean fewer writes on a
+        /// large fleet, but a node whose lease renewal failed (an API server or etcd
+        /// restart) is left alone for a quarter of it.
+        #[arg(long, default_value_t = control_plane::NODE_LEASE_SECONDS,
+              value_parser = clap::value_parser!(u32).range(40..=86400))]
+        node_lease_seconds: u32,
     },
     /// Stop the testbed and remove its state folder.
     Down {
@@ -173,6 +179,8 @@ enum Cmd {
         audit_log: bool,
         #[arg(long)]
         audit_user: Vec<String>,
+        #[arg(long)]
+        node_lease_seconds: u32,
     },
 }
 
@@ -193,12 +201,20 @@ fn main() {
             timeout,
             audit_log,
             audit_user,
+            node_lease_seconds,
         } => {
             let audit =
                 (audit_log || !audit_user.is_empty()).then_some(AuditOptions { users: audit_user });
-            state
-                .dir()
-                .and_then(|d| up(&d, nodes, no_kubevirt, timeout, audit.as_ref()))
+            state.dir().and_then(|d| {
+                up(
+                    &d,
+                    nodes,
+                    no_kubevirt,
+                    timeout,
+                    audit.as_ref(),
+                    node_lease_seconds,
+                )
+            })
         }
         Cmd::Down { state } => state.dir().and_then(|d| down(&d)),
         Cmd::Status { state } => state.dir().and_then(|d| status(&d)),
@@ -281,9 +297,17 @@ fn main() {
             timeout,
             audit_log,
             audit_user,
+            node_lease_seconds,
         } => {
             let audit = audit_log.then_some(AuditOptions { users: audit_user });
-            supervise(&state_dir, nodes, no_kubevirt, timeout, audit)
+            supervise(
+                &state_dir,
+                nodes,
+                no_kubevirt,
+                timeout,
+                audit,
+                node_lease_seconds,
+            )
         }
     };
     if let Err(e) = result {
@@ -358,6 +382,7 @@ fn up(
     no_kubevirt: bool,
     timeout: u64,
     audit: Option<&AuditOptions>,
+    node_lease_seconds: u32,
 ) -> Result<()> {
     let started = Instant::now();
     let layout = Layout::new(dir);
@@ -391,6 +416,8 @@ fn up(
         .arg(node_count.to_string())
         .arg("--timeout")
         .arg(timeout.to_string())
+        .arg("--node-lease-seconds")
+        .arg(node_lease_seconds.to_string())
         .env(paths::ENV_BIN_DIR, &bin)
         .stdin(Stdio::null())
         .stdout(Stdio::from(log.try_clone()?))
@@ -464,6 +491,7 @@ fn supervise(
     no_kubevirt: bool,
     timeout: u64,
     audit: Option<AuditOptions>,
+    node_lease_seconds: u32,
 ) -> Result<()> {
     let layout = Layout::new(dir);
     std::fs::write(layout.pid_file(), std::process::id().to_string())?;
@@ -473,6 +501,7 @@ fn supervise(
         opts.kubevirt = !no_kubevirt;
         opts.ready_timeout = Duration::from_secs(timeout);
         opts.audit = audit;
+        opts.node_lease_seconds = node_lease_seconds;
         let cp = match ControlPlane::start(&opts).await {
             Ok(cp) => cp,
             Err(e) => {
