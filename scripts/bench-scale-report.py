@@ -121,6 +121,9 @@ def main():
             for p in (p for p in phases if p["size"] == n):
                 row[p["phase"]] = dict(p, **(window(samples, p["start"], p["end"]) or {}),
                                        **requests_in(requests, p["start"], p["end"]))
+            # The highest RSS of the whole run at this size: the last sample's VmHWM.
+            marks = [x["VmHWM"] for x in samples if "VmHWM" in x]
+            row["hwm_run_mb"] = marks[-1] / 2**20 if marks else None
             cordon = os.path.join(args.out, f"cordon-{n}.json")
             if os.path.exists(cordon):
                 row["cordon"] = json.load(open(cordon))
@@ -228,6 +231,13 @@ def write_section(args, meta, rows, commands):
         w("The peaks above are of RSS sampled once a second. The highest RSS since vacate "
           "started, spikes between two samples included (`VmHWM`), at the rollout's end: " +
           "; ".join(f"{r['size']} nodes: {fmt(get(r, 'rollout', 'hwm_end_mb'))} MB" for r in hwm) + ".")
+        run = [r for r in hwm if r.get("hwm_run_mb") is not None]
+        if run:
+            w("")
+            w("And at the end of the run, after the requests of the rolled-out and Pending nodes "
+              "were removed (vacate starts draining Pending nodes as places free up, and stops "
+              "when their requests go) and the request-to-cordon samples: " +
+              "; ".join(f"{r['size']} nodes: {fmt(r['hwm_run_mb'])} MB" for r in run) + ".")
         w("")
     missed = [r for r in rows if not r["reached"]]
     if reached:
@@ -268,8 +278,9 @@ def write_section(args, meta, rows, commands):
         w("|---|---:|---:|")
         w(f"| RSS (idle; rollout peak) | {fmt(get(top, 'idle', 'rss_mb'))} MB; "
           f"{fmt(get(top, 'rollout', 'rss_peak_mb'))} MB | ≤ {TARGET_RSS_MB} MB |")
-        w(f"| RSS high-water mark (`VmHWM`) at the rollout's end | "
-          f"{fmt(get(top, 'rollout', 'hwm_end_mb'))} MB | ≤ {TARGET_RSS_MB} MB |")
+        w(f"| RSS high-water mark (`VmHWM`) at the rollout's end; at the run's end | "
+          f"{fmt(get(top, 'rollout', 'hwm_end_mb'))} MB; {fmt(top.get('hwm_run_mb'))} MB "
+          f"| ≤ {TARGET_RSS_MB} MB |")
         w(f"| CPU idle | {fmt(get(top, 'idle', 'cpu_pct'), '.2f')} % of a core | < {TARGET_IDLE_CPU:g} % |")
         idle = [round(get(r, "idle", "per_min") or 0, 1) for r in reached]
         w(f"| API requests per minute idle, from {reached[0]['size']} to {top['size']} nodes | "
