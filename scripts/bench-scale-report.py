@@ -335,7 +335,10 @@ def write_section(args, meta, rows, commands):
     if start < 0:
         text = text.rstrip("\n") + "\n\n" + section
     else:
-        end = text.find("\n## ", start + 1)
+        # The section ends at the next heading or at the marker of another report's section
+        # (bench-rollout's `<!-- rollout:start -->`), which stays.
+        ends = [i for i in (text.find("\n## ", start + 1), text.find("\n<!-- ", start + 1)) if i >= 0]
+        end = min(ends) if ends else -1
         text = text[:start + 1] + section + ("" if end < 0 else text[end:])
     with open(path, "w") as f:
         f.write(text.rstrip("\n") + "\n")
