@@ -1,12 +1,12 @@
 //! How much memory vacate's watch caches take per object: the objects as earlier versions
 //! kept them (decoded whole, less a few fields), and the projections of
-//! `vacate::cluster::cached`. It reads the lists a cluster gives from a directory:
-//! nodes.json, vmis.json and vms.json, as `kubectl get nodes -o json` (and `vmi -A`,
-//! `vm -A`) print them. For each variant it fills a kube-runtime store and counts the bytes
-//! allocated and still live once the store is filled, per object. A second table gives the
-//! bytes live at the peak of decoding each list at once, as a watch decodes a page of its
-//! first list, whole and in the lean shapes of `vacate::cluster::lean` (pods.json too, as
-//! `kubectl get pods -A -o json` prints it).
+//! `vacate::cluster::cached` (for the pods of a node's pod watch, `DrainPod`). It reads the
+//! lists a cluster gives from a directory: nodes.json, vmis.json, vms.json and pods.json,
+//! as `kubectl get nodes -o json` (and `vmi -A`, `vm -A`, `pods -A`) print them. For each
+//! variant it fills a kube-runtime store and counts the bytes allocated and still live
+//! once the store is filled, per object. A second table gives the bytes live at the peak
+//! of decoding each list at once, as a watch decodes a page of its first list, whole and
+//! in the lean shapes of `vacate::cluster::lean`.
 //!
 //!     cargo run --example cache_sizes -- DIR
 //!
@@ -20,7 +20,7 @@ use kube::runtime::reflector::{self, Lookup};
 use kube::runtime::watcher::Event;
 use kubevirt_api::{VirtualMachine, VirtualMachineInstance};
 use vacate::cluster::cached::{CachedNode, CachedVm, CachedVmi};
-use vacate::cluster::lean::{LeanNode, LeanPod, LeanVm, LeanVmi};
+use vacate::cluster::lean::{DrainPod, LeanNode, LeanPod, LeanVm, LeanVmi};
 
 /// The system allocator, counting the bytes live.
 struct Counting;
@@ -149,6 +149,17 @@ fn main() {
             "VirtualMachine, CachedVm",
             per_object::<VirtualMachine, _>(&dir.join("vms.json"), CachedVm::from),
         ),
+        (
+            "pod of a node's pod watch, whole (managed fields dropped)",
+            per_object(&dir.join("pods.json"), |mut pod: Pod| {
+                pod.metadata.managed_fields = None;
+                pod
+            }),
+        ),
+        (
+            "pod of a node's pod watch, DrainPod",
+            per_object::<DrainPod, _>(&dir.join("pods.json"), Pod::from),
+        ),
     ];
     println!("| cached as | objects | bytes per object |");
     println!("|---|---:|---:|");
@@ -164,6 +175,7 @@ fn main() {
         ),
         ("pod, whole", decoded::<Pod>(&dir.join("pods.json"))),
         ("pod, LeanPod", decoded::<LeanPod>(&dir.join("pods.json"))),
+        ("pod, DrainPod", decoded::<DrainPod>(&dir.join("pods.json"))),
         (
             "VMI, whole",
             decoded::<VirtualMachineInstance>(&dir.join("vmis.json")),

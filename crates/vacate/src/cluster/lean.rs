@@ -11,8 +11,9 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
-    Container, Node, NodeCondition, NodeSpec, NodeStatus, NodeSystemInfo, Pod, PodSpec, PodStatus,
-    ResourceRequirements,
+    Affinity, Container, EmptyDirVolumeSource, Node, NodeCondition, NodeSpec, NodeStatus,
+    NodeSystemInfo, Pod, PodSpec, PodStatus, ResourceRequirements, TopologySpreadConstraint,
+    Volume,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference, Time};
@@ -116,27 +117,109 @@ pub struct LeanPodStatus {
     phase: Option<String>,
 }
 
-impl From<LeanPod> for Pod {
-    fn from(pod: LeanPod) -> Pod {
+impl From<LeanPodSpec> for PodSpec {
+    fn from(s: LeanPodSpec) -> PodSpec {
         let container = |c: LeanContainer| Container {
             resources: c.resources,
             ..Container::default()
         };
+        PodSpec {
+            node_name: s.node_name,
+            containers: s.containers.into_iter().map(container).collect(),
+            init_containers: s
+                .init_containers
+                .map(|cs| cs.into_iter().map(container).collect()),
+            overhead: s.overhead,
+            ..PodSpec::default()
+        }
+    }
+}
+
+impl From<LeanPodStatus> for PodStatus {
+    fn from(s: LeanPodStatus) -> PodStatus {
+        PodStatus {
+            phase: s.phase,
+            ..PodStatus::default()
+        }
+    }
+}
+
+impl From<LeanPod> for Pod {
+    fn from(pod: LeanPod) -> Pod {
+        Pod {
+            metadata: pod.metadata,
+            spec: pod.spec.map(PodSpec::from),
+            status: pod.status.map(PodStatus::from),
+        }
+    }
+}
+
+/// A pod of a node vacate drains or gates, as its pod watch keeps it: what the pod usage
+/// reads, and what the drain reads besides ([`super::snapshot::pod_view`], the launcher of
+/// [`super::snapshot::vmi_view`], the start gate's capacity check): the node selector,
+/// whether a volume is an `emptyDir`, the affinity and the topology spread constraints
+/// (whether the pod has placement rules). Not its containers' images, commands,
+/// environment, probes or mounts, nor its status but the phase: a whole pod as the API
+/// server sends it decodes into 35 kB ("Cache memory per object" in docs/benchmarks.md).
+#[derive(Clone, Debug, Deserialize, kube::Resource)]
+#[resource(inherit = Pod)]
+pub struct DrainPod {
+    #[serde(deserialize_with = "lean_meta")]
+    pub metadata: ObjectMeta,
+    pub spec: Option<DrainPodSpec>,
+    pub status: Option<LeanPodStatus>,
+}
+
+/// [`LeanPodSpec`]'s fields and those of the drain. (Not `#[serde(flatten)]`ed from it:
+/// serde buffers a flattened struct's whole input before it decodes it.)
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DrainPodSpec {
+    node_name: Option<String>,
+    #[serde(default)]
+    containers: Vec<LeanContainer>,
+    init_containers: Option<Vec<LeanContainer>>,
+    overhead: Option<BTreeMap<String, Quantity>>,
+    node_selector: Option<BTreeMap<String, String>>,
+    volumes: Option<Vec<DrainVolume>>,
+    affinity: Option<Affinity>,
+    topology_spread_constraints: Option<Vec<TopologySpreadConstraint>>,
+}
+
+/// A volume: its name, and its `emptyDir` source if it is one.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DrainVolume {
+    #[serde(default)]
+    name: String,
+    empty_dir: Option<EmptyDirVolumeSource>,
+}
+
+impl From<DrainPod> for Pod {
+    fn from(pod: DrainPod) -> Pod {
         Pod {
             metadata: pod.metadata,
             spec: pod.spec.map(|s| PodSpec {
-                node_name: s.node_name,
-                containers: s.containers.into_iter().map(container).collect(),
-                init_containers: s
-                    .init_containers
-                    .map(|cs| cs.into_iter().map(container).collect()),
-                overhead: s.overhead,
-                ..PodSpec::default()
+                node_selector: s.node_selector,
+                volumes: s.volumes.map(|vs| {
+                    vs.into_iter()
+                        .map(|v| Volume {
+                            name: v.name,
+                            empty_dir: v.empty_dir,
+                            ..Volume::default()
+                        })
+                        .collect()
+                }),
+                affinity: s.affinity,
+                topology_spread_constraints: s.topology_spread_constraints,
+                ..PodSpec::from(LeanPodSpec {
+                    node_name: s.node_name,
+                    containers: s.containers,
+                    init_containers: s.init_containers,
+                    overhead: s.overhead,
+                })
             }),
-            status: pod.status.map(|s| PodStatus {
-                phase: s.phase,
-                ..PodStatus::default()
-            }),
+            status: pod.status.map(PodStatus::from),
         }
     }
 }
@@ -288,6 +371,113 @@ mod tests {
         // container's 2 CPUs being the larger, and the overhead's 0.1.
         let full: Pod = serde_json::from_value(full_pod("Running")).unwrap();
         assert_eq!(snapshot::pod_requests(&full).cpu_millis, 2_100);
+    }
+
+    /// Pods as a drain meets them: a Deployment's (emptyDir, node selector, spread it must
+    /// not break), a VMI's virt-launcher (required node affinity), a mirror pod.
+    fn drained_pods() -> Vec<Value> {
+        let mut deployment = full_pod("Running");
+        deployment["spec"]["nodeSelector"] = json!({"disk": "ssd"});
+        deployment["spec"]["topologySpreadConstraints"] = json!([
+            {"maxSkew": 1, "topologyKey": "zone", "whenUnsatisfiable": "DoNotSchedule",
+             "labelSelector": {"matchLabels": {"app": "web"}}}]);
+        let launcher = with_managed_fields(json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "virt-launcher-db-x7k2p", "namespace": "vms", "uid": "launcher-uid",
+                         "resourceVersion": "91",
+                         "labels": {"kubevirt.io": "virt-launcher", "kubevirt.io/created-by": "vmi-uid",
+                                    "vm.kubevirt.io/name": "db"},
+                         "annotations": {"kubevirt.io/domain": "db"},
+                         "ownerReferences": [{"apiVersion": "kubevirt.io/v1",
+                                              "kind": "VirtualMachineInstance", "name": "db",
+                                              "uid": "vmi-uid", "controller": true,
+                                              "blockOwnerDeletion": true}]},
+            "spec": {
+                "nodeName": "worker-3",
+                "nodeSelector": {"kubevirt.io/schedulable": "true"},
+                "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+                    "nodeSelectorTerms": [{"matchExpressions": [
+                        {"key": "rack", "operator": "In", "values": ["r1"]}]}]}}},
+                "containers": [{"name": "compute", "image": "virt-launcher",
+                                "resources": {"requests": {"cpu": "100m", "memory": "2262Mi"}}}],
+                "volumes": [{"name": "private", "emptyDir": {}},
+                            {"name": "disks", "persistentVolumeClaim": {"claimName": "db"}}]
+            },
+            "status": {"phase": "Running", "podIP": "10.0.3.9"}
+        }));
+        let mut mirror = full_pod("Running");
+        mirror["metadata"]["annotations"] = json!({"kubernetes.io/config.mirror": "abc"});
+        mirror["metadata"]["ownerReferences"] = json!([{"apiVersion": "v1", "kind": "Node",
+            "name": "worker-3", "uid": "node-uid", "controller": true}]);
+        mirror["metadata"]["deletionTimestamp"] = json!("2026-01-01T00:10:00Z");
+        vec![deployment, launcher, mirror, full_pod("Succeeded")]
+    }
+
+    #[test]
+    fn a_drain_pod_reads_as_the_whole_pod() {
+        let values = drained_pods();
+        let full: Vec<Pod> = values
+            .iter()
+            .map(|v| serde_json::from_value(v.clone()).unwrap())
+            .collect();
+        let lean: Vec<Pod> = values
+            .into_iter()
+            .map(|v| Pod::from(serde_json::from_value::<DrainPod>(v).unwrap()))
+            .collect();
+        for (lean, full) in lean.iter().zip(&full) {
+            // What the drain makes of each pod.
+            assert_eq!(
+                format!("{:?}", snapshot::pod_view(lean)),
+                format!("{:?}", snapshot::pod_view(full))
+            );
+            assert_eq!(snapshot::pod_requests(lean), snapshot::pod_requests(full));
+            assert_eq!(snapshot::launcher_vmi(lean), snapshot::launcher_vmi(full));
+            assert_eq!(
+                snapshot::moves_in_drain(lean),
+                snapshot::moves_in_drain(full)
+            );
+            assert_eq!(
+                lean.metadata.resource_version,
+                full.metadata.resource_version
+            );
+            // The placement rules of a launcher (`snapshot::placement_rules`) and the node
+            // selector of the capacity check, as they came.
+            let (l, f) = (lean.spec.as_ref().unwrap(), full.spec.as_ref().unwrap());
+            assert_eq!(l.affinity, f.affinity);
+            assert_eq!(l.topology_spread_constraints, f.topology_spread_constraints);
+            assert_eq!(l.node_selector, f.node_selector);
+            assert_eq!(
+                l.volumes
+                    .iter()
+                    .flatten()
+                    .map(|v| (&v.name, v.empty_dir.is_some()))
+                    .collect::<Vec<_>>(),
+                f.volumes
+                    .iter()
+                    .flatten()
+                    .map(|v| (&v.name, v.empty_dir.is_some()))
+                    .collect::<Vec<_>>()
+            );
+            // What nothing reads is not decoded.
+            assert!(lean.metadata.managed_fields.is_none() && lean.metadata.finalizers.is_none());
+            assert!(l.tolerations.is_none() && l.containers.iter().all(|c| c.image.is_none()));
+            assert!(
+                l.volumes
+                    .iter()
+                    .flatten()
+                    .all(|v| v.persistent_volume_claim.is_none())
+            );
+            assert!(lean.status.as_ref().unwrap().pod_ip.is_none());
+        }
+        // The start gate's capacity check: the same workloads leave the node.
+        let launchers = snapshot::launcher_selectors(std::iter::empty());
+        assert_eq!(
+            format!("{:?}", crate::cluster::gate::movers(&lean, &launchers)),
+            format!("{:?}", crate::cluster::gate::movers(&full, &launchers))
+        );
+        // The launcher is found by its VMI's uid, and has placement rules.
+        assert_eq!(snapshot::launcher_vmi(&lean[1]).as_deref(), Some("vms/db"));
+        assert!(lean[1].spec.as_ref().unwrap().affinity.is_some());
     }
 
     #[test]

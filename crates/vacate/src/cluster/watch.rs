@@ -18,7 +18,7 @@ use tokio::sync::mpsc::UnboundedSender;
 use tokio::task::JoinHandle;
 
 use super::cached::{CachedNode, CachedVm, CachedVmi};
-use super::lean::{LeanNode, LeanVm, LeanVmi};
+use super::lean::{DrainPod, LeanNode, LeanVm, LeanVmi};
 use super::snapshot::MIGRATION_NODE_ANNOTATION;
 use super::usage::PodUsage;
 use crate::error::{Error, Result};
@@ -409,13 +409,14 @@ impl PodWatches {
             return w.store.clone();
         }
         let name = node.to_string();
-        let (store, task) = reflect_stripped(
-            Api::<Pod>::all(client.clone()),
+        // Decoded as a `DrainPod`: only the fields the drain and the start gate read.
+        let (store, task) = reflect_as(
+            Api::<DrainPod>::all(client.clone()),
             watcher::Config::default().fields(&format!("spec.nodeName={node}")),
             trigger.clone(),
             move |_: &Pod, _| vec![Wake::Node(name.clone())],
             "pods",
-            strip_managed_fields,
+            Pod::from,
         );
         watches.insert(
             node.to_string(),
