@@ -28,6 +28,9 @@ pending_nodes="${SCALE_PENDING:-500}"
 cordon_requests="${SCALE_CORDON:-30}"
 time_scale="${SCALE_TIME_SCALE:-5}"
 docs="${BENCH_DOCS:-docs}"
+# The testbed's node lease (docs/testbed.md: longer leases keep kwok's renewals from
+# filling the API server at thousands of nodes).
+node_lease=1200
 
 log() { printf '[bench-scale %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
 
@@ -58,9 +61,9 @@ work=$(mktemp -d "${TMPDIR:-/tmp}/vacate-bench-scale-XXXXXX")
 state="$work/testbed"
 out="$work/out"
 mkdir -p "$out"
-printf '{"commit":"%s","dirty":%s,"date":"%s","cpus":%s,"idle_window":%s,"rollout_nodes":%s,"time_scale":%s,"seed_limit":%s,"nodes_per_deployment":100,"cordon_after":"settled","node_lease_seconds":1200}\n' \
+printf '{"commit":"%s","dirty":%s,"date":"%s","cpus":%s,"idle_window":%s,"rollout_nodes":%s,"time_scale":%s,"seed_limit":%s,"nodes_per_deployment":100,"cordon_after":"settled","node_lease_seconds":%s}\n' \
   "$(git rev-parse --short HEAD 2>/dev/null || echo unknown)" "$dirty" "$(date -u +%Y-%m-%d)" "$(nproc)" \
-  "$idle_window" "$rollout_nodes" "$time_scale" "$seed_limit" >"$out/meta.json"
+  "$idle_window" "$rollout_nodes" "$time_scale" "$seed_limit" "$node_lease" >"$out/meta.json"
 export KUBECONFIG="$state/kubeconfig"
 vacate_pid=""
 sampler_pid=""
@@ -258,7 +261,7 @@ reached=0
 for size in "${sizes[@]}"; do
   log "size $size: starting the testbed"
   run "$bin/testbed" up --state-dir "$state" --nodes 0 --audit-user vacate \
-    --node-lease-seconds 1200 >/dev/null
+    --node-lease-seconds "$node_lease" >/dev/null
   run "$bin_dir/kubectl" annotate kubevirt -n kubevirt kubevirt --overwrite \
     "simulator.vacate.io/time-scale=$time_scale" >/dev/null
   scenario "$size" >"$out/scale-$size.yaml"

@@ -10,6 +10,7 @@ pub mod cluster;
 pub mod commands;
 pub mod config;
 pub mod error;
+pub mod labels;
 pub mod memory;
 pub mod metrics;
 pub mod planner;

@@ -24,12 +24,13 @@ use crate::planner::{self, BlockReason, FleetNode, Gate, StartGate};
 pub fn fleet_node(node: &CachedNode, config: &crate::config::Config) -> FleetNode {
     let view = snapshot::node_view(node, config);
     let request_label = &config.node.request_label;
-    let labels = view
-        .labels
-        .into_iter()
+    let labels = node
+        .labels()
+        .iter()
         .filter(|(key, _)| {
-            key == request_label || config.fleet.pools.iter().any(|p| p.selector.reads(key))
+            *key == request_label || config.fleet.pools.iter().any(|p| p.selector.reads(key))
         })
+        .map(|(key, value)| (key.to_string(), value.to_string()))
         .collect();
     FleetNode::from_state(
         view.name,
@@ -299,7 +300,7 @@ pub fn rooms<'a>(
             let (u, count) = used.get(&n.name_any()).copied().unwrap_or_default();
             Target {
                 name: n.name_any(),
-                labels: Arc::new(n.labels().clone()),
+                labels: n.labels().clone(),
                 free: Resources {
                     cpu_millis: alloc.cpu_millis - u.cpu_millis,
                     memory_bytes: alloc.memory_bytes - u.memory_bytes,

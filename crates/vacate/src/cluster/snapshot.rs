@@ -53,10 +53,10 @@ pub fn node_view(node: &CachedNode, config: &Config) -> NodeView {
         name: node.name_any(),
         unschedulable: node.unschedulable,
         ready: node.ready,
-        request_value: labels.get(&config.request_label).cloned(),
-        upgrade_to: labels.get(&upgrade.request_label).cloned(),
+        request_value: labels.get(&config.request_label).map(String::from),
+        upgrade_to: labels.get(&upgrade.request_label).map(String::from),
         kubelet_version: node.kubelet_version.clone(),
-        labels: labels.clone(),
+        labels: labels.to_map(),
         drained_label: labels.contains_key(&config.drained_label),
         state: StateAnnotation::parse(
             node.annotations()
@@ -109,7 +109,11 @@ pub fn vmi_view(
     let launcher = pods
         .iter()
         .filter(|p| p.metadata.deletion_timestamp.is_none() && !pod_finished(p))
-        .find(|p| p.labels().get(kv_labels::CREATED_BY_LABEL) == Some(&vmi.uid));
+        .find(|p| {
+            p.labels()
+                .get(kv_labels::CREATED_BY_LABEL)
+                .is_some_and(|uid| vmi.uid.is(uid))
+        });
     let spec = launcher.and_then(|p| p.spec.as_ref());
     VmiView {
         launcher_pod: launcher.map(|p| p.name_any()),

@@ -166,7 +166,7 @@ impl Context {
                 if node.repels_pods {
                     return None;
                 }
-                let host = node.labels().get(HOSTNAME_LABEL)?.clone();
+                let host = node.labels().get(HOSTNAME_LABEL)?.to_string();
                 Some((t, host))
             })
             .collect();

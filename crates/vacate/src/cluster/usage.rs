@@ -14,6 +14,7 @@ use kube::{Api, Client, ResourceExt};
 use tokio::sync::watch as tokio_watch;
 use tokio::task::JoinHandle;
 
+use super::cached::Uid;
 use super::lean::LeanPod;
 use super::snapshot;
 use super::watch::{fleet_watch, map_event};
@@ -26,34 +27,8 @@ struct Use {
     requests: Resources,
 }
 
-/// A pod's key: its UID as a number (the API server gives every object a UUID), else its
-/// UID as text (or `namespace/name` when it has none).
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-enum PodKey {
-    Uuid(u128),
-    Text(Box<str>),
-}
-
-impl PodKey {
-    /// A UUID in its canonical text (lower-case hex digits, dashes after the 8th, 12th,
-    /// 16th and 20th) becomes its number; any other text stays as it is, so two different
-    /// UIDs never share a key.
-    fn of(uid: &str) -> PodKey {
-        let bytes = uid.as_bytes();
-        let canonical = bytes.len() == 36
-            && bytes.iter().enumerate().all(|(i, b)| match i {
-                8 | 13 | 18 | 23 => *b == b'-',
-                _ => b.is_ascii_digit() || (b'a'..=b'f').contains(b),
-            });
-        let number = canonical
-            .then(|| u128::from_str_radix(&uid.replace('-', ""), 16).ok())
-            .flatten();
-        match number {
-            Some(n) => PodKey::Uuid(n),
-            None => PodKey::Text(uid.into()),
-        }
-    }
-}
+/// A pod's key: its UID (as [`Uid`] keeps it), or `namespace/name` when it has none.
+type PodKey = Uid;
 
 #[derive(Default)]
 struct Pods {
@@ -277,8 +252,23 @@ mod tests {
     fn uuids_are_kept_as_numbers_and_anything_else_as_text() {
         assert_eq!(
             PodKey::of("4fc930df-f25c-4c6f-a085-972840ebed94"),
-            PodKey::Uuid(0x4fc930df_f25c_4c6f_a085_972840ebed94)
+            PodKey::Uuid([0x4fc9_30df_f25c_4c6f, 0xa085_9728_40eb_ed94])
         );
+        assert_eq!(std::mem::size_of::<PodKey>(), 24);
+        let text = "4fc930df-f25c-4c6f-a085-972840ebed94";
+        for uid in [
+            text,
+            "0000000a-000b-000c-000d-00000000000e",
+            "not-a-uuid",
+            "",
+        ] {
+            assert_eq!(PodKey::of(uid).to_string(), uid);
+        }
+        assert!(
+            PodKey::of(text).is(text)
+                && !PodKey::of(text).is("4FC930DF-F25C-4C6F-A085-972840EBED94")
+        );
+        assert!(PodKey::of("abc").is("abc") && !PodKey::of("abc").is(text));
         for other in [
             "a",
             "4fc930df-f25c-4c6f-a085-972840ebed9",

@@ -3,7 +3,7 @@
 //! Parsed at start-up so that a typo fails before vacate touches the cluster, and kept as
 //! text for the API server's `labelSelector` parameter.
 
-use std::collections::BTreeMap;
+use crate::labels::LabelMap;
 use std::fmt;
 
 use serde::{Deserialize, Deserializer};
@@ -68,12 +68,12 @@ impl LabelSelector {
         })
     }
 
-    pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
+    pub fn matches(&self, labels: &impl LabelMap) -> bool {
         self.requirements.iter().all(|r| match r {
-            Requirement::Equals(k, v) => labels.get(k) == Some(v),
-            Requirement::NotEquals(k, v) => labels.get(k) != Some(v),
-            Requirement::Exists(k) => labels.contains_key(k),
-            Requirement::NotExists(k) => !labels.contains_key(k),
+            Requirement::Equals(k, v) => labels.label(k) == Some(v.as_str()),
+            Requirement::NotEquals(k, v) => labels.label(k) != Some(v.as_str()),
+            Requirement::Exists(k) => labels.label(k).is_some(),
+            Requirement::NotExists(k) => labels.label(k).is_none(),
         })
     }
 }

@@ -1,3 +1,4 @@
+use std::collections::BTreeMap;
 use std::num::NonZeroU32;
 
 use super::*;
@@ -178,16 +179,29 @@ fn bad_environment_value_names_key() {
 #[test]
 fn selector_matching() {
     let s = LabelSelector::parse("pool=gpu,zone!=a,ready,!frozen").unwrap();
-    let labels = |pairs: &[(&str, &str)]| {
+    let labels = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
         pairs
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect()
     };
-    assert!(s.matches(&labels(&[("pool", "gpu"), ("ready", "")])));
-    assert!(!s.matches(&labels(&[("pool", "gpu"), ("ready", ""), ("frozen", "1")])));
-    assert!(!s.matches(&labels(&[("pool", "gpu"), ("ready", ""), ("zone", "a")])));
-    assert!(!s.matches(&labels(&[("pool", "cpu"), ("ready", "")])));
+    let cases: [(&[(&str, &str)], bool); 5] = [
+        (&[("pool", "gpu"), ("ready", "")], true),
+        (&[("pool", "gpu"), ("ready", ""), ("zone", "b")], true),
+        (&[("pool", "gpu"), ("ready", ""), ("frozen", "1")], false),
+        (&[("pool", "gpu"), ("ready", ""), ("zone", "a")], false),
+        (&[("pool", "cpu"), ("ready", "")], false),
+    ];
+    for (pairs, expected) in cases {
+        // A node's interned labels read as the same map.
+        let map = labels(pairs);
+        assert_eq!(s.matches(&map), expected, "{pairs:?}");
+        assert_eq!(
+            s.matches(&crate::labels::Labels::from(map)),
+            expected,
+            "{pairs:?}"
+        );
+    }
     assert!(LabelSelector::parse("").unwrap().matches(&labels(&[])));
     assert!(LabelSelector::parse("a in (b)").is_err());
     for key in ["pool", "zone", "ready", "frozen"] {

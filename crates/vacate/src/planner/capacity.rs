@@ -7,7 +7,8 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::sync::Arc;
+
+use crate::labels::Labels;
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Resources {
@@ -48,7 +49,7 @@ pub struct Target {
     pub name: String,
     /// The node's labels, shared: a fleet's targets are copied for every plan that steers
     /// migrations, and the labels are most of a target.
-    pub labels: Arc<BTreeMap<String, String>>,
+    pub labels: Labels,
     pub free: Resources,
     pub pods_free: i64,
 }
@@ -58,7 +59,7 @@ impl Target {
     pub fn fits(&self, w: &Workload) -> bool {
         w.node_selector
             .iter()
-            .all(|(k, v)| self.labels.get(k) == Some(v))
+            .all(|(k, v)| self.labels.get(k) == Some(v.as_str()))
             && self.pods_free > 0
             && self.free.cpu_millis >= w.requests.cpu_millis
             && self.free.memory_bytes >= w.requests.memory_bytes

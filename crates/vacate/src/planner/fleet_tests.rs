@@ -533,7 +533,7 @@ fn capacity_packs_the_largest_first_and_names_what_does_not_fit() {
     };
     let target = |name: &str, mem: i64| Target {
         name: name.into(),
-        labels: std::sync::Arc::new([("pool".to_string(), name.to_string())].into()),
+        labels: [("pool", name)].into_iter().collect(),
         free: Resources {
             cpu_millis: 8000,
             memory_bytes: mem * gib,

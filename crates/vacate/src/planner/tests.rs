@@ -1929,9 +1929,7 @@ fn steer_target(name: &str, free_gib: i64, inbound: u32) -> SteerTarget {
     SteerTarget {
         room: Target {
             name: name.into(),
-            labels: std::sync::Arc::new(
-                [("kubernetes.io/hostname".to_string(), name.to_string())].into(),
-            ),
+            labels: [("kubernetes.io/hostname", name)].into_iter().collect(),
             free: Resources {
                 cpu_millis: 64_000,
                 memory_bytes: free_gib << 30,
@@ -2059,7 +2057,9 @@ fn a_steered_vms_node_selector_is_respected_and_a_failed_target_is_not_tried_aga
     gpu.node_selector = [("gpu".to_string(), "true".to_string())].into();
     s.vmis = vec![gpu];
     let mut with_gpu = steer_target("worker-2", 10, 0);
-    std::sync::Arc::make_mut(&mut with_gpu.room.labels).insert("gpu".into(), "true".into());
+    with_gpu.room.labels = [("kubernetes.io/hostname", "worker-2"), ("gpu", "true")]
+        .into_iter()
+        .collect();
     s.cluster.steering = Steering::On {
         targets: vec![
             steer_target("worker-3", 100, 0),
