@@ -157,8 +157,12 @@ fn main() {
             }),
         ),
         (
-            "pod of a node's pod watch, DrainPod",
+            "pod of a node's pod watch, DrainPod turned into a Pod",
             per_object::<DrainPod, _>(&dir.join("pods.json"), Pod::from),
+        ),
+        (
+            "pod of a node's pod watch, DrainPod",
+            per_object::<DrainPod, _>(&dir.join("pods.json"), |pod: DrainPod| pod),
         ),
     ];
     println!("| cached as | objects | bytes per object |");

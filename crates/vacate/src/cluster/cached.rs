@@ -126,7 +126,9 @@ fn allocatable(node: &Node) -> (Resources, i64) {
 }
 
 /// A node's projection is a node to kube-runtime (its reconciliation queue takes the node
-/// cache).
+/// cache). Its `metadata` has no labels: they are in [`CachedNode::labels`], which method
+/// calls on a `CachedNode` reach before kube's `ResourceExt::labels`; generic code over
+/// `Resource` would see none.
 impl Resource for CachedNode {
     type DynamicType = ();
     type Scope = k8s_openapi::ClusterResourceScope;
@@ -171,28 +173,39 @@ impl Uid {
     /// A UUID in its canonical text (lower-case hex digits, dashes after the 8th, 12th,
     /// 16th and 20th) becomes its number; any other text stays as it is.
     pub fn of(uid: &str) -> Uid {
-        let bytes = uid.as_bytes();
-        let canonical = bytes.len() == 36
-            && bytes.iter().enumerate().all(|(i, b)| match i {
-                8 | 13 | 18 | 23 => *b == b'-',
-                _ => b.is_ascii_digit() || (b'a'..=b'f').contains(b),
-            });
-        let number = canonical
-            .then(|| u128::from_str_radix(&uid.replace('-', ""), 16).ok())
-            .flatten();
-        match number {
-            Some(n) => Uid::Uuid([(n >> 64) as u64, n as u64]),
+        match uuid(uid) {
+            Some(number) => Uid::Uuid(number),
             None => Uid::Text(uid.into()),
         }
     }
 
-    /// Whether `text` is this UID.
+    /// Whether `text` is this UID (reading it allocates nothing).
     pub fn is(&self, text: &str) -> bool {
         match self {
             Uid::Text(own) => **own == *text,
-            Uid::Uuid(_) => Uid::of(text) == *self,
+            Uid::Uuid(number) => uuid(text) == Some(*number),
         }
     }
+}
+
+/// The number of a UUID in its canonical text, as two `u64`s (high, low).
+fn uuid(text: &str) -> Option<[u64; 2]> {
+    let bytes = text.as_bytes();
+    if bytes.len() != 36 {
+        return None;
+    }
+    let mut number: u128 = 0;
+    for (i, b) in bytes.iter().enumerate() {
+        let digit = match (i, b) {
+            (8 | 13 | 18 | 23, b'-') => continue,
+            (8 | 13 | 18 | 23, _) => return None,
+            (_, b'0'..=b'9') => b - b'0',
+            (_, b'a'..=b'f') => b - b'a' + 10,
+            _ => return None,
+        };
+        number = (number << 4) | u128::from(digit);
+    }
+    Some([(number >> 64) as u64, number as u64])
 }
 
 impl Default for Uid {
@@ -489,7 +502,9 @@ pub(super) mod tests {
         assert_eq!(cached.uid().as_deref(), Some("u-1"));
         assert_eq!(cached.resource_version().as_deref(), Some("42"));
         assert_eq!(&cached.labels().to_map(), full.labels());
+        // kube's view of the metadata has none: the labels are kept apart.
         assert_eq!(cached.metadata.labels, None);
+        assert!(ResourceExt::labels(&cached).is_empty());
         assert_eq!(
             cached.annotations().keys().collect::<Vec<_>>(),
             ["vacate.io/state"]

@@ -21,8 +21,9 @@ use crate::planner::{self, BlockReason, FleetNode, Gate, StartGate};
 /// A node as the fleet limits see it. Of its labels it keeps the request label and those
 /// the pools' selectors read, all the limits look at: the fleet is copied at every start
 /// gate, and the other labels would be most of the copy.
+/// It reads the node's fields directly, not through [`snapshot::node_view`], which copies
+/// every label: the fleet is built from every node of the cache.
 pub fn fleet_node(node: &CachedNode, config: &crate::config::Config) -> FleetNode {
-    let view = snapshot::node_view(node, config);
     let request_label = &config.node.request_label;
     let labels = node
         .labels()
@@ -33,11 +34,11 @@ pub fn fleet_node(node: &CachedNode, config: &crate::config::Config) -> FleetNod
         .map(|(key, value)| (key.to_string(), value.to_string()))
         .collect();
     FleetNode::from_state(
-        view.name,
+        node.name_any(),
         labels,
-        view.ready,
-        view.unschedulable,
-        &view.state,
+        node.ready,
+        node.unschedulable,
+        &snapshot::node_state(node, &config.node),
         &config.node.request_label,
     )
 }
@@ -48,10 +49,11 @@ impl Context {
     pub fn fleet_nodes(&self) -> Vec<FleetNode> {
         let config = &self.config;
         // Guest memory by node: the rollout takes its lightest nodes first.
-        let mut memory: HashMap<String, u64> = HashMap::new();
-        for vmi in self.stores.vmis.state() {
+        let vmis = self.stores.vmis.state();
+        let mut memory: HashMap<&str, u64> = HashMap::new();
+        for vmi in &vmis {
             if let Some(node) = vmi.node_name() {
-                *memory.entry(node.to_string()).or_default() += vmi.memory.unwrap_or(0);
+                *memory.entry(node).or_default() += vmi.memory.unwrap_or(0);
             }
         }
         self.stores
@@ -60,7 +62,8 @@ impl Context {
             .iter()
             .filter(|n| config.node.selector.matches(n.labels()))
             .map(|n| {
-                let vm_memory = memory.get(&n.name_any()).copied().unwrap_or(0);
+                let name = n.metadata.name.as_deref().unwrap_or_default();
+                let vm_memory = memory.get(name).copied().unwrap_or(0);
                 fleet_node(n, config).with_vm_memory(vm_memory)
             })
             .collect()

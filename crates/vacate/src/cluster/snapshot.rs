@@ -58,12 +58,17 @@ pub fn node_view(node: &CachedNode, config: &Config) -> NodeView {
         kubelet_version: node.kubelet_version.clone(),
         labels: labels.to_map(),
         drained_label: labels.contains_key(&config.drained_label),
-        state: StateAnnotation::parse(
-            node.annotations()
-                .get(&config.state_annotation)
-                .map(String::as_str),
-        ),
+        state: node_state(node, config),
     }
+}
+
+/// The node's state annotation, read.
+pub fn node_state(node: &CachedNode, config: &crate::config::NodeConfig) -> StateAnnotation {
+    StateAnnotation::parse(
+        node.annotations()
+            .get(&config.state_annotation)
+            .map(String::as_str),
+    )
 }
 
 fn eviction_strategy(s: kubevirt_api::EvictionStrategy) -> EvictionStrategy {

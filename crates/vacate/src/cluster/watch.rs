@@ -383,7 +383,9 @@ pub(super) fn map_event<K, S>(event: watcher::Event<K>, f: impl Fn(K) -> S) -> w
 }
 
 struct PodWatch {
-    store: Store<Pod>,
+    /// Kept as decoded (a few kB a pod; as a `Pod`, three times that) and turned into
+    /// `Pod`s when read.
+    store: Store<DrainPod>,
     task: JoinHandle<()>,
 }
 
@@ -403,7 +405,7 @@ impl PodWatches {
     /// Starts the pod watch of `node` if there is none yet, without waiting for it to fill:
     /// done when a node's request is seen, before the node's turn in the (serial)
     /// reconciliation, so that many nodes requested at once fill their caches in parallel.
-    pub fn ensure(&self, client: &Client, node: &str, trigger: &Trigger) -> Store<Pod> {
+    pub fn ensure(&self, client: &Client, node: &str, trigger: &Trigger) -> Store<DrainPod> {
         let mut watches = self.watches.lock().expect("pod watch map lock");
         if let Some(w) = watches.get(node) {
             return w.store.clone();
@@ -414,9 +416,9 @@ impl PodWatches {
             Api::<DrainPod>::all(client.clone()),
             watcher::Config::default().fields(&format!("spec.nodeName={node}")),
             trigger.clone(),
-            move |_: &Pod, _| vec![Wake::Node(name.clone())],
+            move |_: &DrainPod, _| vec![Wake::Node(name.clone())],
             "pods",
-            Pod::from,
+            |pod: DrainPod| pod,
         );
         watches.insert(
             node.to_string(),
@@ -444,7 +446,11 @@ impl PodWatches {
             .await
             .map_err(|_| Error::CacheTimeout(timeout))?
             .map_err(|_| Error::CacheTimeout(timeout))?;
-        Ok(store.state().iter().map(|p| (**p).clone()).collect())
+        Ok(store
+            .state()
+            .iter()
+            .map(|p| Pod::from((**p).clone()))
+            .collect())
     }
 
     /// Stops the pod watch of a node that no longer needs one.
