@@ -47,11 +47,6 @@ impl Labels {
         self.0.is_empty()
     }
 
-    /// The labels whose keys `keep` accepts, sharing the texts.
-    pub fn filter(&self, keep: impl Fn(&str) -> bool) -> Labels {
-        Labels(self.0.iter().filter(|(k, _)| keep(k)).cloned().collect())
-    }
-
     /// A copy as a plain map.
     pub fn to_map(&self) -> BTreeMap<String, String> {
         self.iter()
@@ -165,13 +160,6 @@ mod tests {
         assert_eq!(
             labels.iter().map(|(k, _)| k).collect::<Vec<_>>(),
             ["a", "kubernetes.io/hostname", "kubernetes.io/os", "zone"]
-        );
-        assert_eq!(
-            labels.filter(|k| k.starts_with("kubernetes.io/")).to_map(),
-            map(&[
-                ("kubernetes.io/hostname", "node-7"),
-                ("kubernetes.io/os", "linux")
-            ])
         );
         assert!(Labels::default().is_empty());
     }
