@@ -1,6 +1,7 @@
 //! How much memory vacate's watch caches take per object: the objects as earlier versions
 //! kept them (decoded whole, less a few fields), and the projections of
-//! `vacate::cluster::cached` (for the pods of a node's pod watch, `DrainPod`). It reads the
+//! `vacate::cluster::cached` (for the pods of a node's pod watch, `DrainPod`; for
+//! VirtualMachines, the set of UIDs of `vacate::cluster::restarts`). It reads the
 //! lists a cluster gives from a directory: nodes.json, vmis.json, vms.json and pods.json,
 //! as `kubectl get nodes -o json` (and `vmi -A`, `vm -A`, `pods -A`) print them. For each
 //! variant it fills a kube-runtime store and counts the bytes allocated and still live
@@ -19,8 +20,9 @@ use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::runtime::reflector::{self, Lookup};
 use kube::runtime::watcher::Event;
 use kubevirt_api::{VirtualMachine, VirtualMachineInstance};
-use vacate::cluster::cached::{CachedNode, CachedVm, CachedVmi};
+use vacate::cluster::cached::{CachedNode, CachedVmi};
 use vacate::cluster::lean::{DrainPod, LeanNode, LeanPod, LeanVm, LeanVmi};
+use vacate::cluster::restarts::restarts;
 
 /// The system allocator, counting the bytes live.
 struct Counting;
@@ -87,6 +89,27 @@ where
     (held / items.len().max(1) as isize, items.len())
 }
 
+/// Bytes per VirtualMachine of the set of UIDs that `vacate::cluster::restarts` keeps,
+/// counting every VirtualMachine of `file` as one that restarts its VMI (the most the set
+/// holds), and how many.
+fn per_vm_uid(file: &std::path::Path) -> (isize, usize) {
+    let text =
+        std::fs::read_to_string(file).unwrap_or_else(|e| panic!("reading {}: {e}", file.display()));
+    let list: serde_json::Value = serde_json::from_str(&text).expect("a JSON list");
+    let vms: Vec<VirtualMachine> =
+        serde_json::from_value(list["items"].clone()).expect("a list of VirtualMachines");
+    drop(list);
+    let before = LIVE.load(Ordering::Relaxed);
+    let mut set = std::collections::HashSet::new();
+    for vm in &vms {
+        set.insert(restarts(vm).0);
+    }
+    set.shrink_to_fit();
+    let held = LIVE.load(Ordering::Relaxed) - before;
+    drop(set);
+    (held / vms.len().max(1) as isize, vms.len())
+}
+
 /// Bytes live per object at the peak of decoding every item of `file` as one list of `K`,
 /// and how many.
 fn decoded<K: serde::de::DeserializeOwned>(file: &std::path::Path) -> (isize, usize) {
@@ -146,8 +169,8 @@ fn main() {
             }),
         ),
         (
-            "VirtualMachine, CachedVm",
-            per_object::<VirtualMachine, _>(&dir.join("vms.json"), CachedVm::from),
+            "VirtualMachine, its UID in the set of those that restart",
+            per_vm_uid(&dir.join("vms.json")),
         ),
         (
             "pod of a node's pod watch, whole (managed fields dropped)",

@@ -81,7 +81,10 @@ enum Command {
     CheckConfig { file: PathBuf },
 }
 
-#[tokio::main]
+/// Two worker threads whatever the machine: vacate reconciles one node at a time and waits
+/// on the API server most of the time, and every worker thread holds memory of its own (its
+/// stack, the allocator's pages for it), which on a 64-core node would be 64 of each.
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> ExitCode {
     let memory = vacate::memory::configure();
     let cli = Cli::parse();

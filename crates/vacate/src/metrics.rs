@@ -47,6 +47,7 @@ pub struct Metrics {
     node_drain_eta: GaugeVec,
     reconcile_errors: IntCounterVec,
     invalid_states: IntCounter,
+    reconciliations: IntCounter,
     leader: IntGauge,
     build_info: IntGaugeVec,
     kubevirt_info: IntGaugeVec,
@@ -197,6 +198,11 @@ impl Metrics {
                 &["error"],
             )
             .unwrap(),
+            reconciliations: IntCounter::new(
+                "vacate_reconciliations_total",
+                "Node reconciliations begun: a change vacate reads, a timer or a retry.",
+            )
+            .unwrap(),
             invalid_states: IntCounter::new(
                 "vacate_invalid_state_annotations_total",
                 "Unreadable state annotations found on nodes and replaced.",
@@ -335,6 +341,7 @@ impl Metrics {
             Box::new(self.node_drain_eta.clone()),
             Box::new(self.reconcile_errors.clone()),
             Box::new(self.invalid_states.clone()),
+            Box::new(self.reconciliations.clone()),
             Box::new(self.leader.clone()),
             Box::new(self.build_info.clone()),
             Box::new(self.kubevirt_info.clone()),
@@ -461,6 +468,11 @@ impl Metrics {
         }
         self.kubevirt_info.reset();
         self.kubevirt_info.with_label_values(&[version]).set(1);
+    }
+
+    /// Counts a reconciliation begun.
+    pub fn record_reconciliation(&self) {
+        self.reconciliations.inc();
     }
 
     /// Counts a reconciliation that failed.

@@ -697,3 +697,60 @@ async fn a_vmi_migrating_onto_the_node_is_moved_on_once_it_lands() -> anyhow::Re
     );
     Ok(())
 }
+
+/// A node's status heartbeat (a kubelet's, kwok's) changes nothing vacate reads of the node,
+/// so it starts no reconciliation: on a fleet of thousands of nodes the heartbeats would
+/// otherwise keep vacate busy while it has nothing to do. A label change does start one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_status_heartbeat_starts_no_reconciliation() -> anyhow::Result<()> {
+    use k8s_openapi::api::core::v1::Node;
+    use kube::api::{Patch, PatchParams};
+    const RECONCILIATIONS: &str = "vacate_reconciliations_total";
+    let env = Env::new("heartbeat", 2).await?;
+    let node = env.node(0).to_string();
+    let vacate = env.vacate(FAST).await?;
+    // Every node is looked at once at start; then nothing happens until something changes.
+    vacate.counter_reaching(RECONCILIATIONS, 2.0).await?;
+    let mut settled = vacate.metric(RECONCILIATIONS).await?;
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let now = vacate.metric(RECONCILIATIONS).await?;
+        if now == settled {
+            break;
+        }
+        settled = now;
+    }
+    let nodes: kube::Api<Node> = kube::Api::all(env.client.clone());
+    let version = |n: &Node| n.resource_version().unwrap_or_default();
+    let mut last = version(&env.get_node(&node).await?);
+    for beat in 0..5 {
+        let at = chrono::Utc::now() + chrono::Duration::seconds(beat);
+        let patch = serde_json::json!({"status": {"conditions": [
+            {"type": "Ready", "status": "True", "lastHeartbeatTime": at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)}
+        ]}});
+        let written = nodes
+            .patch_status(&node, &PatchParams::default(), &Patch::Strategic(patch))
+            .await?;
+        anyhow::ensure!(version(&written) != last, "the heartbeat changed the node");
+        last = version(&written);
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        vacate.metric(RECONCILIATIONS).await?,
+        settled,
+        "a heartbeat started a reconciliation:\n{}",
+        vacate.log()
+    );
+    // A change the projection keeps (a label) is looked at.
+    nodes
+        .patch(
+            &node,
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"metadata": {"labels": {"example.com/rack": "r1"}}})),
+        )
+        .await?;
+    vacate
+        .counter_reaching(RECONCILIATIONS, settled + 1.0)
+        .await?;
+    Ok(())
+}

@@ -15,11 +15,9 @@ use kubevirt_api::labels as kv_labels;
 
 use super::lean::LeanNode;
 use crate::labels::Labels;
+use crate::planner::StateAnnotation;
 use crate::planner::capacity::{Resources, parse_quantity};
-use kubevirt_api::{
-    EvictionStrategy, LiveMigratability, RunStrategy, VirtualMachine, VirtualMachineInstance,
-    VmiPhase,
-};
+use kubevirt_api::{EvictionStrategy, LiveMigratability, VirtualMachineInstance, VmiPhase};
 
 /// What vacate reads of a node. Nodes listed from the API server are turned into it too,
 /// so every part of vacate reads a node the same way.
@@ -29,6 +27,9 @@ pub struct CachedNode {
     /// are kept apart, interned ([`CachedNode::labels`]).
     pub metadata: ObjectMeta,
     pub labels: Labels,
+    /// vacate's state annotation, read once when the node is cached: the start gate reads
+    /// every node's state at every call, and the fleet's Pending nodes all hold one.
+    pub state: StateAnnotation,
     /// `spec.unschedulable` (cordoned).
     pub unschedulable: bool,
     /// A NoSchedule or NoExecute taint keeps pods off it.
@@ -46,6 +47,35 @@ impl CachedNode {
         &self.labels
     }
 
+    /// Whether `other` is this node in all vacate keeps of it but its resource version: a
+    /// status heartbeat, a change of an image list or a condition vacate does not read.
+    pub fn same_but_version(&self, other: &CachedNode) -> bool {
+        // Taken apart whole, so that a field added to the projection is compared too.
+        let CachedNode {
+            metadata,
+            labels,
+            // Read from the annotation, compared below.
+            state: _,
+            unschedulable,
+            repels_pods,
+            ready,
+            allocatable,
+            kubelet_version,
+        } = self;
+        // `CachedNode::of` keeps these four of the metadata, and the resource version.
+        let same_meta = metadata.name == other.metadata.name
+            && metadata.uid == other.metadata.uid
+            && metadata.annotations == other.metadata.annotations
+            && metadata.deletion_timestamp == other.metadata.deletion_timestamp;
+        same_meta
+            && *labels == other.labels
+            && *unschedulable == other.unschedulable
+            && *repels_pods == other.repels_pods
+            && *ready == other.ready
+            && *allocatable == other.allocatable
+            && *kubelet_version == other.kubelet_version
+    }
+
     /// The projection of `node`, keeping `state_annotation` of its annotations.
     pub fn of(node: Node, state_annotation: &str) -> CachedNode {
         let allocatable = allocatable(&node);
@@ -58,6 +88,12 @@ impl CachedNode {
             .annotations
             .and_then(|mut a| a.remove_entry(state_annotation))
             .map(|entry| BTreeMap::from([entry]));
+        let parsed = StateAnnotation::parse(
+            state
+                .as_ref()
+                .and_then(|s| s.values().next())
+                .map(String::as_str),
+        );
         let spec = spec.unwrap_or_default();
         let status = status.unwrap_or_default();
         CachedNode {
@@ -70,6 +106,7 @@ impl CachedNode {
                 ..ObjectMeta::default()
             },
             labels: Labels::from(metadata.labels.unwrap_or_default()),
+            state: parsed,
             unschedulable: spec.unschedulable.unwrap_or(false),
             repels_pods: spec
                 .taints
@@ -339,29 +376,6 @@ impl CachedVmi {
     }
 }
 
-/// What vacate reads of a VirtualMachine: whether it starts its VMI again once stopped.
-#[derive(Clone, Debug, PartialEq)]
-pub struct CachedVm {
-    pub namespace: String,
-    pub name: String,
-    pub uid: Uid,
-    /// The run strategy resolves to Always: KubeVirt starts a stopped VMI again (vm.go,
-    /// v1.7.4 and v1.9.0: RerunOnFailure restarts only a failed VMI; Manual, Halted, Once
-    /// and WaitAsReceiver leave a deleted VMI stopped).
-    pub restarts: bool,
-}
-
-impl From<VirtualMachine> for CachedVm {
-    fn from(vm: VirtualMachine) -> CachedVm {
-        CachedVm {
-            namespace: vm.namespace().unwrap_or_default(),
-            name: vm.name_any(),
-            uid: Uid::of(&vm.uid().unwrap_or_default()),
-            restarts: vm.effective_run_strategy() == RunStrategy::Always,
-        }
-    }
-}
-
 /// A cache's key for a namespaced KubeVirt kind: its name and namespace. The resource
 /// version and UID the store could keep beside each key are left out (the store compares
 /// keys without them).
@@ -410,7 +424,6 @@ lookup!(
     "VirtualMachineInstance",
     "virtualmachineinstances"
 );
-lookup!(CachedVm, "VirtualMachine", "virtualmachines");
 
 #[cfg(test)]
 pub(super) mod tests {
@@ -525,6 +538,75 @@ pub(super) mod tests {
         let view = snapshot::node_view(&cached, &Config::default());
         assert!(view.state != crate::planner::StateAnnotation::Absent);
         assert!(view.ready && view.unschedulable && view.kubelet_version == "v1.37.2");
+    }
+
+    /// A heartbeat (new times in the conditions, a new resource version, other images) is
+    /// the same node to vacate; a change of anything the projection keeps is not.
+    #[test]
+    fn a_heartbeat_changes_nothing_vacate_keeps() {
+        let state = "vacate.io/state";
+        let before = CachedNode::of(full_node(), state);
+        let mut beat = full_node();
+        beat.metadata.resource_version = Some("43".into());
+        let status = beat.status.as_mut().unwrap();
+        for c in status.conditions.as_mut().unwrap() {
+            c.last_heartbeat_time = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                "2026-01-01T00:10:00Z".parse().unwrap(),
+            ));
+        }
+        status.images.as_mut().unwrap().pop();
+        beat.metadata
+            .annotations
+            .as_mut()
+            .unwrap()
+            .insert("node.alpha.kubernetes.io/ttl".into(), "30".into());
+        let after = CachedNode::of(beat, state);
+        assert_ne!(before, after);
+        assert!(before.same_but_version(&after));
+
+        type Change = (&'static str, fn(&mut Node));
+        let changes: [Change; 8] = [
+            ("a label", |n| {
+                n.labels_mut()
+                    .insert("vacate.io/maintenance".into(), "false".into());
+            }),
+            ("the state", |n| {
+                n.annotations_mut()
+                    .insert("vacate.io/state".into(), "{}".into());
+            }),
+            ("cordoned", |n| {
+                n.spec.as_mut().unwrap().unschedulable = None
+            }),
+            ("a taint", |n| n.spec.as_mut().unwrap().taints = None),
+            ("Ready", |n| {
+                n.status.as_mut().unwrap().conditions.as_mut().unwrap()[0].status = "False".into()
+            }),
+            ("allocatable", |n| {
+                n.status.as_mut().unwrap().allocatable = None;
+            }),
+            ("the kubelet", |n| {
+                n.status
+                    .as_mut()
+                    .unwrap()
+                    .node_info
+                    .as_mut()
+                    .unwrap()
+                    .kubelet_version = "v1.38.0".into()
+            }),
+            ("deleted", |n| {
+                n.metadata.deletion_timestamp =
+                    Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                        "2026-01-01T00:10:00Z".parse().unwrap(),
+                    ))
+            }),
+        ];
+        for (what, change) in changes {
+            let mut node = full_node();
+            change(&mut node);
+            let changed = CachedNode::of(node, state);
+            assert!(!before.same_but_version(&changed), "{what}");
+            assert!(!changed.same_but_version(&before), "{what}");
+        }
     }
 
     /// Not Ready, a taint pods are only asked to avoid, no state and no status at all.

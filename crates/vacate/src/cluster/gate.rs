@@ -38,7 +38,7 @@ pub fn fleet_node(node: &CachedNode, config: &crate::config::Config) -> FleetNod
         labels,
         node.ready,
         node.unschedulable,
-        &snapshot::node_state(node, &config.node),
+        &node.state,
         &config.node.request_label,
     )
 }

@@ -272,7 +272,8 @@ impl From<LeanVm> for VirtualMachine {
 mod tests {
     use super::*;
     use crate::cluster::cached::tests::{full_node, vmi};
-    use crate::cluster::cached::{CachedNode, CachedVm, CachedVmi};
+    use crate::cluster::cached::{CachedNode, CachedVmi};
+    use crate::cluster::restarts::restarts;
     use crate::cluster::snapshot;
     use kube::ResourceExt;
     use serde_json::{Value, json};
@@ -497,11 +498,8 @@ mod tests {
         let lean: LeanVm = serde_json::from_value(with_managed_fields(&vm)).unwrap();
         let lean = VirtualMachine::from(lean);
         assert!(lean.metadata.managed_fields.is_none());
-        let (cached, whole) = (CachedVm::from(lean), CachedVm::from(vm));
-        assert!(cached.restarts);
-        assert_eq!(
-            (cached.namespace, cached.name, cached.uid),
-            (whole.namespace, whole.name, whole.uid)
-        );
+        let (cached, whole) = (restarts(&lean), restarts(&vm));
+        assert!(cached.1);
+        assert_eq!(cached, whole);
     }
 }

@@ -9,6 +9,7 @@ pub mod gate;
 pub mod lean;
 pub mod prometheus;
 mod read;
+pub mod restarts;
 pub mod schedule;
 pub mod snapshot;
 mod steer;
@@ -77,7 +78,9 @@ pub struct Context {
     trigger: Trigger,
     ledger: Mutex<Ledger>,
     kept: Mutex<Kept>,
-    reports: Mutex<HashMap<String, NodeReport>>,
+    /// Every node's last report, kept in the channel its readers watch: changed in place,
+    /// never copied (with hundreds of nodes Pending, a copy at every reconciliation would
+    /// cost as much as the reconciliations).
     report_tx: tokio_watch::Sender<HashMap<String, NodeReport>>,
     /// When this daemon last started a drain (the delay between drains counts from it).
     last_start: Mutex<Option<chrono::DateTime<Utc>>>,
@@ -136,7 +139,6 @@ impl Shell {
             trigger: tx,
             ledger: Mutex::new(Ledger::default()),
             kept: Mutex::new(Kept::default()),
-            reports: Mutex::new(HashMap::new()),
             report_tx,
             last_start: Mutex::new(None),
             prometheus,
@@ -220,12 +222,9 @@ impl Context {
                     // starts now, not in its turn of the reconciliation. Nodes waiting for
                     // their turn hold no pod watch (see `Context::reconcile`).
                     let draining = object
-                        .annotations()
-                        .contains_key(&self.config.node.state_annotation)
-                        && snapshot::node_view(&object, &self.config)
-                            .state
-                            .valid()
-                            .is_some_and(|st| st.phase.is_draining());
+                        .state
+                        .valid()
+                        .is_some_and(|st| st.phase.is_draining());
                     if draining {
                         self.pods.ensure(&self.client, &name, &self.trigger);
                     }
@@ -235,14 +234,13 @@ impl Context {
                     Vec::new()
                 }
             }
-            Wake::Draining => {
-                let reports = self.reports.lock().expect("report map lock");
-                reports
-                    .iter()
-                    .filter(|(_, r)| r.phase.is_draining())
-                    .map(|(name, _)| ObjectRef::new(name))
-                    .collect()
-            }
+            Wake::Draining => self
+                .report_tx
+                .borrow()
+                .iter()
+                .filter(|(_, r)| r.phase.is_draining())
+                .map(|(name, _)| ObjectRef::new(name))
+                .collect(),
         }
     }
 
@@ -256,8 +254,7 @@ impl Context {
 
     /// Nodes waiting in Pending look again: a place in the fleet may have come free.
     fn wake_pending(&self, except: &str) {
-        let reports = self.reports.lock().expect("report map lock");
-        for (node, report) in reports.iter() {
+        for (node, report) in self.report_tx.borrow().iter() {
             if node != except && report.phase == Phase::Pending {
                 let _ = self.trigger.send(Wake::Node(node.clone()));
             }
@@ -265,18 +262,21 @@ impl Context {
     }
 
     fn set_report(&self, node: &str, report: Option<NodeReport>) {
-        let mut reports = self.reports.lock().expect("report map lock");
-        match report {
-            Some(r) => {
-                reports.insert(node.to_string(), r);
+        self.report_tx.send_if_modified(|reports| {
+            let changed = match report {
+                Some(r) if reports.get(node) != Some(&r) => {
+                    reports.insert(node.to_string(), r);
+                    true
+                }
+                Some(_) => false,
+                None => reports.remove(node).is_some(),
+            };
+            if changed {
+                self.metrics
+                    .record_phases(reports.values().map(|r| (r.phase, r.blocked)));
             }
-            None => {
-                reports.remove(node);
-            }
-        }
-        self.metrics
-            .record_phases(reports.values().map(|r| (r.phase, r.blocked)));
-        self.report_tx.send_replace(reports.clone());
+            changed
+        });
     }
 
     /// The planner's snapshot of a node (see [`Context::look`]); `None` when there is
@@ -292,6 +292,7 @@ impl Context {
     /// the start gate if a drain may begin, plan, carry the plan out, and report. Returns
     /// when to look again.
     pub async fn reconcile(self: &Arc<Self>, name: &str) -> Result<Option<Duration>> {
+        self.metrics.record_reconciliation();
         let config = &self.config;
         // The start gate (fleet limits, blockers, capacity) is asked while the node's pods
         // are read, when the node may start a drain: a request is cordoned sooner.

@@ -7,16 +7,16 @@ use std::collections::BTreeMap;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::ResourceExt;
-use kube::runtime::reflector::{ObjectRef, Store};
 use kubevirt_api::{KubeVirt, VirtualMachineInstanceMigration, labels as kv_labels};
 
-use super::cached::{CachedNode, CachedVm, CachedVmi};
+use super::cached::{CachedNode, CachedVmi};
+use super::restarts::RestartingVms;
 
 use crate::config::Config;
 use crate::planner::capacity::{Resources, parse_quantity};
 use crate::planner::{
     ClusterView, EvictionStrategy, Migratability, MigrationPhase, MigrationView, NodeView, PodView,
-    StateAnnotation, VmiView,
+    VmiView,
 };
 
 /// Label on every migration vacate creates, naming the node it drains (see [`node_label_value`]).
@@ -58,17 +58,8 @@ pub fn node_view(node: &CachedNode, config: &Config) -> NodeView {
         kubelet_version: node.kubelet_version.clone(),
         labels: labels.to_map(),
         drained_label: labels.contains_key(&config.drained_label),
-        state: node_state(node, config),
+        state: node.state.clone(),
     }
-}
-
-/// The node's state annotation, read.
-pub fn node_state(node: &CachedNode, config: &crate::config::NodeConfig) -> StateAnnotation {
-    StateAnnotation::parse(
-        node.annotations()
-            .get(&config.state_annotation)
-            .map(String::as_str),
-    )
 }
 
 fn eviction_strategy(s: kubevirt_api::EvictionStrategy) -> EvictionStrategy {
@@ -84,13 +75,11 @@ fn eviction_strategy(s: kubevirt_api::EvictionStrategy) -> EvictionStrategy {
 }
 
 /// Whether KubeVirt starts a VMI again once it is stopped: only the VirtualMachine that
-/// controls it, when its run strategy resolves to Always ([`CachedVm::restarts`]).
-pub fn restarts_when_stopped(vmi: &CachedVmi, vms: &Store<CachedVm>) -> bool {
-    let Some((name, uid)) = vmi.owner.as_deref() else {
-        return false;
-    };
-    let vm = ObjectRef::new(name).within(&vmi.namespace);
-    vms.get(&vm).is_some_and(|vm| vm.uid == *uid && vm.restarts)
+/// controls it, when its run strategy resolves to Always ([`super::restarts::restarts`]).
+pub fn restarts_when_stopped(vmi: &CachedVmi, vms: &RestartingVms) -> bool {
+    vmi.owner
+        .as_deref()
+        .is_some_and(|(_, uid)| vms.contains(uid))
 }
 
 pub fn vmi_view(
@@ -439,7 +428,7 @@ pub fn moves_in_drain(pod: &Pod) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use kube::runtime::{reflector, watcher};
+
     use serde_json::json;
 
     fn vm(run: serde_json::Value) -> kubevirt_api::VirtualMachine {
@@ -580,29 +569,33 @@ mod tests {
         assert_eq!(typical_rate(&[gib]), Some(gib));
     }
 
+    /// A VMI comes back when the VirtualMachine its owner reference names by UID restarts.
     #[test]
     fn only_a_vm_that_runs_always_starts_a_stopped_vmi_again() {
-        let cases = [
-            (json!({"runStrategy": "Always"}), true),
-            (json!({"running": true}), true),
-            (json!({"runStrategy": "RerunOnFailure"}), false),
-            (json!({"runStrategy": "Manual"}), false),
-            (json!({"runStrategy": "Halted"}), false),
-            (json!({"runStrategy": "Once"}), false),
-            (json!({"runStrategy": "SomethingNewer"}), false),
-        ];
-        for (run, restarts) in cases {
-            let (store, mut writer) = reflector::store::<CachedVm>();
-            writer.apply_watcher_event(&watcher::Event::Apply(vm(run.clone()).into()));
-            assert_eq!(
-                restarts_when_stopped(&owned_vmi(), &store),
-                restarts,
-                "{run}"
-            );
-        }
+        let always = vm(json!({"runStrategy": "Always"}));
+        let halted = vm(json!({"runStrategy": "Halted"}));
+        let mut other = always.clone();
+        other.metadata.uid = Some("another-vm-uid".into());
+        let vmi = owned_vmi();
+        assert!(restarts_when_stopped(
+            &vmi,
+            &RestartingVms::filled([&always])
+        ));
+        assert!(!restarts_when_stopped(
+            &vmi,
+            &RestartingVms::filled([&halted])
+        ));
+        // Another VirtualMachine of the same name (the VMI's was deleted and made again).
+        assert!(!restarts_when_stopped(
+            &vmi,
+            &RestartingVms::filled([&other])
+        ));
         // No VirtualMachine in the cache: nothing would start it.
-        let (store, _) = reflector::store::<CachedVm>();
-        assert!(!restarts_when_stopped(&owned_vmi(), &store));
+        assert!(!restarts_when_stopped(&vmi, &RestartingVms::filled([])));
+        assert_eq!(
+            super::super::restarts::restarts(&always).0,
+            super::super::cached::Uid::of("vm-uid")
+        );
     }
 
     #[test]

@@ -245,7 +245,7 @@ impl Fake {
         }
         let (migrations, migration_writer) = reflector::store::<VirtualMachineInstanceMigration>();
         let (kubevirt, _) = reflector::store::<KubeVirt>();
-        let (vms, _) = reflector::store::<super::cached::CachedVm>();
+        let vms = super::restarts::RestartingVms::filled([]);
         let (trigger, rx) = mpsc::unbounded_channel();
         let (report_tx, _) = tokio_watch::channel(HashMap::new());
         let ctx = Arc::new(Context {
@@ -272,7 +272,6 @@ impl Fake {
             trigger,
             ledger: Mutex::new(Ledger::default()),
             kept: Mutex::new(Kept::default()),
-            reports: Mutex::new(HashMap::new()),
             report_tx,
             last_start: Mutex::new(None),
             prometheus: None,
@@ -375,7 +374,7 @@ async fn a_conflicting_state_write_plans_again_and_does_nothing() {
     let writes: Vec<&Seen> = seen.iter().filter(|s| s.method != "GET").collect();
     assert_eq!(writes.len(), 1, "only the refused state write: {seen:#?}");
     assert!(writes[0].writes_state());
-    assert!(fake.ctx.reports.lock().unwrap().get(NODE).is_none());
+    assert!(fake.ctx.report_tx.borrow().get(NODE).is_none());
 
     // The next look (fresh data) goes ahead.
     fake.ctx.reconcile(NODE).await.expect("reconcile");
@@ -407,7 +406,7 @@ async fn migrations_not_yet_in_the_cache_hold_their_slots() {
         !seen.iter().any(Seen::creates_migration),
         "the migrations created a moment ago still count: {seen:#?}"
     );
-    let report = fake.ctx.reports.lock().unwrap()[NODE].clone();
+    let report = fake.ctx.report_tx.borrow()[NODE].clone();
     assert_eq!(report.phase, Phase::Migrating);
 }
 
@@ -443,7 +442,7 @@ async fn finished_migrations_are_kept_until_the_next_write() {
         !seen.iter().any(Seen::is_node_patch),
         "nothing another reader needs changed: {seen:#?}"
     );
-    let report = fake.ctx.reports.lock().unwrap()[NODE].clone();
+    let report = fake.ctx.report_tx.borrow()[NODE].clone();
     let kept = report.state.expect("a state");
     assert_eq!(kept.vmis["vms/vm-0"].outcome, VmiOutcome::Migrated);
     assert!(
@@ -616,7 +615,7 @@ async fn one_failing_action_does_not_hold_up_the_others() {
     let result = fake.ctx.reconcile(NODE).await;
     assert!(result.is_err(), "the failure is reported: {result:?}");
     assert_eq!(evictions(&fake.seen()), vec!["a", "b"]);
-    let report = fake.ctx.reports.lock().unwrap()[NODE].clone();
+    let report = fake.ctx.report_tx.borrow()[NODE].clone();
     assert_eq!(report.phase, Phase::Evicting);
 }
 

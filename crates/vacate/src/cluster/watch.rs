@@ -11,14 +11,13 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
-use kubevirt_api::{
-    KubeVirt, VirtualMachine, VirtualMachineInstance, VirtualMachineInstanceMigration,
-};
+use kubevirt_api::{KubeVirt, VirtualMachineInstance, VirtualMachineInstanceMigration};
 use tokio::sync::mpsc::UnboundedSender;
 use tokio::task::JoinHandle;
 
-use super::cached::{CachedNode, CachedVm, CachedVmi};
-use super::lean::{DrainPod, LeanNode, LeanVm, LeanVmi};
+use super::cached::{CachedNode, CachedVmi};
+use super::lean::{DrainPod, LeanNode, LeanVmi};
+use super::restarts::RestartingVms;
 use super::snapshot::MIGRATION_NODE_ANNOTATION;
 use super::usage::PodUsage;
 use crate::error::{Error, Result};
@@ -56,7 +55,8 @@ fn wake_nodes(names: impl IntoIterator<Item = String>) -> Vec<Wake> {
 #[derive(Clone)]
 pub struct Stores {
     pub nodes: Store<CachedNode>,
-    pub vms: Store<CachedVm>,
+    /// The VirtualMachines that start their VMI again once it stops.
+    pub vms: RestartingVms,
     pub vmis: Store<CachedVmi>,
     pub migrations: Store<VirtualMachineInstanceMigration>,
     pub kubevirt: Store<KubeVirt>,
@@ -73,10 +73,7 @@ impl Stores {
                 "nodes",
                 self.nodes.wait_until_ready().now_or_never().is_some(),
             ),
-            (
-                "virtualmachines",
-                self.vms.wait_until_ready().now_or_never().is_some(),
-            ),
+            ("virtualmachines", self.vms.is_ready()),
             (
                 "virtualmachineinstances",
                 self.vmis.wait_until_ready().now_or_never().is_some(),
@@ -101,7 +98,7 @@ impl Stores {
     pub async fn wait_until_ready(&self, timeout: Duration) -> Result<()> {
         let all = async {
             let _ = self.nodes.wait_until_ready().await;
-            let _ = self.vms.wait_until_ready().await;
+            self.vms.wait_until_ready().await;
             let _ = self.vmis.wait_until_ready().await;
             let _ = self.migrations.wait_until_ready().await;
             let _ = self.kubevirt.wait_until_ready().await;
@@ -184,34 +181,26 @@ pub fn start(
         Api::<LeanNode>::all(client.clone()),
         node_config,
         trigger.clone(),
-        |node: &CachedNode, _| wake_nodes([node.name_any()]),
+        |before: Option<&CachedNode>, node: &CachedNode, deleted| {
+            if !deleted && before.is_some_and(|b| b.same_but_version(node)) {
+                return Vec::new();
+            }
+            wake_nodes([node.name_any()])
+        },
         "nodes",
         move |node: LeanNode| CachedNode::of(node.into(), &state_annotation),
     );
     tasks.push(task);
 
     // Only whether a VirtualMachine starts its VMI again (its run strategy) is read.
-    let (vms, task) = reflect_as(
-        Api::<LeanVm>::all(client.clone()),
-        fleet_watch(),
-        trigger.clone(),
-        |_: &CachedVm, _| Vec::new(),
-        "virtualmachines",
-        |vm: LeanVm| CachedVm::from(VirtualMachine::from(vm)),
-    );
+    let (vms, task) = RestartingVms::start(client);
     tasks.push(task);
 
     let (vmis, task) = reflect_as(
         Api::<LeanVmi>::all(client.clone()),
         fleet_watch(),
         trigger.clone(),
-        |vmi: &CachedVmi, _| {
-            let mut names: Vec<String> = vmi.node.iter().cloned().collect();
-            if let Some(ends) = vmi.migration_nodes.as_deref() {
-                names.extend(ends.iter().flatten().cloned());
-            }
-            wake_nodes(names)
-        },
+        |before: Option<&CachedVmi>, vmi: &CachedVmi, deleted| vmi_wakes(before, vmi, deleted),
         "virtualmachineinstances",
         |vmi: LeanVmi| CachedVmi::from(VirtualMachineInstance::from(vmi)),
     );
@@ -222,7 +211,9 @@ pub fn start(
         Api::<VirtualMachineInstanceMigration>::all(client.clone()),
         fleet_watch(),
         trigger.clone(),
-        move |m: &VirtualMachineInstanceMigration, deleted| {
+        move |_: Option<&VirtualMachineInstanceMigration>,
+              m: &VirtualMachineInstanceMigration,
+              deleted| {
             let vmi = ObjectRef::new(&m.spec.vmi_name).within(&m.namespace().unwrap_or_default());
             let vmi_node = vmi_store.get(&vmi).and_then(|v| v.node.clone());
             migration_wakes(m, deleted, vmi_node)
@@ -237,7 +228,7 @@ pub fn start(
         fleet_watch(),
         trigger,
         // The limits of the KubeVirt CR bound every drain's migrations.
-        |_: &KubeVirt, _| vec![Wake::Draining],
+        |_: Option<&KubeVirt>, _: &KubeVirt, _| vec![Wake::Draining],
         "kubevirts",
     );
     tasks.push(task);
@@ -261,6 +252,25 @@ pub fn start(
         },
         tasks,
     )
+}
+
+/// Who a VMI's change concerns: the node it runs on and the ends of its migration, now and
+/// before the change (a VMI that moved concerns the node it left); nobody when nothing
+/// vacate keeps of it changed.
+fn vmi_wakes(before: Option<&CachedVmi>, vmi: &CachedVmi, deleted: bool) -> Vec<Wake> {
+    if !deleted && before == Some(vmi) {
+        return Vec::new();
+    }
+    let mut names: Vec<String> = Vec::new();
+    for v in before.into_iter().chain([vmi]) {
+        names.extend(v.node.iter().cloned());
+        if let Some(ends) = v.migration_nodes.as_deref() {
+            names.extend(ends.iter().flatten().cloned());
+        }
+    }
+    names.sort();
+    names.dedup();
+    wake_nodes(names)
 }
 
 /// Who a migration's change concerns: the node it drains (vacate's annotation), its source,
@@ -297,7 +307,7 @@ fn reflect<K>(
     api: Api<K>,
     config: watcher::Config,
     trigger: Trigger,
-    wakes_of: impl Fn(&K, bool) -> Vec<Wake> + Send + 'static,
+    wakes_of: impl Fn(Option<&K>, &K, bool) -> Vec<Wake> + Send + 'static,
     what: &'static str,
 ) -> (Store<K>, JoinHandle<()>)
 where
@@ -312,7 +322,7 @@ fn reflect_stripped<K>(
     api: Api<K>,
     config: watcher::Config,
     trigger: Trigger,
-    wakes_of: impl Fn(&K, bool) -> Vec<Wake> + Send + 'static,
+    wakes_of: impl Fn(Option<&K>, &K, bool) -> Vec<Wake> + Send + 'static,
     what: &'static str,
     strip: fn(&mut K),
 ) -> (Store<K>, JoinHandle<()>)
@@ -333,12 +343,15 @@ where
     )
 }
 
-/// As [`reflect`], keeping of each object only its projection `project`.
+/// As [`reflect`], keeping of each object only its projection `project`. `wakes_of` sees
+/// what the cache held of the object before the event (`None` for an object new to it), so
+/// that a change in nothing the projection keeps (a kubelet's or kwok's status heartbeat
+/// rewrites a node every few minutes) wakes nobody.
 fn reflect_as<K, S>(
     api: Api<K>,
     config: watcher::Config,
     trigger: Trigger,
-    wakes_of: impl Fn(&S, bool) -> Vec<Wake> + Send + 'static,
+    wakes_of: impl Fn(Option<&S>, &S, bool) -> Vec<Wake> + Send + 'static,
     what: &'static str,
     project: impl Fn(K) -> S + Send + 'static,
 ) -> (Store<S>, JoinHandle<()>)
@@ -347,23 +360,38 @@ where
     S: reflector::Lookup + Clone + Send + Sync + 'static,
     S::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
 {
-    let (reader, writer) = reflector::store();
-    let projected =
-        watcher(api, config).map(move |item| item.map(|event| map_event(event, &project)));
-    let stream = reflector::reflector(writer, projected).default_backoff();
+    let (reader, mut writer) = reflector::store();
+    let store = reader.clone();
+    let stream = watcher(api, config)
+        .default_backoff()
+        .map(move |item| item.map(|event| map_event(event, &project)));
     let task = tokio::spawn(async move {
         futures::pin_mut!(stream);
         while let Some(item) = stream.next().await {
-            let (object, deleted) = match item {
-                Ok(watcher::Event::Apply(o) | watcher::Event::InitApply(o)) => (o, false),
-                Ok(watcher::Event::Delete(o)) => (o, true),
-                Ok(watcher::Event::Init | watcher::Event::InitDone) => continue,
+            let event = match item {
+                Ok(event) => event,
                 Err(error) => {
                     tracing::warn!(%error, "watching {what} failed; retrying with backoff");
                     continue;
                 }
             };
-            for wake in wakes_of(&object, deleted) {
+            // What the cache shows until the event is applied: during a relist, the
+            // objects of the list before it (kube-runtime swaps in the new list at its end).
+            let previous = match &event {
+                watcher::Event::Apply(o)
+                | watcher::Event::InitApply(o)
+                | watcher::Event::Delete(o) => {
+                    store.get(&reflector::Lookup::to_object_ref(o, Default::default()))
+                }
+                watcher::Event::Init | watcher::Event::InitDone => None,
+            };
+            writer.apply_watcher_event(&event);
+            let (object, deleted) = match event {
+                watcher::Event::Apply(o) | watcher::Event::InitApply(o) => (o, false),
+                watcher::Event::Delete(o) => (o, true),
+                watcher::Event::Init | watcher::Event::InitDone => continue,
+            };
+            for wake in wakes_of(previous.as_deref(), &object, deleted) {
                 let _ = trigger.send(wake);
             }
         }
@@ -416,7 +444,7 @@ impl PodWatches {
             Api::<DrainPod>::all(client.clone()),
             watcher::Config::default().fields(&format!("spec.nodeName={node}")),
             trigger.clone(),
-            move |_: &DrainPod, _| vec![Wake::Node(name.clone())],
+            move |_: Option<&DrainPod>, _: &DrainPod, _| vec![Wake::Node(name.clone())],
             "pods",
             |pod: DrainPod| pod,
         );
@@ -468,7 +496,8 @@ mod tests {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, Ordering};
 
-    use super::{Tasks, VirtualMachineInstanceMigration, Wake, migration_wakes};
+    use super::{Tasks, VirtualMachineInstanceMigration, Wake, migration_wakes, vmi_wakes};
+    use crate::cluster::cached::{CachedVmi, tests::vmi};
 
     /// Sets its flag when the task holding it ends, however it ends.
     struct Ended(Arc<AtomicBool>);
@@ -507,6 +536,30 @@ mod tests {
             assert!(wakes.contains(&Wake::Draining), "{wakes:?}");
             assert!(wakes.contains(&node("worker-1")) && wakes.contains(&node("worker-2")));
         }
+    }
+
+    /// A VMI wakes the nodes it concerns before and after a change, and nobody when
+    /// nothing vacate keeps of it changed.
+    #[test]
+    fn a_vmi_wakes_the_nodes_it_left_and_reached() {
+        let node = |n: &str| Wake::Node(n.to_string());
+        let before = CachedVmi::from(vmi());
+        assert_eq!(
+            vmi_wakes(None, &before, false),
+            vec![node("worker-0"), node("worker-1")]
+        );
+        assert!(vmi_wakes(Some(&before), &before.clone(), false).is_empty());
+        assert_eq!(
+            vmi_wakes(Some(&before), &before.clone(), true),
+            vec![node("worker-0"), node("worker-1")]
+        );
+        let mut moved = before.clone();
+        moved.node = Some("worker-2".into());
+        moved.migration_nodes = None;
+        assert_eq!(
+            vmi_wakes(Some(&before), &moved, false),
+            vec![node("worker-0"), node("worker-1"), node("worker-2")]
+        );
     }
 
     #[tokio::test]

@@ -397,8 +397,9 @@ impl DrainState {
 }
 
 /// The state annotation as found on a node.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub enum StateAnnotation {
+    #[default]
     Absent,
     Valid(Box<DrainState>),
     /// Not JSON, or not a drain state; the text says what is wrong.
