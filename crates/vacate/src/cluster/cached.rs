@@ -287,8 +287,9 @@ pub struct CachedVmi {
     pub eviction_strategy: Option<EvictionStrategy>,
     /// Guest memory in bytes (`VirtualMachineInstance::guest_memory_bytes`).
     pub memory: Option<u64>,
-    /// `spec.nodeSelector`, sorted by key.
-    pub node_selector: Box<[(String, String)]>,
+    /// `spec.nodeSelector`, its texts interned as nodes' labels are (the VMIs of a fleet
+    /// select among a few pools).
+    pub node_selector: Labels,
     /// The source and target node of its last or current migration.
     pub migration_nodes: Option<Box<[Option<String>; 2]>>,
     /// An eviction marked it for KubeVirt's evacuation (`status.evacuationNodeName` names
@@ -321,12 +322,7 @@ impl CachedVmi {
             migratable: vmi.live_migratable().map(Box::new),
             eviction_strategy: vmi.spec.eviction_strategy,
             memory: vmi.guest_memory_bytes(),
-            node_selector: vmi
-                .spec
-                .node_selector
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect(),
+            node_selector: Labels::from(vmi.spec.node_selector.clone()),
             migration_nodes: vmi
                 .migration_state()
                 .map(|m| Box::new([m.source_node.clone(), m.target_node.clone()])),
@@ -362,7 +358,7 @@ impl CachedVmi {
     /// The node selector the next virt-launcher pod of the VMI gets (template.go in
     /// KubeVirt v1.9.0): the VMI's own and `kubevirt.io/schedulable=true`.
     pub fn launcher_selector(&self) -> BTreeMap<String, String> {
-        let mut selector: BTreeMap<String, String> = self.node_selector.iter().cloned().collect();
+        let mut selector = self.node_selector.to_map();
         selector.insert(
             kv_labels::NODE_SCHEDULABLE_LABEL.to_string(),
             "true".to_string(),

@@ -20,34 +20,110 @@ use super::snapshot;
 use super::watch::{fleet_watch, map_event};
 use crate::planner::capacity::Resources;
 
-/// The requests of one running pod, and where it runs.
-#[derive(Clone, Debug, PartialEq)]
+/// The requests of one running pod, and the node it runs on (an index into
+/// [`Pods::names`]): 16 bytes, kept for every running pod of the cluster.
+#[derive(Clone, Copy, Debug, PartialEq)]
 struct Use {
-    node: Arc<str>,
-    requests: Resources,
+    node: u32,
+    cpu_millis: u32,
+    memory_bytes: u64,
+}
+
+impl Use {
+    fn requests(&self) -> Resources {
+        Resources {
+            cpu_millis: i64::from(self.cpu_millis),
+            memory_bytes: self.memory_bytes.try_into().unwrap_or(i64::MAX),
+        }
+    }
 }
 
 /// A pod's key: its UID (as [`Uid`] keeps it), or `namespace/name` when it has none.
 type PodKey = Uid;
 
+/// The running pods by key: those with a UUID (every pod the API server made) by its
+/// number, 32 bytes an entry with its use, the others by their text.
+#[derive(Default)]
+struct PodMap {
+    by_uuid: HashMap<[u64; 2], Use>,
+    by_text: HashMap<Box<str>, Use>,
+}
+
+impl PodMap {
+    fn insert(&mut self, key: PodKey, value: Use) {
+        match key {
+            Uid::Uuid(number) => self.by_uuid.insert(number, value),
+            Uid::Text(text) => self.by_text.insert(text, value),
+        };
+    }
+
+    fn remove(&mut self, key: &PodKey) {
+        match key {
+            Uid::Uuid(number) => self.by_uuid.remove(number),
+            Uid::Text(text) => self.by_text.remove(text),
+        };
+    }
+
+    fn values(&self) -> impl Iterator<Item = &Use> {
+        self.by_uuid.values().chain(self.by_text.values())
+    }
+
+    fn values_mut(&mut self) -> impl Iterator<Item = &mut Use> {
+        self.by_uuid.values_mut().chain(self.by_text.values_mut())
+    }
+
+    #[cfg(test)]
+    fn is_empty(&self) -> bool {
+        self.by_uuid.is_empty() && self.by_text.is_empty()
+    }
+}
+
 #[derive(Default)]
 struct Pods {
-    /// By pod UID.
-    current: HashMap<PodKey, Use>,
+    current: PodMap,
     /// The relist under way (a watch restarted): it replaces `current` when complete.
-    relist: Option<HashMap<PodKey, Use>>,
-    /// Node names, shared by the pods on each node.
-    names: HashMap<String, Arc<str>>,
+    relist: Option<PodMap>,
+    /// The names of the nodes pods run on, by the index a [`Use`] keeps.
+    names: Vec<Arc<str>>,
+    /// The index of each name of `names`.
+    index: HashMap<Arc<str>, u32>,
 }
 
 impl Pods {
-    fn node_name(&mut self, node: &str) -> Arc<str> {
-        if let Some(name) = self.names.get(node) {
-            return Arc::clone(name);
+    fn node_index(&mut self, node: &str) -> u32 {
+        if let Some(index) = self.index.get(node) {
+            return *index;
         }
+        let index = u32::try_from(self.names.len()).expect("fewer than 2^32 nodes");
         let name: Arc<str> = Arc::from(node);
-        self.names.insert(node.to_string(), Arc::clone(&name));
-        name
+        self.names.push(Arc::clone(&name));
+        self.index.insert(name, index);
+        index
+    }
+
+    /// Drops the names of nodes no pod runs on any more, renumbering the others.
+    fn forget_unused_names(&mut self) {
+        let mut used = vec![false; self.names.len()];
+        for u in self.current.values() {
+            used[u.node as usize] = true;
+        }
+        let mut renumbered = vec![0u32; self.names.len()];
+        let mut names = Vec::new();
+        for (old, name) in std::mem::take(&mut self.names).into_iter().enumerate() {
+            if used[old] {
+                renumbered[old] = names.len() as u32;
+                names.push(name);
+            }
+        }
+        for u in self.current.values_mut() {
+            u.node = renumbered[u.node as usize];
+        }
+        self.index = names
+            .iter()
+            .enumerate()
+            .map(|(i, name)| (Arc::clone(name), i as u32))
+            .collect();
+        self.names = names;
     }
 
     /// The projection of `pod`: `None` for a pod that takes no room (not scheduled yet, or
@@ -57,12 +133,13 @@ impl Pods {
         if snapshot::pod_finished(pod) {
             return None;
         }
-        let node = self.node_name(node);
+        let requests = snapshot::pod_requests(pod);
         Some((
             key_of(pod),
             Use {
-                node,
-                requests: snapshot::pod_requests(pod),
+                node: self.node_index(node),
+                cpu_millis: requests.cpu_millis.clamp(0, u32::MAX.into()) as u32,
+                memory_bytes: requests.memory_bytes.max(0) as u64,
             },
         ))
     }
@@ -70,7 +147,7 @@ impl Pods {
     fn apply(&mut self, event: watcher::Event<Pod>) -> bool {
         match event {
             watcher::Event::Init => {
-                self.relist = Some(HashMap::new());
+                self.relist = Some(PodMap::default());
                 false
             }
             watcher::Event::InitApply(pod) => {
@@ -85,21 +162,14 @@ impl Pods {
                 if let Some(relist) = self.relist.take() {
                     self.current = relist;
                 }
-                // Names of nodes no pod runs on any more are dropped with the relist.
-                let used: std::collections::HashSet<&str> =
-                    self.current.values().map(|u| &*u.node).collect();
-                self.names.retain(|name, _| used.contains(name.as_str()));
+                self.forget_unused_names();
                 true
             }
             watcher::Event::Apply(pod) => {
                 let key = key_of(&pod);
                 match self.project(&pod) {
-                    Some((key, value)) => {
-                        self.current.insert(key, value);
-                    }
-                    None => {
-                        self.current.remove(&key);
-                    }
+                    Some((key, value)) => self.current.insert(key, value),
+                    None => self.current.remove(&key),
                 }
                 false
             }
@@ -108,6 +178,21 @@ impl Pods {
                 false
             }
         }
+    }
+
+    /// What the pods of each node request, and how many there are, by node name.
+    fn by_node(&self) -> HashMap<String, (Resources, i64)> {
+        let mut used = vec![(Resources::default(), 0i64); self.names.len()];
+        for u in self.current.values() {
+            let entry = &mut used[u.node as usize];
+            entry.0.add(u.requests());
+            entry.1 += 1;
+        }
+        used.into_iter()
+            .zip(&self.names)
+            .filter(|((_, count), _)| *count > 0)
+            .map(|(used, name)| (name.to_string(), used))
+            .collect()
     }
 }
 
@@ -212,14 +297,7 @@ impl PodUsage {
         if !self.is_ready() {
             return None;
         }
-        let pods = self.pods.lock().expect("pod usage lock");
-        let mut used: HashMap<String, (Resources, i64)> = HashMap::new();
-        for u in pods.current.values() {
-            let entry = used.entry(u.node.to_string()).or_default();
-            entry.0.add(u.requests);
-            entry.1 += 1;
-        }
-        Some(used)
+        Some(self.pods.lock().expect("pod usage lock").by_node())
     }
 }
 
@@ -239,13 +317,10 @@ mod tests {
     }
 
     fn totals(pods: &Pods) -> HashMap<String, (i64, usize)> {
-        let mut t: HashMap<String, (i64, usize)> = HashMap::new();
-        for u in pods.current.values() {
-            let e = t.entry(u.node.to_string()).or_default();
-            e.0 += u.requests.cpu_millis;
-            e.1 += 1;
-        }
-        t
+        pods.by_node()
+            .into_iter()
+            .map(|(node, (requests, count))| (node, (requests.cpu_millis, count as usize)))
+            .collect()
     }
 
     #[test]
@@ -281,6 +356,29 @@ mod tests {
         let mut pod = pod("x", Some("n1"), "Running", "1");
         pod.metadata.uid = None;
         assert_eq!(key_of(&pod), PodKey::Text("apps/x".into()));
+    }
+
+    /// A pod without a UID is kept by its text, and a use takes 16 bytes.
+    #[test]
+    fn pods_without_a_uuid_count_too() {
+        assert_eq!(std::mem::size_of::<Use>(), 16);
+        let mut pods = Pods::default();
+        pods.apply(watcher::Event::Init);
+        pods.apply(watcher::Event::InitDone);
+        let mut odd = pod("odd", Some("n1"), "Running", "250m");
+        odd.metadata.uid = None;
+        pods.apply(watcher::Event::Apply(odd.clone()));
+        pods.apply(watcher::Event::Apply(pod(
+            "4fc930df-f25c-4c6f-a085-972840ebed94",
+            Some("n1"),
+            "Running",
+            "1",
+        )));
+        assert_eq!(totals(&pods), HashMap::from([("n1".into(), (1250, 2))]));
+        let (_, (requests, _)) = pods.by_node().into_iter().next().unwrap();
+        assert_eq!(requests.memory_bytes, 2 << 20);
+        pods.apply(watcher::Event::Delete(odd));
+        assert_eq!(totals(&pods), HashMap::from([("n1".into(), (1000, 1))]));
     }
 
     #[test]
@@ -341,6 +439,7 @@ mod tests {
         assert_eq!(totals(&pods), HashMap::from([("n2".into(), (1000, 1))]));
         pods.apply(watcher::Event::InitDone);
         assert_eq!(totals(&pods), HashMap::from([("n3".into(), (50, 1))]));
-        assert_eq!(pods.names.keys().collect::<Vec<_>>(), vec!["n3"]);
+        assert_eq!(pods.names, vec![Arc::<str>::from("n3")]);
+        assert_eq!(pods.index, HashMap::from([(Arc::<str>::from("n3"), 0)]));
     }
 }
