@@ -2,8 +2,9 @@
 //! vacate reads one thing of a VirtualMachine: whether a VMI it controls comes back after an
 //! eviction (the planner restarts such a VMI instead of failing the drain). A VMI names its
 //! VirtualMachine by UID in its owner reference, and a UID is unique in the cluster, so the
-//! UIDs of the VirtualMachines that restart are all the cache needs: about 25 bytes per
-//! VirtualMachine, where a store of projections keyed by namespace and name took about 400.
+//! UIDs of the VirtualMachines that restart are all the cache needs: 32 bytes per
+//! VirtualMachine at most, where a kube-runtime store of projections keyed by namespace and
+//! name took 248 (docs/benchmarks.md, "Cache memory per object").
 
 use std::collections::HashSet;
 use std::sync::{Arc, RwLock};
