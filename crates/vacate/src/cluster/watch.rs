@@ -2,7 +2,7 @@
 //! and per-node pod reflectors that exist only while a node is being drained, so memory
 //! does not grow with the number of pods in the cluster.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -23,7 +23,7 @@ use super::usage::PodUsage;
 use crate::error::{Error, Result};
 
 /// What needs another look.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Wake {
     /// One node, by name.
     Node(String),
@@ -360,8 +360,8 @@ where
     S: reflector::Lookup + Clone + Send + Sync + 'static,
     S::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
 {
-    let (reader, mut writer) = reflector::store();
-    let store = reader.clone();
+    let (reader, writer) = reflector::store();
+    let mut reflection = Reflection::new(writer, wakes_of);
     let stream = watcher(api, config)
         .default_backoff()
         .map(move |item| item.map(|event| map_event(event, &project)));
@@ -375,28 +375,86 @@ where
                     continue;
                 }
             };
-            // What the cache shows until the event is applied: during a relist, the
-            // objects of the list before it (kube-runtime swaps in the new list at its end).
-            let previous = match &event {
-                watcher::Event::Apply(o)
-                | watcher::Event::InitApply(o)
-                | watcher::Event::Delete(o) => {
-                    store.get(&reflector::Lookup::to_object_ref(o, Default::default()))
-                }
-                watcher::Event::Init | watcher::Event::InitDone => None,
-            };
-            writer.apply_watcher_event(&event);
-            let (object, deleted) = match event {
-                watcher::Event::Apply(o) | watcher::Event::InitApply(o) => (o, false),
-                watcher::Event::Delete(o) => (o, true),
-                watcher::Event::Init | watcher::Event::InitDone => continue,
-            };
-            for wake in wakes_of(previous.as_deref(), &object, deleted) {
+            for wake in reflection.apply(event) {
                 let _ = trigger.send(wake);
             }
         }
     });
     (reader, task)
+}
+
+/// A watch's cache and whom its events wake.
+///
+/// During a list (the first one, or a relist after the watch was down) kube-runtime keeps
+/// showing the cache as it was and swaps the listed objects in at the list's end. The wakes
+/// of a list are held until then, so that the reconciliations they start read the listed
+/// objects; and an object the list no longer has (deleted while the watch was down, so no
+/// delete event ever came) wakes as deleted.
+struct Reflection<S, W>
+where
+    S: reflector::Lookup + Clone + 'static,
+    S::DynamicType: Eq + std::hash::Hash + Clone,
+{
+    writer: reflector::store::Writer<S>,
+    store: Store<S>,
+    wakes_of: W,
+    /// The wakes of the list under way, if one is.
+    listing: Option<HashSet<Wake>>,
+}
+
+impl<S, W> Reflection<S, W>
+where
+    S: reflector::Lookup + Clone + 'static,
+    S::DynamicType: Default + Eq + std::hash::Hash + Clone,
+    W: Fn(Option<&S>, &S, bool) -> Vec<Wake>,
+{
+    fn new(writer: reflector::store::Writer<S>, wakes_of: W) -> Self {
+        let store = writer.as_reader();
+        Reflection {
+            writer,
+            store,
+            wakes_of,
+            listing: None,
+        }
+    }
+
+    /// Applies `event` to the cache; the wakes it makes due now.
+    fn apply(&mut self, event: watcher::Event<S>) -> Vec<Wake> {
+        let key = |o: &S| reflector::Lookup::to_object_ref(o, Default::default());
+        let (object, deleted, listed) = match &event {
+            watcher::Event::Apply(o) => (o, false, false),
+            watcher::Event::InitApply(o) => (o, false, true),
+            watcher::Event::Delete(o) => (o, true, false),
+            watcher::Event::Init => {
+                self.writer.apply_watcher_event(&event);
+                self.listing = Some(HashSet::new());
+                return Vec::new();
+            }
+            watcher::Event::InitDone => {
+                let before = self.store.state();
+                self.writer.apply_watcher_event(&event);
+                let mut wakes = self.listing.take().unwrap_or_default();
+                for gone in before.iter().map(|o| &**o) {
+                    if self.store.get(&key(gone)).is_none() {
+                        wakes.extend((self.wakes_of)(Some(gone), gone, true));
+                    }
+                }
+                return wakes.into_iter().collect();
+            }
+        };
+        // What the cache shows until the event is applied: during a list, the objects of
+        // the list before it.
+        let previous = self.store.get(&key(object));
+        self.writer.apply_watcher_event(&event);
+        let wakes = (self.wakes_of)(previous.as_deref(), object, deleted);
+        match &mut self.listing {
+            Some(held) if listed => {
+                held.extend(wakes);
+                Vec::new()
+            }
+            _ => wakes,
+        }
+    }
 }
 
 /// `event` with its object turned into `f` of it.
@@ -496,8 +554,86 @@ mod tests {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, Ordering};
 
-    use super::{Tasks, VirtualMachineInstanceMigration, Wake, migration_wakes, vmi_wakes};
+    use super::{
+        Reflection, Tasks, VirtualMachineInstanceMigration, Wake, migration_wakes, vmi_wakes,
+    };
     use crate::cluster::cached::{CachedVmi, tests::vmi};
+    use k8s_openapi::api::core::v1::ConfigMap;
+    use kube::runtime::{reflector, watcher};
+
+    /// An object named `name` holding `value`.
+    fn object(name: &str, value: &str) -> ConfigMap {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name, "namespace": "vms"},
+            "data": {"v": value},
+        }))
+        .unwrap()
+    }
+
+    /// A list's wakes come once the listed objects are in the cache, and an object the list
+    /// no longer has wakes as deleted; a change outside a list wakes at once.
+    #[test]
+    fn a_list_wakes_once_the_cache_holds_it() {
+        let (store, writer) = reflector::store::<ConfigMap>();
+        let mut reflection = Reflection::new(writer, |before: Option<&ConfigMap>, now, deleted| {
+            if !deleted && before == Some(now) {
+                return Vec::new();
+            }
+            let name = now.metadata.name.clone().unwrap();
+            vec![Wake::Node(if deleted {
+                format!("{name} deleted")
+            } else {
+                name
+            })]
+        });
+        let mut wakes = |event| {
+            let mut wakes = reflection.apply(event);
+            wakes.sort_by_key(|w| format!("{w:?}"));
+            wakes
+        };
+        let node = |n: &str| Wake::Node(n.to_string());
+        let value = |name: &str| {
+            let cm = store.get(&reflector::ObjectRef::new(name).within("vms"));
+            cm.and_then(|c| c.data.as_ref()?.get("v").cloned())
+        };
+
+        // The first list: nothing until its end, then everyone in it.
+        assert!(wakes(watcher::Event::Init).is_empty());
+        assert!(wakes(watcher::Event::InitApply(object("a", "1"))).is_empty());
+        assert!(wakes(watcher::Event::InitApply(object("b", "1"))).is_empty());
+        assert!(wakes(watcher::Event::InitApply(object("c", "1"))).is_empty());
+        assert_eq!(value("a"), None, "kube-runtime swaps a list in at its end");
+        assert_eq!(
+            wakes(watcher::Event::InitDone),
+            vec![node("a"), node("b"), node("c")]
+        );
+        assert_eq!(value("a").as_deref(), Some("1"));
+
+        // Watching: a change wakes at once, an unchanged object nobody.
+        assert_eq!(
+            wakes(watcher::Event::Apply(object("a", "2"))),
+            vec![node("a")]
+        );
+        assert!(wakes(watcher::Event::Apply(object("a", "2"))).is_empty());
+
+        // A relist after the watch was down: `a` changed, `b` did not, `c` was deleted and
+        // `d` created meanwhile. The changed and the new wake once the cache holds them.
+        assert!(wakes(watcher::Event::Init).is_empty());
+        assert!(wakes(watcher::Event::InitApply(object("a", "3"))).is_empty());
+        assert!(wakes(watcher::Event::InitApply(object("b", "1"))).is_empty());
+        assert!(wakes(watcher::Event::InitApply(object("d", "1"))).is_empty());
+        assert_eq!(value("a").as_deref(), Some("2"));
+        assert_eq!(
+            wakes(watcher::Event::InitDone),
+            vec![node("a"), node("c deleted"), node("d")]
+        );
+        assert_eq!(value("a").as_deref(), Some("3"));
+        assert_eq!(value("c"), None);
+        assert_eq!(
+            wakes(watcher::Event::Delete(object("d", "1"))),
+            vec![node("d deleted")]
+        );
+    }
 
     /// Sets its flag when the task holding it ends, however it ends.
     struct Ended(Arc<AtomicBool>);
