@@ -240,9 +240,38 @@ async fn one_run(
         }
     }
     fault.check(&mut run, injected).await?;
+    if !run.record.violations.is_empty() {
+        keep_component_logs(&mut run);
+    }
     run.record.vmis = run.before.len();
     run.record.migrations = run.monitor.per_vmi().values().map(Vec::len).sum();
     Ok(run.record)
+}
+
+/// A run with violations on a cluster of the test's own: the logs of its components are
+/// copied next to vacate's log (the cluster's folder goes when the process ends) and named
+/// in the run's evidence.
+fn keep_component_logs(run: &mut Run) {
+    let Some(cluster) = run.cluster.clone() else {
+        return;
+    };
+    for component in ["kubevirt-sim", "kube-apiserver", "etcd"] {
+        let Some(log) = cluster.component_log(component) else {
+            continue;
+        };
+        let kept =
+            std::env::temp_dir().join(format!("vacate-test-{}-{component}.log", run.env.ns.name()));
+        match std::fs::copy(&log, &kept) {
+            Ok(_) => run
+                .record
+                .evidence
+                .push(format!("{component} log: {}", kept.display())),
+            Err(e) => run
+                .record
+                .evidence
+                .push(format!("{component} log not kept: {e}")),
+        }
+    }
 }
 
 /// Prints the records, appends them to `$CHAOS_OUT`, and fails on any violation.

@@ -721,12 +721,30 @@ impl Job<'_> {
         } else {
             self.cfg.recheck()
         });
+        if let Some(pod) = target {
+            // The target pod exists (created by an earlier sync whose status write did not
+            // go through): the migration moves on to Scheduling whatever the limits say.
+            // KubeVirt's `updateStatus` does so for any Pending migration with a target pod;
+            // `handleTargetPodCreation`, with its checks, runs only while there is none
+            // (pkg/virt-controller/watch/migration/migration.go).
+            let source_pod = self.source_pod(vmi).and_then(|p| p.metadata.name.clone());
+            let state = status.migration_state.get_or_insert_with(Default::default);
+            state.migration_uid = Some(self.uid.clone());
+            if state.source_node.is_none() {
+                state.source_node = vmi.node_name().map(str::to_string);
+            }
+            if state.source_pod.is_none() {
+                state.source_pod = source_pod;
+            }
+            state.target_pod = pod.metadata.name.clone();
+            self.enter(status, MigrationPhase::Scheduling, "target pod created");
+            return Ok(Action::requeue(Duration::from_secs(1)));
+        }
         if !vmi.is_running() {
             return Ok(recheck);
         }
-        if target.is_none()
-            && let Some(left) =
-                evacuation_backoff_left(self.migration, &self.ctx.migrations.state(), &self.cfg)
+        if let Some(left) =
+            evacuation_backoff_left(self.migration, &self.ctx.migrations.state(), &self.cfg)
         {
             tracing::info!(migration = %self.key, ?left, "vmi in migration backoff");
             return Ok(Action::requeue(left));
@@ -743,10 +761,7 @@ impl Job<'_> {
         };
 
         let mut started = self.ctx.started_migrations.lock().await;
-        if target.is_none()
-            && !started.contains_key(&self.uid)
-            && !self.ctx.pod_expectations.pending(&self.key)
-        {
+        if !started.contains_key(&self.uid) && !self.ctx.pod_expectations.pending(&self.key) {
             // Count running migrations: those the cache shows past Pending, plus those this
             // process started and the cache does not show yet.
             let store = self.ctx.migrations.state();

@@ -5,10 +5,12 @@ use std::time::Duration;
 
 use anyhow::{Result, ensure};
 use futures::StreamExt;
-use kube::api::DeleteParams;
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use kubevirt_api::labels::{MIGRATION_FINALIZER, MIGRATION_SELECTOR_LABEL, NODE_NAME_LABEL};
 use kubevirt_api::{MigrationAbortStatus, MigrationPhase, VirtualMachineInstanceMigration};
+use kubevirt_sim::faults::MIGRATION_STALL;
+use kubevirt_sim::settings::KubeVirtRelease;
 use serde_json::json;
 
 use crate::support::{Env, expect_denied, labels};
@@ -616,5 +618,68 @@ async fn a_vmi_migrated_twice_stays_on_the_last_target() -> Result<()> {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     ensure!(pods_settled, "the source pods never went away");
+    Ok(())
+}
+
+/// A Pending migration whose target pod already exists (the sync that created it could not
+/// write the status after it, as when etcd restarts in between) moves on to Scheduling,
+/// whatever holds new migrations back: KubeVirt's `updateStatus` moves every Pending
+/// migration with a target pod, and only `handleTargetPodCreation` looks at the limits and
+/// at the VMI's other pods (pkg/virt-controller/watch/migration/migration.go).
+#[tokio::test]
+async fn a_pending_migration_whose_target_pod_exists_moves_on() -> Result<()> {
+    let env = Env::new("sim-adopt", 3).await?;
+    let vmis = env.live_migratable_vmis_on(0, 3, "1Gi").await?;
+    // vm0 and vm1 migrate for ever: the node's two outbound slots stay taken.
+    let mut stalled = Vec::new();
+    for name in ["vm0", "vm1"] {
+        let stall = json!({"metadata": {"annotations": {MIGRATION_STALL: "true"}}});
+        env.vmis()
+            .patch(name, &PatchParams::default(), &Patch::Merge(&stall))
+            .await?;
+        let m = env.migrate(name).await?;
+        let m = m.metadata.name.unwrap_or_default();
+        env.wait_migration_phase(&m, MigrationPhase::Running)
+            .await?;
+        stalled.push(m);
+    }
+    let held = env.migrate("vm2").await?;
+    let name = held.metadata.name.clone().unwrap_or_default();
+    let held = env
+        .wait_migration_phase(&name, MigrationPhase::Pending)
+        .await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    ensure!(
+        env.migrations().get(&name).await?.phase() == Some(MigrationPhase::Pending),
+        "the migration of vm2 was not held back by the node's limit"
+    );
+
+    // Its target pod, as the simulator renders it.
+    let pod = kubevirt_sim::launcher::render_target_pod(
+        &vmis[2],
+        &held,
+        false,
+        KubeVirtRelease::default(),
+    )?;
+    let pod = env.pods().create(&PostParams::default(), &pod).await?;
+    let moved = env
+        .wait_migration(&name, "Scheduling with the existing target pod", |m| {
+            m.phase()
+                .is_some_and(|p| p >= MigrationPhase::Scheduling && !p.is_final())
+        })
+        .await?;
+    let state = moved.migration_state().cloned().unwrap_or_default();
+    ensure!(
+        state.target_pod == pod.metadata.name && state.migration_uid == moved.metadata.uid,
+        "migration state {state:?}, target pod {:?}",
+        pod.metadata.name
+    );
+    ensure!(
+        env.launcher_pods(&vmis[2]).await?.len() == 2,
+        "a second target pod was created"
+    );
+    for m in stalled.iter().chain([&name]) {
+        env.migrations().delete(m, &DeleteParams::default()).await?;
+    }
     Ok(())
 }
