@@ -7,7 +7,7 @@
 
 pub mod prometheus;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::TcpListener;
 use std::ops::Deref;
 use std::path::{Path, PathBuf};
@@ -24,7 +24,10 @@ use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, ResourceExt};
-use kubevirt_api::{VirtualMachine, VirtualMachineInstance, VirtualMachineInstanceMigration};
+use kubevirt_api::common::condition_type;
+use kubevirt_api::{
+    MigrationPhase, VirtualMachine, VirtualMachineInstance, VirtualMachineInstanceMigration,
+};
 use serde_json::json;
 use testbed::nodes::NodeTemplate;
 use testbed::test_support::{TestCluster, TestEnv};
@@ -783,6 +786,11 @@ struct MonitorState {
     max_per_node: HashMap<String, usize>,
     max_total: usize,
     per_vmi: HashMap<String, Vec<String>>,
+    /// Migrations first seen Failed with no deletion and no abort asked for: KubeVirt
+    /// failed them on its own (a timeout, a target pod gone), not at anyone's request.
+    failed_unasked: HashSet<String>,
+    /// Migrations first seen Failed after a deletion or an abort request.
+    failed_asked: HashSet<String>,
 }
 
 impl MigrationMonitor {
@@ -805,6 +813,21 @@ impl MigrationMonitor {
                 let vmi_list = s.per_vmi.entry(m.spec.vmi_name.clone()).or_default();
                 if !vmi_list.contains(&name) {
                     vmi_list.push(name.clone());
+                }
+                if m.phase() == Some(MigrationPhase::Failed)
+                    && !s.failed_unasked.contains(&name)
+                    && !s.failed_asked.contains(&name)
+                {
+                    let abort_asked = m.status.as_ref().is_some_and(|st| {
+                        st.conditions
+                            .iter()
+                            .any(|c| c.type_ == condition_type::MIGRATION_ABORT_REQUESTED)
+                    });
+                    if abort_asked || m.metadata.deletion_timestamp.is_some() {
+                        s.failed_asked.insert(name.clone());
+                    } else {
+                        s.failed_unasked.insert(name.clone());
+                    }
                 }
                 if m.is_unfinished() && m.metadata.deletion_timestamp.is_none() {
                     s.unfinished.insert(name.clone(), node.clone());
@@ -856,5 +879,14 @@ impl MigrationMonitor {
 
     pub fn per_vmi(&self) -> HashMap<String, Vec<String>> {
         self.inner.lock().unwrap().per_vmi.clone()
+    }
+
+    /// Whether `migration` failed with no one asking: no deletion, no abort request.
+    pub fn failed_unasked(&self, migration: &str) -> bool {
+        self.inner
+            .lock()
+            .unwrap()
+            .failed_unasked
+            .contains(migration)
     }
 }
