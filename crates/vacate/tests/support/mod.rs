@@ -7,7 +7,7 @@
 
 pub mod prometheus;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::net::TcpListener;
 use std::ops::Deref;
 use std::path::{Path, PathBuf};
@@ -786,11 +786,10 @@ struct MonitorState {
     max_per_node: HashMap<String, usize>,
     max_total: usize,
     per_vmi: HashMap<String, Vec<String>>,
-    /// Migrations first seen Failed with no deletion and no abort asked for: KubeVirt
-    /// failed them on its own (a timeout, a target pod gone), not at anyone's request.
-    failed_unasked: HashSet<String>,
-    /// Migrations first seen Failed after a deletion or an abort request.
-    failed_asked: HashSet<String>,
+    /// Each migration seen Failed, and whether it was then Failed with no deletion and no
+    /// abort asked for: KubeVirt failed it on its own (a timeout, a target pod gone), not at
+    /// anyone's request. Taken from the first event that shows it Failed.
+    failed_unasked: HashMap<String, bool>,
 }
 
 impl MigrationMonitor {
@@ -814,20 +813,14 @@ impl MigrationMonitor {
                 if !vmi_list.contains(&name) {
                     vmi_list.push(name.clone());
                 }
-                if m.phase() == Some(MigrationPhase::Failed)
-                    && !s.failed_unasked.contains(&name)
-                    && !s.failed_asked.contains(&name)
-                {
+                if m.phase() == Some(MigrationPhase::Failed) {
                     let abort_asked = m.status.as_ref().is_some_and(|st| {
                         st.conditions
                             .iter()
                             .any(|c| c.type_ == condition_type::MIGRATION_ABORT_REQUESTED)
                     });
-                    if abort_asked || m.metadata.deletion_timestamp.is_some() {
-                        s.failed_asked.insert(name.clone());
-                    } else {
-                        s.failed_unasked.insert(name.clone());
-                    }
+                    let unasked = !abort_asked && m.metadata.deletion_timestamp.is_none();
+                    s.failed_unasked.entry(name.clone()).or_insert(unasked);
                 }
                 if m.is_unfinished() && m.metadata.deletion_timestamp.is_none() {
                     s.unfinished.insert(name.clone(), node.clone());
@@ -883,10 +876,6 @@ impl MigrationMonitor {
 
     /// Whether `migration` failed with no one asking: no deletion, no abort request.
     pub fn failed_unasked(&self, migration: &str) -> bool {
-        self.inner
-            .lock()
-            .unwrap()
-            .failed_unasked
-            .contains(migration)
+        self.inner.lock().unwrap().failed_unasked.get(migration) == Some(&true)
     }
 }
